@@ -1,0 +1,152 @@
+"""The ``covidcxr`` command: one console script, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+log = logging.getLogger("covidcxr")
+
+SAMPLE = Path(__file__).with_name("samples") / "sample_cxr.png"
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .batch import collect_inputs, read_batches, save_mask_png, save_rgb_png, unique_stems
+    from .pipeline import LungSegmenter
+    from .plots import overlay
+
+    files, errors = collect_inputs(args.inputs)
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    segmenter = LungSegmenter.from_spec(args.weights)
+    stems = unique_stems(files)
+    failed = len(errors)
+    with tqdm(total=len(files), desc="segmenting", unit="img", disable=len(files) < 2 or args.quiet) as bar:
+        for batch in read_batches(files, args.batch_size):
+            good = [(i, im) for i, im, _ in batch if im is not None]
+            masks = segmenter.segment([im for _, im in good], postprocess=not args.no_postprocess)
+            results = dict(zip([i for i, _ in good], masks))
+            for i, image, err in batch:
+                if err is not None:
+                    failed += 1
+                    tqdm.write(f"error: {err}", file=sys.stderr)
+                    continue
+                mask = results[i]
+                save_mask_png(mask, out / f"{stems[i]}_lungs.png")
+                save_rgb_png(overlay(image, mask), out / f"{stems[i]}_overlay.png")
+                tqdm.write(f"{files[i]}\tlung area {mask.mean():.1%}\t{image.shape[1]}x{image.shape[0]}\t-> {out / (stems[i] + '_lungs.png')}")
+            bar.update(len(batch))
+    if failed:
+        print(f"{failed} input(s) failed; {len(files) - (failed - len(errors))} segmented", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _cmd_train_segmentation(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine.segmentation import SegTrainConfig, main
+
+    overrides = list(args.set or [])
+    if args.out:
+        overrides.append(f"out_dir={args.out}")
+    if args.data_root:
+        overrides.append(f"data_root={args.data_root}")
+    if args.resume and not args.config and not overrides:
+        raise SystemExit("error: --resume needs --out RUN_DIR of the run to continue")
+    cfg = load_config(SegTrainConfig, args.config, overrides)
+    run = main(cfg, resume=args.resume, export_dir=args.export)
+    print(f"run folder: {run}")
+    return 0
+
+
+def _cmd_evaluate_segmentation(args: argparse.Namespace) -> int:
+    from .engine.evaluate_segmentation import evaluate_segmentation
+
+    summary = evaluate_segmentation(
+        spec_path=args.weights, data_root=args.data_root, split=args.split, out_dir=args.out, update_spec=args.update_spec, limit=args.limit
+    )
+    for source, res in summary["per_source"].items():
+        d = res["dice"]
+        print(f"{source:>20}: Dice {d['value']:.4f} (95% CI {d['ci_low']:.4f}-{d['ci_high']:.4f}, n={d['n']})")
+    print(f"results: {Path(args.out) / 'segmentation_eval.json'}")
+    return 0
+
+
+def _cmd_splits(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .data import load_records
+
+    records = load_records(args.data_root)
+    counts = Counter((r["dataset"], r["split"]) for r in records)
+    by_patient: dict[str, set] = {}
+    for r in records:
+        by_patient.setdefault(r["patient_id"], set()).add(r["split"])
+    leaks = [p for p, s in by_patient.items() if len(s) > 1]
+    for ds in sorted({d for d, _ in counts}):
+        print(f"{ds:>20}: " + "  ".join(f"{s} {counts[(ds, s)]}" for s in ("train", "val", "test")))
+    print(f"patients in more than one split: {len(leaks)}")
+    return 1 if leaks else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="covidcxr", description="Chest X-ray lung segmentation and COVID-19 pneumonia reading (research and teaching; not for clinical decisions).")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="lung masks for X-ray files or folders")
+    seg.add_argument("inputs", nargs="*", default=[str(SAMPLE)], help="PNG/JPEG/DICOM files or folders (default: the bundled sample X-ray)")
+    seg.add_argument("--out", required=True, help="output folder")
+    seg.add_argument("--weights", help="weights spec JSON (default: the shipped model)")
+    seg.add_argument("--batch-size", type=int, default=8)
+    seg.add_argument("--no-postprocess", action="store_true", help="keep the raw thresholded mask")
+    seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    seg.set_defaults(func=_cmd_segment)
+
+    train = sub.add_parser("train", help="train a model").add_subparsers(dest="task", required=True)
+    tseg = train.add_parser("segmentation", help="train the lung-segmentation U-Net")
+    tseg.add_argument("--config", help="YAML config (e.g. configs/segmentation.yaml)")
+    tseg.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    tseg.add_argument("--out", help="run folder (config key out_dir)")
+    tseg.add_argument("--data-root", help="folder holding covid-chestxray/, nih-chestxray8/, kermany-pediatric/")
+    tseg.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tseg.add_argument("--export", help="also write the best weights + spec into this folder (default RUN/export)")
+    tseg.set_defaults(func=_cmd_train_segmentation)
+
+    ev = sub.add_parser("evaluate", help="evaluate a model").add_subparsers(dest="task", required=True)
+    eseg = ev.add_parser("segmentation", help="Dice, IoU, HD95 per mask source with bootstrap CIs")
+    eseg.add_argument("--weights", help="weights spec JSON (default: the shipped model)")
+    eseg.add_argument("--data-root")
+    eseg.add_argument("--split", default="test", choices=["train", "val", "test"])
+    eseg.add_argument("--out", default="eval/segmentation")
+    eseg.add_argument("--limit", type=int, default=0, help="at most this many samples per source (quick checks)")
+    eseg.add_argument("--update-spec", action="store_true", help="write the test metrics into the weights spec")
+    eseg.set_defaults(func=_cmd_evaluate_segmentation)
+
+    spl = sub.add_parser("splits", help="patient-level split counts and a leakage check")
+    spl.add_argument("--data-root")
+    spl.set_defaults(func=_cmd_splits)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

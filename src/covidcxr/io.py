@@ -1,0 +1,430 @@
+"""Read chest X-ray files into float32 arrays, and the one normalization.
+
+This is the first step of the pipeline: bytes on disk -> image. Every image
+that reaches a model goes through :func:`read_image` (PNG, JPEG, TIFF, BMP or
+DICOM -> float32 ``(H, W)`` in ``[0, 1]``, bright = dense bone) and then
+:func:`normalize` (``per_image_zscore``). Anything that cannot be turned into
+such an image raises :class:`ImageReadError` with a one-line message that
+names the file and says what to do about it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from io import BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import pydicom
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+_ArrayT = TypeVar("_ArrayT", np.ndarray, "torch.Tensor")
+
+__all__ = ["MAX_PIXELS", "MIN_SIDE", "NORMALIZATION", "SUPPORTED_EXTENSIONS", "ImageReadError",
+           "is_supported_file", "normalize", "read_image"]
+
+MAX_PIXELS: int = 100_000_000
+"""Images with more pixels are refused before decoding (decompression bombs)."""
+
+MIN_SIDE: int = 32
+"""Images with a side shorter than this are refused."""
+
+NORMALIZATION = "per_image_zscore"
+"""Name of the normalization done by :func:`normalize`; weights specs record it."""
+
+SUPPORTED_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"})
+
+_EPS = 1e-6
+_DICOM_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm)"
+_FIX_EXPORT = "re-export or re-download the file"
+# 16-bit single-channel modes that Pillow gives for 16-bit PNG and TIFF.
+_MODES_16BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+class ImageReadError(ValueError):
+    """A file could not be read as a chest X-ray image.
+
+    ``str(err)`` is one line: ``'<path or name>: <problem and how to fix it>'``.
+
+    Attributes:
+        path: The file path, or the name given for raw bytes.
+        problem: What was wrong, and where useful how to fix it.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = str(path)
+        self.problem = " ".join(str(problem).split())  # keep the message on one line
+        super().__init__(f"{self.path}: {self.problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default reduce would call __init__ with the formatted message only.
+        return (type(self), (self.path, self.problem))
+
+
+def is_supported_file(path: str | os.PathLike[str]) -> bool:
+    """Return whether a file name has an image extension this module reads.
+
+    Used when walking folders. Only the extension is looked at (case-insensitive):
+    .png .jpg .jpeg .dcm .dicom .tif .tiff .bmp. Files without an extension are
+    not included, even though some DICOM files have none.
+
+    Args:
+        path: A file path or name.
+
+    Returns:
+        True if the extension is one of the supported ones.
+    """
+    return Path(path).suffix.lower() in SUPPORTED_EXTENSIONS
+
+
+def read_image(
+    source: str | os.PathLike[str] | bytes,
+    name: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> np.ndarray:
+    """Read a PNG/JPEG/TIFF/BMP or DICOM chest X-ray as a radiologist would view it.
+
+    The format is detected from the content (DICOM: ``'DICM'`` at offset 128, or
+    a bare DICOM data set when Pillow cannot identify the file), never from the
+    extension. PIL images have their EXIF orientation applied; colour is
+    converted to luminance; transparent pixels are composited over black.
+    DICOM goes through the Modality LUT (rescale slope/intercept), then the VOI
+    LUT or window centre/width (min-max when neither is present), and
+    MONOCHROME1 is inverted so that bone is bright.
+
+    Args:
+        source: A file path, or the raw bytes of a file.
+        name: Name used in error messages; defaults to the path, or
+            ``'<bytes>'`` for raw bytes.
+        max_pixels: Images with more pixels are refused from their header,
+            before any pixel data is decoded. Pillow keeps its own limit
+            (``PIL.Image.MAX_IMAGE_PIXELS``) on top of this one.
+
+    Returns:
+        float32 array with the displayed image's pixel size, values in [0, 1].
+
+    Shape:
+        Output: ``(H, W)``.
+
+    Raises:
+        ImageReadError: The file is missing, empty, not an image, truncated,
+            too small or too large, multi-frame, CMYK, blank, or its pixel data
+            cannot be decoded. No other exception escapes for bad content.
+        TypeError: ``source`` is neither a path nor bytes.
+    """
+    data, label = _read_source(source, name)
+    if not data:
+        raise ImageReadError(label, f"file is empty (0 bytes); {_FIX_EXPORT}")
+    try:
+        if data[128:132] == b"DICM":
+            image = _read_dicom(data, label, max_pixels)
+        else:
+            image = _read_pil_or_bare_dicom(data, label, max_pixels)
+    except ImageReadError:
+        raise
+    except Exception as err:  # a decoder failed in a way we did not foresee
+        raise ImageReadError(label, f"could not read the image ({type(err).__name__}: {err})") from err
+    if not np.isfinite(image).all():
+        raise ImageReadError(label, "image contains NaN or infinite values; re-export it")
+    if image.min() == image.max():
+        raise ImageReadError(label, "image is blank (every pixel has the same value); it holds no X-ray")
+    return np.ascontiguousarray(np.clip(image, 0.0, 1.0), dtype=np.float32)
+
+
+def normalize(image: _ArrayT) -> _ArrayT:
+    """Normalize images with ``per_image_zscore``: zero mean, unit std per image.
+
+    This is THE normalization contract shared by training and inference:
+    ``(x - mean) / max(std, 1e-6)`` with mean and (population) std computed
+    over the last two axes. A constant image becomes all zeros, not NaN.
+
+    Args:
+        image: float array in [0, 1] as returned by :func:`read_image`, or a
+            batch of them. A ``torch.Tensor`` is accepted too and a tensor is
+            returned.
+
+    Returns:
+        float32 array (or tensor) of the same shape.
+
+    Shape:
+        Input: ``(..., H, W)``. Output: same as input.
+    """
+    if hasattr(image, "detach"):  # torch.Tensor, without importing torch here
+        x = image.float()
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        std = x.std(dim=(-2, -1), keepdim=True, correction=0).clamp_min(_EPS)
+        return (x - mean) / std
+    x = np.asarray(image, dtype=np.float32)
+    if x.ndim < 2:
+        raise ValueError(f"normalize expects an array of shape (..., H, W); got shape {x.shape}")
+    mean = x.mean(axis=(-2, -1), dtype=np.float64, keepdims=True)
+    std = x.std(axis=(-2, -1), dtype=np.float64, keepdims=True)
+    return ((x - mean) / np.maximum(std, _EPS)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Source, sniffing and checks shared by both readers
+
+
+def _read_source(source: str | os.PathLike[str] | bytes, name: str | None) -> tuple[bytes, str]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), name or "<bytes>"
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"read_image expects a path or bytes, got {type(source).__name__}")
+    path = Path(source)
+    label = name or str(source)
+    if not path.exists():
+        raise ImageReadError(label, "file not found; check the path")
+    if path.is_dir():
+        raise ImageReadError(label, "is a directory, not an image file; pass one file or walk the folder")
+    try:
+        return path.read_bytes(), label
+    except OSError as err:
+        raise ImageReadError(label, f"could not read the file ({err.strerror or err})") from err
+
+
+def _describe_non_image(data: bytes) -> str:
+    """Say what a file Pillow and pydicom could not identify seems to be."""
+    head = data[:1024].lstrip().lower()
+    signatures = {b"\x89png\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"gif8": "GIF", b"ii*\x00": "TIFF"}
+    for magic, fmt in signatures.items():
+        if data[: len(magic)].lower() == magic:
+            return f"starts like a {fmt} file but its header is truncated or corrupt; {_FIX_EXPORT}"
+    if head.startswith(b"%pdf"):
+        return "not an image but a PDF document; export the radiograph as PNG or DICOM"
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return "not an image but an HTML page (a failed download or login page?); download the file again"
+    if head.startswith((b"pk\x03\x04", b"\x1f\x8b")):
+        return "not an image but a compressed archive (zip/gzip); extract it first"
+    if all(32 <= c < 127 or c in b"\t\r\n" for c in data[:1024]):
+        return "not an image but a text file"
+    return "not an image: content is not a recognised PNG, JPEG, TIFF, BMP or DICOM file"
+
+
+def _looks_like_bare_dicom(data: bytes) -> bool:
+    """A DICOM data set without the 128-byte preamble starts with group 0002 or 0008."""
+    return len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00")
+
+
+def _check_size(width: int, height: int, label: str, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageReadError(
+            label,
+            f"image is too large: {width}x{height} px = {width * height:,} pixels exceeds "
+            f"max_pixels={max_pixels:,} (possible decompression bomb); raise max_pixels only "
+            "for files you trust",
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageReadError(
+            label, f"image is too small to be a chest X-ray: {width}x{height} px (minimum {MIN_SIDE} px a side)"
+        )
+
+
+def _minmax(arr: np.ndarray, label: str) -> np.ndarray:
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if lo == hi:
+        raise ImageReadError(label, "image is blank (every pixel has the same value); it holds no X-ray")
+    return ((arr - lo) / (hi - lo)).astype(np.float32)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma, the weights Pillow uses for RGB -> L."""
+    rgb = rgb.astype(np.float32, copy=False)
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_truncated_allowed() -> None:
+    logger.warning(
+        "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by some other code): truncated "
+        "PNG/JPEG files will load with missing rows instead of being refused"
+    )
+
+
+# ---------------------------------------------------------------------------
+# PNG / JPEG / TIFF / BMP via Pillow
+
+
+def _read_pil_or_bare_dicom(data: bytes, label: str, max_pixels: int) -> np.ndarray:
+    try:
+        img = Image.open(BytesIO(data))  # lazy: reads the header only
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(label, f"image is too large (possible decompression bomb): {err}") from err
+    except UnidentifiedImageError:
+        if _looks_like_bare_dicom(data):
+            return _read_dicom(data, label, max_pixels)
+        raise ImageReadError(label, _describe_non_image(data)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageReadError(label, f"image header is truncated or corrupt ({err}); {_FIX_EXPORT}") from err
+    with img:
+        return _pil_to_array(img, label, max_pixels)
+
+
+def _pil_to_array(img: Image.Image, label: str, max_pixels: int) -> np.ndarray:
+    fmt = img.format or "image"
+    n_frames = getattr(img, "n_frames", 1)
+    if n_frames > 1 and fmt != "MPO":  # MPO: camera JPEG whose first frame is the picture
+        kind = {"GIF": "animated GIF", "TIFF": "multi-page TIFF"}.get(fmt, f"multi-frame {fmt}")
+        raise ImageReadError(
+            label, f"{kind} with {n_frames} frames is not supported; export the one frame you want as PNG"
+        )
+    if img.mode == "CMYK":
+        raise ImageReadError(
+            label, f"CMYK {fmt} is a print-colour image, not a radiograph export; save it as grayscale PNG"
+        )
+    _check_size(*img.size, label, max_pixels)
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        _warn_truncated_allowed()
+    try:
+        img.load()
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(label, f"image is too large (possible decompression bomb): {err}") from err
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageReadError(label, f"image data is truncated or corrupt ({err}); {_FIX_EXPORT}") from err
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception as err:  # a broken EXIF block should not cost a readable image
+        logger.warning("%s: ignoring unreadable EXIF orientation (%s)", label, err)
+    return _pil_pixels(img, label)
+
+
+def _pil_pixels(img: Image.Image, label: str) -> np.ndarray:
+    """Pixels of a loaded PIL image as float32 in [0, 1]."""
+    mode = img.mode
+    if mode in _MODES_16BIT:
+        return np.asarray(img).astype(np.float32) / 65535.0
+    if mode == "I":
+        arr = np.asarray(img)
+        if arr.min() >= 0 and arr.max() <= 65535:  # 16-bit data held in 32-bit ints
+            return arr.astype(np.float32) / 65535.0
+        return _minmax(arr.astype(np.float64), label)
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise ImageReadError(label, "floating-point image contains NaN or infinite values")
+        return _minmax(arr, label)
+    if mode in ("1", "L"):
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    if mode in ("LA", "La", "RGBA", "RGBa", "PA") or "transparency" in img.info:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        # Composite over black: fully opaque pixels are unchanged.
+        return _luminance(rgba[..., :3] * rgba[..., 3:])
+    try:
+        rgb = img.convert("RGB")
+    except (ValueError, OSError) as err:
+        raise ImageReadError(label, f"unsupported pixel mode {mode!r}; save the image as grayscale PNG") from err
+    return _luminance(np.asarray(rgb)) / 255.0
+
+
+# ---------------------------------------------------------------------------
+# DICOM via pydicom
+
+
+def _read_dicom(data: bytes, label: str, max_pixels: int) -> np.ndarray:
+    try:
+        ds = pydicom.dcmread(BytesIO(data), force=True)
+    except Exception as err:
+        raise ImageReadError(label, f"DICOM header is truncated or corrupt ({err}); {_FIX_EXPORT}") from err
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ImageReadError(label, "DICOM file has no pixel data (is it a structured report or presentation state?)")
+    try:
+        n_frames = int(ds.get("NumberOfFrames") or 1)
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    except (TypeError, ValueError) as err:
+        raise ImageReadError(label, f"DICOM header has invalid NumberOfFrames/Rows/Columns ({err})") from err
+    if n_frames > 1:
+        raise ImageReadError(label, f"multi-frame DICOM is not supported ({n_frames} frames); export a single frame")
+    if rows <= 0 or cols <= 0:
+        raise ImageReadError(label, "DICOM header lacks Rows/Columns, so the pixel data cannot be laid out")
+    _check_size(cols, rows, label, max_pixels)
+    arr = _decode_dicom(ds, label)
+    return _dicom_display(arr, ds, label)
+
+
+def _decode_dicom(ds: Dataset, label: str) -> np.ndarray:
+    meta = ds.get("file_meta") or FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        # Bare data set without file meta: pydicom detected the encoding while reading.
+        implicit, little = ds.original_encoding
+        meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+        ds.file_meta = meta
+    tsyntax = meta.TransferSyntaxUID
+    syntax = f"{tsyntax.name} ({tsyntax})" if tsyntax.name != str(tsyntax) else str(tsyntax)
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise ImageReadError(label, f"DICOM transfer syntax {syntax} is not supported") from None
+    if not decoder.is_available:
+        raise ImageReadError(
+            label, f"DICOM pixel data is compressed as {syntax} and no installed decoder handles it; {_DICOM_HINT}"
+        )
+    try:
+        return ds.pixel_array
+    except Exception as err:
+        raise ImageReadError(
+            label, f"DICOM pixel data ({syntax}) is truncated or corrupt and could not be decoded: {err}"
+        ) from err
+
+
+def _dicom_display(arr: np.ndarray, ds: Dataset, label: str) -> np.ndarray:
+    """Stored DICOM pixel values -> displayed gray levels in [0, 1]."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if arr.ndim == 3:  # colour; pydicom has already converted YBR to RGB
+        bits = int(ds.get("BitsStored") or 8)
+        return np.clip(_luminance(arr) / (2**bits - 1), 0.0, 1.0)
+    if arr.ndim != 2:
+        raise ImageReadError(label, f"DICOM pixel data has unexpected shape {arr.shape}")
+    if not photometric.startswith("MONOCHROME"):
+        logger.warning("%s: PhotometricInterpretation %s treated as MONOCHROME2", label, photometric)
+    arr = apply_modality_lut(arr, ds)
+    image = _apply_voi_scaled(arr, ds, label)
+    if image is None:  # no usable VOI LUT or window: show the full range
+        image = _minmax(arr.astype(np.float64), label)
+    if photometric == "MONOCHROME1":
+        image = 1.0 - image
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def _apply_voi_scaled(arr: np.ndarray, ds: Dataset, label: str) -> np.ndarray | None:
+    """Apply the VOI LUT or window and scale its output range to [0, 1].
+
+    Returns None when the data set has no VOI LUT or window, or when it is
+    unusable (then a warning is logged and the caller shows the full range).
+    """
+    lut = ds.get("VOILUTSequence")
+    has_lut = bool(lut) and "LUTDescriptor" in lut[0] and "LUTData" in lut[0]
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    if not (has_lut or has_window):
+        return None
+    try:
+        if has_lut:  # pydicom prefers the LUT over the window too
+            descriptor = lut[0].LUTDescriptor
+            entries = np.arange(descriptor[1], descriptor[1] + (descriptor[0] or 2**16))
+            out_range = apply_voi(entries, ds)
+            stored = np.rint(arr).astype(np.int64) if arr.dtype.kind == "f" else arr
+            out = apply_voi(stored, ds)
+        else:
+            # Windowing clips to an output range that depends on BitsStored and
+            # rescale; the infinite probes land exactly on its ends.
+            out_range = apply_windowing(np.array([-np.inf, np.inf]), ds)
+            out = apply_windowing(arr, ds)
+    except Exception as err:
+        logger.warning("%s: ignoring unusable DICOM VOI LUT/window (%s); using min-max", label, err)
+        return None
+    lo, hi = float(np.min(out_range)), float(np.max(out_range))
+    if hi <= lo:
+        logger.warning("%s: DICOM VOI LUT has a flat output range; using min-max", label)
+        return None
+    return ((out.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)

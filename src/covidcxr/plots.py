@@ -1,0 +1,82 @@
+"""Figures a person would rather look at than read: curves, overlays, metric summaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curve(history: list[dict], path: str | Path) -> None:
+    """Training/validation loss and validation Dice per epoch."""
+    plt = _plt()
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(epochs, [h["train_loss"] for h in history], label="train")
+    a.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    a.set(xlabel="epoch", ylabel="Dice + BCE loss", title="Loss")
+    a.legend()
+    b.plot(epochs, [h["val_dice"] for h in history], color="C2")
+    b.set(xlabel="epoch", ylabel="Dice", title="Validation Dice")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """RGB uint8 image with the predicted mask tinted green and its outline (and a reference outline in red).
+
+    Args:
+        image: (H, W) float in [0, 1].
+        mask: (H, W) bool prediction.
+        reference: optional (H, W) bool mask to outline in red.
+    """
+    from scipy import ndimage
+
+    rgb = np.repeat((np.clip(image, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2).astype(np.float32)
+    m = mask.astype(bool)
+    rgb[m] = rgb[m] * 0.7 + np.array([0, 255, 0]) * 0.3
+    edge = m & ~ndimage.binary_erosion(m, iterations=max(1, min(image.shape) // 256))
+    rgb[edge] = (0, 255, 0)
+    if reference is not None:
+        r = reference.astype(bool)
+        rgb[r & ~ndimage.binary_erosion(r, iterations=max(1, min(image.shape) // 256))] = (255, 0, 0)
+    return rgb.astype(np.uint8)
+
+
+def segmentation_overlays(model, dataset, path: str | Path, n: int = 8) -> None:
+    """Predictions (green) and manual masks (red outline) on the first ``n`` items of ``dataset``."""
+    import torch
+
+    from .models import eval_mode
+
+    plt = _plt()
+    n = min(n, len(dataset))
+    if n == 0:
+        return
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    idx = np.linspace(0, len(dataset) - 1, n).astype(int)
+    with eval_mode(model), torch.inference_mode():
+        for ax, i in zip(axes.flat, idx):
+            item = dataset[int(i)]
+            pred = model(item["image"][None]).float()[0, 0] > 0
+            img = dataset.images[int(i)][0].numpy()
+            ax.imshow(overlay(img, pred.numpy(), (item["mask"] == 1).numpy()))
+            ax.set_title(f"{item['mask_source']}", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("green: model, red outline: manual mask", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
