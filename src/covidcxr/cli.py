@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger("covidcxr")
 
-SAMPLE = Path(__file__).with_name("samples") / "sample_cxr.png"
+SAMPLE = Path(__file__).with_name("samples") / "sample_cxr.jpg"
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -56,12 +56,34 @@ def _cmd_train_segmentation(args: argparse.Namespace) -> int:
         overrides.append(f"out_dir={args.out}")
     if args.data_root:
         overrides.append(f"data_root={args.data_root}")
-    if args.resume and not args.config and not overrides:
-        raise SystemExit("error: --resume needs --out RUN_DIR of the run to continue")
-    cfg = load_config(SegTrainConfig, args.config, overrides)
+    config = args.config
+    if args.resume:
+        if not args.out:
+            raise ValueError("--resume needs --out RUN_DIR, the run folder to continue")
+        if config is None and (Path(args.out) / "config.yaml").is_file():
+            config = Path(args.out) / "config.yaml"  # the killed run's own resolved config
+    cfg = load_config(SegTrainConfig, config, overrides)
     run = main(cfg, resume=args.resume, export_dir=args.export)
     print(f"run folder: {run}")
+    if args.export:
+        # Shipping weights: record their test-split metrics in the spec they travel with.
+        from .engine.evaluate_segmentation import evaluate_segmentation
+
+        spec = Path(args.export) / f"{cfg.export_name}.json"
+        summary = evaluate_segmentation(spec_path=spec, data_root=cfg.data_root, split="test", out_dir=run / "eval", update_spec=True)
+        _print_seg_summary(summary)
+        print(f"weights: {spec}")
     return 0
+
+
+def _print_seg_summary(summary: dict) -> None:
+    for source, res in summary["per_source"].items():
+        d, h = res["dice"], res["hd95"]
+        print(f"{source:>20}: Dice {d['value']:.4f} (95% CI {d['ci_low']:.4f}-{d['ci_high']:.4f}, n={d['n']})  HD95 {h['value']:.1f} px")
+    for source, res in summary["agreement"].items():
+        print(f"{source:>20}: Dice {res['dice']['value']:.4f} (agreement with model-generated masks, n={res['dice']['n']})")
+    ceiling = summary["human_ceiling"]["all"]["dice"]
+    print(f"{'human ceiling':>20}: Dice {ceiling['value']:.4f} (v7labs vs GeneralBlockchain, n={ceiling['n']} images)")
 
 
 def _cmd_evaluate_segmentation(args: argparse.Namespace) -> int:
@@ -70,9 +92,7 @@ def _cmd_evaluate_segmentation(args: argparse.Namespace) -> int:
     summary = evaluate_segmentation(
         spec_path=args.weights, data_root=args.data_root, split=args.split, out_dir=args.out, update_spec=args.update_spec, limit=args.limit
     )
-    for source, res in summary["per_source"].items():
-        d = res["dice"]
-        print(f"{source:>20}: Dice {d['value']:.4f} (95% CI {d['ci_low']:.4f}-{d['ci_high']:.4f}, n={d['n']})")
+    _print_seg_summary(summary)
     print(f"results: {Path(args.out) / 'segmentation_eval.json'}")
     return 0
 
@@ -115,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     tseg.add_argument("--out", help="run folder (config key out_dir)")
     tseg.add_argument("--data-root", help="folder holding covid-chestxray/, nih-chestxray8/, kermany-pediatric/")
     tseg.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    tseg.add_argument("--export", help="also write the best weights + spec into this folder (default RUN/export)")
+    tseg.add_argument("--export", help="write the best weights + spec into this folder (default RUN/export) and record their test metrics in the spec")
     tseg.set_defaults(func=_cmd_train_segmentation)
 
     ev = sub.add_parser("evaluate", help="evaluate a model").add_subparsers(dest="task", required=True)

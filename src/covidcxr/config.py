@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,7 +16,7 @@ T = TypeVar("T")
 def _coerce(value: str, typ: Any) -> Any:
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin in (typing.Union, types.UnionType):
         if value.lower() in ("none", "null", "") and type(None) in args:
             return None
         typ = next(a for a in args if a is not type(None))

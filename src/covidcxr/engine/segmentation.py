@@ -43,7 +43,7 @@ class SegTrainConfig:
     model: str = "unet_mobilenetv2"
     pretrained: str | None = None  # "imagenet" needs internet once
     input_size: int = 256
-    epochs: int = 24
+    epochs: int = 12
     batch_size: int = 16
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -189,7 +189,7 @@ def main(cfg: SegTrainConfig, resume: bool = False, export_dir: str | Path | Non
         normalization=NORMALIZATION,
         file=f"{cfg.export_name}.pt",
         training={
-            "command": "covidcxr train segmentation --config configs/segmentation.yaml",
+            "command": "covidcxr train segmentation --config configs/segmentation.yaml --out runs/seg-v1 --export src/covidcxr/weights",
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in ("data_root", "out_dir")},
             "data": {"mask_sources": list(MANUAL_SOURCES), "split_version": SPLIT_VERSION, "train_samples": len(train_ds), "val_samples": len(val_ds)},
             "best_epoch": best["epoch"],

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from . import unet  # noqa: F401  (registers the architectures)
-from .registry import create_model, list_models, register_model
+from . import classifier, unet  # noqa: F401  (registers the architectures)
+from .registry import create_model, list_models, model_task, register_model
 from .weights import WeightSpec, load_weights, save_weights, shipped_spec_path
 
 
@@ -28,6 +28,7 @@ def eval_mode(*models: nn.Module) -> Iterator[None]:
 __all__ = [
     "create_model",
     "list_models",
+    "model_task",
     "register_model",
     "eval_mode",
     "WeightSpec",

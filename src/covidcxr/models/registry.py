@@ -9,15 +9,31 @@ from torch import nn
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a model factory under its function name."""
-    _MODELS[fn.__name__] = fn
-    return fn
+def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None, task: str = "segmentation"):
+    """Register a model factory under ``name`` (default: its function name).
+
+    Usable as ``@register_model`` or ``@register_model(name=..., task=...)``; ``task`` is
+    ``"segmentation"`` (dense logits (N, K, H, W)) or ``"classification"`` (logits (N, K)).
+    """
+
+    def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        f.task = task  # type: ignore[attr-defined]
+        _MODELS[name or f.__name__] = f
+        return f
+
+    return wrap(fn) if fn is not None else wrap
 
 
-def list_models() -> list[str]:
-    """Names of all registered architectures."""
-    return sorted(_MODELS)
+def model_task(name: str) -> str:
+    """``"segmentation"`` or ``"classification"`` for a registered name."""
+    if name not in _MODELS:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return _MODELS[name].task  # type: ignore[attr-defined]
+
+
+def list_models(task: str | None = None) -> list[str]:
+    """Names of the registered architectures (of one ``task`` if given)."""
+    return sorted(n for n, f in _MODELS.items() if task is None or f.task == task)  # type: ignore[attr-defined]
 
 
 def create_model(name: str, *, in_chans: int = 1, num_classes: int = 1, pretrained: str | None = None, **kwargs) -> nn.Module:
