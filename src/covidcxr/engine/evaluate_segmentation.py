@@ -102,6 +102,7 @@ def evaluate_segmentation(
     summary["per_source"]["all_manual"] = _summarise(manual)
     (out / "segmentation_eval.json").write_text(json.dumps({**summary, "per_image": rows}, indent=2))
     _plot(rows, summary, out / "segmentation_eval.png")
+    (out / "segmentation_eval.md").write_text(markdown_table(summary))
     if update_spec:
         path = Path(spec_path) if spec_path else shipped_spec_path("lungs")
         spec = WeightSpec.from_json(path)
@@ -114,6 +115,27 @@ def evaluate_segmentation(
         }
         spec.to_json(path)
     return summary
+
+
+def markdown_table(summary: dict) -> str:
+    """The summary as a Markdown table: value (95% CI) per mask source and metric."""
+
+    def cell(r: dict, fmt: str) -> str:
+        return f"{r['value']:{fmt}} ({r['ci_low']:{fmt}}–{r['ci_high']:{fmt}})"
+
+    lines = [
+        f"Split: {summary['split']}. Masks at each image's own pixel size; 95% bootstrap CIs.",
+        "",
+        "| mask source | kind | n | Dice | IoU | HD95 (px) |",
+        "|---|---|---|---|---|---|",
+    ]
+    groups = [(s, "manual", r) for s, r in summary["per_source"].items()] + [(s, "model-generated (agreement)", r) for s, r in summary["agreement"].items()]
+    for source, kind, r in groups:
+        lines.append(f"| {source} | {kind} | {r['dice']['n']} | {cell(r['dice'], '.4f')} | {cell(r['iou'], '.4f')} | {cell(r['hd95'], '.1f')} |")
+    for name, r in summary["human_ceiling"].items():
+        label = "all images" if name == "all" else f"{name} split"
+        lines.append(f"| human ceiling: v7labs vs GeneralBlockchain, {label} | manual vs manual | {r['n_images']} | {cell(r['dice'], '.4f')} | {cell(r['iou'], '.4f')} | {cell(r['hd95'], '.1f')} |")
+    return "\n".join(lines) + "\n"
 
 
 def _plot(rows: list[dict], summary: dict, path: Path) -> None:
