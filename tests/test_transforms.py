@@ -28,3 +28,15 @@ def test_resize_keeps_labels_and_sizes():
     im = resize_image(torch.rand(300, 211), (64, 64))
     assert im.shape == (1, 64, 64)
     assert upsample_logits(torch.randn(1, 1, 64, 64), (300, 211)).shape == (1, 1, 300, 211)
+
+
+
+def test_crop_training_yields_crops_and_validates_on_whole_images():
+    from covidcxr.config import load_config
+    from covidcxr.engine.segmentation import SegTrainConfig, _datasets
+
+    cfg = load_config(SegTrainConfig, None, ["limit=4", "input_size=96", "crop_size=64"])
+    train, val = _datasets(cfg)
+    item = train[0]
+    assert item["image"].shape == (1, 64, 64) and item["mask"].shape == (64, 64)
+    assert val[0]["image"].shape == (1, 96, 96)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from .. import plots
@@ -42,7 +43,8 @@ class SegTrainConfig:
     out_dir: str = "runs/segmentation"
     model: str = "unet_mobilenetv2"
     pretrained: str | None = None  # "imagenet" needs internet once
-    input_size: int = 256
+    input_size: int = 256  # images are resized to this; the model runs at it at inference
+    crop_size: int = 0  # >0: train on random crops of this size (cheaper steps at a larger input_size)
     epochs: int = 12
     batch_size: int = 16
     lr: float = 3e-3
@@ -117,7 +119,10 @@ def _datasets(cfg: SegTrainConfig) -> tuple[SegmentationDataset, SegmentationDat
     if cfg.limit:
         train, val = train[: cfg.limit], val[: max(cfg.limit // 4, 2)]
     log.info("segmentation samples: %d train, %d val", len(train), len(val))
-    return SegmentationDataset(train, size, transform=segmentation_augment()), SegmentationDataset(val, size)
+    augment = segmentation_augment()
+    if cfg.crop_size and cfg.crop_size < cfg.input_size:
+        augment = v2.Compose([augment, v2.RandomCrop(cfg.crop_size)])
+    return SegmentationDataset(train, size, transform=augment), SegmentationDataset(val, size)
 
 
 def _checkpoint(path: Path, **state) -> None:
