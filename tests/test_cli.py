@@ -93,3 +93,19 @@ def test_bad_arguments_exit_cleanly(tmp_path, capsys):
     assert "holds no" in capsys.readouterr().err
     assert main(["segment", "--out", str(tmp_path / "o"), "--weights", str(tmp_path / "nope.json")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_train_resume_reuses_the_runs_config_and_evaluate_and_splits_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "segmentation", "--out", str(run), "--set", "limit=4", "--set", "epochs=1", "--set", "input_size=64", "--set", "batch_size=2"]
+    assert main(args) == 0
+    assert main(args) == 2  # the folder exists: refused, with a hint
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "segmentation", "--out", str(run), "--resume"]) == 0  # config.yaml of the run is reused
+    spec = run / "export" / "unet_mobilenetv2_lungs.json"
+    assert main(["evaluate", "segmentation", "--weights", str(spec), "--split", "val", "--limit", "1", "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "all_manual: Dice" in out and "human ceiling" in out
+    assert (tmp_path / "ev" / "segmentation_eval.md").is_file()
+    assert main(["splits"]) == 0
+    assert "patients in more than one split: 0" in capsys.readouterr().out
