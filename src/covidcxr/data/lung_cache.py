@@ -1,0 +1,72 @@
+"""Stage-1 lung masks of many images, computed once and kept on disk for stage 2.
+
+Masks are PNGs (0/255, each image's own pixel size) under
+``<cache>/<first 12 hex of the lung weights' sha256>/<dataset>/<filename>.png``, so masks of
+another lung model are never reused. The cache folder is ``$COVIDCXR_CACHE/lungs`` or
+``~/.cache/covidcxr/lungs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..io import ImageReadError, read_image
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("COVIDCXR_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "covidcxr") / "lungs"
+
+
+def mask_path(record: dict, sha256: str, cache_dir: str | Path | None = None) -> Path:
+    """Where the lung mask of ``record`` made by the weights ``sha256`` is kept."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / sha256[:12] / record["dataset"] / f"{record['filename']}.png"
+
+
+def cached_lung_masks(records: list[dict], segmenter, cache_dir: str | Path | None = None, batch_size: int = 8, progress: bool = True) -> dict[str, Path]:
+    """Lung-mask PNG of every record, segmenting only those not cached yet.
+
+    Args:
+        records: dataset records (``path``, ``dataset``, ``filename``).
+        segmenter: a :class:`covidcxr.pipeline.LungSegmenter`.
+
+    Returns:
+        record path -> mask PNG path; unreadable images are left out (logged).
+    """
+    out: dict[str, Path] = {}
+    todo = []
+    for rec in records:
+        p = mask_path(rec, segmenter.spec.sha256, cache_dir)
+        if p.is_file():
+            out[rec["path"]] = p
+        else:
+            todo.append((rec, p))
+    for start in tqdm(range(0, len(todo), batch_size), desc="lung masks", disable=not progress or not todo, unit="batch"):
+        chunk = []
+        for rec, p in todo[start : start + batch_size]:
+            try:
+                chunk.append((rec, p, read_image(rec["path"])))
+            except ImageReadError as err:
+                log.warning("skipping %s", err)
+        for (rec, p, _), mask in zip(chunk, segmenter.segment([im for _, _, im in chunk])):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_suffix(".tmp.png")
+            Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(tmp)
+            os.replace(tmp, p)  # a killed run never leaves a half-written mask behind
+            out[rec["path"]] = p
+    return out
+
+
+def load_cached_mask(path: str | Path) -> np.ndarray:
+    """A cached mask as a boolean array."""
+    with Image.open(path) as im:
+        return np.asarray(im) > 127
