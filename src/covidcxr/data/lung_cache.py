@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..io import ImageReadError, read_image
+from ..batch import read_batches, save_mask_png
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +43,23 @@ def cached_lung_masks(records: list[dict], segmenter, cache_dir: str | Path | No
         record path -> mask PNG path; unreadable images are left out (logged).
     """
     out: dict[str, Path] = {}
-    todo = []
+    todo: list[tuple[dict, Path]] = []
     for rec in records:
         p = mask_path(rec, segmenter.spec.sha256, cache_dir)
         if p.is_file():
             out[rec["path"]] = p
         else:
             todo.append((rec, p))
-    for start in tqdm(range(0, len(todo), batch_size), desc="lung masks", disable=not progress or not todo, unit="batch"):
-        chunk = []
-        for rec, p in todo[start : start + batch_size]:
-            try:
-                chunk.append((rec, p, read_image(rec["path"])))
-            except ImageReadError as err:
-                log.warning("skipping %s", err)
-        for (rec, p, _), mask in zip(chunk, segmenter.segment([im for _, _, im in chunk])):
+    batches = read_batches([Path(rec["path"]) for rec, _ in todo], batch_size)
+    for batch in tqdm(batches, total=-(-len(todo) // batch_size), desc="lung masks", disable=not progress or not todo, unit="batch"):
+        for err in (e for _, im, e in batch if im is None):
+            log.warning("skipping %s", err)
+        good = [(i, im) for i, im, _ in batch if im is not None]
+        for (i, _), mask in zip(good, segmenter.segment([im for _, im in good])):
+            rec, p = todo[i]
             p.parent.mkdir(parents=True, exist_ok=True)
             tmp = p.with_suffix(".tmp.png")
-            Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(tmp)
+            save_mask_png(mask, tmp)
             os.replace(tmp, p)  # a killed run never leaves a half-written mask behind
             out[rec["path"]] = p
     return out

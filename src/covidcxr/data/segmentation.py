@@ -72,14 +72,6 @@ class SegmentationDataset(Dataset):
         self.images = torch.stack(images) if images else torch.empty(0, 1, *self.size)
         self.masks = torch.stack(masks) if masks else torch.empty(0, *self.size, dtype=torch.uint8)
 
-    @classmethod
-    def from_tensors(cls, samples: list[dict], images: torch.Tensor, masks: torch.Tensor, transform=None) -> SegmentationDataset:
-        """A dataset over already-resized images (N, 1, H, W) float and masks (N, H, W) uint8."""
-        ds = cls.__new__(cls)
-        ds.samples, ds.images, ds.masks, ds.transform = samples, images, masks, transform
-        ds.size = tuple(images.shape[-2:])
-        return ds
-
     def __len__(self) -> int:
         return len(self.samples)
 

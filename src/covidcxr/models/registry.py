@@ -24,11 +24,15 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
     return wrap(fn) if fn is not None else wrap
 
 
-def model_task(name: str) -> str:
-    """``"segmentation"`` or ``"classification"`` for a registered name."""
+def _lookup(name: str) -> Callable[..., nn.Module]:
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return _MODELS[name].task  # type: ignore[attr-defined]
+    return _MODELS[name]
+
+
+def model_task(name: str) -> str:
+    """``"segmentation"`` or ``"classification"`` for a registered name."""
+    return _lookup(name).task  # type: ignore[attr-defined]
 
 
 def list_models(task: str | None = None) -> list[str]:
@@ -50,6 +54,4 @@ def create_model(name: str, *, in_chans: int = 1, num_classes: int = 1, pretrain
     Raises:
         KeyError: unknown name; the message lists the known ones.
     """
-    if name not in _MODELS:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return _MODELS[name](in_chans=in_chans, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    return _lookup(name)(in_chans=in_chans, num_classes=num_classes, pretrained=pretrained, **kwargs)
