@@ -16,17 +16,21 @@ def _plt():
     return plt
 
 
-def learning_curve(history: list[dict], path: str | Path) -> None:
-    """Training/validation loss and validation Dice per epoch."""
+_METRIC_NAMES = {"val_dice": ("Dice", "Validation Dice", "Dice + BCE loss"), "val_auroc": ("macro AUROC", "Validation macro AUROC", "cross-entropy")}
+
+
+def learning_curve(history: list[dict], path: str | Path, metric: str = "val_dice") -> None:
+    """Training/validation loss and a validation metric (``val_dice`` or ``val_auroc``) per epoch."""
+    ylabel, title, loss_name = _METRIC_NAMES[metric]
     plt = _plt()
     epochs = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     a.plot(epochs, [h["train_loss"] for h in history], label="train")
     a.plot(epochs, [h["val_loss"] for h in history], label="validation")
-    a.set(xlabel="epoch", ylabel="Dice + BCE loss", title="Loss")
+    a.set(xlabel="epoch", ylabel=loss_name, title="Loss")
     a.legend()
-    b.plot(epochs, [h["val_dice"] for h in history], color="C2")
-    b.set(xlabel="epoch", ylabel="Dice", title="Validation Dice")
+    b.plot(epochs, [h[metric] for h in history], color="C2")
+    b.set(xlabel="epoch", ylabel=ylabel, title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

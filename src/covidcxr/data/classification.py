@@ -10,10 +10,17 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
 
+from ..io import normalize
 from .labels import CLASSES, is_frontal_xray, label_of
+from .transforms import resize_image
 
 LUNG_INPUTS = ("crop", "masked", "whole")
+#: What the classifier may be shown: the trained inputs, and the audit's counterfactual.
+VIEW_MODES = (*LUNG_INPUTS, "lungs_blacked_out")
 
 
 def classification_samples(records: list[dict], split: str | None = None) -> tuple[list[dict], Counter]:
@@ -77,4 +84,65 @@ def lung_input(image: np.ndarray, mask: np.ndarray, mode: str = "crop", margin: 
     return out
 
 
-__all__ = ["CLASSES", "LUNG_INPUTS", "classification_samples", "lung_box", "lung_input"]
+def lung_view(image: np.ndarray, mask: np.ndarray, size: int, whole: bool = False, margin: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lung region at the classifier's input size: the image and its lung mask.
+
+    The bounding box of the lungs grown by ``margin`` (or, with ``whole``, the whole image) is
+    resized, aspect not kept, to ``size`` x ``size``; the mask goes through the same resize.
+    Training stores these views and inference computes them, so both see the same pixels.
+
+    Returns:
+        (image (1, size, size) float32 in [0, 1], lungs (1, size, size) float32 in {0, 1}).
+    """
+    if image.shape != mask.shape:
+        raise ValueError(f"image {image.shape} and lung mask {mask.shape} differ in size")
+    y0, y1, x0, x1 = (0, image.shape[0], 0, image.shape[1]) if whole else lung_box(mask, margin)
+    crop = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1], np.float32))
+    lungs = torch.from_numpy(np.ascontiguousarray(mask[y0:y1, x0:x1], np.float32))
+    return resize_image(crop, (size, size)).clamp(0, 1), (resize_image(lungs, (size, size)) > 0.5).float()
+
+
+def apply_view(image: torch.Tensor, lungs: torch.Tensor, mode: str) -> torch.Tensor:
+    """The pixels the classifier sees in ``mode`` (see ``VIEW_MODES``), before normalization.
+
+    ``crop`` and ``whole`` show the view as is; ``masked`` sets everything outside the lungs to
+    0; ``lungs_blacked_out`` sets the lungs to 0 (shortcut audit only).
+    """
+    if mode in ("crop", "whole"):
+        return image
+    if mode == "masked":
+        return image * lungs
+    if mode == "lungs_blacked_out":
+        return image * (1 - lungs)
+    raise ValueError(f"view mode must be one of {VIEW_MODES}, got {mode!r}")
+
+
+class DiagnosisDataset(Dataset):
+    """Stored lung views (uint8) with labels; augmentation, view mode and normalization per item.
+
+    Args:
+        images: (N, S, S) uint8 lung views; lungs: (N, S, S) bool masks of the views.
+        labels: (N,) class indices.
+        mode: the view mode applied after augmentation.
+        transform: paired (image, mask) transform, e.g. :func:`diagnosis_augment`.
+    """
+
+    def __init__(self, images: np.ndarray, lungs: np.ndarray, labels: np.ndarray, mode: str = "crop", transform=None) -> None:
+        if mode not in VIEW_MODES:
+            raise ValueError(f"view mode must be one of {VIEW_MODES}, got {mode!r}")
+        self.images, self.lungs, self.labels = images, lungs, np.asarray(labels)
+        self.mode, self.transform = mode, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        image = torch.from_numpy(self.images[i]).float()[None] / 255
+        lungs = torch.from_numpy(self.lungs[i]).float()[None]
+        if self.transform is not None:
+            image, lungs = self.transform(tv_tensors.Image(image), tv_tensors.Mask(lungs))
+            image, lungs = image.as_subclass(torch.Tensor), lungs.as_subclass(torch.Tensor)
+        return {"image": normalize(apply_view(image, lungs, self.mode)), "label": int(self.labels[i])}
+
+
+__all__ = ["CLASSES", "LUNG_INPUTS", "VIEW_MODES", "DiagnosisDataset", "apply_view", "classification_samples", "lung_box", "lung_input", "lung_view"]

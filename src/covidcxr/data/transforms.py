@@ -67,3 +67,47 @@ def segmentation_augment(rotation: float = 10.0, translate: float = 0.06, scale:
             IntensityJitter(),
         ]
     )
+
+
+class AcquisitionJitter(torch.nn.Module):
+    """Loss of resolution, blur and noise, drawn per image (masks untouched).
+
+    Sources differ in how their images were processed (publication figures are shrunk and
+    re-compressed, archive images are not). Degrading every source at random makes that
+    difference a weaker cue for the diagnosis.
+    """
+
+    def __init__(self, p_downscale: float = 0.3, min_scale: float = 0.35, p_blur: float = 0.2, p_noise: float = 0.3, max_noise: float = 0.04) -> None:
+        super().__init__()
+        self.p_downscale, self.min_scale = p_downscale, min_scale
+        self.p_blur, self.p_noise, self.max_noise = p_blur, p_noise, max_noise
+        self.blur = v2.GaussianBlur(5, sigma=(0.3, 1.5))
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = image.as_subclass(torch.Tensor)
+        u = torch.rand(4)
+        if u[0] < self.p_downscale:
+            h, w = out.shape[-2:]
+            s = self.min_scale + float(u[3]) * (1 - self.min_scale)
+            small = F.interpolate(out[None], size=(max(8, int(h * s)), max(8, int(w * s))), mode="bilinear", antialias=True, align_corners=False)
+            out = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
+        if u[1] < self.p_blur:
+            out = self.blur(out)
+        if u[2] < self.p_noise:
+            out = out + torch.randn_like(out) * float(torch.rand(1)) * self.max_noise
+        return tv_tensors.wrap(out.clamp(0, 1), like=image), mask
+
+
+def diagnosis_augment(rotation: float = 10.0, translate: float = 0.05, scale: tuple[float, float] = (0.9, 1.1)) -> v2.Compose:
+    """Augmentation of lung views for the diagnosis: small affine, intensity, acquisition.
+
+    No flips (a mirrored chest is not a plausible radiograph); geometric changes move the
+    lung mask with the image, so masked views stay aligned.
+    """
+    return v2.Compose(
+        [
+            v2.RandomAffine(degrees=rotation, translate=(translate, translate), scale=scale, fill=0),
+            IntensityJitter(brightness=0.1, contrast=0.25, gamma=0.35),
+            AcquisitionJitter(),
+        ]
+    )

@@ -38,9 +38,13 @@ class WeightSpec:
     sha256: str = ""
     in_chans: int = 1
     model_kwargs: dict = field(default_factory=dict)
-    resize: str = "stretch"  # the whole image is resized to input_size, aspect not kept
+    resize: str = "stretch"  # stretch: whole image to input_size; lung-box: the lung box (+ margin) to input_size
     threshold: float = 0.5
     dtype: str = "float16"  # storage dtype; weights are cast to float32 at load
+    lung_input: str = ""  # diagnosis: crop | masked (see covidcxr.data.classification)
+    margin: float = 0.0  # diagnosis: lung box grown by this fraction per side
+    temperature: float = 1.0  # diagnosis: calibrated probabilities are softmax(logits / temperature)
+    lung_weights: str = ""  # diagnosis: sha256 of the lung model whose masks it was trained on
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 
