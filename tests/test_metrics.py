@@ -46,3 +46,32 @@ def test_keep_lungs_drops_blobs_and_fills_holes():
     assert out[50, 20] and not out[96, 96]
     assert out.sum() == 2 * 80 * 30
     assert not keep_lungs(np.zeros((5, 5), bool)).any()
+
+
+def test_stratified_bootstrap_auroc():
+    from sklearn.metrics import roc_auc_score
+
+    from covidcxr.metrics import stratified_bootstrap_ci
+
+    y = np.array([0] * 50 + [1] * 10)
+    perfect = stratified_bootstrap_ci(y, y.astype(float), roc_auc_score, n_resamples=200)
+    assert perfect["value"] == perfect["ci_low"] == perfect["ci_high"] == 1.0 and perfect["n_pos"] == 10
+    rng = np.random.default_rng(1)
+    noisy = stratified_bootstrap_ci(y, rng.random(60), roc_auc_score, n_resamples=300)
+    assert noisy["ci_low"] < noisy["value"] < noisy["ci_high"] and noisy["ci_low"] < 0.5 + 0.2
+    assert np.isnan(stratified_bootstrap_ci(np.zeros(5), np.ones(5), roc_auc_score)["value"])
+
+
+def test_operating_point_and_calibration():
+    from covidcxr.metrics import calibration, operating_point
+
+    op = operating_point([1, 1, 0, 0, 0], [1, 0, 1, 0, 0])
+    assert (op["sensitivity"], op["specificity"], op["ppv"]) == (0.5, 2 / 3, 0.5)
+    assert np.isnan(operating_point([0, 0], [0, 0])["sensitivity"])
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.34, 1, 20000)
+    labels = np.where(rng.random(20000) < conf, 0, 1)
+    probs = np.stack([conf, 1 - conf, np.zeros_like(conf)], 1)
+    assert calibration(labels, probs)["ece"] < 0.02
+    overconfident = np.stack([np.full(1000, 0.99), np.full(1000, 0.01), np.zeros(1000)], 1)
+    assert calibration(np.r_[np.zeros(500, int), np.ones(500, int)], overconfident)["ece"] > 0.4

@@ -47,9 +47,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-def _cmd_train_segmentation(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace, cls):
+    """Config of a training command: defaults, then --config (or a resumed run's own), then --set."""
     from .config import load_config
-    from .engine.segmentation import SegTrainConfig, main
 
     overrides = list(args.set or [])
     if args.out:
@@ -62,7 +62,13 @@ def _cmd_train_segmentation(args: argparse.Namespace) -> int:
             raise ValueError("--resume needs --out RUN_DIR, the run folder to continue")
         if config is None and (Path(args.out) / "config.yaml").is_file():
             config = Path(args.out) / "config.yaml"  # the killed run's own resolved config
-    cfg = load_config(SegTrainConfig, config, overrides)
+    return load_config(cls, config, overrides)
+
+
+def _cmd_train_segmentation(args: argparse.Namespace) -> int:
+    from .engine.segmentation import SegTrainConfig, main
+
+    cfg = _train_config(args, SegTrainConfig)
     run = main(cfg, resume=args.resume, export_dir=args.export)
     print(f"run folder: {run}")
     if args.export:
@@ -74,6 +80,62 @@ def _cmd_train_segmentation(args: argparse.Namespace) -> int:
         _print_seg_summary(summary)
         print(f"weights: {spec}")
     return 0
+
+
+def _cmd_train_diagnosis(args: argparse.Namespace) -> int:
+    from .engine.diagnosis import DiagTrainConfig, main
+
+    cfg = _train_config(args, DiagTrainConfig)
+    run = main(cfg, resume=args.resume, export_dir=args.export)
+    print(f"run folder: {run}")
+    if args.export and cfg.folds <= 1:
+        print(f"weights: {Path(args.export) / (cfg.export_name + '.json')}")
+    return 0
+
+
+def _cmd_train_gate(args: argparse.Namespace) -> int:
+    from .gate import train_gate
+
+    res = train_gate(data_root=args.data_root, out_dir=args.out, export_dir=args.export)
+    for split, r in res["results"].items():
+        print(f"{split:>5}: frontal X-rays refused {r['false_refusal_frontal']:.1%} (n={r['n_frontal']}); lateral/CT refused {r['refusal_lateral_ct']:.1%} (n={r['n_lateral_ct']}); other images refused {r['refusal_non_xray']:.1%}")
+    print(f"threshold {res['threshold']:.3f}; weights: {res['spec']}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import Pipeline, predict_files
+
+    pipeline = Pipeline.load(lungs=args.lung_weights, diagnosis=args.weights, gate=args.gate_weights, use_gate=not args.no_gate, saliency=not args.no_saliency)
+    failed = done = 0
+    for row in predict_files(args.inputs, args.out, pipeline, batch_size=args.batch_size, report=not args.no_report, progress=not args.quiet):
+        if "error" in row:
+            failed += 1
+            print(f"error: {row['error']}", file=sys.stderr)
+            continue
+        done += 1
+        probs = "  ".join(f"{c} {p:.1%}" for c, p in row["probabilities"].items())
+        warn = "".join(f"\n    warning: {w}" for w in row["warnings"])
+        tqdm.write(f"{row['path']}\t{row['prediction']}\t[{probs}]{warn}")
+    print(f"{done} read, {failed} failed or refused; results: {Path(args.out) / 'predictions.jsonl'}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _cmd_evaluate_diagnosis(args: argparse.Namespace) -> int:
+    from .engine.evaluate_diagnosis import evaluate_diagnosis
+
+    summary = evaluate_diagnosis(spec_path=args.weights, data_root=args.data_root, split=args.split, out_dir=args.out, limit=args.limit, update_spec=args.update_spec, saliency=not args.no_saliency)
+    print((Path(args.out) / "diagnosis_eval.md").read_text())
+    print(f"results: {Path(args.out) / 'diagnosis_eval.json'}")
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from .engine.evaluate_diagnosis import audit
+
+    summary = audit(spec_path=args.weights, data_root=args.data_root, out_dir=args.out, split=args.split, limit=args.limit)
+    print((Path(args.out) / "audit.md").read_text())
+    return 0 if summary else 1
 
 
 def _print_seg_summary(summary: dict) -> None:
@@ -128,15 +190,38 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=_cmd_segment)
 
+    pred = sub.add_parser("predict", help="the whole pipeline: gate, lungs, diagnosis, Grad-CAM, report")
+    pred.add_argument("inputs", nargs="*", default=[str(SAMPLE)], help="PNG/JPEG/DICOM files or folders (default: the bundled sample X-ray)")
+    pred.add_argument("--out", required=True, help="output folder (predictions.jsonl and per-image files)")
+    pred.add_argument("--weights", help="diagnosis weights spec JSON (default: the shipped model)")
+    pred.add_argument("--lung-weights", help="lung-segmentation weights spec JSON (default: the shipped model)")
+    pred.add_argument("--gate-weights", help="input-gate weights spec JSON (default: the shipped gate)")
+    pred.add_argument("--no-gate", action="store_true", help="read images the gate would refuse (research use; a warning is kept)")
+    pred.add_argument("--no-saliency", action="store_true", help="skip Grad-CAM (batch mode)")
+    pred.add_argument("--no-report", action="store_true", help="skip the report PNGs (batch mode)")
+    pred.add_argument("--batch-size", type=int, default=8)
+    pred.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pred.set_defaults(func=_cmd_predict)
+
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="task", required=True)
-    tseg = train.add_parser("segmentation", help="train the lung-segmentation U-Net")
-    tseg.add_argument("--config", help="YAML config (e.g. configs/segmentation.yaml)")
-    tseg.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-    tseg.add_argument("--out", help="run folder (config key out_dir)")
-    tseg.add_argument("--data-root", help="folder holding covid-chestxray/, nih-chestxray8/, kermany-pediatric/")
-    tseg.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    tseg.add_argument("--export", help="write the best weights + spec into this folder (default RUN/export) and record their test metrics in the spec")
-    tseg.set_defaults(func=_cmd_train_segmentation)
+    for task, help_, func in (
+        ("segmentation", "train the lung-segmentation U-Net (configs/segmentation.yaml)", _cmd_train_segmentation),
+        ("diagnosis", "train the diagnosis classifier on stage-1 lung views (configs/diagnosis.yaml); --set folds=K cross-validates", _cmd_train_diagnosis),
+    ):
+        t = train.add_parser(task, help=help_)
+        t.add_argument("--config", help=f"YAML config (e.g. configs/{task}.yaml)")
+        t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        t.add_argument("--out", help="run folder (config key out_dir)")
+        t.add_argument("--data-root", help="folder holding covid-chestxray/, nih-chestxray8/, kermany-pediatric/")
+        t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        t.add_argument("--export", help="write the best weights + spec into this folder (default RUN/export)")
+        t.set_defaults(func=func)
+
+    tg = train.add_parser("gate", help="fit the frontal-chest-X-ray input gate on stage-1 features (a few minutes)")
+    tg.add_argument("--data-root")
+    tg.add_argument("--out", default="runs/gate", help="run folder")
+    tg.add_argument("--export", help="write the gate weights + spec into this folder (default RUN/export)")
+    tg.set_defaults(func=_cmd_train_gate)
 
     ev = sub.add_parser("evaluate", help="evaluate a model").add_subparsers(dest="task", required=True)
     eseg = ev.add_parser("segmentation", help="Dice, IoU, HD95 per mask source with bootstrap CIs")
@@ -147,6 +232,24 @@ def build_parser() -> argparse.ArgumentParser:
     eseg.add_argument("--limit", type=int, default=0, help="at most this many samples per source (quick checks)")
     eseg.add_argument("--update-spec", action="store_true", help="write the test metrics into the weights spec")
     eseg.set_defaults(func=_cmd_evaluate_segmentation)
+
+    edg = ev.add_parser("diagnosis", help="AUROC/AUPRC with CIs, operating point, confusion, calibration, saliency in the lungs; per source and pooled")
+    edg.add_argument("--weights", help="diagnosis weights spec JSON (default: the shipped model)")
+    edg.add_argument("--data-root")
+    edg.add_argument("--split", default="test", choices=["train", "val", "test"])
+    edg.add_argument("--out", default="eval/diagnosis")
+    edg.add_argument("--limit", type=int, default=0, help="at most this many images per source (quick checks)")
+    edg.add_argument("--no-saliency", action="store_true", help="skip Grad-CAM (faster)")
+    edg.add_argument("--update-spec", action="store_true", help="write the test metrics into the weights spec")
+    edg.set_defaults(func=_cmd_evaluate_diagnosis)
+
+    aud = sub.add_parser("audit", help="shortcut audit: lungs blacked out, all but the lungs blacked out, source probe, within-source test")
+    aud.add_argument("--weights", help="diagnosis weights spec JSON (default: the shipped model)")
+    aud.add_argument("--data-root")
+    aud.add_argument("--split", default="test", choices=["val", "test"])
+    aud.add_argument("--out", default="eval/audit")
+    aud.add_argument("--limit", type=int, default=0, help="at most this many images per source (quick checks)")
+    aud.set_defaults(func=_cmd_audit)
 
     spl = sub.add_parser("splits", help="patient-level split counts and a leakage check")
     spl.add_argument("--data-root")

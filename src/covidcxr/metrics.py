@@ -65,3 +65,68 @@ def bootstrap_ci(values, statistic=np.mean, confidence: float = 0.95, n_resample
         (x,), statistic, confidence_level=confidence, n_resamples=n_resamples, method="percentile", random_state=np.random.default_rng(seed)
     )
     return {"value": value, "ci_low": float(res.confidence_interval.low), "ci_high": float(res.confidence_interval.high), "n": len(x)}
+
+
+# ---------------------------------------------------------------------------
+# Classification: ranking metrics with stratified bootstrap CIs, operating point, calibration
+
+
+def stratified_bootstrap_ci(y_true, y_score, statistic, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """``statistic(y_true, y_score)`` with a percentile CI from resampling each class apart.
+
+    Resampling within the positives and within the negatives keeps both present in every
+    resample, so ranking metrics (AUROC, AUPRC) are defined for all of them.
+
+    Returns:
+        ``{"value", "ci_low", "ci_high", "n", "n_pos"}``; NaN when a class is absent.
+    """
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(y_score, float)
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == len(y):
+        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": len(y), "n_pos": n_pos}
+    value = float(statistic(y, s))
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    stats_ = []
+    for _ in range(n_resamples):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        stats_.append(statistic(y[idx], s[idx]))
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(stats_, [alpha, 1 - alpha])
+    return {"value": value, "ci_low": float(low), "ci_high": float(high), "n": len(y), "n_pos": n_pos}
+
+
+def operating_point(y_true, y_pred) -> dict:
+    """Sensitivity, specificity and PPV of binary decisions (NaN where undefined)."""
+    y = np.asarray(y_true).astype(bool)
+    p = np.asarray(y_pred).astype(bool)
+    tp, fp = int((p & y).sum()), int((p & ~y).sum())
+    fn, tn = int((~p & y).sum()), int((~p & ~y).sum())
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else float("nan")
+
+    return {"sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp), "ppv": ratio(tp, tp + fp), "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def calibration(labels, probs, n_bins: int = 10) -> dict:
+    """Expected calibration error of the top-class confidence, and the reliability bins.
+
+    Returns:
+        ``{"ece", "bins": [{"low", "high", "n", "confidence", "accuracy"}…]}`` (equal-width bins).
+    """
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, float)
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, n_bins + 1)
+    bins, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+        n = int(inside.sum())
+        if n:
+            c, a = float(conf[inside].mean()), float(correct[inside].mean())
+            ece += n / len(labels) * abs(c - a)
+            bins.append({"low": float(lo), "high": float(hi), "n": n, "confidence": c, "accuracy": a})
+    return {"ece": float(ece) if len(labels) else float("nan"), "bins": bins}

@@ -345,7 +345,7 @@ def load_views(cfg: DiagTrainConfig, split: str | None = None, progress: bool = 
     samples, excluded = classification_samples(load_records(cfg.data_root), split)
     for reason, n in sorted(excluded.items()):
         log.info("excluded %d: %s", n, reason)
-    return prepare_views(samples, LungSegmenter.from_spec(cfg.lung_weights), cfg.input_size, cfg.margin, progress=progress)
+    return prepare_views(samples, LungSegmenter.from_spec(cfg.lung_weights), cfg.input_size, cfg.margin, whole=cfg.lung_input == "whole", progress=progress)
 
 
 def main(cfg: DiagTrainConfig, resume: bool = False, export_dir: str | Path | None = None) -> Path:

@@ -19,6 +19,15 @@ BACKBONES = {
     "mobilenet_v2": "mobilenetv2_100",
 }
 
+#: The last feature map of each backbone (module name): Grad-CAM's layer.
+CAM_LAYERS = {
+    "resnet18": "layer4",
+    "resnet50": "layer4",
+    "densenet121": "features",
+    "efficientnet_b0": "bn2",
+    "mobilenet_v2": "bn2",
+}
+
 
 def _factory(name: str, timm_name: str):
     def build(in_chans: int = 1, num_classes: int = 3, pretrained: str | None = None, drop_rate: float = 0.2) -> nn.Module:

@@ -21,7 +21,7 @@ from torch import nn
 from .registry import create_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-SHIPPED = {"lungs": "unet_mobilenetv2_lungs"}
+SHIPPED = {"lungs": "unet_mobilenetv2_lungs", "diagnosis": "mobilenet_v2_diagnosis", "gate": "frontal_cxr_gate"}
 
 
 @dataclass

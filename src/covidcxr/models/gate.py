@@ -1,0 +1,47 @@
+"""The input gate's model: logistic regression on stage-1 encoder features and lung geometry.
+
+See :mod:`covidcxr.gate` for how it is trained and used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .registry import register_model
+
+GEOMETRY = ("lung_fraction", "left_right_balance", "aspect")
+
+
+def geometry(mask: np.ndarray) -> np.ndarray:
+    """(3,) lung share of the image, left/right lung balance (0 one-sided … 1 even), height / width."""
+    h, w = mask.shape
+    left, right = mask[:, : w // 2].sum(), mask[:, w // 2 :].sum()
+    total = left + right
+    balance = 2 * min(left, right) / total if total else 0.0
+    return np.array([mask.mean(), balance, h / w], np.float32)
+
+
+@register_model(name="frontal_gate", task="gate")
+class FrontalGate(nn.Module):
+    """Logistic regression with its feature standardisation built in.
+
+    Input (N, in_features): encoder features followed by :func:`geometry`; output (N,)
+    logits of "frontal chest X-ray".
+    """
+
+    def __init__(self, in_chans: int = 1, num_classes: int = 1, pretrained: str | None = None, in_features: int = 1283) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_features))
+        self.register_buffer("scale", torch.ones(in_features))
+        self.linear = nn.Linear(in_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear((x - self.mean) / self.scale)[:, 0]
+
+    @torch.inference_mode()
+    def probability(self, features: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+        """P(frontal chest X-ray) per image from encoder features (N, C) and lung masks."""
+        x = np.concatenate([np.asarray(features, np.float32), np.stack([geometry(m) for m in masks])], axis=1)
+        return torch.sigmoid(self(torch.from_numpy(x))).numpy()

@@ -1,0 +1,75 @@
+"""The report a person reads: the X-ray, the lung outline, the heat map and the probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .data.classification import CLASSES
+
+DISCLAIMER = "Research and teaching only; not for clinical decisions."
+_COLORS = {"COVID-19": "#d62728", "Other pneumonia": "#ff7f0e", "No finding": "#2ca02c"}
+
+
+def _preview(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """The image shrunk so its longer side is at most ``max_side``, and the factor used."""
+    h, w = image.shape
+    f = min(1.0, max_side / max(h, w))
+    if f == 1.0:
+        return image, f
+    small = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR)
+    return np.asarray(small, np.float32) / 255, f
+
+
+def _shrink_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if mask.shape == shape:
+        return mask
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.Resampling.NEAREST)) > 127
+
+
+def save_report(path: str | Path, image: np.ndarray, mask: np.ndarray, probabilities: dict[str, float], heat: np.ndarray | None = None, title: str = "", warnings: list[str] | None = None, lung_share: float | None = None) -> None:
+    """Write a PNG: X-ray with lung outline | heat map over the X-ray | probability bars.
+
+    Args:
+        image: (H, W) in [0, 1]; mask: (H, W) bool lungs; heat: (H, W) in [0, 1] or None.
+        probabilities: class -> calibrated probability.
+    """
+    from .plots import _plt
+
+    plt = _plt()
+    small, _ = _preview(image, 512)
+    lungs = _shrink_mask(mask, small.shape)
+    panels = 3 if heat is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(3.3 * panels + 0.6, 3.9), gridspec_kw={"width_ratios": [1] * (panels - 1) + [1.2]})
+    ax = axes[0]
+    ax.imshow(small, cmap="gray", vmin=0, vmax=1)
+    if lungs.any():
+        ax.contour(lungs, levels=[0.5], colors="#00e5ff", linewidths=1.0)
+    ax.set_title(f"lungs ({mask.mean():.0%} of the image)", fontsize=9)
+    ax.axis("off")
+    if heat is not None:
+        ax = axes[1]
+        ax.imshow(small, cmap="gray", vmin=0, vmax=1)
+        h_small = np.asarray(Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize((small.shape[1], small.shape[0]), Image.Resampling.BILINEAR), np.float32) / 255
+        ax.imshow(np.ma.masked_less(h_small, 0.05), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        share = f", {lung_share:.0%} inside the lungs" if lung_share is not None and np.isfinite(lung_share) else ""
+        ax.set_title(f"Grad-CAM{share}", fontsize=9)
+        ax.axis("off")
+    ax = axes[-1]
+    names = list(CLASSES)
+    vals = [probabilities[c] for c in names]
+    ax.barh(range(len(names))[::-1], vals, color=[_COLORS[c] for c in names])
+    for i, v in zip(range(len(names))[::-1], vals):
+        ax.text(min(v + 0.02, 0.8), i, f"{v:.0%}", va="center", fontsize=9)
+    ax.set_yticks(range(len(names))[::-1], names, fontsize=9)
+    ax.set_xlim(0, 1)
+    ax.set_title("diagnosis probabilities", fontsize=9)
+    ax.spines[["top", "right"]].set_visible(False)
+    notes = [DISCLAIMER] + [f"! {w}" for w in (warnings or [])][:3]
+    fig.text(0.01, 0.01, "\n".join(notes), fontsize=7, va="bottom", color="0.3")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * len(notes), 1, 0.95))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
