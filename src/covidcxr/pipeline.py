@@ -35,7 +35,7 @@ class LungSegmenter:
             raise ValueError(f"weights expect normalization {spec.normalization!r}; this version implements {NORMALIZATION!r}")
         if spec.resize != "stretch":
             raise ValueError(f"weights expect resize rule {spec.resize!r}; this version implements 'stretch'")
-        self.model = model
+        self.model = model.to(memory_format=torch.channels_last)  # faster CPU convolutions
         self.spec = spec
         self.size = tuple(spec.input_size)
 
@@ -65,7 +65,7 @@ class LungSegmenter:
             hook = self.model.net.encoder.register_forward_hook(lambda _m, _i, out: pooled.append(out[-1].float().mean(dim=(2, 3))))
         try:
             with eval_mode(self.model):
-                logits = self.model(self.preprocess(images)).float()
+                logits = self.model(self.preprocess(images).contiguous(memory_format=torch.channels_last)).float()
         finally:
             if hook is not None:
                 hook.remove()
@@ -96,7 +96,7 @@ class Diagnoser:
             raise ValueError(f"weights expect normalization {spec.normalization!r}; this version implements {NORMALIZATION!r}")
         if spec.lung_input not in LUNG_INPUTS:
             raise ValueError(f"weights expect lung input {spec.lung_input!r}; this version implements {LUNG_INPUTS}")
-        self.model = model
+        self.model = model.to(memory_format=torch.channels_last)
         self.spec = spec
         self.size = int(spec.input_size[0])
 
