@@ -141,3 +141,19 @@ def test_fit_learns_checkpoints_and_resumes(tmp_path):
     # resuming a finished run trains nothing more and returns the same best epoch
     again = fit(cfg, train, val, tmp_path, resume=True)
     assert again["best_epoch"] == res["best_epoch"] and len(again["history"]) == 3
+
+
+def test_group_sampling_draws_each_source_class_pair_equally():
+    labels = np.array([0] * 30 + [1] * 10 + [1] * 90 + [2] * 5)
+    sources = ["a"] * 40 + ["b"] * 90 + ["a"] * 5
+    w = sample_weights(labels, sources, "group")
+    assert np.isclose(w[:30].sum(), 0.25) and np.isclose(w[30:40].sum(), 0.25) and np.isclose(w[130:].sum(), 0.25)
+
+
+def test_torchxrayvision_densenet_state_dict_initialises_densenet121(tmp_path):
+    """The documented --pretrained path for users with torchxrayvision weights (built here with random weights)."""
+    import torchxrayvision as xrv
+    path = tmp_path / "xrv_densenet121.pt"
+    torch.save(xrv.models.DenseNet(weights=None).state_dict(), path)
+    model = _build_model(DiagTrainConfig(model="densenet121", init=str(path)))
+    assert torch.equal(model.features.conv0.weight, torch.load(path, weights_only=True)["features.conv0.weight"])

@@ -45,7 +45,7 @@ from .segmentation import _autocast, _checkpoint, _device
 
 log = logging.getLogger(__name__)
 
-SAMPLINGS = ("class_source", "class", "none")
+SAMPLINGS = ("class_source", "group", "class", "none")
 
 
 @dataclass
@@ -60,7 +60,7 @@ class DiagTrainConfig:
     lung_input: str = "crop"  # crop | masked
     margin: float = 0.1  # lung box grown by this fraction per side
     input_size: int = 224
-    sampling: str = "class_source"  # class_source | class | none
+    sampling: str = "class_source"  # class_source | group | class | none
     epochs: int = 30
     patience: int = 6  # stop after this many epochs without a better validation macro AUROC
     batch_size: int = 32
@@ -134,7 +134,9 @@ def prepare_views(samples: list[dict], segmenter, size: int, margin: float, whol
 def sample_weights(labels: np.ndarray, sources: list[str], sampling: str = "class_source") -> np.ndarray:
     """Per-sample draw weights: equal per class, and inside a class equal per source.
 
-    ``class`` balances classes only; ``none`` draws uniformly.
+    ``group`` draws every (source, class) pair present equally often, so inside a source
+    every class it holds is equally likely; ``class`` balances classes only; ``none`` draws
+    uniformly.
     """
     labels = np.asarray(labels)
     if sampling == "none":
@@ -142,6 +144,11 @@ def sample_weights(labels: np.ndarray, sources: list[str], sampling: str = "clas
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     w = np.zeros(len(labels))
+    if sampling == "group":
+        groups = [(src, int(c)) for src, c in zip(sources, labels)]
+        counts = {g: groups.count(g) for g in set(groups)}
+        w = np.array([1.0 / counts[g] for g in groups])
+        return w / w.sum()
     for c in np.unique(labels):
         in_class = labels == c
         if sampling == "class":

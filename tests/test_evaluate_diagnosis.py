@@ -1,0 +1,70 @@
+"""Diagnosis metrics per source, the within-source test and the audit's verdict."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from covidcxr.engine.evaluate_diagnosis import ALL_SOURCES, by_source, covid_vs_other, markdown_table, source_probe, summarize, verdict
+
+
+def _toy(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    probs = rng.dirichlet([1, 1, 1], n)
+    probs[np.arange(n), labels] += 1.0  # informative
+    probs /= probs.sum(1, keepdims=True)
+    samples = [{"dataset": ["covid-chestxray", "nih-chestxray8"][i % 2]} for i in range(n)]
+    for i, s in enumerate(samples):
+        if s["dataset"] == "nih-chestxray8" and labels[i] == 0:
+            labels[i] = 1  # no COVID-19 outside covid-chestxray, as in the data
+    return samples, labels, probs
+
+
+def test_summarize_and_by_source():
+    samples, labels, probs = _toy()
+    res = by_source(samples, labels, probs)
+    assert set(res) == {ALL_SOURCES, "covid-chestxray", "nih-chestxray8"}
+    pooled = res[ALL_SOURCES]
+    assert pooled["n"] == len(labels) and np.array(pooled["confusion"]).sum() == len(labels)
+    for r in pooled["per_class"].values():
+        assert r["auroc"]["ci_low"] <= r["auroc"]["value"] <= r["auroc"]["ci_high"]
+        assert 0 <= r["sensitivity"] <= 1
+    # COVID-19 is absent from the NIH source: its AUROC there is undefined, not a number
+    assert np.isnan(res["nih-chestxray8"]["per_class"]["COVID-19"]["auroc"]["value"])
+    assert 0 <= pooled["ece"] <= 1
+    md = markdown_table({"split": "test", "lung_input": "crop", "temperature": 1.2, "per_source": res, "covid_vs_other_in_covid_chestxray": covid_vs_other(labels, probs)})
+    assert "| nih-chestxray8 | COVID-19 |" in md and "n/a" in md
+
+
+def test_covid_vs_other_uses_the_two_classes_only():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array([[0.6, 0.3, 0.1], [0.5, 0.1, 0.4], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.9, 0.05, 0.05], [0.9, 0.05, 0.05]])
+    r = covid_vs_other(labels, probs)
+    assert r["n"] == 4 and r["n_pos"] == 2 and r["value"] == 1.0
+
+
+def test_source_probe_finds_an_obvious_source():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8))
+    src = np.where(x[:, 0] > 0, "a", "b").tolist()
+    res = source_probe(x[:150], src[:150], x[150:], src[150:])
+    assert res["balanced_accuracy"] > 0.9 and res["chance"] == 0.5
+
+
+def _ci(v):
+    return {"value": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "n": 100, "n_pos": 20}
+
+
+def test_verdict_words():
+    rows = {
+        "intact": {"covid_auroc": _ci(0.95), "covid_vs_other_in_covid_chestxray": _ci(0.85)},
+        "lungs blacked out": {"covid_auroc": _ci(0.52)},
+        "all but the lungs blacked out": {"covid_auroc": _ci(0.93)},
+    }
+    probe = {"all classes": {"balanced_accuracy": 0.9, "chance": 1 / 3}}
+    v = verdict({"inputs": rows, "source_probe": probe})
+    assert v[0].startswith("PASS") and v[1].startswith("PASS") and v[3].startswith("PASS")
+    rows["lungs blacked out"]["covid_auroc"] = _ci(0.9)
+    rows["intact"]["covid_vs_other_in_covid_chestxray"] = _ci(0.6)
+    v = verdict({"inputs": rows, "source_probe": probe})
+    assert v[0].startswith("WARN") and "shortcut" in v[0] and v[3].startswith("WARN")
