@@ -53,7 +53,7 @@ def save_report(path: str | Path, image: np.ndarray, mask: np.ndarray, probabili
         ax = axes[1]
         ax.imshow(small, cmap="gray", vmin=0, vmax=1)
         h_small = np.asarray(Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize((small.shape[1], small.shape[0]), Image.Resampling.BILINEAR), np.float32) / 255
-        ax.imshow(np.ma.masked_less(h_small, 0.05), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        ax.imshow(np.ma.masked_less(h_small, 0.15), cmap="jet", alpha=0.45, vmin=0, vmax=1)
         share = f", {lung_share:.0%} inside the lungs" if lung_share is not None and np.isfinite(lung_share) else ""
         ax.set_title(f"Grad-CAM{share}", fontsize=9)
         ax.axis("off")

@@ -45,27 +45,24 @@ ALL_SOURCES = "all sources"
 # Model outputs over stored views
 
 
-def views_for(diagnoser: Diagnoser, data_root: str | None = None, progress: bool = True) -> dict:
-    """Lung views of every labelled frontal sample, made as the diagnoser's weights expect."""
-    samples, _ = classification_samples(load_records(data_root))
+def views_for(diagnoser: Diagnoser, data_root: str | None = None, split: str | None = None, limit: int = 0, progress: bool = True) -> dict:
+    """Lung views of the labelled frontal samples of a split (``None``: all), made as the diagnoser's weights expect.
+
+    ``limit`` keeps at most that many samples per source (quick checks).
+    """
+    samples, _ = classification_samples(load_records(data_root), split)
+    if limit:
+        seen: dict[str, int] = {}
+        kept = []
+        for s in samples:
+            seen[s["dataset"]] = seen.get(s["dataset"], 0) + 1
+            if seen[s["dataset"]] <= limit:
+                kept.append(s)
+        samples = kept
     segmenter = LungSegmenter.from_spec()
     if diagnoser.spec.lung_weights and diagnoser.spec.lung_weights != segmenter.spec.sha256:
         log.warning("diagnosis weights were trained on masks of lung model %s…, the shipped lung model is %s…", diagnoser.spec.lung_weights[:12], segmenter.spec.sha256[:12])
     return prepare_views(samples, segmenter, diagnoser.size, diagnoser.spec.margin, whole=diagnoser.spec.lung_input == "whole", progress=progress)
-
-
-def select(views: dict, split: str | None = None, limit: int = 0) -> dict:
-    """The views of one split (``None``: all); ``limit`` keeps at most that many per source."""
-    keep, seen = [], {}
-    for i, s in enumerate(views["samples"]):
-        if split is not None and s["split"] != split:
-            continue
-        seen[s["dataset"]] = seen.get(s["dataset"], 0) + 1
-        if limit and seen[s["dataset"]] > limit:
-            continue
-        keep.append(i)
-    idx = np.array(keep, dtype=int)
-    return {"images": views["images"][idx], "lungs": views["lungs"][idx], "labels": views["labels"][idx], "samples": [views["samples"][i] for i in idx]}
 
 
 def model_outputs(diagnoser: Diagnoser, views: dict, mode: str | None = None, features: bool = False, saliency: bool = False, batch_size: int = 32, progress: bool = True) -> dict:
@@ -166,7 +163,7 @@ def evaluate_diagnosis(spec_path: str | Path | None = None, data_root: str | Non
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     diagnoser = Diagnoser.from_spec(spec_path)
-    views = select(views_for(diagnoser, data_root), split, limit)
+    views = views_for(diagnoser, data_root, split, limit)
     if len(views["labels"]) == 0:
         raise RuntimeError(f"no labelled frontal images in the {split} split; check --data-root")
     res = model_outputs(diagnoser, views, saliency=saliency)
@@ -273,7 +270,8 @@ def plot_roc(views: dict, probs: np.ndarray, path: Path, title: str = "") -> Non
                 ax.plot(fpr, tpr, label=f"{cls} {roc_auc_score(y, probs[m, c]):.3f}")
         ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
         ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"{name} (n={int(m.sum())})")
-        ax.legend(fontsize=7, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -339,8 +337,7 @@ def audit(spec_path: str | Path | None = None, data_root: str | None = None, out
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     diagnoser = Diagnoser.from_spec(spec_path)
-    views = views_for(diagnoser, data_root)
-    test = select(views, split, limit)
+    test = views_for(diagnoser, data_root, split, limit)
     rows = {}
     for name, mode in AUDIT_MODES.items():
         res = model_outputs(diagnoser, test, mode=mode, features=name == "intact")
@@ -355,7 +352,7 @@ def audit(spec_path: str | Path | None = None, data_root: str | None = None, out
         }
         if name == "intact":
             test_feats = res["features"]
-    train = select(views, "train", limit)
+    train = views_for(diagnoser, data_root, "train", limit)
     train_feats = model_outputs(diagnoser, train, features=True)["features"]
     src_train = [s["dataset"] for s in train["samples"]]
     src_test = [s["dataset"] for s in test["samples"]]
