@@ -13,7 +13,8 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
     """Register a model factory under ``name`` (default: its function name).
 
     Usable as ``@register_model`` or ``@register_model(name=..., task=...)``; ``task`` is
-    ``"segmentation"`` (dense logits (N, K, H, W)) or ``"classification"`` (logits (N, K)).
+    ``"segmentation"`` (dense logits (N, K, H, W)), ``"classification"`` (logits (N, K)) or
+    ``"gate"`` (feature vectors in, one logit per image out).
     """
 
     def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -31,7 +32,7 @@ def _lookup(name: str) -> Callable[..., nn.Module]:
 
 
 def model_task(name: str) -> str:
-    """``"segmentation"`` or ``"classification"`` for a registered name."""
+    """``"segmentation"``, ``"classification"`` or ``"gate"`` for a registered name."""
     return _lookup(name).task  # type: ignore[attr-defined]
 
 
