@@ -157,3 +157,19 @@ def test_torchxrayvision_densenet_state_dict_initialises_densenet121(tmp_path):
     torch.save(xrv.models.DenseNet(weights=None).state_dict(), path)
     model = _build_model(DiagTrainConfig(model="densenet121", init=str(path)))
     assert torch.equal(model.features.conv0.weight, torch.load(path, weights_only=True)["features.conv0.weight"])
+
+
+def test_cross_validation_trains_k_folds_on_train_and_val_patients(tmp_path):
+    from covidcxr.engine.diagnosis import _cross_validate
+
+    rng = np.random.default_rng(1)
+    views = _toy_views(90, rng)
+    for i, s in enumerate(views["samples"]):
+        s["patient_id"] = str(i // 2)  # two images per patient
+    splits = np.array(["train"] * 60 + ["val"] * 15 + ["test"] * 15)
+    cfg = DiagTrainConfig(model="resnet18", init=None, input_size=48, epochs=1, batch_size=16, amp="none", device="cpu", folds=3)
+    _cross_validate(cfg, views, splits, tmp_path, resume=False)
+    cv = json.loads((tmp_path / "cross_validation.json").read_text())
+    assert [f["fold"] for f in cv["folds"]] == [0, 1, 2]
+    assert sum(f["val_samples"] for f in cv["folds"]) == 75  # every train+val image validated once, test never
+    assert all((tmp_path / f"fold{k}" / "metrics.json").is_file() for k in range(3))
