@@ -224,24 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     tg.set_defaults(func=_cmd_train_gate)
 
     ev = sub.add_parser("evaluate", help="evaluate a model").add_subparsers(dest="task", required=True)
-    eseg = ev.add_parser("segmentation", help="Dice, IoU, HD95 per mask source with bootstrap CIs")
-    eseg.add_argument("--weights", help="weights spec JSON (default: the shipped model)")
-    eseg.add_argument("--data-root")
-    eseg.add_argument("--split", default="test", choices=["train", "val", "test"])
-    eseg.add_argument("--out", default="eval/segmentation")
-    eseg.add_argument("--limit", type=int, default=0, help="at most this many samples per source (quick checks)")
-    eseg.add_argument("--update-spec", action="store_true", help="write the test metrics into the weights spec")
-    eseg.set_defaults(func=_cmd_evaluate_segmentation)
-
-    edg = ev.add_parser("diagnosis", help="AUROC/AUPRC with CIs, operating point, confusion, calibration, saliency in the lungs; per source and pooled")
-    edg.add_argument("--weights", help="diagnosis weights spec JSON (default: the shipped model)")
-    edg.add_argument("--data-root")
-    edg.add_argument("--split", default="test", choices=["train", "val", "test"])
-    edg.add_argument("--out", default="eval/diagnosis")
-    edg.add_argument("--limit", type=int, default=0, help="at most this many images per source (quick checks)")
-    edg.add_argument("--no-saliency", action="store_true", help="skip Grad-CAM (faster)")
-    edg.add_argument("--update-spec", action="store_true", help="write the test metrics into the weights spec")
-    edg.set_defaults(func=_cmd_evaluate_diagnosis)
+    for task, help_, func in (
+        ("segmentation", "Dice, IoU, HD95 per mask source with bootstrap CIs", _cmd_evaluate_segmentation),
+        ("diagnosis", "AUROC/AUPRC with CIs, operating point, confusion, calibration, saliency in the lungs; per source and pooled", _cmd_evaluate_diagnosis),
+    ):
+        e = ev.add_parser(task, help=help_)
+        e.add_argument("--weights", help=f"{task} weights spec JSON (default: the shipped model)")
+        e.add_argument("--data-root")
+        e.add_argument("--split", default="test", choices=["train", "val", "test"])
+        e.add_argument("--out", default=f"eval/{task}")
+        e.add_argument("--limit", type=int, default=0, help="at most this many samples per source (quick checks)")
+        e.add_argument("--update-spec", action="store_true", help="write the test metrics into the weights spec")
+        if task == "diagnosis":
+            e.add_argument("--no-saliency", action="store_true", help="skip Grad-CAM (faster)")
+        e.set_defaults(func=func)
 
     aud = sub.add_parser("audit", help="shortcut audit: lungs blacked out, all but the lungs blacked out, source probe, within-source test")
     aud.add_argument("--weights", help="diagnosis weights spec JSON (default: the shipped model)")
