@@ -173,3 +173,26 @@ def test_cross_validation_trains_k_folds_on_train_and_val_patients(tmp_path):
     assert [f["fold"] for f in cv["folds"]] == [0, 1, 2]
     assert sum(f["val_samples"] for f in cv["folds"]) == 75  # every train+val image validated once, test never
     assert all((tmp_path / f"fold{k}" / "metrics.json").is_file() for k in range(3))
+
+
+def test_view_cache_serves_any_copy_of_the_data(tmp_path, monkeypatch):
+    """The cache is keyed by dataset/filename: moving the data (CI clone, user's copy) must not break it."""
+    import shutil
+    from pathlib import Path
+
+    from covidcxr.engine.diagnosis import prepare_views
+    from covidcxr.pipeline import LungSegmenter
+
+    monkeypatch.setenv("COVIDCXR_CACHE", str(tmp_path / "cache"))
+    fixtures = Path(__file__).parent / "fixtures"
+    names = ["ieee8023_2cd63b76.jpg", "kermany_IM-0117-0001.jpeg"]
+    for copy in ("a", "b"):
+        (tmp_path / copy).mkdir()
+        for n in names:
+            shutil.copy(fixtures / n, tmp_path / copy / n)
+    samples = lambda copy: [{"dataset": "fixtures", "filename": n, "path": str(tmp_path / copy / n), "label": i} for i, n in enumerate(names)]
+    segmenter = LungSegmenter.from_spec()
+    first = prepare_views(samples("a"), segmenter, 64, 0.1, progress=False)
+    second = prepare_views(samples("b"), segmenter, 64, 0.1, progress=False)
+    assert [s["path"] for s in second["samples"]] == [str(tmp_path / "b" / n) for n in names]
+    assert np.array_equal(first["images"], second["images"]) and list(second["labels"]) == [0, 1]

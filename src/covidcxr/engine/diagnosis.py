@@ -102,11 +102,14 @@ def prepare_views(samples: list[dict], segmenter, size: int, margin: float, whol
         json.dumps([segmenter.spec.sha256, size, margin, whole, [(s["dataset"], s["filename"]) for s in samples]]).encode()
     ).hexdigest()[:16]
     path = views_cache_dir() / f"{key}.npz"
-    by_path = {s["path"]: s for s in samples}
+    by_name = {f"{s['dataset']}/{s['filename']}": s for s in samples}
     if cache and path.is_file():
         data = np.load(path)
-        kept = [by_path[p] for p in data["paths"]]
-        return {"images": data["images"], "lungs": data["lungs"], "labels": np.array([s["label"] for s in kept]), "samples": kept, "lung_fraction": data["lungs"].mean(axis=(1, 2))}
+        # Stored by dataset/filename, not by path: the same cache serves any copy of the data.
+        if "names" in data.files and all(n in by_name for n in data["names"]):
+            kept = [by_name[n] for n in data["names"]]
+            return {"images": data["images"], "lungs": data["lungs"], "labels": np.array([s["label"] for s in kept], dtype=np.int64), "samples": kept, "lung_fraction": data["lungs"].mean(axis=(1, 2))}
+        log.info("rebuilding stale view cache %s", path)
     masks = cached_lung_masks(samples, segmenter, progress=progress)
     images, lungs, kept = [], [], []
     for s in tqdm(samples, desc="lung views", disable=not progress, unit="image"):
@@ -126,7 +129,7 @@ def prepare_views(samples: list[dict], segmenter, size: int, margin: float, whol
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, images=images, lungs=lungs, paths=np.array([s["path"] for s in kept]))
+        np.savez(tmp, images=images, lungs=lungs, names=np.array([f"{s['dataset']}/{s['filename']}" for s in kept]))
         os.replace(tmp, path)
     return {"images": images, "lungs": lungs, "labels": np.array([s["label"] for s in kept], dtype=np.int64), "samples": kept, "lung_fraction": lungs.mean(axis=(1, 2))}
 
