@@ -34,7 +34,12 @@ def test_predict_sample_writes_every_output(tmp_path):
     size = Image.open(SAMPLE).size
     assert Image.open(row["lung_mask"]).size == size and Image.open(row["heatmap"]).size == size
     assert Image.open(row["report"]).size[0] > 400
-    assert set(row["model"]) == {"lungs", "diagnosis", "gate"}
+    assert set(row["model"]) == {"lungs", "diagnosis", "gate", "lesions", "severity"}
+    sev = row["severity"]
+    assert 0 <= sev["geographic_extent"] <= 8 and 0 <= sev["opacity"] <= 6
+    assert set(sev["brixia"]) == {"A", "B", "C", "D", "E", "F", "global"}
+    assert abs(sum(sev["brixia"][z] for z in "ABCDEF") - sev["brixia"]["global"]) < 0.05
+    assert all(0 <= v <= 1 for lesion in sev["lesions"].values() for v in lesion.values())
     assert row["model"]["diagnosis"]["sha256"] == load_weights(kind="diagnosis")[1].sha256
     assert 0 <= row["saliency_in_lungs"] <= 1
 

@@ -1,9 +1,22 @@
-"""Many files in, one output set per file out: input discovery, unique output names, batching."""
+"""Many files in, one output set per file out: input discovery, unique output names, batching, resume.
+
+Inputs are files, folders (searched recursively for supported extensions), glob patterns
+(expanded here, so a quoted pattern works where the shell does not expand it) and CSV files
+listing paths. Reading runs in a ``torch.utils.data.DataLoader`` so that worker processes can
+decode images while the models run in the main process; a file that cannot be read becomes an
+error item, never an exception. ``read_predictions`` reads what an earlier run of ``covidcxr
+predict`` wrote, so that a killed or extended run carries on where it stopped.
+"""
 
 from __future__ import annotations
 
+import csv
+import glob
+import json
 import logging
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,53 +26,312 @@ from .io import ImageReadError, is_supported_file, read_image
 
 log = logging.getLogger(__name__)
 
+_GLOB_CHARS = frozenset("*?[")
 
-def collect_inputs(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
-    """Expand folders (recursively, supported extensions only) and keep files as given.
+#: One decoded input: (index into the file list, image or None, error message or None).
+Item = tuple[int, np.ndarray | None, str | None]
+
+
+def expand_inputs(paths: Iterable[str | Path], csv_files: Iterable[str | Path] = ()) -> tuple[list[str], list[tuple[str, str]]]:
+    """Every input file, in a stable order, and one error per input that names nothing readable.
+
+    Each input is, in this order of checks: an existing folder (searched recursively, supported
+    extensions only, sorted), an existing file (kept whatever its extension: DICOM often has
+    none), a glob pattern (``*``, ``?``, ``[``; expanded with ``glob.glob(recursive=True)``,
+    sorted; a matched folder is searched as above), else an error. The inputs listed in each of
+    ``csv_files`` (see :func:`read_csv_paths`) follow the command-line ones and are treated alike.
+    A file reached twice is kept once, at its first place.
+
+    Args:
+        paths: files, folders and glob patterns, as typed.
+        csv_files: CSV files listing more inputs.
 
     Returns:
-        (files in a stable order, one error message per input that does not exist).
+        (file paths as strings, ``(input, message)`` for each input that exists nowhere, matches
+        nothing or is a folder without images).
+
+    Raises:
+        FileNotFoundError: A CSV file does not exist.
+        ValueError: A CSV file holds no rows.
     """
-    files: list[Path] = []
-    errors: list[str] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_supported_file(f))
-            if not found:
-                errors.append(f"{p}: folder holds no PNG, JPEG, TIFF, BMP or DICOM (.dcm) files")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            errors.append(f"{p}: file not found")
+    files: list[str] = []
+    errors: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    entries = [str(p) for p in paths]
+    for table in csv_files:
+        entries.extend(read_csv_paths(table))
+    for raw in entries:
+        found, error = _expand_one(raw)
+        if error:
+            errors.append((raw, error))
+        for f in map(os.path.normpath, found):
+            if f not in seen:
+                seen.add(f)
+                files.append(f)
     return files, errors
 
 
-def unique_stems(files: list[Path]) -> list[str]:
-    """Output stems, one per file: the file stem, suffixed ``-2``, ``-3``… where stems repeat."""
-    seen: dict[str, int] = {}
+def _expand_one(raw: str) -> tuple[list[str], str | None]:
+    p = Path(raw)
+    if p.is_dir():
+        found = _walk(p)
+        return found, None if found else "folder holds no PNG, JPEG, TIFF, BMP or DICOM (.dcm) files"
+    if p.is_file():
+        return [str(p)], None
+    if not _GLOB_CHARS.intersection(raw):
+        return [], "file not found"
+    found = []
+    for match in sorted(glob.glob(raw, recursive=True)):
+        m = Path(match)
+        found.extend(_walk(m) if m.is_dir() else [str(m)] if m.is_file() else [])
+    return found, None if found else "pattern matches no file (quote it so that the shell leaves it to covidcxr, and check the folder)"
+
+
+def _walk(folder: Path) -> list[str]:
+    return sorted(str(f) for f in folder.rglob("*") if f.is_file() and is_supported_file(f))
+
+
+def collect_inputs(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
+    """Files, folders and glob patterns -> files (see :func:`expand_inputs`).
+
+    Returns:
+        (files in a stable order, one ``"input: problem"`` message per input that names nothing).
+    """
+    files, errors = expand_inputs(paths)
+    return [Path(f) for f in files], [f"{raw}: {msg}" for raw, msg in errors]
+
+
+def read_csv_paths(table: str | Path) -> list[str]:
+    """The inputs a CSV file lists: its ``path`` column, else its first column.
+
+    A first row holding a cell ``path`` (any case) is the header and names the column. Without
+    one, the first row is data when its first cell names an existing file or folder or ends in
+    an image extension, and is taken for a header otherwise (``filename,label``). Relative paths
+    are resolved against the CSV file's folder; empty cells are skipped.
+
+    Args:
+        table: the CSV file.
+
+    Returns:
+        The listed paths, in file order.
+
+    Raises:
+        FileNotFoundError: ``table`` does not exist.
+        ValueError: ``table`` holds no rows.
+    """
+    table = Path(table)
+    if not table.is_file():
+        raise FileNotFoundError(f"--csv {table}: file not found")
+    with open(table, newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        raise ValueError(f"--csv {table}: the file is empty; expected a column 'path' or one path per line")
+    names = [c.strip().lower() for c in rows[0]]
+    if "path" in names:
+        col, rows = names.index("path"), rows[1:]
+    else:
+        col = 0
+        if not _looks_like_path(rows[0][0] if rows[0] else "", table.parent):
+            log.info("%s: no 'path' column; reading the first column, %r", table, rows[0][0] if rows[0] else "")
+            rows = rows[1:]
+    cells = (row[col].strip() if len(row) > col else "" for row in rows)
+    return [os.path.normpath(table.parent / cell) for cell in cells if cell]  # an absolute cell stays absolute
+
+
+def _looks_like_path(cell: str, base: Path) -> bool:
+    cell = cell.strip()
+    return bool(cell) and (is_supported_file(cell) or (base / cell).exists())
+
+
+def unique_stems(files: Sequence[str | Path], reserved: Mapping[str, str] | None = None) -> list[str]:
+    """Output stems, one per file: the file stem, suffixed ``-2``, ``-3``… where it is taken.
+
+    The name of each file depends only on the files before it in the list (and on
+    ``reserved``), so the same list always gives the same names.
+
+    Args:
+        files: input files, in processing order.
+        reserved: stems an earlier run already wrote, by input path: those paths keep theirs
+            and no other file gets one of them.
+
+    Returns:
+        One distinct stem per file.
+    """
+    reserved = reserved or {}
+    used = set(reserved.values())
+    next_n: dict[str, int] = {}  # every candidate of a stem below this number is taken
     out = []
     for f in files:
-        n = seen.get(f.stem, 0) + 1
-        seen[f.stem] = n
-        out.append(f.stem if n == 1 else f"{f.stem}-{n}")
+        if str(f) in reserved:
+            out.append(reserved[str(f)])
+            continue
+        stem = Path(f).stem
+        n = next_n.get(stem, 1)
+        while (cand := stem if n == 1 else f"{stem}-{n}") in used:
+            n += 1
+        next_n[stem] = n + 1
+        used.add(cand)
+        out.append(cand)
     return out
 
 
-def read_batches(files: list[Path], batch_size: int) -> Iterator[list[tuple[int, np.ndarray | None, str | None]]]:
-    """Yield batches of ``(index, image or None, error or None)``; bad files become errors, not exceptions."""
-    batch = []
-    for i, f in enumerate(files):
+class ImageFiles:
+    """Images of a list of files, decoded on demand; a file that cannot be read gives its error.
+
+    A map-style dataset for ``torch.utils.data.DataLoader`` (which needs only ``__len__`` and
+    ``__getitem__``, so this module imports no PyTorch: the onnxruntime backend runs without it).
+
+    Args:
+        files: paths of the image files.
+
+    Items are ``(index, image (H, W) float32 in [0, 1] or None, error message or None)``.
+    """
+
+    def __init__(self, files: Sequence[str | Path]) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Item:
+        path = self.files[i]
         try:
-            batch.append((i, read_image(f), None))
+            return i, read_image(path), None
         except ImageReadError as err:
-            batch.append((i, None, str(err)))
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+            return i, None, str(err)
+        except Exception as err:  # a decoder bug must cost one row, not the whole batch job
+            log.warning("%s: unexpected error while reading", path, exc_info=True)
+            return i, None, f"{path}: could not read the image ({type(err).__name__}: {err})"
+
+
+def keep_items(batch: list[Item]) -> list[Item]:
+    """DataLoader collate that leaves the items alone: images differ in size, some are errors."""
+    return batch
+
+
+def read_batches(files: Sequence[str | Path], batch_size: int, workers: int = 0) -> Iterator[list[Item]]:
+    """Yield batches of ``(index, image or None, error or None)``, in file order.
+
+    With ``workers`` > 0 a ``torch.utils.data.DataLoader`` decodes in that many processes,
+    ``batch_size`` images per task, each worker a batch or two ahead; with 0 the files are
+    decoded here, one batch at a time (what a DataLoader without workers does, without
+    importing PyTorch). Bad files become errors, not exceptions.
+
+    Args:
+        files: image files.
+        batch_size: items per batch (the last batch may be smaller).
+        workers: processes decoding in parallel (0: decode in this process).
+    """
+    if batch_size < 1 or workers < 0:
+        raise ValueError(f"need --batch-size >= 1 and --workers >= 0, got {batch_size} and {workers}")
+    dataset = ImageFiles(files)
+    if workers == 0 or not files:
+        return _batches_here(dataset, batch_size)
+    from torch.utils.data import DataLoader
+
+    return iter(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=keep_items))
+
+
+def _batches_here(dataset: ImageFiles, batch_size: int) -> Iterator[list[Item]]:
+    for start in range(0, len(dataset), batch_size):
+        yield [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+
+
+@dataclass
+class Done:
+    """What an earlier run left in ``predictions.jsonl``.
+
+    Attributes:
+        stems: output stem of each input read without error, by path.
+        errors: paths whose only rows are errors.
+        models: the distinct ``model`` entries of the rows read without error (JSON text).
+    """
+
+    stems: dict[str, str] = field(default_factory=dict)
+    errors: set[str] = field(default_factory=set)
+    models: set[str] = field(default_factory=set)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.stems or path in self.errors
+
+
+def read_predictions(jsonl: str | Path) -> Done:
+    """Scan a ``predictions.jsonl`` for resuming; an incomplete last line is cut off the file.
+
+    A run killed while writing leaves a last line without its newline: that line is removed
+    (its input is simply run again), so rows appended next start on a line of their own.
+
+    Args:
+        jsonl: the file; a missing file means nothing is done.
+
+    Returns:
+        The paths done and the output stems they used.
+
+    Raises:
+        ValueError: A complete line is not a JSON row with a ``path`` (the file is not one this
+            tool wrote, or was edited).
+    """
+    done = Done()
+    jsonl = Path(jsonl)
+    if not jsonl.is_file():
+        return done
+    good_end = 0
+    with open(jsonl, "rb+") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.endswith(b"\n"):
+                log.warning("%s: dropping an incomplete last line (%d bytes; a killed run?); that input is run again", jsonl, len(line))
+                fh.truncate(good_end)
+                break
+            good_end += len(line)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                path = row["path"]
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"{jsonl}: line {n} is not a prediction row; fix or delete it, or start afresh with --overwrite") from None
+            if "error" in row:
+                if path not in done.stems:
+                    done.errors.add(path)
+            else:
+                done.errors.discard(path)
+                mask = row.get("lung_mask")
+                done.stems[path] = Path(mask).name.removesuffix("_lungs.png") if mask else Path(path).stem
+                done.models.add(json.dumps(row.get("model"), sort_keys=True))
+    return done
+
+
+def drop_error_rows(jsonl: str | Path, paths: set[str]) -> None:
+    """Remove the error rows of ``paths`` from ``jsonl`` (atomically), before they are retried."""
+    jsonl = Path(jsonl)
+    if not paths or not jsonl.is_file():
+        return
+    tmp = jsonl.with_name(jsonl.name + ".tmp")
+    with open(jsonl, "rb") as src, open(tmp, "wb") as dst:
+        for line in src:
+            row = json.loads(line) if line.strip() else None
+            if not (row and "error" in row and row["path"] in paths):
+                dst.write(line)
+    os.replace(tmp, jsonl)
+
+
+@dataclass
+class RunCounts:
+    """Inputs of one ``covidcxr predict`` run, by what became of them.
+
+    Attributes:
+        inputs: files found plus inputs that name nothing.
+        skipped: inputs already in ``predictions.jsonl`` (not run again).
+        skipped_errors: of those, inputs whose row there is an error (``--retry-errors`` retries them).
+        done: rows written with results.
+        failed: error rows written (unreadable, refused, missing).
+    """
+
+    inputs: int = 0
+    skipped: int = 0
+    skipped_errors: int = 0
+    done: int = 0
+    failed: int = 0
 
 
 def save_mask_png(mask: np.ndarray, path: str | Path) -> None:

@@ -68,8 +68,12 @@ def _train_config(args: argparse.Namespace, cls):
 def _cmd_train_segmentation(args: argparse.Namespace) -> int:
     from .engine.segmentation import SegTrainConfig, main
 
+    from .engine import distributed
+
     cfg = _train_config(args, SegTrainConfig)
     run = main(cfg, resume=args.resume, export_dir=args.export)
+    if not distributed.is_main():  # under torchrun, rank 0 alone evaluates and writes
+        return 0
     print(f"run folder: {run}")
     if args.export:
         # Shipping weights: record their test-split metrics in the spec they travel with.
@@ -85,11 +89,51 @@ def _cmd_train_segmentation(args: argparse.Namespace) -> int:
 def _cmd_train_diagnosis(args: argparse.Namespace) -> int:
     from .engine.diagnosis import DiagTrainConfig, main
 
+    from .engine import distributed
+
     cfg = _train_config(args, DiagTrainConfig)
     run = main(cfg, resume=args.resume, export_dir=args.export)
+    if not distributed.is_main():
+        return 0
     print(f"run folder: {run}")
     if args.export and cfg.folds <= 1:
         print(f"weights: {Path(args.export) / (cfg.export_name + '.json')}")
+    return 0
+
+
+def _cmd_train_severity(args: argparse.Namespace) -> int:
+    from .engine.severity import SeverityConfig, main
+
+    cfg = _train_config(args, SeverityConfig)
+    run = main(cfg, cfg.out_dir, resume=args.resume, export_dir=args.export)
+    print((run / "severity_eval.md").read_text())
+    print(f"run folder: {run}")
+    if args.export:
+        print(f"weights: {Path(args.export) / 'unet_mobilenetv2_lesions.json'}, {Path(args.export) / 'severity_linear.json'}")
+    return 0
+
+
+def _cmd_evaluate_severity(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine.severity import SeverityConfig, evaluate_severity
+
+    run = Path(args.run)
+    config = run / "config.yaml" if (run / "config.yaml").is_file() else None
+    cfg = load_config(SeverityConfig, config, [f"data_root={args.data_root}"] if args.data_root else None)
+    evaluate_severity(cfg, run, args.out)
+    print((Path(args.out) / "severity_eval.md").read_text())
+    print(f"results: {Path(args.out) / 'severity_eval.json'}")
+    return 0
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+    from .runtime import default_onnx_dir
+
+    out = args.out or default_onnx_dir()
+    for path in export_onnx(out, lungs=args.lung_weights, diagnosis=args.weights, gate=args.gate_weights, lesions=args.lesion_weights, severity=args.severity_weights):
+        print(f"{path}\t{path.stat().st_size / 1e6:.1f} MB")
+    print(f"use with: covidcxr predict --backend onnxruntime --onnx-dir {out} ...")
     return 0
 
 
@@ -104,21 +148,47 @@ def _cmd_train_gate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from .batch import RunCounts
     from .predict import Pipeline, predict_files
 
-    pipeline = Pipeline.load(lungs=args.lung_weights, diagnosis=args.weights, gate=args.gate_weights, use_gate=not args.no_gate, saliency=not args.no_saliency)
-    failed = done = 0
-    for row in predict_files(args.inputs, args.out, pipeline, batch_size=args.batch_size, report=not args.no_report, progress=not args.quiet):
+    if args.batch_size < 1 or args.workers < 0:
+        raise ValueError(f"need --batch-size >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    inputs = args.inputs or ([] if args.csv else [str(SAMPLE)])
+    pipeline = Pipeline.load(
+        lungs=args.lung_weights, diagnosis=args.weights, gate=args.gate_weights, use_gate=not args.no_gate, saliency=not args.no_saliency,
+        severity=not args.no_severity, lesions=args.lesion_weights, severity_head=args.severity_weights,
+        backend=args.backend, onnx_dir=args.onnx_dir,
+    )
+    counts = RunCounts()
+    rows = predict_files(inputs, args.out, pipeline, batch_size=args.batch_size, report=not args.no_report, progress=not args.quiet,
+                         csv_files=args.csv or (), workers=args.workers, overwrite=args.overwrite, retry_errors=args.retry_errors, counts=counts)
+    for row in rows:
         if "error" in row:
-            failed += 1
-            print(f"error: {row['error']}", file=sys.stderr)
+            tqdm.write(f"error: {row['error']}", file=sys.stderr)
             continue
-        done += 1
         probs = "  ".join(f"{c} {p:.1%}" for c, p in row["probabilities"].items())
         warn = "".join(f"\n    warning: {w}" for w in row["warnings"])
         tqdm.write(f"{row['path']}\t{row['prediction']}\t[{probs}]{warn}")
-    print(f"{done} read, {failed} failed or refused; results: {Path(args.out) / 'predictions.jsonl'}", file=sys.stderr)
-    return 2 if failed else 0
+    kept = f"; {counts.skipped} already in predictions.jsonl, skipped" if counts.skipped else ""
+    if counts.skipped_errors:
+        kept += f" ({counts.skipped_errors} of them errors: --retry-errors runs them again)"
+    print(f"{counts.done} read, {counts.failed} failed or refused{kept}; results: {Path(args.out) / 'predictions.jsonl'}", file=sys.stderr)
+    return 2 if counts.failed or counts.skipped_errors else 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .web import create_app
+    except ImportError as err:
+        raise RuntimeError(f"covidcxr serve needs the serve extra ({err.name} is missing): pip install 'covidcxr[serve]'") from err
+    if args.max_upload_mb <= 0:
+        raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    app = create_app(max_upload_bytes=int(args.max_upload_mb * 2**20), use_gate=not args.no_gate, saliency=not args.no_saliency)
+    print(f"covidcxr: web page and API on http://{args.host}:{args.port}/ (API docs at /docs); research and teaching only", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
 
 
 def _cmd_evaluate_diagnosis(args: argparse.Namespace) -> int:
@@ -190,23 +260,44 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=_cmd_segment)
 
-    pred = sub.add_parser("predict", help="the whole pipeline: gate, lungs, diagnosis, Grad-CAM, report")
-    pred.add_argument("inputs", nargs="*", default=[str(SAMPLE)], help="PNG/JPEG/DICOM files or folders (default: the bundled sample X-ray)")
-    pred.add_argument("--out", required=True, help="output folder (predictions.jsonl and per-image files)")
+    pred = sub.add_parser("predict", help="the whole pipeline: gate, lungs, diagnosis, severity, Grad-CAM, report")
+    pred.add_argument("inputs", nargs="*", help="PNG/JPEG/DICOM files, folders (searched recursively) or quoted glob patterns ('scans/**/*.dcm') "
+                      "(default without --csv: the bundled sample X-ray)")
+    pred.add_argument("--csv", action="append", metavar="FILE", help="CSV listing inputs: column 'path', else the first column; relative paths are "
+                      "read from the CSV's folder (repeatable)")
+    pred.add_argument("--out", required=True, help="output folder (predictions.jsonl and per-image files); an existing predictions.jsonl is "
+                      "appended to and its inputs are skipped")
     pred.add_argument("--weights", help="diagnosis weights spec JSON (default: the shipped model)")
     pred.add_argument("--lung-weights", help="lung-segmentation weights spec JSON (default: the shipped model)")
     pred.add_argument("--gate-weights", help="input-gate weights spec JSON (default: the shipped gate)")
+    pred.add_argument("--lesion-weights", help="lesion-decoder weights spec JSON (default: the shipped model)")
+    pred.add_argument("--severity-weights", help="severity-head weights spec JSON (default: the shipped model)")
+    pred.add_argument("--no-severity", action="store_true", help="skip lesions and severity scores")
+    pred.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="run the models on PyTorch (default) or onnxruntime (no PyTorch needed)")
+    pred.add_argument("--onnx-dir", help="models written by `covidcxr export onnx` (default ~/.cache/covidcxr/onnx); with --backend onnxruntime")
     pred.add_argument("--no-gate", action="store_true", help="read images the gate would refuse (research use; a warning is kept)")
     pred.add_argument("--no-saliency", action="store_true", help="skip Grad-CAM (batch mode)")
     pred.add_argument("--no-report", action="store_true", help="skip the report PNGs (batch mode)")
-    pred.add_argument("--batch-size", type=int, default=8)
+    pred.add_argument("--batch-size", type=int, default=8, help="images read and run together (default 8)")
+    pred.add_argument("--workers", type=int, default=0, help="processes decoding images in parallel (default 0: decode between batches)")
+    pred.add_argument("--overwrite", action="store_true", help="start predictions.jsonl afresh instead of resuming it")
+    pred.add_argument("--retry-errors", action="store_true", help="when resuming, run again the inputs whose row is an error")
     pred.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pred.set_defaults(func=_cmd_predict)
+
+    srv = sub.add_parser("serve", help="web page and REST API (POST /v1/predict) for the whole pipeline; needs the serve extra")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted; bigger ones get 413")
+    srv.add_argument("--no-gate", action="store_true", help="read images the gate would refuse (research use; a warning is kept)")
+    srv.add_argument("--no-saliency", action="store_true", help="skip Grad-CAM (faster; heatmap is null)")
+    srv.set_defaults(func=_cmd_serve)
 
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="task", required=True)
     for task, help_, func in (
         ("segmentation", "train the lung-segmentation U-Net (configs/segmentation.yaml)", _cmd_train_segmentation),
         ("diagnosis", "train the diagnosis classifier on stage-1 lung views (configs/diagnosis.yaml); --set folds=K cross-validates", _cmd_train_diagnosis),
+        ("severity", "train and evaluate the lesion decoder and severity heads (configs/severity.yaml; ~25 min on 2 cores)", _cmd_train_severity),
     ):
         t = train.add_parser(task, help=help_)
         t.add_argument("--config", help=f"YAML config (e.g. configs/{task}.yaml)")
@@ -238,6 +329,19 @@ def build_parser() -> argparse.ArgumentParser:
         if task == "diagnosis":
             e.add_argument("--no-saliency", action="store_true", help="skip Grad-CAM (faster)")
         e.set_defaults(func=func)
+
+    evs = ev.add_parser("severity", help="severity protocol: out-of-fold lesion Dice, repeated 50/50 splits for extent, opacity, Brixia")
+    evs.add_argument("--run", default="runs/severity", help="severity run folder (its config and lesion folds; missing folds are trained)")
+    evs.add_argument("--data-root")
+    evs.add_argument("--out", default="eval/severity")
+    evs.set_defaults(func=_cmd_evaluate_severity)
+
+    exp = sub.add_parser("export", help="export models").add_subparsers(dest="format", required=True)
+    onx = exp.add_parser("onnx", help="every shipped model as ONNX + spec, for --backend onnxruntime")
+    onx.add_argument("--out", help="output folder (default ~/.cache/covidcxr/onnx, or $COVIDCXR_CACHE/onnx)")
+    for flag in ("--weights", "--lung-weights", "--gate-weights", "--lesion-weights", "--severity-weights"):
+        onx.add_argument(flag, help="weights spec JSON (default: the shipped model)")
+    onx.set_defaults(func=_cmd_export_onnx)
 
     aud = sub.add_parser("audit", help="shortcut audit: lungs blacked out, all but the lungs blacked out, source probe, within-source test")
     aud.add_argument("--weights", help="diagnosis weights spec JSON (default: the shipped model)")

@@ -19,9 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .models.gate import FrontalGate, geometry  # noqa: F401  (the gate's model)
+from .postprocess import geometry
 
 #: Images whose intensity standard deviation (in [0, 1] units) is below this are blank.
 BLANK_STD = 0.02
@@ -33,6 +32,11 @@ def blank_reason(image: np.ndarray) -> str | None:
     if std < BLANK_STD:
         return f"blank or near-uniform image (intensity spread {std:.3f}); not a chest X-ray"
     return None
+
+
+def pooled_features(encoder: list) -> np.ndarray:
+    """The stage-1 encoder's deepest feature map averaged over space, (N, C) float32: the gate's input."""
+    return np.asarray(encoder[-1], np.float32).mean(axis=(2, 3))
 
 
 def refusal(p_frontal: float, threshold: float) -> str | None:
@@ -81,6 +85,8 @@ def _synthetic(kind: str, rng: np.random.Generator) -> np.ndarray:
             img[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = rng.uniform(0, 1)
         return img
     if kind == "texture":
+        import torch
+
         small = rng.normal(size=(int(rng.integers(3, 24)), int(rng.integers(3, 24))))
         t = torch.nn.functional.interpolate(torch.from_numpy(small).float()[None, None], size=(h, w), mode="bicubic", align_corners=False)[0, 0].numpy()
         return _gray(t + rng.normal(0, 0.05, (h, w)))
@@ -208,6 +214,8 @@ def refusal_rates(p: np.ndarray, y: np.ndarray, kinds: list[str], threshold: flo
 def train_gate(data_root: str | None = None, out_dir: str = "runs/gate", export_dir: str | None = None, max_false_refusal: float = 0.01) -> dict:
     """Fit the gate on the train split, pick its threshold on validation, measure it on test, export it."""
     import json
+
+    import torch
 
     from sklearn.linear_model import LogisticRegression
 

@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.classification import LUNG_INPUTS, apply_view, lung_view
-from .data.transforms import resize_image, upsample_logits
+from .views import LUNG_INPUTS, apply_view, lung_view
+from .data.transforms import upsample_logits
+from .resize import resize_aa
 from .io import NORMALIZATION, normalize
 from .models import WeightSpec, eval_mode, load_weights
+from .gate import pooled_features
 from .postprocess import keep_lungs
 
 
@@ -47,10 +49,27 @@ class LungSegmenter:
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Images (H, W) in [0, 1] -> model batch (N, 1, *input_size), normalized."""
-        batch = torch.stack([resize_image(torch.from_numpy(np.ascontiguousarray(im, np.float32)), self.size) for im in images])
-        return normalize(batch)
+        batch = np.stack([resize_aa(im, self.size)[None] for im in images])  # NumPy: the same pixels on every backend
+        return torch.from_numpy(normalize(batch))
 
     @torch.inference_mode()
+    def forward(self, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], torch.Tensor, list[torch.Tensor]]:
+        """Lung probability maps at each image's own size, the model batch, and the encoder's feature maps.
+
+        The encoder's feature list (smp order, finest first) is what the input gate and the
+        lesion decoder read, so the encoder runs once per image for all of them.
+        """
+        captured: list[list[torch.Tensor]] = []
+        hook = self.model.net.encoder.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        x = self.preprocess(images).contiguous(memory_format=torch.channels_last)
+        try:
+            with eval_mode(self.model):
+                logits = self.model(x).float()
+        finally:
+            hook.remove()
+        maps = [torch.sigmoid(upsample_logits(lg[None], im.shape[-2:]))[0, 0].numpy() for lg, im in zip(logits, images)]
+        return maps, x, captured[0]
+
     def probabilities(self, images: Sequence[np.ndarray], features: bool = False):
         """Lung probability maps, each at its image's own pixel size (float32 (H, W)).
 
@@ -59,18 +78,13 @@ class LungSegmenter:
         """
         if not images:
             return ([], np.zeros((0, 0), np.float32)) if features else []
-        pooled: list[torch.Tensor] = []
-        hook = None
-        if features:
-            hook = self.model.net.encoder.register_forward_hook(lambda _m, _i, out: pooled.append(out[-1].float().mean(dim=(2, 3))))
-        try:
-            with eval_mode(self.model):
-                logits = self.model(self.preprocess(images).contiguous(memory_format=torch.channels_last)).float()
-        finally:
-            if hook is not None:
-                hook.remove()
-        maps = [torch.sigmoid(upsample_logits(lg[None], im.shape[-2:]))[0, 0].numpy() for lg, im in zip(logits, images)]
-        return (maps, pooled[0].numpy()) if features else maps
+        maps, _, encoder = self.forward(images)
+        return (maps, pooled_features(encoder)) if features else maps
+
+    def masks(self, maps: Sequence[np.ndarray], postprocess: bool = True) -> list[np.ndarray]:
+        """Boolean masks from probability maps; ``postprocess`` keeps two lungs, fills holes."""
+        masks = [p > self.spec.threshold for p in maps]
+        return [keep_lungs(m) for m in masks] if postprocess else masks
 
     def segment(self, images: Sequence[np.ndarray], postprocess: bool = True, features: bool = False):
         """Boolean lung masks (H, W) at each image's own size; ``postprocess`` keeps two lungs, fills holes.
@@ -78,8 +92,7 @@ class LungSegmenter:
         With ``features``, returns ``(masks, encoder features (N, C))``.
         """
         maps, feats = self.probabilities(images, features=True) if features else (self.probabilities(images), None)
-        masks = [p > self.spec.threshold for p in maps]
-        masks = [keep_lungs(m) for m in masks] if postprocess else masks
+        masks = self.masks(maps, postprocess)
         return (masks, feats) if features else masks
 
 
@@ -99,6 +112,7 @@ class Diagnoser:
         self.model = model.to(memory_format=torch.channels_last)
         self.spec = spec
         self.size = int(spec.input_size[0])
+        self._cam = None
 
     @classmethod
     def from_spec(cls, spec_path: str | Path | None = None) -> Diagnoser:
@@ -106,14 +120,14 @@ class Diagnoser:
         model, spec = load_weights(spec_path, kind="diagnosis")
         return cls(model, spec)
 
-    def view(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The lung view of one image (see :func:`covidcxr.data.classification.lung_view`)."""
+    def view(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The lung view of one image and its lung mask, (1, S, S) each (see :func:`covidcxr.views.lung_view`)."""
         return lung_view(image, mask, self.size, whole=self.spec.lung_input == "whole", margin=self.spec.margin)
 
     def inputs(self, views: Sequence[tuple[torch.Tensor, torch.Tensor]], mode: str | None = None) -> torch.Tensor:
         """Model batch (N, 1, S, S) of lung views in ``mode`` (default: the spec's lung input)."""
         mode = mode or self.spec.lung_input
-        return normalize(torch.stack([apply_view(v, lungs, mode) for v, lungs in views]))
+        return torch.from_numpy(normalize(np.stack([apply_view(v, lungs, mode) for v, lungs in views])))
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
@@ -121,6 +135,14 @@ class Diagnoser:
         with eval_mode(self.model):
             logits = self.model(batch.contiguous(memory_format=torch.channels_last)).float()
         return torch.softmax(logits / self.spec.temperature, dim=1).numpy()
+
+    def saliency(self, batch: torch.Tensor, targets: list[int]) -> np.ndarray:
+        """Grad-CAM maps (N, S, S) in [0, 1] of ``targets`` (see :class:`covidcxr.saliency.GradCam`)."""
+        if self._cam is None:
+            from .saliency import GradCam
+
+            self._cam = GradCam(self.model, self.spec.architecture)
+        return self._cam(batch, targets)
 
     def predict(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
         """Calibrated probabilities (N, K) of images (H, W) in [0, 1] with their lung masks."""

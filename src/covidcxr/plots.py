@@ -84,3 +84,53 @@ def segmentation_overlays(model, dataset, path: str | Path, n: int = 8) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+#: Lesion overlay colours: ground-glass yellow, consolidation red.
+LESION_COLORS = ((255, 200, 0), (230, 30, 30))
+
+
+def lesion_overlay(image: np.ndarray, lesions: np.ndarray, lungs: np.ndarray | None = None) -> np.ndarray:
+    """RGB uint8: lesion classes tinted (see :data:`LESION_COLORS`) over the X-ray, lung outline in cyan."""
+    from scipy import ndimage
+
+    rgb = np.repeat((np.clip(image, 0, 1) * 255)[..., None], 3, axis=2).astype(np.float32)
+    for k, m in enumerate(lesions):
+        rgb[m] = rgb[m] * 0.55 + np.array(LESION_COLORS[k % len(LESION_COLORS)]) * 0.45
+    if lungs is not None:
+        rgb[lungs & ~ndimage.binary_erosion(lungs, iterations=max(1, min(image.shape) // 256))] = (0, 229, 255)
+    return rgb.astype(np.uint8)
+
+
+def lesion_examples(examples: list[tuple], names: tuple[str, ...], path: str | Path) -> None:
+    """Rows of (image, radiologists' lesions, model lesions, lungs): marked vs out-of-fold prediction."""
+    plt = _plt()
+    if not examples:
+        return
+    fig, axes = plt.subplots(len(examples), 2, figsize=(6, 3 * len(examples)), squeeze=False)
+    for row, (image, truth, pred, lungs) in zip(axes, examples):
+        row[0].imshow(lesion_overlay(image, truth, lungs))
+        row[1].imshow(lesion_overlay(image, pred, lungs))
+    axes[0, 0].set_title("radiologists", fontsize=9)
+    axes[0, 1].set_title("model (out of fold)", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(" / ".join(f"{n}: {c}" for n, c in zip(names, ("yellow", "red"))), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def severity_scatter(truth: dict[str, np.ndarray], predicted: dict[str, np.ndarray], path: str | Path) -> None:
+    """Predicted (mean over the splits an image was held out in) against the raters' score, one panel per score."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(truth), figsize=(3.6 * len(truth), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], truth):
+        y, p = np.asarray(truth[name], float), np.asarray(predicted[name], float)
+        hi = max(y.max(), p.max()) * 1.05 + 1e-6
+        ax.plot([0, hi], [0, hi], color="0.6", lw=1)
+        ax.scatter(y, p, s=12, alpha=0.7)
+        ax.set(xlim=(0, hi), ylim=(0, hi), xlabel="raters", ylabel="model (held out)", title=f"{name.replace('_', ' ')}: MAE {np.abs(y - p).mean():.2f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

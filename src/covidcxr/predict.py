@@ -1,4 +1,4 @@
-"""The whole pipeline on files: read, gate, segment, diagnose, explain, report.
+"""The whole pipeline on files: read, gate, segment, diagnose, score severity, explain, report.
 
 For each input ``predict_files`` writes ``<stem>_lungs.png`` (the input's pixel size),
 ``<stem>_heatmap.png`` (Grad-CAM of the predicted class, 8-bit, the input's pixel size),
@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .batch import collect_inputs, read_batches, save_mask_png, unique_stems
-from .data.classification import CLASSES
-from .gate import blank_reason, refusal
-from .models import load_weights
-from .pipeline import Diagnoser, LungSegmenter
+from .batch import Done, RunCounts, drop_error_rows, expand_inputs, read_batches, read_predictions, save_mask_png, unique_stems
+from .data.labels import CLASSES
+from .gate import blank_reason, pooled_features, refusal
 from .report import save_report
-from .saliency import GradCam, lung_share, to_image
+from .severity import SeverityScorer
+from .specs import source_sha256
+from .views import lung_share, to_image
+
+BACKENDS = ("torch", "onnxruntime")
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +35,56 @@ MIN_SIDE_WARN = 256
 
 
 class Pipeline:
-    """Stage 1, the gate, stage 2 and Grad-CAM, loaded from weights specs (default: shipped)."""
+    """Stage 1, the gate, stage 2, severity and saliency, loaded from weights specs (default: shipped).
 
-    def __init__(self, segmenter: LungSegmenter, diagnoser: Diagnoser, gate=None, gate_spec=None, use_gate: bool = True, saliency: bool = True) -> None:
+    The components are duck-typed so that both backends fit: PyTorch (:mod:`covidcxr.pipeline`)
+    and onnxruntime (:mod:`covidcxr.runtime`, no PyTorch import).
+
+    Args:
+        segmenter: ``forward(images) -> (maps, x, encoder)``, ``masks(maps)``, ``spec``.
+        diagnoser: ``view``, ``inputs``, ``probabilities``, ``saliency(batch, targets)``, ``spec``.
+        gate: ``probability(features, masks)`` (None: no gate); gate_spec: its spec.
+        severity: a :class:`covidcxr.severity.SeverityScorer` reading the segmenter's encoder, or None.
+    """
+
+    def __init__(self, segmenter, diagnoser, gate=None, gate_spec=None, use_gate: bool = True, saliency: bool = True, severity: SeverityScorer | None = None) -> None:
         self.segmenter, self.diagnoser = segmenter, diagnoser
         self.gate, self.gate_spec, self.use_gate = gate, gate_spec, use_gate
-        self.cam = GradCam(diagnoser.model, diagnoser.spec.architecture) if saliency else None
+        self.saliency = saliency
+        if severity is not None and severity.lesion_spec.lung_weights != source_sha256(segmenter.spec):
+            raise ValueError(
+                f"the lesion weights read the encoder of lung model {severity.lesion_spec.lung_weights[:12]}…, not of {segmenter.spec.sha256[:12]}… "
+                "(--lung-weights); pass matching --lesion-weights or --no-severity"
+            )
+        self.severity = severity
 
     @classmethod
-    def load(cls, lungs: str | None = None, diagnosis: str | None = None, gate: str | None = None, use_gate: bool = True, saliency: bool = True) -> Pipeline:
+    def load(cls, lungs: str | None = None, diagnosis: str | None = None, gate: str | None = None, use_gate: bool = True, saliency: bool = True,
+             severity: bool = True, lesions: str | None = None, severity_head: str | None = None, backend: str = "torch", onnx_dir: str | None = None) -> Pipeline:
+        """Every model from its spec. ``backend="onnxruntime"`` reads the ONNX files in ``onnx_dir``
+        (``covidcxr export onnx``) instead, and imports no PyTorch."""
+        if backend == "onnxruntime":
+            from .runtime import load_components
+
+            segmenter, diagnoser, gate_model, gate_spec, scorer = load_components(onnx_dir, severity=severity)
+            return cls(segmenter, diagnoser, gate_model, gate_spec, use_gate, saliency, scorer)
+        if backend != "torch":
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        try:
+            from .models import load_weights
+            from .pipeline import Diagnoser, LungSegmenter
+        except ImportError as err:
+            raise RuntimeError(f"the PyTorch backend needs the torch extra ({err.name} is missing): pip install 'covidcxr[torch]', or use --backend onnxruntime") from err
         gate_model, gate_spec = load_weights(gate, kind="gate")
-        return cls(LungSegmenter.from_spec(lungs), Diagnoser.from_spec(diagnosis), gate_model, gate_spec, use_gate, saliency)
+        scorer = SeverityScorer.from_spec(lesions, severity_head) if severity else None
+        return cls(LungSegmenter.from_spec(lungs), Diagnoser.from_spec(diagnosis), gate_model, gate_spec, use_gate, saliency, scorer)
 
     @property
     def models(self) -> dict:
         """Name and sha256 of every weight file used."""
         specs = {"lungs": self.segmenter.spec, "diagnosis": self.diagnoser.spec, "gate": self.gate_spec}
+        if self.severity is not None:
+            specs |= {"lesions": self.severity.lesion_spec, "severity": self.severity.head_spec}
         return {k: {"name": s.name, "sha256": s.sha256} for k, s in specs.items() if s is not None}
 
     def run(self, images: list[np.ndarray]) -> list[dict]:
@@ -56,8 +93,9 @@ class Pipeline:
         todo = [i for i, r in enumerate(out) if r["refusal"] is None]
         if not todo:
             return out
-        masks, feats = self.segmenter.segment([images[i] for i in todo], features=True)
-        p_frontal = self.gate.probability(feats, masks) if self.gate is not None else np.ones(len(todo))
+        maps, x, encoder = self.segmenter.forward([images[i] for i in todo])
+        masks = self.segmenter.masks(maps)
+        p_frontal = self.gate.probability(pooled_features(encoder), masks) if self.gate is not None else np.ones(len(todo))
         keep = []
         for j, i in enumerate(todo):
             res = out[i]
@@ -72,10 +110,14 @@ class Pipeline:
             keep.append(i)
         if not keep:
             return out
+        if self.severity is not None:
+            rows = [todo.index(i) for i in keep]
+            for i, sev in zip(keep, self.severity.score(x[rows], [f[rows] for f in encoder], [out[i]["mask"] for i in keep])):
+                out[i].update(sev)
         views = [self.diagnoser.view(images[i], out[i]["mask"]) for i in keep]
         batch = self.diagnoser.inputs(views)
         probs = self.diagnoser.probabilities(batch)
-        maps = self.cam(batch, probs.argmax(1).tolist()) if self.cam is not None else [None] * len(keep)
+        maps = self.diagnoser.saliency(batch, probs.argmax(1).tolist()) if self.saliency else [None] * len(keep)
         for i, p, m in zip(keep, probs, maps):
             res = out[i]
             res["probabilities"] = {c: float(v) for c, v in zip(CLASSES, p)}
@@ -97,33 +139,94 @@ def _warnings(image: np.ndarray, mask: np.ndarray) -> list[str]:
     return out
 
 
-def predict_files(inputs: list[str], out_dir: str | Path, pipeline: Pipeline, batch_size: int = 8, report: bool = True, progress: bool = True) -> Iterator[dict]:
-    """Run the pipeline on files and folders; yields each ``predictions.jsonl`` row as it is written."""
+def predict_files(
+    inputs: list[str],
+    out_dir: str | Path,
+    pipeline: Pipeline,
+    batch_size: int = 8,
+    report: bool = True,
+    progress: bool = True,
+    *,
+    csv_files: Sequence[str | Path] = (),
+    workers: int = 0,
+    overwrite: bool = False,
+    retry_errors: bool = False,
+    counts: RunCounts | None = None,
+) -> Iterator[dict]:
+    """Run the pipeline on files, folders, glob patterns and CSV lists; yields each new row as it is written.
+
+    Resumable: rows are appended to ``OUT/predictions.jsonl`` and inputs that already have a row
+    there are skipped, those whose row is an error too unless ``retry_errors`` (their error rows
+    are then removed and the inputs run again). An output stem, once written, stays with its
+    input, and the same input list always gives the same stems, so a resumed run names its files
+    as one uninterrupted run would have.
+
+    Memory does not grow with the number of inputs: only the paths (with their output stems) and
+    the paths already done are held; decoded images live for one batch and rows go to disk at once.
+
+    Args:
+        inputs: files, folders and glob patterns (see :func:`covidcxr.batch.expand_inputs`).
+        out_dir: output folder.
+        pipeline: the loaded models.
+        batch_size: images decoded and run together.
+        report: write the report PNGs (slow).
+        progress: show a progress bar.
+        csv_files: CSV files listing more inputs (see :func:`covidcxr.batch.read_csv_paths`).
+        workers: processes decoding images in parallel (0: in this process); models always run here.
+        overwrite: start ``predictions.jsonl`` afresh instead of appending to it.
+        retry_errors: run again the inputs whose earlier row is an error.
+        counts: filled in as the run goes (inputs, skipped, done, failed), for a summary.
+
+    Yields:
+        Each row appended to ``predictions.jsonl``: results, or ``path`` and ``error``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files, errors = collect_inputs(inputs)
-    stems = unique_stems(files)
+    jsonl = out / "predictions.jsonl"
+    counts = counts if counts is not None else RunCounts()
+    files, missing = expand_inputs(inputs, csv_files)
+    done = Done() if overwrite else read_predictions(jsonl)
     models = pipeline.models
-    with open(out / "predictions.jsonl", "w") as fh:
+    if done.models - {json.dumps(models, sort_keys=True)}:
+        raise ValueError(f"{jsonl} holds rows made by other weights or options (--no-severity?) than this run's {sorted(models)}; "
+                         "pass the same ones to resume, or --overwrite to start afresh, or another --out")
+    if retry_errors and done.errors:
+        retry = {p for p in chain(files, (raw for raw, _ in missing)) if p in done.errors}
+        drop_error_rows(jsonl, retry)
+        done.errors -= retry
+    stems = unique_stems(files, done.stems)  # over the full list, so names do not depend on what was done
+    todo = [i for i, f in enumerate(files) if f not in done]
+    counts.inputs = len(files) + len(missing)
+    counts.skipped = counts.inputs - len(todo) - sum(raw not in done for raw, _ in missing)
+    counts.skipped_errors = sum(p in done.errors for p in chain(files, (raw for raw, _ in missing)))
+    if counts.skipped:
+        log.info("%s: %d of %d inputs already done, skipped (%d with errors%s)", jsonl, counts.skipped, counts.inputs,
+                 counts.skipped_errors, "; --retry-errors runs them again" if counts.skipped_errors else "")
+    bar = tqdm(total=len(files), initial=len(files) - len(todo), desc="predict", unit="image", disable=not progress)
+    with open(jsonl, "w" if overwrite else "a") as fh, bar:
 
         def emit(row: dict) -> dict:
             fh.write(json.dumps(row) + "\n")
-            fh.flush()
+            fh.flush()  # a killed run loses at most the row being written
+            if "error" in row:
+                counts.failed += 1
+            else:
+                counts.done += 1
+            bar.set_postfix(done=counts.done, failed=counts.failed, refresh=False)
             return row
 
-        for err in errors:
-            yield emit({"path": err.split(": ")[0], "error": err})
-        bar = tqdm(total=len(files), desc="predict", unit="image", disable=not progress)
-        for batch in read_batches(files, batch_size):
-            good = [(i, im) for i, im, _ in batch if im is not None]
-            for i, _, err in batch:
+        for raw, msg in missing:
+            if raw not in done:
+                yield emit({"path": raw, "error": f"{raw}: {msg}"})
+        for batch in read_batches([files[i] for i in todo], batch_size, workers):
+            for j, _, err in batch:
                 if err is not None:
-                    yield emit({"path": str(files[i]), "error": err})
-            results = pipeline.run([im for _, im in good])
+                    yield emit({"path": files[todo[j]], "error": err})
+            good = [(todo[j], im) for j, im, _ in batch if im is not None]
+            results = pipeline.run([im for _, im in good]) if good else []
             for (i, image), res in zip(good, results):
-                yield emit(_write_outputs(files[i], stems[i], image, res, out, models, report))
+                yield emit(_write_outputs(Path(files[i]), stems[i], image, res, out, models, report))
             bar.update(len(batch))
-        bar.close()
 
 
 def _write_outputs(path: Path, stem: str, image: np.ndarray, res: dict, out: Path, models: dict, report: bool) -> dict:
@@ -143,12 +246,15 @@ def _write_outputs(path: Path, stem: str, image: np.ndarray, res: dict, out: Pat
     if report:
         row["report"] = str(out / f"{stem}_report.png")
         title = f"{path.name}: {res['prediction']} ({res['probabilities'][res['prediction']]:.0%})"
-        save_report(row["report"], image, res["mask"], res["probabilities"], heat, title=title, warnings=res["warnings"], lung_share=res.get("saliency_in_lungs"))
+        save_report(row["report"], image, res["mask"], res["probabilities"], heat, title=title, warnings=res["warnings"], lung_share=res.get("saliency_in_lungs"),
+                    severity=res.get("severity"), lesions=res.get("lesions"), zones=res.get("zones"))
     row["model"] = models
     row["warnings"] = res["warnings"]
     row["lung_area"] = round(float(res["mask"].mean()), 4)
     row["gate_probability"] = round(res.get("gate_probability", float("nan")), 4)
     if "saliency_in_lungs" in res:
         row["saliency_in_lungs"] = round(float(res["saliency_in_lungs"]), 4)
+    if "severity" in res:
+        row["severity"] = res["severity"]
     return row
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from captum.attr import LayerGradCam
 
-from .data.classification import lung_box
 from .models import eval_mode
 from .models.classifier import CAM_LAYERS
+from .views import lung_share, to_image  # noqa: F401  (NumPy; re-exported)
 
 
 class GradCam:
@@ -43,24 +43,3 @@ class GradCam:
         maps = F.interpolate(attr.detach().float(), size=batch.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         peak = maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
         return (maps.clamp_min(0) / peak).numpy()
-
-
-def to_image(view_map: np.ndarray, mask: np.ndarray, margin: float, whole: bool = False) -> np.ndarray:
-    """A view-sized heat map placed into the lung box of the full image (zeros outside the box).
-
-    Args:
-        view_map: (S, S) map over the lung view.
-        mask: (H, W) lung mask of the full image (gives the box, as in ``lung_view``).
-    """
-    h, w = mask.shape
-    y0, y1, x0, x1 = (0, h, 0, w) if whole else lung_box(mask, margin)
-    out = np.zeros((h, w), np.float32)
-    resized = F.interpolate(torch.from_numpy(np.ascontiguousarray(view_map, np.float32))[None, None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
-    out[y0:y1, x0:x1] = resized[0, 0].clamp(0, 1).numpy()
-    return out
-
-
-def lung_share(heat: np.ndarray, lungs: np.ndarray) -> float:
-    """Fraction of the heat map's mass inside the lungs (NaN for an all-zero map)."""
-    total = float(heat.sum())
-    return float(heat[lungs.astype(bool)].sum()) / total if total > 0 else float("nan")

@@ -15,12 +15,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..io import normalize
+from ..views import LUNG_INPUTS, VIEW_MODES, apply_view, lung_box, lung_input, lung_view
 from .labels import CLASSES, is_frontal_xray, label_of
-from .transforms import resize_image
-
-LUNG_INPUTS = ("crop", "masked", "whole")
-#: What the classifier may be shown: the trained inputs, and the audit's counterfactual.
-VIEW_MODES = (*LUNG_INPUTS, "lungs_blacked_out")
 
 
 def classification_samples(records: list[dict], split: str | None = None) -> tuple[list[dict], Counter]:
@@ -43,78 +39,6 @@ def classification_samples(records: list[dict], split: str | None = None) -> tup
             continue
         samples.append({**rec, "label": CLASSES.index(name), "label_name": name})
     return samples, excluded
-
-
-def lung_box(mask: np.ndarray, margin: float = 0.1) -> tuple[int, int, int, int]:
-    """Bounding box ``(y0, y1, x0, x1)`` of the mask grown by ``margin`` of its size per side.
-
-    An empty mask gives the whole image (the caller should warn: no lungs were found).
-    """
-    h, w = mask.shape
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
-        return 0, h, 0, w
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    my, mx = int(round((y1 - y0) * margin)), int(round((x1 - x0) * margin))
-    return max(0, y0 - my), min(h, y1 + my), max(0, x0 - mx), min(w, x1 + mx)
-
-
-def lung_input(image: np.ndarray, mask: np.ndarray, mode: str = "crop", margin: float = 0.1) -> np.ndarray:
-    """The part of an image the classifier sees.
-
-    Args:
-        image: (H, W) float in [0, 1].
-        mask: (H, W) bool lung mask at the image's size.
-        mode: ``crop`` (lung bounding box + margin), ``masked`` (crop, and pixels outside the
-            lungs set to 0) or ``whole`` (the image unchanged; for shortcut studies).
-
-    Returns:
-        (h, w) float32 array.
-    """
-    if mode not in LUNG_INPUTS:
-        raise ValueError(f"lung input mode must be one of {LUNG_INPUTS}, got {mode!r}")
-    if image.shape != mask.shape:
-        raise ValueError(f"image {image.shape} and lung mask {mask.shape} differ in size")
-    if mode == "whole":
-        return image.astype(np.float32, copy=False)
-    y0, y1, x0, x1 = lung_box(mask, margin)
-    out = image[y0:y1, x0:x1].astype(np.float32, copy=True)
-    if mode == "masked":
-        out[~mask[y0:y1, x0:x1]] = 0.0
-    return out
-
-
-def lung_view(image: np.ndarray, mask: np.ndarray, size: int, whole: bool = False, margin: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """The lung region at the classifier's input size: the image and its lung mask.
-
-    The bounding box of the lungs grown by ``margin`` (or, with ``whole``, the whole image) is
-    resized, aspect not kept, to ``size`` x ``size``; the mask goes through the same resize.
-    Training stores these views and inference computes them, so both see the same pixels.
-
-    Returns:
-        (image (1, size, size) float32 in [0, 1], lungs (1, size, size) float32 in {0, 1}).
-    """
-    if image.shape != mask.shape:
-        raise ValueError(f"image {image.shape} and lung mask {mask.shape} differ in size")
-    y0, y1, x0, x1 = (0, image.shape[0], 0, image.shape[1]) if whole else lung_box(mask, margin)
-    crop = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1], np.float32))
-    lungs = torch.from_numpy(np.ascontiguousarray(mask[y0:y1, x0:x1], np.float32))
-    return resize_image(crop, (size, size)).clamp(0, 1), (resize_image(lungs, (size, size)) > 0.5).float()
-
-
-def apply_view(image: torch.Tensor, lungs: torch.Tensor, mode: str) -> torch.Tensor:
-    """The pixels the classifier sees in ``mode`` (see ``VIEW_MODES``), before normalization.
-
-    ``crop`` and ``whole`` show the view as is; ``masked`` sets everything outside the lungs to
-    0; ``lungs_blacked_out`` sets the lungs to 0 (shortcut audit only).
-    """
-    if mode in ("crop", "whole"):
-        return image
-    if mode == "masked":
-        return image * lungs
-    if mode == "lungs_blacked_out":
-        return image * (1 - lungs)
-    raise ValueError(f"view mode must be one of {VIEW_MODES}, got {mode!r}")
 
 
 class DiagnosisDataset(Dataset):

@@ -13,6 +13,13 @@ publication figures, and the source alone would separate them.
 A run folder holds the config, a checkpoint after every epoch (``--resume``), metrics.json
 and a learning curve. Early stopping watches the validation macro AUROC; a temperature is
 fitted on the validation logits of the best epoch and exported in the weights spec.
+
+Under ``torchrun --nproc_per_node N`` (see :mod:`covidcxr.engine.distributed`) every
+process draws the same weighted indices for an epoch and trains on every N-th of them
+with ``batch_size`` images per step (effective batch ``batch_size x N``, an epoch stays
+one pass's worth of draws); rank 0 fills the view cache, validates, fits the temperature
+and writes the run folder, and sends its validation numbers to the others so that early
+stopping ends every process at the same epoch.
 """
 
 from __future__ import annotations
@@ -29,11 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import plots
-from ..config import save_config
 from ..data import load_records
 from ..data.classification import CLASSES, DiagnosisDataset, classification_samples, lung_view
 from ..data.lung_cache import cached_lung_masks, load_cached_mask
@@ -41,7 +47,8 @@ from ..data.splits import SPLIT_VERSION
 from ..data.transforms import diagnosis_augment
 from ..io import NORMALIZATION, ImageReadError, read_image
 from ..models import WeightSpec, create_model, eval_mode, save_weights
-from .segmentation import _autocast, _checkpoint, _device
+from . import distributed
+from .segmentation import _autocast, _checkpoint, _device, start_run
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +128,8 @@ def prepare_views(samples: list[dict], segmenter, size: int, margin: float, whol
             log.warning("skipping %s", err)
             continue
         view, lung = lung_view(image, load_cached_mask(masks[s["path"]]), size, whole=whole, margin=margin)
-        images.append((view[0].numpy() * 255 + 0.5).astype(np.uint8))
-        lungs.append(lung[0].numpy() > 0.5)
+        images.append((view[0] * 255 + 0.5).astype(np.uint8))
+        lungs.append(lung[0] > 0.5)
         kept.append(s)
     images = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
     lungs = np.stack(lungs) if lungs else np.zeros((0, size, size), bool)
@@ -268,69 +275,96 @@ def _init_state(path: str) -> dict:
 def fit(cfg: DiagTrainConfig, train: dict, val: dict, run: Path, resume: bool = False, device: torch.device | None = None) -> dict:
     """Train on ``train`` views, early-stop on ``val``; returns the best state and its history.
 
+    Under torchrun every process calls it; ``state`` and ``model`` are the best ones on
+    rank 0 only, the other entries are the same on every rank.
+
     Returns:
         dict with ``state`` (best weights), ``best_epoch``, ``val_auroc``, ``history``,
-        ``temperature`` (fitted on the best model's validation logits).
+        ``temperature`` (fitted on the best model's validation logits), ``model``.
     """
     device = device or _device(cfg.device)
+    main_rank = distributed.is_main()
     ckpt_path = run / "checkpoint.pt"
     torch.manual_seed(cfg.seed)
-    model = _build_model(cfg).to(device, memory_format=torch.channels_last)
+    net = _build_model(cfg).to(device, memory_format=torch.channels_last)
     train_ds = DiagnosisDataset(train["images"], train["lungs"], train["labels"], cfg.lung_input, transform=diagnosis_augment())
     val_ds = DiagnosisDataset(val["images"], val["lungs"], val["labels"], cfg.lung_input)
     weights = sample_weights(train["labels"], [s["dataset"] for s in train["samples"]], cfg.sampling)
-    steps_per_epoch = max(1, len(train_ds) // cfg.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(train_ds) // (cfg.batch_size * distributed.world_size()))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
     history: list[dict] = []
     best = {"auroc": -1.0, "epoch": -1, "state": None}
     start, stale = 0, 0
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
+        net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         history, best, start, stale = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1, ckpt["stale"]
         log.info("resumed %s at epoch %d", run, start + 1)
+    distributed.check_same(start, "resume epoch")
+    model = distributed.wrap(net, device)
 
     t0 = time.time() - (history[-1]["elapsed_s"] if history else 0.0)
-    bar = tqdm(range(start, cfg.epochs), desc="training", initial=start, total=cfg.epochs)
+    bar = tqdm(range(start, cfg.epochs), desc="training", initial=start, total=cfg.epochs, disable=not main_rank)
     for epoch in bar:
         if stale >= cfg.patience:
             break
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # a resumed run repeats the epoch exactly
-        sampler = WeightedRandomSampler(weights, steps_per_epoch * cfg.batch_size, replacement=True, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True)
-        model.train()
-        total, n = 0.0, 0
-        for batch in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False):
-            x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
-            with _autocast(cfg.amp, device):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), batch["label"].to(device), label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total, n = total + loss.item() * len(x), n + len(x)
-        val_logits = predict_logits(model, val_ds, amp=cfg.amp, device=device)
-        val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val["labels"])))
-        auroc = macro_auroc(val["labels"], torch.softmax(torch.from_numpy(val_logits), 1).numpy())
-        history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_loss": val_loss, "val_auroc": auroc, "elapsed_s": time.time() - t0, "lr": scheduler.get_last_lr()[0]})
-        if auroc > best["auroc"]:
-            best = {"auroc": auroc, "epoch": epoch + 1, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-            stale = 0
+        seed = cfg.seed * 100_003 + epoch  # a resumed run repeats the epoch exactly
+        torch.manual_seed(seed + 1_000_003 * distributed.rank())  # augmentation differs between ranks
+        # The same weighted draw on every rank; each trains on its every-N-th share.
+        indices = distributed.weighted_shard(weights, steps_per_epoch * cfg.batch_size, seed)
+        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=indices, num_workers=cfg.workers, drop_last=True)
+        train_loss = _train_epoch(model, loader, optimizer, scheduler, cfg, epoch, device)
+        # Rank 0 validates; the others take its numbers, so early stopping agrees everywhere.
+        val_stats = distributed.broadcast(_validate(net, val_ds, val["labels"], cfg, device) if main_rank else None)
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, **val_stats, "elapsed_s": time.time() - t0, "lr": scheduler.get_last_lr()[0]})
+        if val_stats["val_auroc"] > best["auroc"]:
+            state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()} if main_rank else None
+            best, stale = {"auroc": val_stats["val_auroc"], "epoch": epoch + 1, "state": state}, 0
         else:
             stale += 1
-        bar.set_postfix(loss=f"{total / max(n, 1):.3f}", val_auroc=f"{auroc:.4f}")
-        _checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, history=history, best=best, stale=stale, config=asdict(cfg))
-        (run / "metrics.json").write_text(json.dumps({"history": history, "best_epoch": best["epoch"], "best_val_auroc": best["auroc"]}, indent=2))
-        plots.learning_curve(history, run / "learning_curve.png", metric="val_auroc")
+        bar.set_postfix(loss=f"{train_loss:.3f}", val_auroc=f"{val_stats['val_auroc']:.4f}")
+        if main_rank:
+            _checkpoint(ckpt_path, model=net.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, history=history, best=best, stale=stale, config=asdict(cfg))
+            (run / "metrics.json").write_text(json.dumps({"history": history, "best_epoch": best["epoch"], "best_val_auroc": best["auroc"]}, indent=2))
+            plots.learning_curve(history, run / "learning_curve.png", metric="val_auroc")
 
-    model.load_state_dict(best["state"])
-    temperature = fit_temperature(predict_logits(model, val_ds, amp=cfg.amp, device=device), val["labels"])
-    log.info("best epoch %d (val macro AUROC %.4f); temperature %.3f", best["epoch"], best["auroc"], temperature)
-    return {"state": best["state"], "best_epoch": best["epoch"], "val_auroc": best["auroc"], "history": history, "temperature": temperature, "model": model.cpu()}
+    temperature = None
+    if main_rank:
+        if best["state"] is None:
+            raise RuntimeError("the validation macro AUROC was undefined in every epoch (the validation set holds one class); use more data (limit) or fewer folds")
+        net.load_state_dict(best["state"])
+        temperature = fit_temperature(predict_logits(net, val_ds, amp=cfg.amp, device=device), val["labels"])
+        log.info("best epoch %d (val macro AUROC %.4f); temperature %.3f", best["epoch"], best["auroc"], temperature)
+    temperature = distributed.broadcast(temperature)
+    return {"state": best["state"], "best_epoch": best["epoch"], "val_auroc": best["auroc"], "history": history, "temperature": temperature, "model": net.cpu()}
+
+
+def _train_epoch(model, loader, optimizer, scheduler, cfg: DiagTrainConfig, epoch: int, device: torch.device) -> float:
+    """One pass over ``loader``; returns the mean training loss (over all processes under torchrun)."""
+    model.train()
+    total, n = 0.0, 0
+    for batch in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not distributed.is_main()):
+        x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
+        with _autocast(cfg.amp, device):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), batch["label"].to(device), label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total, n = total + loss.item() * len(x), n + len(x)
+    total, n = distributed.all_reduce_sum([total, n], device)
+    return total / max(n, 1)
+
+
+def _validate(model, val_ds: DiagnosisDataset, labels: np.ndarray, cfg: DiagTrainConfig, device: torch.device) -> dict:
+    """Validation loss and macro AUROC of ``model`` (the plain module, not its DDP wrapper)."""
+    logits = torch.from_numpy(predict_logits(model, val_ds, amp=cfg.amp, device=device))
+    val_loss = float(F.cross_entropy(logits, torch.from_numpy(labels)))
+    return {"val_loss": val_loss, "val_auroc": macro_auroc(labels, torch.softmax(logits, 1).numpy())}
 
 
 def _subset(views: dict, idx: np.ndarray) -> dict:
@@ -359,19 +393,30 @@ def load_views(cfg: DiagTrainConfig, split: str | None = None, progress: bool = 
 
 
 def main(cfg: DiagTrainConfig, resume: bool = False, export_dir: str | Path | None = None) -> Path:
-    """Train (or cross-validate with ``folds``) and export the best weights; returns the run folder."""
+    """Train (or cross-validate with ``folds``) and export the best weights; returns the run folder.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this; it joins the process
+    group first and leaves it at the end.
+    """
+    device = distributed.init(_device(cfg.device))
+    try:
+        return _train(cfg, device, resume, export_dir)
+    finally:
+        distributed.cleanup()
+
+
+def _train(cfg: DiagTrainConfig, device: torch.device, resume: bool, export_dir: str | Path | None) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    run = Path(cfg.out_dir)
-    if run.exists() and any(run.iterdir()) and not resume:
-        raise FileExistsError(f"{run}: run folder exists and is not empty; use --resume to continue it or choose another --out")
-    run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "config.yaml")
+    run = start_run(cfg, resume)
     t0 = time.time()
-    views = load_views(cfg)
+    with distributed.main_first():  # the mask and view caches are filled once, then read
+        views = load_views(cfg, progress=distributed.is_main())
     splits = np.array([s["split"] for s in views["samples"]])
     if cfg.folds > 1:
-        return _cross_validate(cfg, views, splits, run, resume)
+        run = _cross_validate(cfg, views, splits, run, resume, device)
+        distributed.barrier()
+        return run
 
     train_idx, val_idx = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
     if cfg.limit:
@@ -381,8 +426,15 @@ def main(cfg: DiagTrainConfig, resume: bool = False, export_dir: str | Path | No
         raise RuntimeError("too few labelled training images; check --data-root")
     train, val = _subset(views, train_idx), _subset(views, val_idx)
     log.info("diagnosis samples: %d train, %d val", len(train_idx), len(val_idx))
-    result = fit(cfg, train, val, run, resume)
-    model = result["model"]
+    result = fit(cfg, train, val, run, resume, device)
+    if distributed.is_main():
+        _export(cfg, result, run, export_dir, len(train_idx), len(val_idx), t0)
+    distributed.barrier()  # the weights exist when any rank returns
+    return run
+
+
+def _export(cfg: DiagTrainConfig, result: dict, run: Path, export_dir: str | Path | None, train_samples: int, val_samples: int, t0: float) -> None:
+    """The best weights of ``fit`` and their spec (rank 0)."""
     spec = WeightSpec(
         name=cfg.export_name,
         architecture=cfg.model,
@@ -399,16 +451,15 @@ def main(cfg: DiagTrainConfig, resume: bool = False, export_dir: str | Path | No
         training={
             "command": "covidcxr train diagnosis --config configs/diagnosis.yaml --out runs/diag-v1 --export src/covidcxr/weights",
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("data_root", "out_dir", "lung_weights")},
-            "data": {"split_version": SPLIT_VERSION, "train_samples": len(train_idx), "val_samples": len(val_idx), "sampling": cfg.sampling},
+            "data": {"split_version": SPLIT_VERSION, "train_samples": train_samples, "val_samples": val_samples, "sampling": cfg.sampling},
             "best_epoch": result["best_epoch"],
             "epochs_run": len(result["history"]),
             "val_macro_auroc": round(result["val_auroc"], 4),
             "train_minutes": round((time.time() - t0) / 60, 1),
         },
     )
-    spec_path = save_weights(model, spec, export_dir or run / "export")
+    spec_path = save_weights(result["model"], spec, export_dir or run / "export")
     log.info("exported %s", spec_path)
-    return run
 
 
 def _lung_sha(cfg: DiagTrainConfig) -> str:
@@ -417,22 +468,27 @@ def _lung_sha(cfg: DiagTrainConfig) -> str:
     return WeightSpec.from_json(cfg.lung_weights or shipped_spec_path("lungs")).sha256
 
 
-def _cross_validate(cfg: DiagTrainConfig, views: dict, splits: np.ndarray, run: Path, resume: bool) -> Path:
-    """K folds over train+val patients; each fold validates on its held-out patients."""
+def _cross_validate(cfg: DiagTrainConfig, views: dict, splits: np.ndarray, run: Path, resume: bool, device: torch.device | None = None) -> Path:
+    """K folds over train+val patients; each fold validates on its held-out patients.
+
+    Under torchrun every process trains every fold together; rank 0 writes the files.
+    """
     pool = np.flatnonzero(splits != "test")
     folds = np.array([fold_of(f"{views['samples'][i]['dataset']}:{views['samples'][i]['patient_id']}", cfg.folds) for i in pool])
     results = []
     for k in range(cfg.folds):
         fold_run = run / f"fold{k}"
-        fold_run.mkdir(exist_ok=True)
+        if distributed.is_main():
+            fold_run.mkdir(exist_ok=True)
         train_idx, val_idx = pool[folds != k], pool[folds == k]
         if cfg.limit:
             train_idx, val_idx = train_idx[: cfg.limit], val_idx[: max(cfg.limit // 2, 6)]
-        res = fit(cfg, _subset(views, train_idx), _subset(views, val_idx), fold_run, resume)
+        res = fit(cfg, _subset(views, train_idx), _subset(views, val_idx), fold_run, resume, device)
         results.append({"fold": k, "train_samples": len(train_idx), "val_samples": len(val_idx), "best_epoch": res["best_epoch"], "val_macro_auroc": res["val_auroc"], "temperature": res["temperature"]})
         log.info("fold %d: val macro AUROC %.4f", k, res["val_auroc"])
     aurocs = np.array([r["val_macro_auroc"] for r in results])
     summary = {"folds": results, "mean_val_macro_auroc": float(np.nanmean(aurocs)), "std_val_macro_auroc": float(np.nanstd(aurocs))}
-    (run / "cross_validation.json").write_text(json.dumps(summary, indent=2))
+    if distributed.is_main():
+        (run / "cross_validation.json").write_text(json.dumps(summary, indent=2))
     log.info("cross-validation: macro AUROC %.4f ± %.4f over %d folds", summary["mean_val_macro_auroc"], summary["std_val_macro_auroc"], cfg.folds)
     return run

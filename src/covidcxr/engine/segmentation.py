@@ -4,6 +4,12 @@ A run folder holds the resolved config, a checkpoint written after every epoch (
 optimizer, scheduler, epoch, history: ``--resume`` continues a killed run to the same
 result), metrics.json, a learning curve and an overlay of validation predictions; the
 best-by-validation weights are exported with their spec.
+
+Under ``torchrun --nproc_per_node N`` (see :mod:`covidcxr.engine.distributed`) the model is
+wrapped in DistributedDataParallel and each process trains on its shard of every epoch
+with ``batch_size`` images per step (effective batch ``batch_size x N``); rank 0 validates
+and writes the run folder, and checkpoints hold the unwrapped model, so a single process
+can resume or export them.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
@@ -30,6 +37,7 @@ from ..data.splits import SPLIT_VERSION
 from ..data.transforms import segmentation_augment
 from ..io import NORMALIZATION
 from ..models import WeightSpec, create_model, eval_mode, save_weights
+from . import distributed
 from .losses import dice_bce_loss
 
 log = logging.getLogger(__name__)
@@ -73,10 +81,10 @@ def _autocast(amp: str, device: torch.device):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, amp: str, epoch: int, device: torch.device) -> float:
-    """One pass over ``loader``; returns the mean training loss."""
+    """One pass over ``loader``; returns the mean training loss (over all processes under torchrun)."""
     model.train()
     total, n = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not distributed.is_main())
     for batch in bar:
         x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
         with _autocast(amp, device):
@@ -89,6 +97,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, amp: str, epoch: int, d
         total += loss.item() * len(x)
         n += len(x)
         bar.set_postfix(loss=f"{total / n:.4f}")
+    total, n = distributed.all_reduce_sum([total, n], device)
     return total / max(n, 1)
 
 
@@ -122,7 +131,8 @@ def _datasets(cfg: SegTrainConfig) -> tuple[SegmentationDataset, SegmentationDat
     augment = segmentation_augment()
     if cfg.crop_size and cfg.crop_size < cfg.input_size:
         augment = v2.Compose([augment, v2.RandomCrop(cfg.crop_size)])
-    return SegmentationDataset(train, size, transform=augment), SegmentationDataset(val, size)
+    progress = distributed.is_main()
+    return SegmentationDataset(train, size, transform=augment, progress=progress), SegmentationDataset(val, size, progress=progress)
 
 
 def _checkpoint(path: Path, **state) -> None:
@@ -131,59 +141,117 @@ def _checkpoint(path: Path, **state) -> None:
     os.replace(tmp, path)
 
 
-def main(cfg: SegTrainConfig, resume: bool = False, export_dir: str | Path | None = None) -> Path:
-    """Train, checkpoint every epoch, export the best weights; returns the run folder."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+def start_run(cfg: Any, resume: bool) -> Path:
+    """Check and create the run folder and write the resolved config (rank 0 writes).
+
+    Args:
+        cfg: a training config dataclass; its ``out_dir`` is the run folder.
+        resume: continue the run in the folder rather than refuse a non-empty one.
+
+    Raises:
+        FileExistsError: the folder holds a run and ``resume`` is off.
+    """
     run = Path(cfg.out_dir)
-    ckpt_path = run / "checkpoint.pt"
     if run.exists() and any(run.iterdir()) and not resume:
         raise FileExistsError(f"{run}: run folder exists and is not empty; use --resume to continue it or choose another --out")
-    run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "config.yaml")
+    distributed.barrier()  # every rank has looked before rank 0 writes
+    if distributed.is_main():
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
+    return run
+
+
+def _epoch_seed(cfg: SegTrainConfig, epoch: int) -> int:
+    """Seed of an epoch's shuffling and augmentation: the same on a resume, different on each rank."""
+    return cfg.seed * 100_003 + epoch + 1_000_003 * distributed.rank()
+
+
+def _train_loader(train_ds: SegmentationDataset, cfg: SegTrainConfig, epoch: int) -> DataLoader:
+    """The epoch's loader: shuffled with the epoch's seed; this rank's shard under torchrun."""
+    seed = _epoch_seed(cfg, epoch)
+    if distributed.world_size() == 1:
+        return DataLoader(
+            train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size, num_workers=cfg.workers,
+            generator=torch.Generator().manual_seed(seed),
+        )
+    sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed)  # the same permutation on every rank
+    sampler.set_epoch(epoch)
+    return DataLoader(
+        train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(sampler) > cfg.batch_size, num_workers=cfg.workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def main(cfg: SegTrainConfig, resume: bool = False, export_dir: str | Path | None = None) -> Path:
+    """Train, checkpoint every epoch, export the best weights; returns the run folder.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this; it joins the process
+    group first and leaves it at the end.
+    """
+    device = distributed.init(_device(cfg.device))
+    try:
+        return _train(cfg, device, resume, export_dir)
+    finally:
+        distributed.cleanup()
+
+
+def _train(cfg: SegTrainConfig, device: torch.device, resume: bool, export_dir: str | Path | None) -> Path:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    main_rank = distributed.is_main()
+    run = start_run(cfg, resume)
+    ckpt_path = run / "checkpoint.pt"
 
     torch.manual_seed(cfg.seed)
     train_ds, val_ds = _datasets(cfg)
     if len(train_ds) == 0:
         raise RuntimeError("no training samples with manual lung masks were found; check --data-root")
-    device = _device(cfg.device)
-    model = create_model(cfg.model, in_chans=1, num_classes=1, pretrained=cfg.pretrained).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * -(-len(train_ds) // cfg.batch_size)
+    net = create_model(cfg.model, in_chans=1, num_classes=1, pretrained=cfg.pretrained).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    per_rank = -(-len(train_ds) // distributed.world_size())
+    steps = cfg.epochs * -(-per_rank // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
     history: list[dict] = []
     best = {"dice": -1.0, "epoch": -1, "state": None}
     start = 0
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
+        net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         history, best, start = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
         log.info("resumed %s at epoch %d", run, start + 1)
+    distributed.check_same(start, "resume epoch")
+    model = distributed.wrap(net, device)
 
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.workers)
     t0 = time.time() - (history[-1]["elapsed_s"] if history else 0.0)
-    bar = tqdm(range(start, cfg.epochs), desc="training", initial=start, total=cfg.epochs)
+    bar = tqdm(range(start, cfg.epochs), desc="training", initial=start, total=cfg.epochs, disable=not main_rank)
     for epoch in bar:
         # Every epoch reseeds shuffling and augmentation, so a resumed run repeats it exactly.
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        loader = DataLoader(
-            train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size, num_workers=cfg.workers,
-            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
-        )
-        train_loss = train_one_epoch(model, loader, optimizer, scheduler, cfg.amp, epoch, device)
-        val = evaluate(model, val_loader, cfg.amp, device)
+        torch.manual_seed(_epoch_seed(cfg, epoch))
+        train_loss = train_one_epoch(model, _train_loader(train_ds, cfg, epoch), optimizer, scheduler, cfg.amp, epoch, device)
+        # Rank 0 validates the plain module; the others wait for its numbers.
+        val = distributed.broadcast(evaluate(net, val_loader, cfg.amp, device) if main_rank else None)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"], "val_dice": val["dice"], "elapsed_s": time.time() - t0, "lr": scheduler.get_last_lr()[0]})
         if val["dice"] > best["dice"]:
-            best = {"dice": val["dice"], "epoch": epoch + 1, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()} if main_rank else None
+            best = {"dice": val["dice"], "epoch": epoch + 1, "state": state}
         bar.set_postfix(loss=f"{train_loss:.4f}", val_dice=f"{val['dice']:.4f}")
-        _checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, history=history, best=best, config=asdict(cfg))
-        (run / "metrics.json").write_text(json.dumps({"history": history, "best_epoch": best["epoch"], "best_val_dice": best["dice"]}, indent=2))
-        plots.learning_curve(history, run / "learning_curve.png")
+        if main_rank:
+            _checkpoint(ckpt_path, model=net.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, history=history, best=best, config=asdict(cfg))
+            (run / "metrics.json").write_text(json.dumps({"history": history, "best_epoch": best["epoch"], "best_val_dice": best["dice"]}, indent=2))
+            plots.learning_curve(history, run / "learning_curve.png")
 
-    model.load_state_dict(best["state"])
-    model.cpu()
+    if main_rank:
+        net.load_state_dict(best["state"])
+        _export(cfg, net.cpu(), val_ds, run, export_dir, best, history, len(train_ds))
+    distributed.barrier()  # the weights exist when any rank returns
+    return run
+
+
+def _export(cfg: SegTrainConfig, model, val_ds: SegmentationDataset, run: Path, export_dir: str | Path | None, best: dict, history: list[dict], train_samples: int) -> None:
+    """Validation overlays, then the best weights and their spec (rank 0)."""
     plots.segmentation_overlays(model, val_ds, run / "val_overlays.png")
     spec = WeightSpec(
         name=cfg.export_name,
@@ -196,7 +264,7 @@ def main(cfg: SegTrainConfig, resume: bool = False, export_dir: str | Path | Non
         training={
             "command": "covidcxr train segmentation --config configs/segmentation.yaml --out runs/seg-v1 --export src/covidcxr/weights",
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in ("data_root", "out_dir")},
-            "data": {"mask_sources": list(MANUAL_SOURCES), "split_version": SPLIT_VERSION, "train_samples": len(train_ds), "val_samples": len(val_ds)},
+            "data": {"mask_sources": list(MANUAL_SOURCES), "split_version": SPLIT_VERSION, "train_samples": train_samples, "val_samples": len(val_ds)},
             "best_epoch": best["epoch"],
             "val_dice": round(best["dice"], 4),
             "train_minutes": round(history[-1]["elapsed_s"] / 60, 1),
@@ -204,4 +272,3 @@ def main(cfg: SegTrainConfig, resume: bool = False, export_dir: str | Path | Non
     )
     spec_path = save_weights(model, spec, export_dir or run / "export")
     log.info("exported %s", spec_path)
-    return run

@@ -9,18 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..postprocess import GEOMETRY, geometry  # noqa: F401  (re-exported)
 from .registry import register_model
-
-GEOMETRY = ("lung_fraction", "left_right_balance", "aspect")
-
-
-def geometry(mask: np.ndarray) -> np.ndarray:
-    """(3,) lung share of the image, left/right lung balance (0 one-sided … 1 even), height / width."""
-    h, w = mask.shape
-    left, right = mask[:, : w // 2].sum(), mask[:, w // 2 :].sum()
-    total = left + right
-    balance = 2 * min(left, right) / total if total else 0.0
-    return np.array([mask.mean(), balance, h / w], np.float32)
 
 
 @register_model(name="frontal_gate", task="gate")

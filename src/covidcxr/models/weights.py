@@ -9,72 +9,13 @@ sha256 is checked.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..specs import SHIPPED, WEIGHTS_DIR, WeightSpec, sha256_file, shipped_spec_path  # noqa: F401  (re-exported)
 from .registry import create_model
-
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-SHIPPED = {"lungs": "unet_mobilenetv2_lungs", "diagnosis": "mobilenet_v2_diagnosis", "gate": "frontal_cxr_gate"}
-
-
-@dataclass
-class WeightSpec:
-    """What a weight file is and expects."""
-
-    name: str
-    architecture: str
-    task: str
-    targets: list[str]
-    input_size: tuple[int, int]
-    normalization: str
-    file: str
-    sha256: str = ""
-    in_chans: int = 1
-    model_kwargs: dict = field(default_factory=dict)
-    resize: str = "stretch"  # stretch: whole image to input_size; lung-box: the lung box (+ margin) to input_size
-    threshold: float = 0.5
-    dtype: str = "float16"  # storage dtype; weights are cast to float32 at load
-    lung_input: str = ""  # diagnosis: crop | masked (see covidcxr.data.classification)
-    margin: float = 0.0  # diagnosis: lung box grown by this fraction per side
-    temperature: float = 1.0  # diagnosis: calibrated probabilities are softmax(logits / temperature)
-    lung_weights: str = ""  # diagnosis: sha256 of the lung model whose masks it was trained on
-    training: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> WeightSpec:
-        data = json.loads(Path(path).read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown spec fields {sorted(unknown)}")
-        data["input_size"] = tuple(data["input_size"])
-        return cls(**data)
-
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def shipped_spec_path(kind: str = "lungs") -> Path:
-    """Spec file of a shipped model (``kind``: one of ``SHIPPED``)."""
-    if kind not in SHIPPED:
-        raise KeyError(f"no shipped model {kind!r}; shipped: {', '.join(SHIPPED)}")
-    return WEIGHTS_DIR / f"{SHIPPED[kind]}.json"
 
 
 def save_weights(model: nn.Module, spec: WeightSpec, directory: str | Path) -> Path:

@@ -1,0 +1,71 @@
+"""Severity models: a lesion decoder on the stage-1 encoder, and linear severity heads.
+
+The lesion decoder is a U-Net decoder (segmentation-models-pytorch) that reads the feature
+maps of the shipped lung model's MobileNetV2 encoder: the encoder runs once per image for
+both the lungs and the lesions, and the lesion weight file holds only the decoder. The
+severity head is ridge regression (fitted with scikit-learn) stored as linear layers with
+the feature standardisation built in, so it ships and loads like every other weight file.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .registry import register_model
+
+
+@register_model(name="lesion_decoder", task="lesions")
+class LesionDecoder(nn.Module):
+    """U-Net decoder + 1x1 head over the feature list of an smp MobileNetV2 encoder.
+
+    Shape:
+        features: the encoder's list for an (N, 1, H, W) input (H, W multiples of 32)
+        -> logits (N, num_classes, H, W), one channel per lesion class.
+    """
+
+    def __init__(self, in_chans: int = 1, num_classes: int = 2, pretrained: str | None = None, decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)) -> None:
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        unet = smp.Unet(encoder_name="mobilenet_v2", encoder_weights=None, in_channels=in_chans, classes=num_classes, decoder_channels=tuple(decoder_channels))
+        self.decoder, self.head = unet.decoder, unet.segmentation_head
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(self.decoder(features))
+
+
+@register_model(name="severity_linear", task="severity")
+class SeverityHead(nn.Module):
+    """Two standardised linear maps: image features -> (geographic extent, opacity); zone features -> Brixia zone score.
+
+    Args:
+        image_groups, zone_groups: the feature groups read (see :func:`covidcxr.severity.columns`).
+
+    Shape:
+        image_features (N, image_in) -> (N, 2); zone_features (N, 6, zone_in) -> (N, 6).
+        Outputs are raw regression values; the pipeline clips them to each scale's range.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 1,
+        num_classes: int = 3,
+        pretrained: str | None = None,
+        image_groups: tuple[str, ...] = ("lesions",),
+        zone_groups: tuple[str, ...] = ("lesions",),
+        image_in: int = 8,
+        zone_in: int = 4,
+    ) -> None:
+        super().__init__()
+        self.image_groups, self.zone_groups = tuple(image_groups), tuple(zone_groups)  # see covidcxr.severity.columns
+        for name, n in (("image", image_in), ("zone", zone_in)):
+            self.register_buffer(f"{name}_mean", torch.zeros(n))
+            self.register_buffer(f"{name}_scale", torch.ones(n))
+        self.image = nn.Linear(image_in, 2)
+        self.zone = nn.Linear(zone_in, 1)
+
+    def forward(self, image_features: torch.Tensor, zone_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.image((image_features - self.image_mean) / self.image_scale)
+        zones = self.zone((zone_features - self.zone_mean) / self.zone_scale)[..., 0]
+        return scores, zones

@@ -1,0 +1,113 @@
+"""The lung view: the part of an X-ray the classifier reads, and heat maps mapped back (NumPy only).
+
+Stage 2 reads the lungs that stage 1 found: the bounding box of the lung mask with a margin
+(``crop``), the same with everything outside the lungs set to 0 (``masked``), or the whole
+image (``whole``), resized to the classifier's input. :func:`lung_view` is the one code path
+for training (stored views) and inference (both backends); :func:`to_image` puts a heat map
+over the view back into the full image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .resize import resize_aa, resize_bilinear
+
+LUNG_INPUTS = ("crop", "masked", "whole")
+#: What the classifier may be shown: the trained inputs, and the audit's counterfactual.
+VIEW_MODES = (*LUNG_INPUTS, "lungs_blacked_out")
+
+
+def lung_box(mask: np.ndarray, margin: float = 0.1) -> tuple[int, int, int, int]:
+    """Bounding box ``(y0, y1, x0, x1)`` of the mask grown by ``margin`` of its size per side.
+
+    An empty mask gives the whole image (the caller should warn: no lungs were found).
+    """
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return 0, h, 0, w
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    my, mx = int(round((y1 - y0) * margin)), int(round((x1 - x0) * margin))
+    return max(0, y0 - my), min(h, y1 + my), max(0, x0 - mx), min(w, x1 + mx)
+
+
+def lung_input(image: np.ndarray, mask: np.ndarray, mode: str = "crop", margin: float = 0.1) -> np.ndarray:
+    """The part of an image the classifier sees.
+
+    Args:
+        image: (H, W) float in [0, 1].
+        mask: (H, W) bool lung mask at the image's size.
+        mode: ``crop`` (lung bounding box + margin), ``masked`` (crop, and pixels outside the
+            lungs set to 0) or ``whole`` (the image unchanged; for shortcut studies).
+
+    Returns:
+        (h, w) float32 array.
+    """
+    if mode not in LUNG_INPUTS:
+        raise ValueError(f"lung input mode must be one of {LUNG_INPUTS}, got {mode!r}")
+    if image.shape != mask.shape:
+        raise ValueError(f"image {image.shape} and lung mask {mask.shape} differ in size")
+    if mode == "whole":
+        return image.astype(np.float32, copy=False)
+    y0, y1, x0, x1 = lung_box(mask, margin)
+    out = image[y0:y1, x0:x1].astype(np.float32, copy=True)
+    if mode == "masked":
+        out[~mask[y0:y1, x0:x1]] = 0.0
+    return out
+
+
+def lung_view(image: np.ndarray, mask: np.ndarray, size: int, whole: bool = False, margin: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """The lung region at the classifier's input size: the image and its lung mask.
+
+    The bounding box of the lungs grown by ``margin`` (or, with ``whole``, the whole image) is
+    resized, aspect not kept, to ``size`` x ``size``; the mask goes through the same resize.
+    Training stores these views and inference computes them, so both see the same pixels.
+
+    Returns:
+        (image (1, size, size) float32 in [0, 1], lungs (1, size, size) float32 in {0, 1}).
+    """
+    if image.shape != mask.shape:
+        raise ValueError(f"image {image.shape} and lung mask {mask.shape} differ in size")
+    y0, y1, x0, x1 = (0, image.shape[0], 0, image.shape[1]) if whole else lung_box(mask, margin)
+    crop = np.asarray(image[y0:y1, x0:x1], np.float32)
+    lungs = np.asarray(mask[y0:y1, x0:x1], np.float32)
+    view = np.clip(resize_aa(crop, (size, size)), 0, 1)[None]
+    return view, (resize_aa(lungs, (size, size)) > 0.5).astype(np.float32)[None]
+
+
+def apply_view(image, lungs, mode: str):
+    """The pixels the classifier sees in ``mode`` (see ``VIEW_MODES``), before normalization.
+
+    Works on NumPy arrays and torch tensors alike (training applies it after augmentation).
+
+    ``crop`` and ``whole`` show the view as is; ``masked`` sets everything outside the lungs to
+    0; ``lungs_blacked_out`` sets the lungs to 0 (shortcut audit only).
+    """
+    if mode in ("crop", "whole"):
+        return image
+    if mode == "masked":
+        return image * lungs
+    if mode == "lungs_blacked_out":
+        return image * (1 - lungs)
+    raise ValueError(f"view mode must be one of {VIEW_MODES}, got {mode!r}")
+
+
+def to_image(view_map: np.ndarray, mask: np.ndarray, margin: float, whole: bool = False) -> np.ndarray:
+    """A view-sized heat map placed into the lung box of the full image (zeros outside the box).
+
+    Args:
+        view_map: (S, S) map over the lung view.
+        mask: (H, W) lung mask of the full image (gives the box, as in ``lung_view``).
+    """
+    h, w = mask.shape
+    y0, y1, x0, x1 = (0, h, 0, w) if whole else lung_box(mask, margin)
+    out = np.zeros((h, w), np.float32)
+    out[y0:y1, x0:x1] = np.clip(resize_bilinear(view_map, (y1 - y0, x1 - x0)), 0, 1)
+    return out
+
+
+def lung_share(heat: np.ndarray, lungs: np.ndarray) -> float:
+    """Fraction of the heat map's mass inside the lungs (NaN for an all-zero map)."""
+    total = float(heat.sum())
+    return float(heat[lungs.astype(bool)].sum()) / total if total > 0 else float("nan")

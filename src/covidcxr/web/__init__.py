@@ -1,0 +1,12 @@
+"""``covidcxr serve``: a REST API and an offline web page in front of :class:`covidcxr.predict.Pipeline`.
+
+Thin by design: the app reads the upload with :func:`covidcxr.io.read_image`, runs the
+pipeline and builds the same row as ``predictions.jsonl``; nothing else. Needs the
+``serve`` extra (``pip install "covidcxr[serve]"``).
+"""
+
+from __future__ import annotations
+
+from .app import create_app
+
+__all__ = ["create_app"]

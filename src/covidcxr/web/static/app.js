@@ -1,0 +1,138 @@
+// covidcxr web page: send one X-ray to v1/predict and show the answer.
+// Everything from the server or the file name goes in with textContent, never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const percent = (p) => `${(100 * p).toFixed(1)}%`;
+
+function show(id, visible) {
+  $(id).hidden = !visible;
+}
+
+function setError(message) {
+  $("error").textContent = message;
+  show("error", Boolean(message));
+}
+
+function setImage(id, png) {
+  const img = $(id);
+  img.closest("figure").hidden = !png;
+  img.src = png ? `data:image/png;base64,${png.png_base64}` : "";
+}
+
+function cell(row, text, className) {
+  const td = row.insertCell();
+  td.textContent = text;
+  if (className) td.className = className;
+  return td;
+}
+
+function showProbabilities(probabilities, prediction) {
+  const body = $("probabilities").tBodies[0];
+  body.replaceChildren();
+  for (const [name, p] of Object.entries(probabilities)) {
+    const row = body.insertRow();
+    row.className = "prob" + (name === prediction ? " predicted" : "");
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = name;
+    row.appendChild(th);
+    cell(row, percent(p), "number");
+    const meter = document.createElement("meter");
+    meter.min = 0;
+    meter.max = 1;
+    meter.value = p;
+    meter.textContent = percent(p);
+    row.insertCell().appendChild(meter);
+  }
+}
+
+function showSeverity(severity) {
+  show("severity", Boolean(severity));
+  if (!severity) return;
+  $("sev-extent").textContent = `${severity.geographic_extent.toFixed(1)} / 8`;
+  $("sev-opacity").textContent = `${severity.opacity.toFixed(1)} / 6`;
+  $("sev-brixia").textContent = `${severity.brixia.global.toFixed(1)} / 18`;
+  for (const zone of ["A", "B", "C", "D", "E", "F"]) {
+    $(`zone-${zone}`).textContent = `${zone}: ${severity.brixia[zone].toFixed(1)}`;
+  }
+  const body = $("lesions").tBodies[0];
+  body.replaceChildren();
+  for (const [lesion, share] of Object.entries(severity.lesions)) {
+    const row = body.insertRow();
+    cell(row, lesion);
+    cell(row, percent(share.right_lung), "number");
+    cell(row, percent(share.left_lung), "number");
+  }
+}
+
+function showResult(row) {
+  const top = row.probabilities[row.prediction];
+  $("title").textContent = `${row.path}: ${row.prediction} (${percent(top)})`;
+  const warnings = $("warnings");
+  warnings.replaceChildren();
+  for (const warning of row.warnings) {
+    const li = document.createElement("li");
+    li.textContent = warning;
+    warnings.appendChild(li);
+  }
+  showProbabilities(row.probabilities, row.prediction);
+  showSeverity(row.severity);
+  setImage("report", row.report);
+  setImage("heatmap", row.heatmap);
+  setImage("lung-mask", row.lung_mask);
+  const brief = { ...row };
+  for (const key of ["report", "heatmap", "lung_mask"]) if (brief[key]) brief[key] = "(PNG shown above)";
+  $("details").textContent = JSON.stringify(brief, null, 2);
+  show("result", true);
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (body && typeof body.error === "string") return body.error;
+  } catch (_) {
+    // not JSON: a proxy or the server itself failed
+  }
+  return `the server answered ${response.status} ${response.statusText}`;
+}
+
+async function upload(file) {
+  if (!file) return;
+  setError("");
+  show("result", false);
+  $("status").textContent = `Reading ${file.name}…`;
+  const form = new FormData();
+  form.append("file", file, file.name);
+  try {
+    const response = await fetch("v1/predict", { method: "POST", body: form });
+    if (!response.ok) {
+      const message = await errorMessage(response);
+      setError(message.startsWith(file.name) ? message : `${file.name}: ${message}`);
+      $("status").textContent = "";
+      return;
+    }
+    showResult(await response.json());
+    $("status").textContent = "Done.";
+  } catch (err) {
+    setError(`Could not reach the server (${err.message}); is covidcxr serve still running?`);
+    $("status").textContent = "";
+  }
+}
+
+$("file").addEventListener("change", (event) => upload(event.target.files[0]));
+
+const drop = $("drop");
+for (const type of ["dragenter", "dragover"]) {
+  drop.addEventListener(type, (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
+}
+for (const type of ["dragleave", "drop"]) {
+  drop.addEventListener(type, () => drop.classList.remove("over"));
+}
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  upload(event.dataTransfer.files[0]);
+});

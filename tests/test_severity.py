@@ -1,0 +1,151 @@
+"""Severity: zones, features, heads, the repeated-split evaluation and the annotation readers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from covidcxr.data.severity import LESIONS, ZONES
+from covidcxr.engine.severity import SeverityConfig, evaluate_brixia, evaluate_scores, fit_heads, lesion_loss, repeated_splits
+from covidcxr.severity import DEEP_DIM, IMAGE_GROUPS, ZONE_GROUPS, brixia_zones, columns, severity_features, split_lungs
+
+
+def _two_lungs(h=120, w=100):
+    mask = np.zeros((h, w), bool)
+    mask[10:100, 10:40] = True  # image left = the patient's right lung
+    mask[20:110, 60:90] = True
+    return mask
+
+
+def test_zones_follow_each_lung_in_thirds():
+    zones = brixia_zones(_two_lungs())
+    assert set(np.unique(zones)) == {0, 1, 2, 3, 4, 5, 6}
+    assert (zones[10:40, 10:40] == 1).all() and (zones[40:70, 10:40] == 2).all() and (zones[70:100, 10:40] == 3).all()
+    assert (zones[20:50, 60:90] == 4).all() and (zones[80:110, 60:90] == 6).all()
+    assert (zones[:, 45:55] == 0).all()
+
+
+def test_touching_lungs_are_cut_at_the_emptiest_column():
+    mask = _two_lungs()
+    mask[50:55, 40:60] = True  # a bridge makes one region
+    right, left = split_lungs(mask)
+    assert right[:, :40].sum() == mask[:, :40].sum() and left[:, 60:].sum() == mask[:, 60:].sum()
+    assert not (right & left).any() and ((right | left) == mask).all()
+
+
+def test_features_measure_lesions_per_zone_and_lung():
+    s = 64
+    lungs = torch.from_numpy(np.asarray(torch.nn.functional.interpolate(torch.from_numpy(_two_lungs(128, 128)).float()[None, None], size=(s, s))[0, 0] > 0.5))[None]
+    zones = brixia_zones(lungs[0].numpy())
+    p = torch.zeros(1, len(LESIONS), s, s)
+    p[0, 0][torch.from_numpy(zones == 1)] = 1.0  # ground-glass fills zone A only
+    x = torch.randn(1, 1, s, s)
+    encoder = [torch.randn(1, c, s // f, s // f) for c, f in ((1, 1), (16, 2), (24, 4), (32, 8), (96, 16), (1280, 32))]
+    image_f, zone_f = severity_features(x, encoder, lungs, p)
+    assert image_f.shape == (1, 12 + DEEP_DIM) and zone_f.shape == (1, 6, 13 + DEEP_DIM)
+    lo, _ = ZONE_GROUPS["lesions"]
+    frac_ggo = zone_f[0, :, lo + 2]
+    assert frac_ggo[0] == 1 and (frac_ggo[1:] == 0).all()
+    right_frac = image_f[0, IMAGE_GROUPS["lesions"][0] + 2]
+    assert 0.25 < right_frac < 0.42  # zone A is about a third of the right lung
+    assert np.isclose(zone_f[0, :, ZONE_GROUPS["geometry"][0]].sum(), 1.0)
+
+
+def test_columns_name_groups_and_refuse_unknown():
+    assert len(columns(("lesions", "zone"), zone=True)) == 4 + len(ZONES)
+    with pytest.raises(ValueError, match="known"):
+        columns(("texture",), zone=False)
+
+
+def test_heads_reproduce_the_ridge_fits():
+    rng = np.random.default_rng(0)
+    cfg = SeverityConfig(image_groups=("lesions", "geometry"), zone_groups=("lesions", "zone"))
+    n = 40
+    img = rng.normal(size=(n, 12 + DEEP_DIM)).astype(np.float32)
+    zone = rng.normal(size=(n, 6, 13 + DEEP_DIM)).astype(np.float32)
+    targets = np.stack([img[:, 0] * 2 + 4, img[:, 1] + 3], axis=1)
+    head = fit_heads(cfg, img, targets, zone, zone[:, :, 0] + 1.5)
+    cols, zcols = columns(cfg.image_groups, zone=False), columns(cfg.zone_groups, zone=True)
+    scores, zs = head(torch.from_numpy(img[:, cols]), torch.from_numpy(zone[:, :, zcols]))
+    assert np.corrcoef(scores[:, 0].detach().numpy(), targets[:, 0])[0, 1] > 0.95
+    assert np.corrcoef(zs.detach().numpy().ravel(), (zone[:, :, 0] + 1.5).ravel())[0, 1] > 0.95
+
+
+def test_repeated_splits_never_share_a_patient():
+    groups = np.repeat(np.arange(30), 3)
+    for train, test in repeated_splits(groups, 10, seed=0):
+        assert not set(groups[train]) & set(groups[test])
+        assert abs(len(test) - len(groups) / 2) <= 3
+
+
+def test_scores_beat_the_mean_only_when_features_carry_the_target():
+    rng = np.random.default_rng(1)
+    y = rng.uniform(0, 8, 60)
+    groups = np.arange(60)
+    informative = np.stack([y + rng.normal(0, 0.3, 60), rng.normal(size=60)], axis=1)
+    noise = rng.normal(size=(60, 2))
+    good = evaluate_scores(informative, {"t": y}, groups, 10, 0, {"t": (0, 8)})["t"]
+    bad = evaluate_scores(noise, {"t": y}, groups, 10, 0, {"t": (0, 8)})["t"]
+    assert good["model"]["mae"]["mean"] < 0.5 * good["mean_baseline"]["mae"]["mean"]
+    assert bad["model"]["mae"]["mean"] > 0.8 * bad["mean_baseline"]["mae"]["mean"]
+    assert good["model"]["mae"]["ci_low"] <= good["model"]["mae"]["mean"] <= good["model"]["mae"]["ci_high"]
+
+
+def test_brixia_reference_rater_identical_to_senior_scores_zero():
+    rng = np.random.default_rng(2)
+    senior = rng.integers(0, 4, size=(40, 6))
+    res = evaluate_brixia(rng.normal(size=(40, 6, 5)), senior, senior.copy(), np.arange(40), 5, 0)
+    assert res["junior_rater"]["global_mae"]["mean"] == 0 and res["model"]["global_mae"]["mean"] > 0
+
+
+def test_lesion_loss_is_lower_for_the_right_masks():
+    target = torch.zeros(2, 2, 16, 16)
+    target[:, 0, 4:12, 4:12] = 1
+    good = torch.where(target > 0, 8.0, -8.0)
+    assert lesion_loss(good, target) < 0.2 < lesion_loss(-good, target)
+
+
+def test_annotation_readers_match_the_data():
+    from covidcxr.data import load_records
+    from covidcxr.data.severity import brixia_scores, expert_scores, lesion_samples, read_lesions
+    from covidcxr.io import read_image
+
+    records = load_records(datasets=("covid-chestxray",))
+    experts, brixia, lesions = expert_scores(records), brixia_scores(records), lesion_samples(records)
+    assert len(experts) == 93 and len(brixia) == 171 and len(lesions) == 94
+    assert all(0 <= s["geographic_extent"] <= 8 and 0 <= s["opacity"] <= 6 for s in experts)
+    assert all(s["senior"].shape == (6,) and s["senior"].max() <= 3 for s in brixia)
+    marked = sum(s["lesion_masks"]["ground-glass"] is not None for s in lesions)
+    assert marked == 89 and sum(s["lesion_masks"]["consolidation"] is not None for s in lesions) == 31
+    s = lesions[0]
+    image = read_image(s["path"])
+    masks = read_lesions(s, image.shape)
+    assert masks.shape == (len(LESIONS), *image.shape) and masks.any()
+
+
+def test_shipped_severity_weights_golden(fixtures):
+    """The shipped lesion decoder and severity head, loaded from their specs, give the recorded scores on fixture X-rays."""
+    import json
+
+    from covidcxr.io import read_image
+    from covidcxr.models import shipped_spec_path
+    from covidcxr.pipeline import LungSegmenter
+    from covidcxr.severity import SeverityScorer
+
+    scorer = SeverityScorer.from_spec()
+    golden = json.loads((fixtures / "golden" / "severity.json").read_text())
+    assert (golden["lesions_sha256"], golden["severity_sha256"]) == (scorer.lesion_spec.sha256, scorer.head_spec.sha256), "shipped weights changed: run tests/fixtures/make_golden.py"
+    seg = LungSegmenter.from_spec()
+    assert scorer.lesion_spec.lung_weights == seg.spec.sha256
+    for kind in ("lesions", "severity"):
+        path = shipped_spec_path(kind)
+        assert (path.parent / json.loads(path.read_text())["file"]).stat().st_size < 10e6
+    for name, expected in golden["severity"].items():
+        image = read_image(fixtures / name)
+        maps, x, encoder = seg.forward([image])
+        got = scorer.score(x, encoder, seg.masks(maps))[0]["severity"]
+        assert abs(got["geographic_extent"] - expected["geographic_extent"]) < 0.05 and abs(got["opacity"] - expected["opacity"]) < 0.05
+        assert all(abs(got["brixia"][z] - expected["brixia"][z]) < 0.05 for z in expected["brixia"])
+        for lesion, sides in expected["lesions"].items():
+            assert all(abs(got["lesions"][lesion][s] - v) < 0.01 for s, v in sides.items()), (name, lesion)
