@@ -34,7 +34,10 @@ def onnx_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(onnx_dir, fixtures):
+def runs(onnx_dir):
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures"
     images = [read_image(fixtures / n) for n in FIXTURES] + [read_image(SAMPLE)]
     torch_res = Pipeline.load().run(images)
     ort_res = Pipeline.load(backend="onnxruntime", onnx_dir=str(onnx_dir)).run(images)

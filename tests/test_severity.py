@@ -149,3 +149,24 @@ def test_shipped_severity_weights_golden(fixtures):
         assert all(abs(got["brixia"][z] - expected["brixia"][z]) < 0.05 for z in expected["brixia"])
         for lesion, sides in expected["lesions"].items():
             assert all(abs(got["lesions"][lesion][s] - v) < 0.01 for s, v in sides.items()), (name, lesion)
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_severity_cli(tmp_path):
+    """The whole protocol on a few images: folds, features, repeated splits, export, re-evaluation."""
+    import json
+
+    from covidcxr.cli import main
+    from covidcxr.models import load_weights
+
+    run, export = tmp_path / "run", tmp_path / "export"
+    sets = ["limit=16", "folds=2", "epochs=1", "repeats=3", "negatives=4", "amp=none"]
+    assert main(["train", "severity", "--out", str(run), "--export", str(export), *sum((["--set", s] for s in sets), [])]) == 0
+    result = json.loads((run / "severity_eval.json").read_text())
+    assert set(result["scores"]) == {"geographic_extent", "opacity"} and result["brixia"]["n"] == 16
+    assert (run / "severity_scatter.png").is_file() and (run / "lesion_examples.png").is_file()
+    head, spec = load_weights(export / "severity_linear.json")
+    assert spec.training["lesion_weights"] == load_weights(export / "unet_mobilenetv2_lesions.json")[1].sha256
+    assert main(["evaluate", "severity", "--run", str(run), "--out", str(tmp_path / "eval")]) == 0
+    again = json.loads((tmp_path / "eval" / "severity_eval.json").read_text())
+    assert again["brixia"]["model"] == result["brixia"]["model"]  # the folds are reused: same numbers

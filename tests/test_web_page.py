@@ -24,6 +24,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 TIMEOUT_MS = 60_000
 
 
+
+pytestmark = pytest.mark.browser  # CI installs Chromium and runs these with -m browser
+
 @pytest.fixture(scope="module")
 def server_url():
     """The real app (shipped models) served by uvicorn from a background thread on a free localhost port."""

@@ -185,7 +185,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise RuntimeError(f"covidcxr serve needs the serve extra ({err.name} is missing): pip install 'covidcxr[serve]'") from err
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
-    app = create_app(max_upload_bytes=int(args.max_upload_mb * 2**20), use_gate=not args.no_gate, saliency=not args.no_saliency)
+    app = create_app(max_upload_bytes=int(args.max_upload_mb * 2**20), use_gate=not args.no_gate, saliency=not args.no_saliency,
+                     severity=not args.no_severity, backend=args.backend, onnx_dir=args.onnx_dir)
     print(f"covidcxr: web page and API on http://{args.host}:{args.port}/ (API docs at /docs); research and teaching only", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
@@ -291,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted; bigger ones get 413")
     srv.add_argument("--no-gate", action="store_true", help="read images the gate would refuse (research use; a warning is kept)")
     srv.add_argument("--no-saliency", action="store_true", help="skip Grad-CAM (faster; heatmap is null)")
+    srv.add_argument("--no-severity", action="store_true", help="skip lesions and severity scores")
+    srv.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="run the models on PyTorch (default) or onnxruntime")
+    srv.add_argument("--onnx-dir", help="models written by `covidcxr export onnx` (with --backend onnxruntime)")
     srv.set_defaults(func=_cmd_serve)
 
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="task", required=True)

@@ -21,26 +21,25 @@ import numpy as np
 from scipy import sparse
 
 
-@lru_cache(maxsize=64)
-def _aa_weights(n_in: int, n_out: int) -> np.ndarray:
+@lru_cache(maxsize=1024)
+def _aa_weights(n_in: int, n_out: int) -> sparse.csr_matrix:
     """(n_out, n_in) rows of the antialiased triangle filter (PIL / torch ``_upsample_bilinear2d_aa``)."""
     scale = n_in / n_out
     support = scale if scale > 1.0 else 1.0
     inv = 1.0 / scale if scale > 1.0 else 1.0
-    w = np.zeros((n_out, n_in), np.float64)  # banded: few inputs per output
-    for i in range(n_out):
-        center = scale * (i + 0.5)
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), n_in)
-        j = np.arange(lo, hi)
-        k = np.clip(1.0 - np.abs((j - center + 0.5) * inv), 0.0, None)
-        total = k.sum()
-        w[i, lo:hi] = k / total if total > 0 else 0.0
+    center = scale * (np.arange(n_out) + 0.5)
+    lo = np.maximum((center - support + 0.5).astype(np.int64), 0)
+    hi = np.minimum((center + support + 0.5).astype(np.int64), n_in)
+    j = np.arange(n_in)[None, :]
+    w = np.clip(1.0 - np.abs((j - center[:, None] + 0.5) * inv), 0.0, None)
+    w[(j < lo[:, None]) | (j >= hi[:, None])] = 0.0  # the filter's window, banded
+    total = w.sum(axis=1, keepdims=True)
+    w = np.divide(w, total, out=np.zeros_like(w), where=total > 0)
     return sparse.csr_matrix(w.astype(np.float32))
 
 
-@lru_cache(maxsize=64)
-def _bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
+@lru_cache(maxsize=1024)
+def _bilinear_weights(n_in: int, n_out: int) -> sparse.csr_matrix:
     """(n_out, n_in) rows of plain bilinear interpolation with half-pixel centres."""
     scale = n_in / n_out
     src = np.maximum((np.arange(n_out) + 0.5) * scale - 0.5, 0.0)

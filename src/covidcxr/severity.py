@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from .data.severity import LESIONS, ZONES
-from .resize import resize_bilinear, resize_nearest
+from .resize import resize_nearest
 from .specs import WeightSpec, source_sha256
 
 #: Clip ranges of the scores: geographic extent 0-8, opacity 0-6, Brixia zone 0-3.
@@ -83,21 +83,26 @@ def _block_mean(weights: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def _pooled(feature: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(N, C, h, w) features averaged under (N, R, H, W) region weights -> (N, R, C)."""
     w = _block_mean(weights, feature.shape[-2:])
-    return np.einsum("nrhw,nchw->nrc", w, feature, optimize=True) / np.maximum(w.sum(axis=(2, 3)), 1e-6)[..., None]
+    n, r = w.shape[:2]
+    w = w.reshape(n, r, -1)
+    return np.matmul(w, feature.reshape(n, feature.shape[1], -1).transpose(0, 2, 1)) / np.maximum(w.sum(axis=2), 1e-6)[..., None]
 
 
 def _region_stats(regions: np.ndarray, lesion_p: np.ndarray, image: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lesion (N, R, 4), area (N, R) and intensity (N, R, 2) statistics of (N, R, H, W) regions."""
-    area = regions.sum(axis=(2, 3))
+    n, r = regions.shape[:2]
+    reg = regions.reshape(n, r, -1)
+    area = reg.sum(axis=2)
     denom = np.maximum(area, 1)[..., None]
-    mean_p = np.einsum("nrhw,nkhw->nrk", regions, lesion_p, optimize=True) / denom
-    frac = np.einsum("nrhw,nkhw->nrk", regions, (lesion_p > threshold).astype(np.float32), optimize=True) / denom
-    mu = np.einsum("nrhw,nhw->nr", regions, image, optimize=True) / denom[..., 0]
-    var = np.einsum("nrhw,nhw->nr", regions, image**2, optimize=True) / denom[..., 0] - mu**2
-    return np.concatenate([mean_p, frac], axis=2), area, np.stack([mu, np.sqrt(np.maximum(var, 0))], axis=2)
+    les = lesion_p.reshape(n, lesion_p.shape[1], -1)
+    pix = np.concatenate([les, (les > threshold).astype(np.float32), image.reshape(n, 1, -1), image.reshape(n, 1, -1) ** 2], axis=1)
+    sums = np.matmul(reg, pix.transpose(0, 2, 1)) / denom  # (N, R, 2K + 2) region means, one matrix product
+    k = les.shape[1]
+    mu, sq = sums[..., 2 * k], sums[..., 2 * k + 1]
+    return sums[..., : 2 * k], area, np.stack([mu, np.sqrt(np.maximum(sq - mu**2, 0))], axis=2)
 
 
-def severity_features(x: np.ndarray, encoder: list[np.ndarray], lungs: np.ndarray, lesion_p: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def severity_features(x: np.ndarray, encoder: list[np.ndarray], lungs: np.ndarray, lesion_p: np.ndarray, threshold: float = 0.5, zones: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Image features (N, 12 + D) and zone features (N, 6, 13 + D) for the severity head (NumPy, float32).
 
     Args:
@@ -105,6 +110,7 @@ def severity_features(x: np.ndarray, encoder: list[np.ndarray], lungs: np.ndarra
         encoder: that batch's encoder feature list (smp order).
         lungs: (N, S, S) bool lung masks at S.
         lesion_p: (N, len(LESIONS), S, S) lesion probabilities.
+        zones: (N, S, S) :func:`brixia_zones` of ``lungs`` when already computed.
 
     Layout (see :data:`IMAGE_GROUPS`, :data:`ZONE_GROUPS`): image = lesions of the right
     then the left lung (8), geometry (2), intensity (2), deep (D); zone = lesions (4),
@@ -113,7 +119,7 @@ def severity_features(x: np.ndarray, encoder: list[np.ndarray], lungs: np.ndarra
     x, lungs = np.asarray(x, np.float32), np.asarray(lungs, bool)
     encoder = [np.asarray(f, np.float32) for f in encoder]
     n = len(x)
-    zones = np.stack([brixia_zones(m) for m in lungs])
+    zones = np.stack([brixia_zones(m) for m in lungs]) if zones is None else zones
     zone_w = (zones[:, None] == np.arange(1, len(ZONES) + 1)[None, :, None, None]).astype(np.float32)  # (N, 6, S, S)
     lung_w = np.stack([zone_w[:, :3].sum(1), zone_w[:, 3:].sum(1)], axis=1)  # right, left
     lesion_p = np.asarray(lesion_p, np.float32) * lungs[:, None]
@@ -184,6 +190,7 @@ class SeverityScorer:
         from .models import eval_mode, load_weights
 
         lesion_model, lesion_spec = load_weights(lesions, kind="lesions")
+        lesion_model = lesion_model.to(memory_format=torch.channels_last)  # faster CPU convolutions
         head, head_spec = load_weights(severity, kind="severity")
 
         @torch.inference_mode()
@@ -205,34 +212,28 @@ class SeverityScorer:
         Returns:
             per image: ``severity`` (JSON-ready: ``geographic_extent``, ``opacity``, ``brixia``
             with zones A-F and ``global``, ``lesions`` with the affected share of each lung),
-            ``lesions`` (len(LESIONS), H, W) bool and ``zones`` (H, W) uint8 at the image's size.
+            ``lesions`` (len(LESIONS), S, S) bool inside the lungs and ``zones`` (S, S) uint8,
+            both on the lung model's input grid (stretch them to the image's size to draw them).
         """
         x = np.asarray(x, np.float32)
         encoder = [np.asarray(f, np.float32) for f in encoder]
         size = tuple(x.shape[-2:])
         lungs = np.stack([resize_nearest(np.asarray(m, bool), size) for m in masks])
+        zones = np.stack([brixia_zones(m) for m in lungs])
         p = self.lesions(encoder)
         thr = self.lesion_spec.threshold
-        image_f, zone_f = severity_features(x, encoder, lungs, p, thr)
+        image_f, zone_f = severity_features(x, encoder, lungs, p, thr, zones)
         scores, zone_scores = self.head(np.ascontiguousarray(image_f[:, self.image_cols]), np.ascontiguousarray(zone_f[:, :, self.zone_cols]))
+        lo = IMAGE_GROUPS["lesions"][0]  # per lung (right, left): mean probability of each lesion, then share above threshold
         out = []
-        for i, mask in enumerate(masks):
-            geo = float(np.clip(scores[i, 0], *RANGES["geographic_extent"]))
-            opa = float(np.clip(scores[i, 1], *RANGES["opacity"]))
+        for i in range(len(masks)):
             zs = np.clip(zone_scores[i], *RANGES["zone"])
-            lesion_mask = (resize_bilinear(p[i], mask.shape) > thr) & mask
-            zones = brixia_zones(mask)
-            shares = {}
-            for k, name in enumerate(LESIONS):
-                shares[name] = {}
-                for side, lo in (("right_lung", 0), ("left_lung", 3)):
-                    lung = (zones > lo) & (zones <= lo + 3)
-                    shares[name][side] = round(float(lesion_mask[k][lung].mean()) if lung.any() else 0.0, 4)
+            shares = {name: {side: round(float(image_f[i, lo + 4 * j + len(LESIONS) + k]), 4) for j, side in enumerate(("right_lung", "left_lung"))} for k, name in enumerate(LESIONS)}
             severity = {
-                "geographic_extent": round(geo, 2),
-                "opacity": round(opa, 2),
+                "geographic_extent": round(float(np.clip(scores[i, 0], *RANGES["geographic_extent"])), 2),
+                "opacity": round(float(np.clip(scores[i, 1], *RANGES["opacity"])), 2),
                 "brixia": {**{z: round(float(v), 2) for z, v in zip(ZONES, zs)}, "global": round(float(zs.sum()), 2)},
                 "lesions": shares,
             }
-            out.append({"severity": severity, "lesions": lesion_mask, "zones": zones})
+            out.append({"severity": severity, "lesions": (p[i] > thr) & lungs[i], "zones": zones[i]})
         return out

@@ -176,7 +176,8 @@ def _png(path: str | None) -> dict | None:
     return None if path is None else {"png_base64": base64.b64encode(Path(path).read_bytes()).decode("ascii")}
 
 
-def create_app(pipeline: Pipeline | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, use_gate: bool = True, saliency: bool = True) -> FastAPI:
+def create_app(pipeline: Pipeline | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, use_gate: bool = True, saliency: bool = True,
+               severity: bool = True, backend: str = "torch", onnx_dir: str | None = None) -> FastAPI:
     """Build the app around one pipeline, loaded here once (or injected, as the tests do).
 
     Args:
@@ -185,12 +186,14 @@ def create_app(pipeline: Pipeline | None = None, max_upload_bytes: int = DEFAULT
         max_upload_bytes: Largest file accepted by ``POST /v1/predict`` (413 above it).
         use_gate: Refuse images the input gate does not take for a frontal chest X-ray.
         saliency: Compute the Grad-CAM heat map.
+        severity: Score lesions and severity.
+        backend, onnx_dir: ``"onnxruntime"`` runs the models exported by ``covidcxr export onnx`` without PyTorch.
 
     Returns:
         The FastAPI app, ready for uvicorn or ``fastapi.testclient.TestClient``.
     """
     if pipeline is None:
-        pipeline = Pipeline.load(use_gate=use_gate, saliency=saliency)
+        pipeline = Pipeline.load(use_gate=use_gate, saliency=saliency, severity=severity, backend=backend, onnx_dir=onnx_dir)
     models = pipeline.models
     lock = threading.Lock()  # the models and Grad-CAM hooks are not re-entrant; pyplot neither
     limit_mb = f"{max_upload_bytes / 2**20:.3g} MB"

@@ -15,7 +15,7 @@ Outputs are compared on every image: the largest absolute difference of the cali
 probabilities, the gate probability, and the share of lung-mask pixels that differ.
 
 Usage:
-    python benchmarks/onnx.py --json benchmarks/results/onnx.json
+    python benchmarks/backends.py --json benchmarks/results/backends.json
 """
 
 from __future__ import annotations
