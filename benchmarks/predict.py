@@ -19,8 +19,12 @@ alike; files are X-rays from every source of the development data at their store
 - ``segment`` (baseline): ``covidcxr segment DIR`` work on the same files (read, lungs, mask
   PNG), images per second; the batch modes are reported as ratios to it.
 
+``--backend onnxruntime`` runs every case on the ONNX models (exported into a temporary
+folder first) instead of PyTorch.
+
 Usage:
     python benchmarks/predict.py --json benchmarks/results/predict.json
+    python benchmarks/predict.py --backend onnxruntime --json benchmarks/results/predict_onnxruntime.json
 """
 
 from __future__ import annotations
@@ -72,14 +76,21 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="run the models on PyTorch or onnxruntime")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     files = pick_files(resolve_data_root(args.data_root), args.per_source)
-    full = Pipeline.load(saliency=True)
-    no_severity = Pipeline.load(saliency=True, severity=False)
-    fast = Pipeline.load(saliency=False)
-    fastest = Pipeline.load(saliency=False, severity=False)
+    onnx_dir = tempfile.mkdtemp(prefix="covidcxr-onnx-")
+    if args.backend == "onnxruntime":
+        from covidcxr.export import export_onnx
+
+        export_onnx(onnx_dir)
+    load = {"backend": args.backend, "onnx_dir": onnx_dir}
+    full = Pipeline.load(saliency=True, **load)
+    no_severity = Pipeline.load(saliency=True, severity=False, **load)
+    fast = Pipeline.load(saliency=False, **load)
+    fastest = Pipeline.load(saliency=False, severity=False, **load)
     single_files = files[:: max(1, len(files) // args.single)][: args.single]
     times: dict[str, list[float]] = {"single": [], "single_no_severity": [], "batch": [], "batch_no_severity": [], "batch+report": [], "segment": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +130,7 @@ def main() -> int:
     res["batch_vs_segment"] = res["batch_images_per_s"] / res["segment_images_per_s"]
     res["batch_report_vs_segment"] = res["batch_report_images_per_s"] / res["segment_images_per_s"]
     res["goals"] = {k: {"goal": g, "measured": res[k], "met": res[k] <= g if k.startswith(("single", "severity")) else res[k] >= g} for k, g in GOALS.items()}
-    machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(), "loadavg": os.getloadavg()}
+    machine = {"backend": args.backend, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(), "loadavg": os.getloadavg()}
     report = {"machine": machine, "config": {k: v for k, v in vars(args).items() if k != "json"} | {"files": len(files), "single_files": len(single_files)}, "results": res, "raw": times, "models": fast.models}
     print(json.dumps(res, indent=2))
     if args.json:

@@ -65,11 +65,27 @@ def _train_config(args: argparse.Namespace, cls):
     return load_config(cls, config, overrides)
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine.study import QUICK, StudyConfig, run_study
+
+    overrides = [f"{k}={v}" for k, v in QUICK.items()] if args.quick else []
+    overrides += [f"out_dir={args.out or ('study-quick' if args.quick else 'study')}"]
+    overrides += [f"data_root={args.data_root}"] if args.data_root else []
+    summary = run_study(load_config(StudyConfig, args.config, overrides + list(args.set or [])))
+    out = Path(summary["out_dir"])
+    print(f"{len(summary['cells'])} cells -> {out / 'results.csv'}, {out / 'results.md'}")
+    print(f"best by internal macro AUROC: {summary['best_internal']}; best by lungs-blacked-out AUROC closest to 0.5: {summary['best_shortcut_free']}")
+    return 0 if summary["complete"] else 1
+
+
 def _cmd_train_segmentation(args: argparse.Namespace) -> int:
     from .engine.segmentation import SegTrainConfig, main
 
     from .engine import distributed
 
+    if args.adversarial:  # the flag is the config key, set last
+        args.set = [*(args.set or []), "adversarial=true"]
     cfg = _train_config(args, SegTrainConfig)
     run = main(cfg, resume=args.resume, export_dir=args.export)
     if not distributed.is_main():  # under torchrun, rank 0 alone evaluates and writes
@@ -148,11 +164,12 @@ def _cmd_train_gate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .batch import RunCounts
+    from .batch import RunCounts, steady_heap
     from .predict import Pipeline, predict_files
 
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError(f"need --batch-size >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    steady_heap()  # flat peak memory over thousands of inputs (glibc)
     inputs = args.inputs or ([] if args.csv else [str(SAMPLE)])
     pipeline = Pipeline.load(
         lungs=args.lung_weights, diagnosis=args.weights, gate=args.gate_weights, use_gate=not args.no_gate, saliency=not args.no_saliency,
@@ -195,7 +212,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_evaluate_diagnosis(args: argparse.Namespace) -> int:
     from .engine.evaluate_diagnosis import evaluate_diagnosis
 
-    summary = evaluate_diagnosis(spec_path=args.weights, data_root=args.data_root, split=args.split, out_dir=args.out, limit=args.limit, update_spec=args.update_spec, saliency=not args.no_saliency)
+    evaluate_diagnosis(spec_path=args.weights, data_root=args.data_root, split=args.split, out_dir=args.out, limit=args.limit, update_spec=args.update_spec, saliency=not args.no_saliency)
     print((Path(args.out) / "diagnosis_eval.md").read_text())
     print(f"results: {Path(args.out) / 'diagnosis_eval.json'}")
     return 0
@@ -220,8 +237,15 @@ def _print_seg_summary(summary: dict) -> None:
 
 
 def _cmd_evaluate_segmentation(args: argparse.Namespace) -> int:
-    from .engine.evaluate_segmentation import evaluate_segmentation
+    from .engine.evaluate_segmentation import compare_segmentation, evaluate_segmentation
 
+    if args.compare:
+        if args.weights or args.update_spec:
+            raise ValueError("--compare A B evaluates the two specs it names; drop --weights and --update-spec")
+        compare_segmentation(*args.compare, data_root=args.data_root, split=args.split, out_dir=args.out, limit=args.limit)
+        print((Path(args.out) / "comparison.md").read_text())
+        print(f"results: {Path(args.out) / 'comparison.json'}")
+        return 0
     summary = evaluate_segmentation(
         spec_path=args.weights, data_root=args.data_root, split=args.split, out_dir=args.out, update_spec=args.update_spec, limit=args.limit
     )
@@ -310,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--data-root", help="folder holding covid-chestxray/, nih-chestxray8/, kermany-pediatric/")
         t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
         t.add_argument("--export", help="write the best weights + spec into this folder (default RUN/export)")
+        if task == "segmentation":
+            t.add_argument("--adversarial", action="store_true", help="add a PatchGAN discriminator's adversarial loss (pix2pix style; config key "
+                           "adversarial, weight adv_weight)")
         t.set_defaults(func=func)
 
     tg = train.add_parser("gate", help="fit the frontal-chest-X-ray input gate on stage-1 features (a few minutes)")
@@ -332,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--update-spec", action="store_true", help="write the test metrics into the weights spec")
         if task == "diagnosis":
             e.add_argument("--no-saliency", action="store_true", help="skip Grad-CAM (faster)")
+        else:
+            e.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two lung weights specs on the same images: Dice and HD95 of each "
+                           "and the paired difference B - A with bootstrap CIs (comparison.md/.json/.png in --out)")
         e.set_defaults(func=func)
 
     evs = ev.add_parser("severity", help="severity protocol: out-of-fold lesion Dice, repeated 50/50 splits for extent, opacity, Brixia")
@@ -354,6 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--out", default="eval/audit")
     aud.add_argument("--limit", type=int, default=0, help="at most this many images per source (quick checks)")
     aud.set_defaults(func=_cmd_audit)
+
+    st = sub.add_parser("study", help="backbone x input x enhancement comparison with patient-level CV (configs/study.yaml; resumable)")
+    st.add_argument("--config", help="YAML config (default: configs/study.yaml's settings built in)")
+    st.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable), e.g. backbones=[resnet18]")
+    st.add_argument("--quick", action="store_true", help="every cell on a few images at 64 px: minutes, for CI and a first look")
+    st.add_argument("--out", help="study folder (default study/, or study-quick/ with --quick); finished folds are skipped")
+    st.add_argument("--data-root")
+    st.set_defaults(func=_cmd_study)
 
     spl = sub.add_parser("splits", help="patient-level split counts and a leakage check")
     spl.add_argument("--data-root")

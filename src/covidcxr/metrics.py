@@ -97,6 +97,31 @@ def stratified_bootstrap_ci(y_true, y_score, statistic, confidence: float = 0.95
     return {"value": value, "ci_low": float(low), "ci_high": float(high), "n": len(y), "n_pos": n_pos}
 
 
+def class_stratified_bootstrap_ci(labels, scores, statistic, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """``statistic(labels, scores)`` of a multi-class problem with a CI from resampling each class apart.
+
+    The multi-class form of :func:`stratified_bootstrap_ci` (e.g. macro AUROC over (N, K)
+    probabilities): every resample keeps each class's count, so every class stays present.
+
+    Returns:
+        ``{"value", "ci_low", "ci_high", "n"}``; NaN when fewer than two classes are present.
+    """
+    y = np.asarray(labels)
+    s = np.asarray(scores, float)
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)]
+    if len(groups) < 2:
+        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": len(y)}
+    value = float(statistic(y, s))
+    rng = np.random.default_rng(seed)
+    stats_ = []
+    for _ in range(n_resamples):
+        idx = np.concatenate([rng.choice(g, len(g)) for g in groups])
+        stats_.append(statistic(y[idx], s[idx]))
+    alpha = (1 - confidence) / 2
+    low, high = np.nanquantile(stats_, [alpha, 1 - alpha])
+    return {"value": value, "ci_low": float(low), "ci_high": float(high), "n": len(y)}
+
+
 def operating_point(y_true, y_pred) -> dict:
     """Sensitivity, specificity and PPV of binary decisions (NaN where undefined)."""
     y = np.asarray(y_true).astype(bool)

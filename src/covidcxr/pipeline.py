@@ -1,10 +1,11 @@
 """From image to lungs to diagnosis: the predictors used by every command and service.
 
-``LungSegmenter`` (stage 1) rebuilds preprocessing from the weights spec (input size, resize
-rule, normalization), runs the model on a batch, brings the probabilities back to each
-image's own pixel size and keeps the two lungs; it can also hand out the encoder's pooled
-features, which the input gate reads. ``Diagnoser`` (stage 2) turns an image and its lung
-mask into the lung view its weights were trained on and returns calibrated probabilities.
+``LungSegmenter`` (stage 1) rebuilds preprocessing from the weights spec (enhancement, input
+size, resize rule, normalization), runs the model on a batch, brings the probabilities back
+to each image's own pixel size and keeps the two lungs; it can also hand out the encoder's
+pooled features, which the input gate reads. ``Diagnoser`` (stage 2) turns an image and its
+lung mask into the lung view its weights were trained on (enhanced as the spec says) and
+returns calibrated probabilities.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from .views import LUNG_INPUTS, apply_view, lung_view
 from .data.transforms import upsample_logits
+from .enhance import check_enhancement, enhance
 from .resize import resize_aa
 from .io import NORMALIZATION, normalize
 from .models import WeightSpec, eval_mode, load_weights
@@ -37,6 +39,7 @@ class LungSegmenter:
             raise ValueError(f"weights expect normalization {spec.normalization!r}; this version implements {NORMALIZATION!r}")
         if spec.resize != "stretch":
             raise ValueError(f"weights expect resize rule {spec.resize!r}; this version implements 'stretch'")
+        check_enhancement(spec.enhancement)
         self.model = model.to(memory_format=torch.channels_last)  # faster CPU convolutions
         self.spec = spec
         self.size = tuple(spec.input_size)
@@ -48,8 +51,9 @@ class LungSegmenter:
         return cls(model, spec)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Images (H, W) in [0, 1] -> model batch (N, 1, *input_size), normalized."""
-        batch = np.stack([resize_aa(im, self.size)[None] for im in images])  # NumPy: the same pixels on every backend
+        """Images (H, W) in [0, 1] -> model batch (N, 1, *input_size): enhanced (spec), resized, normalized."""
+        # NumPy: the same pixels on every backend. Enhancement sees the full-size image, as in training.
+        batch = np.stack([resize_aa(enhance(im, self.spec.enhancement), self.size)[None] for im in images])
         return torch.from_numpy(normalize(batch))
 
     @torch.inference_mode()
@@ -109,6 +113,7 @@ class Diagnoser:
             raise ValueError(f"weights expect normalization {spec.normalization!r}; this version implements {NORMALIZATION!r}")
         if spec.lung_input not in LUNG_INPUTS:
             raise ValueError(f"weights expect lung input {spec.lung_input!r}; this version implements {LUNG_INPUTS}")
+        check_enhancement(spec.enhancement)
         self.model = model.to(memory_format=torch.channels_last)
         self.spec = spec
         self.size = int(spec.input_size[0])
@@ -121,8 +126,12 @@ class Diagnoser:
         return cls(model, spec)
 
     def view(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The lung view of one image and its lung mask, (1, S, S) each (see :func:`covidcxr.views.lung_view`)."""
-        return lung_view(image, mask, self.size, whole=self.spec.lung_input == "whole", margin=self.spec.margin)
+        """The lung view of one image and its lung mask, (1, S, S) each (see :func:`covidcxr.views.lung_view`).
+
+        The view is enhanced as the spec says, after the resize: training stored views made so.
+        """
+        view, lungs = lung_view(image, mask, self.size, whole=self.spec.lung_input == "whole", margin=self.spec.margin)
+        return enhance(view[0], self.spec.enhancement)[None], lungs
 
     def inputs(self, views: Sequence[tuple[torch.Tensor, torch.Tensor]], mode: str | None = None) -> torch.Tensor:
         """Model batch (N, 1, S, S) of lung views in ``mode`` (default: the spec's lung input)."""

@@ -8,9 +8,19 @@ import numpy as np
 
 
 def _plt():
+    """pyplot, headless (Agg) unless the session already chose a backend.
+
+    A choice is ``MPLBACKEND`` or pyplot already imported: Jupyter's inline backend must
+    survive, or every figure a notebook shows after a package plot would be lost. The
+    package's figures are saved and closed, never shown, so any backend draws them.
+    """
+    import os
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if not os.environ.get("MPLBACKEND") and "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

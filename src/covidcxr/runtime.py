@@ -3,8 +3,9 @@
 ``covidcxr export onnx --out DIR`` writes the models; ``covidcxr predict --backend
 onnxruntime --onnx-dir DIR`` (and ``serve``) read them through the classes here, which
 offer the interface :class:`covidcxr.predict.Pipeline` uses. Preprocessing is the NumPy
-code both backends share (:mod:`covidcxr.resize`, :mod:`covidcxr.views`,
-:func:`covidcxr.io.normalize`), so the two backends differ only in the network runtime.
+code both backends share (:mod:`covidcxr.enhance`, :mod:`covidcxr.resize`,
+:mod:`covidcxr.views`, :func:`covidcxr.io.normalize`), so the two backends differ only in
+the network runtime.
 Saliency comes from the diagnosis graph's Grad-CAM output (see :mod:`covidcxr.export`).
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .enhance import check_enhancement, enhance
 from .io import NORMALIZATION, normalize
 from .postprocess import geometry, keep_lungs
 from .resize import resize_aa, resize_bilinear
@@ -51,6 +53,7 @@ class OrtModel:
             raise ValueError(f"{path}: sha256 does not match its spec; export again")
         if self.spec.normalization != NORMALIZATION:
             raise ValueError(f"{path}: expects normalization {self.spec.normalization!r}; this version implements {NORMALIZATION!r}")
+        check_enhancement(self.spec.enhancement)
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
@@ -66,7 +69,7 @@ class OrtLungSegmenter:
         self.size = tuple(self.spec.input_size)
 
     def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
-        return normalize(np.stack([resize_aa(im, self.size)[None] for im in images]))
+        return normalize(np.stack([resize_aa(enhance(im, self.spec.enhancement), self.size)[None] for im in images]))
 
     def forward(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
         """Lung probability maps at each image's size, the model batch, the encoder feature list."""
@@ -94,7 +97,8 @@ class OrtDiagnoser:
         self._last: tuple[np.ndarray, np.ndarray] | None = None
 
     def view(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return lung_view(image, mask, self.size, whole=self.spec.lung_input == "whole", margin=self.spec.margin)
+        view, lungs = lung_view(image, mask, self.size, whole=self.spec.lung_input == "whole", margin=self.spec.margin)
+        return enhance(view[0], self.spec.enhancement)[None], lungs
 
     def inputs(self, views, mode: str | None = None) -> np.ndarray:
         return normalize(np.stack([apply_view(v, lungs, mode or self.spec.lung_input) for v, lungs in views]))

@@ -1,9 +1,10 @@
 """Weights specs: what a weight file is and expects (no PyTorch import).
 
 A spec (JSON beside the weight file) says what the weights expect: architecture and its
-arguments, input size, the normalization name, output names, threshold, storage dtype,
-sha256, how they were trained and what they scored. Inference rebuilds preprocessing from
-the spec, on either backend (PyTorch ``.pt`` or ONNX ``.onnx``).
+arguments, input size, the X-ray enhancement and the normalization name, output names,
+threshold, storage dtype, sha256, how they were trained and what they scored. Inference
+rebuilds preprocessing from the spec, on either backend (PyTorch ``.pt`` or ONNX ``.onnx``).
+A field added later has a default that means "as before", so older spec files still load.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class WeightSpec:
     in_chans: int = 1
     model_kwargs: dict = field(default_factory=dict)
     resize: str = "stretch"  # stretch: whole image to input_size; lung-box: the lung box (+ margin) to input_size
+    enhancement: str = "none"  # X-ray enhancement applied before the model (covidcxr.enhance: none | clahe | dehaze)
     threshold: float = 0.5
     dtype: str = "float16"  # storage dtype; weights are cast to float32 at load
     lung_input: str = ""  # diagnosis: crop | masked (see covidcxr.data.classification)

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from tqdm.auto import tqdm
 
+from ..enhance import check_enhancement, enhance
 from ..io import normalize, read_image
 from .masks import MASK_SOURCES, read_mask
 from .transforms import resize_image, resize_mask
@@ -56,18 +57,22 @@ def load_pair(sample: dict) -> tuple[np.ndarray, np.ndarray]:
 class SegmentationDataset(Dataset):
     """Images and masks resized once to ``size`` and kept in memory; augmentation per item.
 
+    Each image is enhanced (``enhancement``, see :mod:`covidcxr.enhance`) at its own size
+    before the resize, as :meth:`covidcxr.pipeline.LungSegmenter.preprocess` does at inference.
+
     Items are dicts: ``image`` (1, H, W) float normalized, ``mask`` (H, W) int64 0/1/2,
     ``mask_source``, ``patient_id``, ``path``.
     """
 
-    def __init__(self, samples: list[dict], size: tuple[int, int], transform=None, progress: bool = True) -> None:
+    def __init__(self, samples: list[dict], size: tuple[int, int], transform=None, progress: bool = True, enhancement: str = "none") -> None:
         self.samples = samples
         self.size = tuple(size)
         self.transform = transform
+        self.enhancement = check_enhancement(enhancement)
         images, masks = [], []
         for s in tqdm(samples, desc="loading images", disable=not progress, leave=False):
             image, mask = load_pair(s)
-            images.append(resize_image(torch.from_numpy(image), self.size))
+            images.append(resize_image(torch.from_numpy(enhance(image, enhancement)), self.size))
             masks.append(resize_mask(torch.from_numpy(mask), self.size))
         self.images = torch.stack(images) if images else torch.empty(0, 1, *self.size)
         self.masks = torch.stack(masks) if masks else torch.empty(0, *self.size, dtype=torch.uint8)

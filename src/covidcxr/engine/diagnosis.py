@@ -1,9 +1,9 @@
 """Training of the diagnosis classifier (stage 2) on stage-1 lung views.
 
 Path of the data: frontal, labelled X-rays (``classification_samples``) -> stage-1 lung
-masks (cached per lung-model sha256) -> lung views at the input size (``lung_view``, kept
-in memory as uint8 and on disk as one ``.npz`` per setting) -> augmentation -> view mode
-(crop or masked) -> normalization -> classifier.
+masks (cached per lung-model sha256) -> lung views at the input size (``lung_view``, then
+the configured X-ray enhancement; kept in memory as uint8 and on disk as one ``.npz`` per
+setting) -> augmentation -> view mode (crop or masked) -> normalization -> classifier.
 
 Sampling is balanced over classes and, inside each class, over sources: every class is
 drawn equally often, and the sources that hold a class share its draws equally. Without
@@ -45,6 +45,7 @@ from ..data.classification import CLASSES, DiagnosisDataset, classification_samp
 from ..data.lung_cache import cached_lung_masks, load_cached_mask
 from ..data.splits import SPLIT_VERSION
 from ..data.transforms import diagnosis_augment
+from ..enhance import check_enhancement, enhance
 from ..io import NORMALIZATION, ImageReadError, read_image
 from ..models import WeightSpec, create_model, eval_mode, save_weights
 from . import distributed
@@ -67,6 +68,7 @@ class DiagTrainConfig:
     lung_input: str = "crop"  # crop | masked
     margin: float = 0.1  # lung box grown by this fraction per side
     input_size: int = 224
+    enhancement: str = "none"  # none | clahe | dehaze, on each lung view (covidcxr.enhance); recorded in the spec
     sampling: str = "class_source"  # class_source | group | class | none
     epochs: int = 30
     patience: int = 6  # stop after this many epochs without a better validation macro AUROC
@@ -94,20 +96,25 @@ def views_cache_dir() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "covidcxr") / "views"
 
 
-def prepare_views(samples: list[dict], segmenter, size: int, margin: float, whole: bool = False, cache: bool = True, progress: bool = True) -> dict:
-    """Lung views of ``samples`` at ``size``: stage-1 masks, then :func:`lung_view` per image.
+def prepare_views(
+    samples: list[dict], segmenter, size: int, margin: float, whole: bool = False, enhancement: str = "none", cache: bool = True, progress: bool = True
+) -> dict:
+    """Lung views of ``samples`` at ``size``: stage-1 masks, then lung view and enhancement per image.
 
-    Kept as one ``.npz`` per (lung weights, size, margin, sample list), so evaluation and
-    audits after training read them in seconds.
+    Each view is :func:`lung_view` followed by :func:`covidcxr.enhance.enhance` with
+    ``enhancement``, as :meth:`covidcxr.pipeline.Diagnoser.view` does at inference. Kept as
+    one ``.npz`` per (lung weights, size, margin, enhancement, sample list), so evaluation
+    and audits after training read them in seconds.
 
     Returns:
         dict of ``images`` (N, S, S) uint8, ``lungs`` (N, S, S) bool, ``labels`` (N,),
         ``samples`` (the N samples kept; unreadable images are dropped and logged),
         ``lung_fraction`` (N,) share of each view that is lung.
     """
-    key = hashlib.sha256(
-        json.dumps([segmenter.spec.sha256, size, margin, whole, [(s["dataset"], s["filename"]) for s in samples]]).encode()
-    ).hexdigest()[:16]
+    check_enhancement(enhancement)
+    # "none" leaves the key as it was before enhancements existed, so those caches stay valid.
+    setting = [segmenter.spec.sha256, size, margin, whole] + ([enhancement] if enhancement != "none" else [])
+    key = hashlib.sha256(json.dumps([*setting, [(s["dataset"], s["filename"]) for s in samples]]).encode()).hexdigest()[:16]
     path = views_cache_dir() / f"{key}.npz"
     by_name = {f"{s['dataset']}/{s['filename']}": s for s in samples}
     if cache and path.is_file():
@@ -128,7 +135,7 @@ def prepare_views(samples: list[dict], segmenter, size: int, margin: float, whol
             log.warning("skipping %s", err)
             continue
         view, lung = lung_view(image, load_cached_mask(masks[s["path"]]), size, whole=whole, margin=margin)
-        images.append((view[0] * 255 + 0.5).astype(np.uint8))
+        images.append((enhance(view[0], enhancement) * 255 + 0.5).astype(np.uint8))
         lungs.append(lung[0] > 0.5)
         kept.append(s)
     images = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
@@ -389,7 +396,8 @@ def load_views(cfg: DiagTrainConfig, split: str | None = None, progress: bool = 
     samples, excluded = classification_samples(load_records(cfg.data_root), split)
     for reason, n in sorted(excluded.items()):
         log.info("excluded %d: %s", n, reason)
-    return prepare_views(samples, LungSegmenter.from_spec(cfg.lung_weights), cfg.input_size, cfg.margin, whole=cfg.lung_input == "whole", progress=progress)
+    segmenter = LungSegmenter.from_spec(cfg.lung_weights)
+    return prepare_views(samples, segmenter, cfg.input_size, cfg.margin, whole=cfg.lung_input == "whole", enhancement=cfg.enhancement, progress=progress)
 
 
 def main(cfg: DiagTrainConfig, resume: bool = False, export_dir: str | Path | None = None) -> Path:
@@ -398,6 +406,7 @@ def main(cfg: DiagTrainConfig, resume: bool = False, export_dir: str | Path | No
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; it joins the process
     group first and leaves it at the end.
     """
+    check_enhancement(cfg.enhancement)  # before a run folder is made
     device = distributed.init(_device(cfg.device))
     try:
         return _train(cfg, device, resume, export_dir)
@@ -444,6 +453,7 @@ def _export(cfg: DiagTrainConfig, result: dict, run: Path, export_dir: str | Pat
         normalization=NORMALIZATION,
         file=f"{cfg.export_name}.pt",
         resize="lung-box",
+        enhancement=cfg.enhancement,
         lung_input=cfg.lung_input,
         margin=cfg.margin,
         temperature=round(result["temperature"], 4),

@@ -62,7 +62,8 @@ def views_for(diagnoser: Diagnoser, data_root: str | None = None, split: str | N
     segmenter = LungSegmenter.from_spec()
     if diagnoser.spec.lung_weights and diagnoser.spec.lung_weights != segmenter.spec.sha256:
         log.warning("diagnosis weights were trained on masks of lung model %s…, the shipped lung model is %s…", diagnoser.spec.lung_weights[:12], segmenter.spec.sha256[:12])
-    return prepare_views(samples, segmenter, diagnoser.size, diagnoser.spec.margin, whole=diagnoser.spec.lung_input == "whole", progress=progress)
+    spec = diagnoser.spec
+    return prepare_views(samples, segmenter, diagnoser.size, spec.margin, whole=spec.lung_input == "whole", enhancement=spec.enhancement, progress=progress)
 
 
 def model_outputs(diagnoser: Diagnoser, views: dict, mode: str | None = None, features: bool = False, saliency: bool = False, batch_size: int = 32, progress: bool = True) -> dict:
@@ -144,13 +145,13 @@ def covid_vs_other(labels: np.ndarray, probs: np.ndarray, n_resamples: int = 100
     return stratified_bootstrap_ci(labels[keep] == COVID, score, _auroc, n_resamples=n_resamples)
 
 
-def by_source(samples: list[dict], labels: np.ndarray, probs: np.ndarray) -> dict:
-    """:func:`summarize` pooled and per source."""
+def by_source(samples: list[dict], labels: np.ndarray, probs: np.ndarray, n_resamples: int = 1000) -> dict:
+    """:func:`summarize` pooled and per source (``n_resamples`` bootstrap resamples for each CI)."""
     sources = np.array([s["dataset"] for s in samples])
-    out = {ALL_SOURCES: summarize(labels, probs)}
+    out = {ALL_SOURCES: summarize(labels, probs, n_resamples)}
     for src in sorted(set(sources)):
         m = sources == src
-        out[src] = summarize(labels[m], probs[m])
+        out[src] = summarize(labels[m], probs[m], n_resamples)
     return out
 
 

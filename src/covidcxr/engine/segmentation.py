@@ -5,6 +5,10 @@ optimizer, scheduler, epoch, history: ``--resume`` continues a killed run to the
 result), metrics.json, a learning curve and an overlay of validation predictions; the
 best-by-validation weights are exported with their spec.
 
+With ``adversarial`` on, each epoch runs :func:`covidcxr.engine.adversarial.train_one_epoch`
+instead (a PatchGAN judges (image, mask) pairs; its state joins the checkpoint); off, the
+plain loop below runs exactly as before.
+
 Under ``torchrun --nproc_per_node N`` (see :mod:`covidcxr.engine.distributed`) the model is
 wrapped in DistributedDataParallel and each process trains on its shard of every epoch
 with ``batch_size`` images per step (effective batch ``batch_size x N``); rank 0 validates
@@ -35,6 +39,7 @@ from ..data.masks import IGNORE, LUNG
 from ..data.segmentation import MANUAL_SOURCES, SegmentationDataset, segmentation_samples
 from ..data.splits import SPLIT_VERSION
 from ..data.transforms import segmentation_augment
+from ..enhance import check_enhancement
 from ..io import NORMALIZATION
 from ..models import WeightSpec, create_model, eval_mode, save_weights
 from . import distributed
@@ -52,6 +57,7 @@ class SegTrainConfig:
     model: str = "unet_mobilenetv2"
     pretrained: str | None = None  # "imagenet" needs internet once
     input_size: int = 256  # images are resized to this; the model runs at it at inference
+    enhancement: str = "none"  # none | clahe | dehaze before the resize (covidcxr.enhance); recorded in the spec
     crop_size: int = 0  # >0: train on random crops of this size (cheaper steps at a larger input_size)
     epochs: int = 12
     batch_size: int = 16
@@ -64,6 +70,12 @@ class SegTrainConfig:
     threads: int = 0  # 0: all cores
     limit: int = 0  # >0: use at most this many train/val samples (smoke tests)
     export_name: str = "unet_mobilenetv2_lungs"
+    # Adversarial (pix2pix-style) option, see covidcxr.engine.adversarial; off: the plain loop, unchanged.
+    adversarial: bool = False
+    adv_weight: float = 0.05  # x LSGAN term (0.25 at equilibrium) beside Dice + BCE (~0.1 once trained)
+    disc_lr: float = 2e-4  # PatchGAN's Adam, constant (pix2pix)
+    disc_channels: int = 32  # PatchGAN width (pix2pix: 64)
+    disc_layers: int = 3  # stride-2 layers: 3 -> 70x70 receptive field
 
 
 def _device(name: str) -> torch.device:
@@ -132,7 +144,8 @@ def _datasets(cfg: SegTrainConfig) -> tuple[SegmentationDataset, SegmentationDat
     if cfg.crop_size and cfg.crop_size < cfg.input_size:
         augment = v2.Compose([augment, v2.RandomCrop(cfg.crop_size)])
     progress = distributed.is_main()
-    return SegmentationDataset(train, size, transform=augment, progress=progress), SegmentationDataset(val, size, progress=progress)
+    kw = {"progress": progress, "enhancement": cfg.enhancement}
+    return SegmentationDataset(train, size, transform=augment, **kw), SegmentationDataset(val, size, **kw)
 
 
 def _checkpoint(path: Path, **state) -> None:
@@ -188,6 +201,7 @@ def main(cfg: SegTrainConfig, resume: bool = False, export_dir: str | Path | Non
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; it joins the process
     group first and leaves it at the end.
     """
+    check_enhancement(cfg.enhancement)  # before a run folder is made
     device = distributed.init(_device(cfg.device))
     try:
         return _train(cfg, device, resume, export_dir)
@@ -196,6 +210,8 @@ def main(cfg: SegTrainConfig, resume: bool = False, export_dir: str | Path | Non
 
 
 def _train(cfg: SegTrainConfig, device: torch.device, resume: bool, export_dir: str | Path | None) -> Path:
+    from . import adversarial  # it imports this module
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     main_rank = distributed.is_main()
@@ -211,18 +227,26 @@ def _train(cfg: SegTrainConfig, device: torch.device, resume: bool, export_dir: 
     per_rank = -(-len(train_ds) // distributed.world_size())
     steps = cfg.epochs * -(-per_rank // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+    adv: dict[str, Any] = {}  # adversarial run: discriminator and its optimizer (built after the U-Net: the plain path draws nothing more)
+    if cfg.adversarial:
+        disc_net, disc_optimizer = adversarial.build_discriminator(cfg, device)
+        adv = {"disc": disc_net, "disc_optimizer": disc_optimizer}
     history: list[dict] = []
     best = {"dice": -1.0, "epoch": -1, "state": None}
     start = 0
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        adversarial.check_checkpoint(ckpt, cfg.adversarial, ckpt_path)
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        for key, obj in adv.items():
+            obj.load_state_dict(ckpt[key])
         history, best, start = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
         log.info("resumed %s at epoch %d", run, start + 1)
     distributed.check_same(start, "resume epoch")
     model = distributed.wrap(net, device)
+    disc = distributed.wrap(adv["disc"], device) if adv else None
 
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.workers)
     t0 = time.time() - (history[-1]["elapsed_s"] if history else 0.0)
@@ -230,16 +254,21 @@ def _train(cfg: SegTrainConfig, device: torch.device, resume: bool, export_dir: 
     for epoch in bar:
         # Every epoch reseeds shuffling and augmentation, so a resumed run repeats it exactly.
         torch.manual_seed(_epoch_seed(cfg, epoch))
-        train_loss = train_one_epoch(model, _train_loader(train_ds, cfg, epoch), optimizer, scheduler, cfg.amp, epoch, device)
+        if adv:
+            stats = adversarial.train_one_epoch(model, disc, _train_loader(train_ds, cfg, epoch), optimizer, adv["disc_optimizer"], scheduler, cfg.adv_weight, cfg.amp, epoch, device)
+            train_loss, extra = stats["loss"], {"g_adv": stats["g_adv"], "d_loss": stats["d_loss"]}
+        else:
+            train_loss, extra = train_one_epoch(model, _train_loader(train_ds, cfg, epoch), optimizer, scheduler, cfg.amp, epoch, device), {}
         # Rank 0 validates the plain module; the others wait for its numbers.
         val = distributed.broadcast(evaluate(net, val_loader, cfg.amp, device) if main_rank else None)
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"], "val_dice": val["dice"], "elapsed_s": time.time() - t0, "lr": scheduler.get_last_lr()[0]})
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"], "val_dice": val["dice"], "elapsed_s": time.time() - t0, "lr": scheduler.get_last_lr()[0], **extra})
         if val["dice"] > best["dice"]:
             state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()} if main_rank else None
             best = {"dice": val["dice"], "epoch": epoch + 1, "state": state}
         bar.set_postfix(loss=f"{train_loss:.4f}", val_dice=f"{val['dice']:.4f}")
         if main_rank:
-            _checkpoint(ckpt_path, model=net.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, history=history, best=best, config=asdict(cfg))
+            adv_state = {k: v.state_dict() for k, v in adv.items()}  # empty on the plain path: no discriminator entries
+            _checkpoint(ckpt_path, model=net.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, history=history, best=best, config=asdict(cfg), **adv_state)
             (run / "metrics.json").write_text(json.dumps({"history": history, "best_epoch": best["epoch"], "best_val_dice": best["dice"]}, indent=2))
             plots.learning_curve(history, run / "learning_curve.png")
 
@@ -261,8 +290,9 @@ def _export(cfg: SegTrainConfig, model, val_ds: SegmentationDataset, run: Path, 
         input_size=(cfg.input_size, cfg.input_size),
         normalization=NORMALIZATION,
         file=f"{cfg.export_name}.pt",
+        enhancement=cfg.enhancement,
         training={
-            "command": "covidcxr train segmentation --config configs/segmentation.yaml --out runs/seg-v1 --export src/covidcxr/weights",
+            "command": "covidcxr train segmentation --config configs/segmentation.yaml --out runs/seg-v1 --export src/covidcxr/weights" + (" --adversarial" if cfg.adversarial else ""),
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in ("data_root", "out_dir")},
             "data": {"mask_sources": list(MANUAL_SOURCES), "split_version": SPLIT_VERSION, "train_samples": train_samples, "val_samples": len(val_ds)},
             "best_epoch": best["epoch"],

@@ -36,6 +36,7 @@ from ..data.classification import classification_samples
 from ..data.severity import LESIONS, ZONES, brixia_scores, expert_scores, lesion_samples, read_lesions
 from ..data.splits import SPLIT_VERSION
 from ..data.transforms import resize_image, resize_mask, segmentation_augment, upsample_logits
+from ..enhance import enhance
 from ..io import NORMALIZATION, normalize, read_image
 from ..models import WeightSpec, create_model, eval_mode, save_weights
 from ..pipeline import LungSegmenter
@@ -79,13 +80,14 @@ class LesionDataset(Dataset):
     Items: ``image`` (1, S, S) normalised, ``target`` (len(LESIONS), S, S) float 0/1.
     """
 
-    def __init__(self, samples: list[dict], size: tuple[int, int], transform=None, progress: bool = True) -> None:
+    def __init__(self, samples: list[dict], size: tuple[int, int], transform=None, progress: bool = True, enhancement: str = "none") -> None:
         self.samples, self.size, self.transform = samples, tuple(size), transform
         images, targets = [], []
         for s in tqdm(samples, desc="loading lesion masks", disable=not progress, leave=False):
             image = read_image(s["path"])
             lesions = read_lesions(s, image.shape) if "lesion_masks" in s else np.zeros((len(LESIONS), *image.shape), bool)
-            images.append(resize_image(torch.from_numpy(image), self.size))
+            # The decoder reads the lung model's encoder, which sees its own spec's enhancement.
+            images.append(resize_image(torch.from_numpy(enhance(image, enhancement)), self.size))
             targets.append(torch.stack([resize_mask(torch.from_numpy(m.astype(np.uint8)), self.size) for m in lesions]))
         self.images = torch.stack(images) if images else torch.empty(0, 1, *self.size)
         self.targets = torch.stack(targets) if targets else torch.empty(0, len(LESIONS), *self.size, dtype=torch.uint8)
@@ -120,7 +122,7 @@ def train_lesion_decoder(cfg: SeverityConfig, segmenter: LungSegmenter, samples:
         p.requires_grad_(False)
     torch.manual_seed(cfg.seed)
     decoder = create_model("lesion_decoder", num_classes=len(LESIONS)).to(device, memory_format=torch.channels_last)
-    ds = LesionDataset(samples, segmenter.size, transform=segmentation_augment(), progress=progress)
+    ds = LesionDataset(samples, segmenter.size, transform=segmentation_augment(), progress=progress, enhancement=segmenter.spec.enhancement)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * -(-len(ds) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)

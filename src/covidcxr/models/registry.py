@@ -13,8 +13,9 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
     """Register a model factory under ``name`` (default: its function name).
 
     Usable as ``@register_model`` or ``@register_model(name=..., task=...)``; ``task`` is
-    ``"segmentation"`` (dense logits (N, K, H, W)), ``"classification"`` (logits (N, K)) or
-    ``"gate"`` (feature vectors in, one logit per image out).
+    ``"segmentation"`` (dense logits (N, K, H, W)), ``"classification"`` (logits (N, K)),
+    ``"gate"`` (feature vectors in, one logit per image out) or ``"discriminator"``
+    ((image, mask) pairs in, patch logits (N, 1, h, w) out; used only in training).
     """
 
     def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -32,7 +33,7 @@ def _lookup(name: str) -> Callable[..., nn.Module]:
 
 
 def model_task(name: str) -> str:
-    """``"segmentation"``, ``"classification"`` or ``"gate"`` for a registered name."""
+    """``"segmentation"``, ``"classification"``, ``"gate"`` or ``"discriminator"`` for a registered name."""
     return _lookup(name).task  # type: ignore[attr-defined]
 
 
