@@ -164,12 +164,11 @@ def _cmd_train_gate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .batch import RunCounts, steady_heap
+    from .batch import RunCounts
     from .predict import Pipeline, predict_files
 
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError(f"need --batch-size >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
-    steady_heap()  # flat peak memory over thousands of inputs (glibc)
     inputs = args.inputs or ([] if args.csv else [str(SAMPLE)])
     pipeline = Pipeline.load(
         lungs=args.lung_weights, diagnosis=args.weights, gate=args.gate_weights, use_gate=not args.no_gate, saliency=not args.no_saliency,

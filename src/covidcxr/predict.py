@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .batch import Done, RunCounts, drop_error_rows, expand_inputs, read_batches, read_predictions, save_mask_png, unique_stems
+from .batch import Done, RunCounts, drop_error_rows, expand_inputs, read_batches, read_predictions, save_mask_png, trim_heap, unique_stems
 from .data.labels import CLASSES
 from .gate import blank_reason, pooled_features, refusal
 from .report import save_report
@@ -227,6 +227,8 @@ def predict_files(
             for (i, image), res in zip(good, results):
                 yield emit(_write_outputs(Path(files[i]), stems[i], image, res, out, models, report))
             bar.update(len(batch))
+            del batch, good, results
+            trim_heap()  # memory stays flat over thousands of batches (see covidcxr.batch.trim_heap)
 
 
 def _write_outputs(path: Path, stem: str, image: np.ndarray, res: dict, out: Path, models: dict, report: bool) -> dict:
