@@ -81,3 +81,12 @@ raise SystemExit(main(["predict", "--backend", "onnxruntime", "--onnx-dir", {str
 def test_missing_onnx_dir_says_how_to_export(tmp_path, capsys):
     assert main(["predict", "--backend", "onnxruntime", "--onnx-dir", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "-q"]) == 2
     assert "covidcxr export onnx" in capsys.readouterr().err
+
+
+def test_sessions_do_not_spin_wait(onnx_dir):
+    """Five sessions with spinning thread pools starve each other and the NumPy steps on 2 cores."""
+    from covidcxr.runtime import OrtModel
+    from covidcxr.specs import SHIPPED
+
+    model = OrtModel(onnx_dir / f"{SHIPPED['diagnosis']}.json")
+    assert model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
