@@ -22,6 +22,8 @@ def test_grid_is_45_cells_and_rejects_unknown_names():
         cells(StudyConfig(backbones=("resnet18", "vgg16")))
     with pytest.raises(ValueError, match="enhancements"):
         cells(StudyConfig(enhancements=()))
+    with pytest.raises(ValueError, match="folds >= 2"):
+        cells(StudyConfig(folds=1))
 
 
 def test_class_stratified_ci_keeps_every_class():

@@ -88,6 +88,9 @@ def cells(cfg: StudyConfig) -> list[tuple[str, str, str]]:
         unknown = sorted(set(values) - set(known))
         if unknown or not values:
             raise ValueError(f"study {name}s must be a non-empty subset of {known}, got {list(values)}")
+    if cfg.folds < 2 or cfg.epochs < 1 or cfg.draws_per_epoch < cfg.batch_size or not cfg.seeds:
+        raise ValueError(f"the study needs folds >= 2, epochs >= 1, draws_per_epoch >= batch_size and a seed; got folds {cfg.folds}, "
+                         f"epochs {cfg.epochs}, draws_per_epoch {cfg.draws_per_epoch}, batch_size {cfg.batch_size}, seeds {list(cfg.seeds)}")
     return [(b, i, e) for e in cfg.enhancements for i in cfg.inputs for b in cfg.backbones]
 
 
@@ -192,11 +195,11 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict:
     """Run (or resume) every cell and fold, then summarise; returns the summary."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    grid = cells(cfg)
     out = Path(cfg.out_dir)
     _check_resume(cfg, out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    grid = cells(cfg)
     samples = study_samples(cfg)
     todo = [(c, s, k) for c in grid for s in cfg.seeds for k in range(cfg.folds) if not _fold_path(out, c, s, k).is_file()]
     log.info("study: %d cells x %d seeds x %d folds on %d images; %d folds to run", len(grid), len(cfg.seeds), cfg.folds, len(samples), len(todo))
