@@ -18,7 +18,7 @@ import torch
 
 from .views import LUNG_INPUTS, apply_view, lung_view
 from .data.transforms import upsample_logits
-from .enhance import check_enhancement, enhance
+from .enhance import enhance
 from .resize import resize_aa
 from .io import NORMALIZATION, normalize
 from .models import WeightSpec, eval_mode, load_weights
@@ -39,7 +39,6 @@ class LungSegmenter:
             raise ValueError(f"weights expect normalization {spec.normalization!r}; this version implements {NORMALIZATION!r}")
         if spec.resize != "stretch":
             raise ValueError(f"weights expect resize rule {spec.resize!r}; this version implements 'stretch'")
-        check_enhancement(spec.enhancement)
         self.model = model.to(memory_format=torch.channels_last)  # faster CPU convolutions
         self.spec = spec
         self.size = tuple(spec.input_size)
@@ -113,7 +112,6 @@ class Diagnoser:
             raise ValueError(f"weights expect normalization {spec.normalization!r}; this version implements {NORMALIZATION!r}")
         if spec.lung_input not in LUNG_INPUTS:
             raise ValueError(f"weights expect lung input {spec.lung_input!r}; this version implements {LUNG_INPUTS}")
-        check_enhancement(spec.enhancement)
         self.model = model.to(memory_format=torch.channels_last)
         self.spec = spec
         self.size = int(spec.input_size[0])

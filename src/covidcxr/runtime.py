@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .enhance import check_enhancement, enhance
+from .enhance import enhance
 from .io import NORMALIZATION, normalize
 from .postprocess import geometry, keep_lungs
 from .resize import resize_aa, resize_bilinear
@@ -53,7 +53,6 @@ class OrtModel:
             raise ValueError(f"{path}: sha256 does not match its spec; export again")
         if self.spec.normalization != NORMALIZATION:
             raise ValueError(f"{path}: expects normalization {self.spec.normalization!r}; this version implements {NORMALIZATION!r}")
-        check_enhancement(self.spec.enhancement)
         options = ort.SessionOptions()
         # No spin-waiting: each of the pipeline's five sessions has its own thread pool, and
         # threads that spin after a run take the cores from the NumPy work and the next

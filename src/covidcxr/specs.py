@@ -50,6 +50,11 @@ class WeightSpec:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        from .enhance import check_enhancement  # one check for every model that reads a spec
+
+        check_enhancement(self.enhancement)
+
     @classmethod
     def from_json(cls, path: str | Path) -> WeightSpec:
         data = json.loads(Path(path).read_text())
