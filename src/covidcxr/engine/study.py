@@ -255,7 +255,7 @@ def _run_folds(cfg: StudyConfig, out: Path, todo: list, samples: list[dict], pro
         path = _fold_path(out, cell, seed, k)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(
+        np.savez_compressed(
             tmp, names=np.array(names)[test_idx], labels=views["labels"][test_idx], sources=np.array([views["samples"][i]["dataset"] for i in test_idx]),
             train_s=train_s, train_cpu_s=train_cpu_s, size_mb=model_megabytes(model), latency_s=latency, train_images=len(train_idx), **scores,
         )
