@@ -72,15 +72,16 @@ def _row(backbone, lung_input, auc, blacked):
 
 
 def test_best_cells_break_blacked_out_ties_by_auroc(tmp_path):
-    rows = [_row("resnet18", "whole", 0.95, 0.85), _row("resnet50", "masked", 0.80, 0.5), _row("mobilenet_v2", "masked", 0.84, 0.5), _row("densenet121", "crop", 0.90, 0.62)]
+    rows = [_row("resnet18", "whole", 0.95, 0.85), _row("resnet50", "masked", 0.80, 0.5), _row("mobilenet_v2", "masked", 0.84, 0.5), _row("densenet121", "crop", 0.90, 0.53)]
     best = best_cells(rows)
-    assert best == {"best_internal": "resnet18 / whole / none", "best_shortcut_free": "mobilenet_v2 / masked / none"}
+    assert best == {"best_internal": "resnet18 / whole / none", "best_shortcut_free": "mobilenet_v2 / masked / none", "best_reading_lungs": "densenet121 / crop / none"}
+    assert best_cells([_row("resnet18", "whole", 0.95, 0.85)])["best_reading_lungs"] is None  # every cell reads the surroundings
     summary = {"out_dir": str(tmp_path), "config": {"folds": 3, "seeds": [0], "input_size": 128, "epochs": 6, "draws_per_epoch": 1024}, "cells": rows, "complete": True, **best}
     write_results(summary, tmp_path)
     table = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert len(table) == 4 and float(table[0]["macro_auroc_ci_low"]) < float(table[0]["macro_auroc"]) < float(table[0]["macro_auroc_ci_high"])
     md = (tmp_path / "results.md").read_text()
-    assert "mobilenet_v2 / masked / none" in md and "0.950 (0.900–1.000)" in md
+    assert "mobilenet_v2 / masked / none" in md and "0.950 (0.900–1.000)" in md and "contains 0.5: **densenet121 / crop / none**" in md
     assert (tmp_path / "study_grid.png").stat().st_size > 5000 and (tmp_path / "study_shortcut.png").stat().st_size > 5000
 
 

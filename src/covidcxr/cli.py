@@ -75,7 +75,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
     summary = run_study(load_config(StudyConfig, args.config, overrides + list(args.set or [])))
     out = Path(summary["out_dir"])
     print(f"{len(summary['cells'])} cells -> {out / 'results.csv'}, {out / 'results.md'}")
-    print(f"best by internal macro AUROC: {summary['best_internal']}; best by lungs-blacked-out AUROC closest to 0.5: {summary['best_shortcut_free']}")
+    print(f"best by internal macro AUROC: {summary['best_internal']}; best by lungs-blacked-out AUROC closest to 0.5: {summary['best_shortcut_free']}; "
+          f"best among those not reading outside the lungs: {summary['best_reading_lungs']}")
     return 0 if summary["complete"] else 1
 
 

@@ -94,13 +94,17 @@ def summarise(cfg, out: Path, grid: list[tuple[str, str, str]]) -> dict:
 
 
 def best_cells(rows: list[dict]) -> dict:
-    """The best cell by internal macro AUROC, and by closeness of the lungs-blacked-out AUROC to 0.5.
+    """The best cells by three rules.
 
-    Blacked-out AUROCs within 0.001 of each other count as tied; ties go to the higher
-    internal macro AUROC.
+    - ``best_internal``: highest internal macro AUROC.
+    - ``best_shortcut_free``: lungs-blacked-out AUROC closest to 0.5; values within 0.001 of
+      each other count as tied, ties go to the higher internal macro AUROC. A cell that
+      learned little also lands near 0.5, so this rule alone can name a weak cell.
+    - ``best_reading_lungs``: highest internal macro AUROC among the cells whose blacked-out
+      AUROC CI contains 0.5 (no measurable use of what lies outside the lungs); None if none.
     """
     if not rows:
-        return {"best_internal": None, "best_shortcut_free": None}
+        return {"best_internal": None, "best_shortcut_free": None, "best_reading_lungs": None}
 
     def name(r: dict) -> str:
         return f"{r['backbone']} / {r['input']} / {r['enhancement']}"
@@ -109,7 +113,9 @@ def best_cells(rows: list[dict]) -> dict:
     dist = [round(abs(r["metrics"]["blacked_out_macro_auroc"]["value"] - 0.5), 3) for r in rows]
     internal = int(np.nanargmax(auc))
     shortcut = min(range(len(rows)), key=lambda i: (dist[i], -auc[i]))
-    return {"best_internal": name(rows[internal]), "best_shortcut_free": name(rows[shortcut])}
+    blind = [i for i, r in enumerate(rows) if r["metrics"]["blacked_out_macro_auroc"]["ci_low"] <= 0.5 <= r["metrics"]["blacked_out_macro_auroc"]["ci_high"]]
+    reading = max(blind, key=lambda i: auc[i]) if blind else None
+    return {"best_internal": name(rows[internal]), "best_shortcut_free": name(rows[shortcut]), "best_reading_lungs": None if reading is None else name(rows[reading])}
 
 
 def write_results(summary: dict, out: Path) -> None:
@@ -152,7 +158,8 @@ def markdown(summary: dict) -> str:
         m = r["metrics"]
         digits = {"train_minutes": 2, "train_cpu_minutes": 2, "size_mb": 1, "latency_ms": 1}
         lines.append(f"| {r['backbone']} | {r['input']} | {r['enhancement']} | " + " | ".join(_ci(m[k], digits.get(k, 3)) for k, _, _ in METRICS) + " |")
-    lines += ["", f"Best by internal macro AUROC: **{summary['best_internal']}**.", f"Best by lungs-blacked-out AUROC closest to 0.5 (ties broken by macro AUROC): **{summary['best_shortcut_free']}**."]
+    lines += ["", f"Best by internal macro AUROC: **{summary['best_internal']}**.", f"Best by lungs-blacked-out AUROC closest to 0.5 (ties broken by macro AUROC): **{summary['best_shortcut_free']}**.",
+              f"Best internal macro AUROC among the cells whose lungs-blacked-out CI contains 0.5: **{summary.get('best_reading_lungs') or 'none'}**."]
     if not summary["complete"]:
         lines.append("\nThe study is incomplete: cells with missing folds are left out (rerun `covidcxr study` to resume).")
     return "\n".join(lines) + "\n"
