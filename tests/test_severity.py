@@ -160,13 +160,15 @@ def test_train_and_evaluate_severity_cli(tmp_path):
     from covidcxr.models import load_weights
 
     run, export = tmp_path / "run", tmp_path / "export"
-    sets = ["limit=16", "folds=2", "epochs=1", "repeats=3", "negatives=4", "amp=none"]
+    sets = ["limit=16", "folds=2", "epochs=1", "repeats=3", "negatives=4", "amp=none", "decoder_channels=[32,16,16,8,8]"]
     assert main(["train", "severity", "--out", str(run), "--export", str(export), *sum((["--set", s] for s in sets), [])]) == 0
     result = json.loads((run / "severity_eval.json").read_text())
     assert set(result["scores"]) == {"geographic_extent", "opacity"} and result["brixia"]["n"] == 16
     assert (run / "severity_scatter.png").is_file() and (run / "lesion_examples.png").is_file()
     head, spec = load_weights(export / "severity_linear.json")
-    assert spec.training["lesion_weights"] == load_weights(export / "unet_mobilenetv2_lesions.json")[1].sha256
+    decoder, lesion_spec = load_weights(export / "unet_mobilenetv2_lesions.json")
+    assert spec.training["lesion_weights"] == lesion_spec.sha256
+    assert lesion_spec.model_kwargs == {"decoder_channels": [32, 16, 16, 8, 8]} and decoder.head[0].in_channels == 8  # the configured widths travel in the spec
     assert main(["evaluate", "severity", "--run", str(run), "--out", str(tmp_path / "eval")]) == 0
     again = json.loads((tmp_path / "eval" / "severity_eval.json").read_text())
     assert again["brixia"]["model"] == result["brixia"]["model"]  # the folds are reused: same numbers

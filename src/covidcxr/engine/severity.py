@@ -60,6 +60,7 @@ class SeverityConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     negatives: int = 40  # lesion-free "No finding" training images added to each fold
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)  # lesion decoder widths, coarse to fine
     threshold: float = 0.5
     image_groups: tuple[str, ...] = ("lesions", "geometry", "intensity", "deep")
     zone_groups: tuple[str, ...] = ("lesions", "geometry", "intensity", "zone", "deep")
@@ -112,6 +113,11 @@ def lesion_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + (1 - dice).mean()
 
 
+def new_decoder(cfg: SeverityConfig) -> torch.nn.Module:
+    """An untrained lesion decoder of the configured widths."""
+    return create_model("lesion_decoder", num_classes=len(LESIONS), decoder_channels=tuple(cfg.decoder_channels))
+
+
 def train_lesion_decoder(cfg: SeverityConfig, segmenter: LungSegmenter, samples: list[dict], run: Path, progress: bool = True) -> torch.nn.Module:
     """Train a lesion decoder on the frozen encoder of ``segmenter``; resumes from ``run/checkpoint.pt``."""
     run.mkdir(parents=True, exist_ok=True)
@@ -121,7 +127,7 @@ def train_lesion_decoder(cfg: SeverityConfig, segmenter: LungSegmenter, samples:
     for p in encoder.parameters():
         p.requires_grad_(False)
     torch.manual_seed(cfg.seed)
-    decoder = create_model("lesion_decoder", num_classes=len(LESIONS)).to(device, memory_format=torch.channels_last)
+    decoder = new_decoder(cfg).to(device, memory_format=torch.channels_last)
     ds = LesionDataset(samples, segmenter.size, transform=segmentation_augment(), progress=progress, enhancement=segmenter.spec.enhancement)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * -(-len(ds) // cfg.batch_size)
@@ -361,7 +367,7 @@ def evaluate_severity(cfg: SeverityConfig, run: str | Path, out_dir: str | Path 
         result["ablation"]["+".join(groups_)] = {k: s[k]["model"]["mae"]["mean"] for k in targets} | {"brixia_global": b["model"]["global_mae"]["mean"]}
 
     if sets["test_normals"]:
-        normal_out = lesion_outputs(segmenter, {0: _final_or_fold(run, decoders)}, sets["test_normals"], lambda s: 0, cfg.threshold, progress)
+        normal_out = lesion_outputs(segmenter, {0: _final_or_fold(cfg, run, decoders)}, sets["test_normals"], lambda s: 0, cfg.threshold, progress)
         found = [any(o["lesions"][k].sum() >= 0.01 * max(o["lungs"].sum(), 1) for k in range(len(LESIONS))) for o in normal_out.values()]
         result["lesions"]["test_no_finding_with_lesions"] = {"rate": float(np.mean(found)), "n": len(found)}
     (out / "severity_eval.json").write_text(json.dumps(result, indent=2))
@@ -373,11 +379,11 @@ def evaluate_severity(cfg: SeverityConfig, run: str | Path, out_dir: str | Path 
     return result
 
 
-def _final_or_fold(run: Path, decoders: dict) -> torch.nn.Module:
+def _final_or_fold(cfg: SeverityConfig, run: Path, decoders: dict) -> torch.nn.Module:
     """The decoder trained on every annotated image when it exists, else fold 0's."""
     final = run / "final" / "checkpoint.pt"
     if final.is_file():
-        model = create_model("lesion_decoder", num_classes=len(LESIONS))
+        model = new_decoder(cfg)
         model.load_state_dict(torch.load(final, map_location="cpu", weights_only=True)["model"])
         return model.eval()
     return decoders[0]
@@ -466,7 +472,7 @@ def main(cfg: SeverityConfig, out_dir: str | Path, resume: bool = False, export_
     lesion_spec = WeightSpec(
         name="unet_mobilenetv2_lesions", architecture="lesion_decoder", task="lesions", targets=list(LESIONS), input_size=size,
         normalization=NORMALIZATION, file="unet_mobilenetv2_lesions.pt", resize="stage-1 encoder features", threshold=cfg.threshold,
-        lung_weights=segmenter.spec.sha256,
+        lung_weights=segmenter.spec.sha256, model_kwargs={"decoder_channels": list(cfg.decoder_channels)},
         training={**common, "data": {"annotated_images": len(sets["lesions"]), "lesion_free_images": len(sets["negatives"])}},
         metrics={"protocol": f"{cfg.folds}-fold patient cross-validation (out of fold)", **{k: v for k, v in result["lesions"].items()}},
     )
