@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from covidcxr.data.severity import LESIONS, ZONES
-from covidcxr.engine.severity import SeverityConfig, evaluate_brixia, evaluate_scores, fit_heads, lesion_loss, repeated_splits
+from covidcxr.engine.severity import SeverityConfig, evaluate_brixia, evaluate_scores, fit_heads, lesion_loss, repeated_splits, stacked_brixia
 from covidcxr.severity import DEEP_DIM, IMAGE_GROUPS, ZONE_GROUPS, brixia_zones, columns, severity_features, split_lungs
 
 
@@ -70,6 +70,39 @@ def test_heads_reproduce_the_ridge_fits():
     scores, zs = head(torch.from_numpy(img[:, cols]), torch.from_numpy(zone[:, :, zcols]))
     assert np.corrcoef(scores[:, 0].detach().numpy(), targets[:, 0])[0, 1] > 0.95
     assert np.corrcoef(zs.detach().numpy().ravel(), (zone[:, :, 0] + 1.5).ravel())[0, 1] > 0.95
+
+
+def test_head_reads_the_predicted_brixia_global_score():
+    rng = np.random.default_rng(3)
+    cfg = SeverityConfig(image_groups=("geometry",), zone_groups=("lesions", "zone"), image_brixia=True)
+    n = 40
+    img = rng.normal(size=(n, 12 + DEEP_DIM)).astype(np.float32)
+    zone = rng.normal(size=(n, 6, 13 + DEEP_DIM)).astype(np.float32)
+    zone_scores = np.clip(zone[:, :, 0] + 1.5, 0, 3)
+    extent = zone_scores.sum(1) / 2  # the target follows the Brixia score, not the image features
+    head = fit_heads(cfg, img, np.stack([extent, extent / 2], axis=1), zone, zone_scores, brixia_global=zone_scores.sum(1))
+    cols, zcols = columns(cfg.image_groups, zone=False), columns(cfg.zone_groups, zone=True)
+    assert head.image_in == len(cols) and head.image.in_features == len(cols) + 1
+    scores, zs = head(torch.from_numpy(img[:, cols]), torch.from_numpy(zone[:, :, zcols]))
+    assert np.corrcoef(scores[:, 0].detach().numpy(), extent)[0, 1] > 0.9
+    with pytest.raises(ValueError, match="Brixia"):
+        fit_heads(cfg, img, np.stack([extent, extent], axis=1), zone, zone_scores)
+
+
+def test_stacked_brixia_never_scores_an_image_with_a_ridge_that_saw_it():
+    """Features that let a ridge memorise each image: held-out predictions cannot recover its score."""
+    rng = np.random.default_rng(4)
+    m = 40
+    feats = np.eye(m * 6, dtype=np.float32).reshape(m, 6, m * 6)  # one private column per image and zone
+    senior = rng.integers(0, 4, size=(m, 6))
+    groups, names = np.arange(m), [f"b{i}" for i in range(m)]
+    truth = senior.sum(1)
+    held_out = stacked_brixia(feats, senior, groups, names, feats, names, np.ones(m, bool))
+    seen = stacked_brixia(feats, senior, groups, names, feats, [f"other{i}" for i in range(m)], np.ones(m, bool))  # same images, names not in the pool
+    assert np.corrcoef(seen, truth)[0, 1] > 0.9  # a ridge that saw the image reproduces its score
+    assert abs(np.corrcoef(held_out, truth)[0, 1]) < 0.5
+    outside = stacked_brixia(feats, senior, groups, names, feats[:5], names[:5], np.arange(m) >= 5)  # images 0-4 left out of the pool
+    assert np.ptp(outside) < 1e-3  # a ridge that never saw them gives each the same score
 
 
 def test_repeated_splits_never_share_a_patient():
@@ -160,7 +193,7 @@ def test_train_and_evaluate_severity_cli(tmp_path):
     from covidcxr.models import load_weights
 
     run, export = tmp_path / "run", tmp_path / "export"
-    sets = ["limit=16", "folds=2", "epochs=1", "repeats=3", "negatives=4", "amp=none", "decoder_channels=[32,16,16,8,8]"]
+    sets = ["limit=16", "folds=2", "epochs=1", "repeats=3", "negatives=4", "amp=none", "decoder_channels=[32,16,16,8,8]", "image_groups=[geometry]", "image_brixia=true"]
     assert main(["train", "severity", "--out", str(run), "--export", str(export), *sum((["--set", s] for s in sets), [])]) == 0
     result = json.loads((run / "severity_eval.json").read_text())
     assert set(result["scores"]) == {"geographic_extent", "opacity"} and result["brixia"]["n"] == 16
@@ -168,6 +201,7 @@ def test_train_and_evaluate_severity_cli(tmp_path):
     head, spec = load_weights(export / "severity_linear.json")
     decoder, lesion_spec = load_weights(export / "unet_mobilenetv2_lesions.json")
     assert spec.training["lesion_weights"] == lesion_spec.sha256
+    assert spec.model_kwargs["image_brixia"] and head.image.in_features == 2 + 1  # geometry + the predicted Brixia global score
     assert lesion_spec.model_kwargs == {"decoder_channels": [32, 16, 16, 8, 8]} and decoder.head[0].in_channels == 8  # the configured widths travel in the spec
     assert main(["evaluate", "severity", "--run", str(run), "--out", str(tmp_path / "eval")]) == 0
     again = json.loads((tmp_path / "eval" / "severity_eval.json").read_text())

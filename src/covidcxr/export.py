@@ -100,6 +100,6 @@ def export_onnx(out_dir: str | Path, lungs: str | None = None, diagnosis: str | 
     gate_model, gate_spec = load_weights(gate, kind="gate")
     written.append(_export(gate_model, (torch.randn(1, gate_model.linear.in_features),), (["features"], ["logit"]), gate_spec, out))
     head, head_spec = load_weights(severity, kind="severity")
-    args = (torch.randn(1, head.image.in_features), torch.randn(1, 6, head.zone.in_features))
+    args = (torch.randn(1, head.image_in), torch.randn(1, 6, head.zone.in_features))
     written.append(_export(head, args, (["image_features", "zone_features"], ["scores", "zones"]), head_spec, out))
     return written

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ class SeverityConfig:
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)  # lesion decoder widths, coarse to fine
     threshold: float = 0.5
     image_groups: tuple[str, ...] = ("lesions", "geometry", "intensity", "deep")
+    image_brixia: bool = False  # extent/opacity also read the predicted Brixia global score (SeverityHead)
     zone_groups: tuple[str, ...] = ("lesions", "geometry", "intensity", "zone", "deep")
     repeats: int = 50  # random patient-grouped 50/50 splits
     seed: int = 0
@@ -257,8 +259,11 @@ def repeated_splits(groups: np.ndarray, repeats: int, seed: int) -> list[tuple[n
     return list(GroupShuffleSplit(n_splits=repeats, test_size=0.5, random_state=seed).split(np.zeros(len(groups)), groups=groups))
 
 
-def evaluate_scores(features: np.ndarray, targets: dict[str, np.ndarray], groups: np.ndarray, repeats: int, seed: int, clip: dict[str, tuple[float, float]]) -> dict:
+def evaluate_scores(features: np.ndarray, targets: dict[str, np.ndarray], groups: np.ndarray, repeats: int, seed: int, clip: dict[str, tuple[float, float]], extra: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
     """Ridge regression vs the training-half mean on repeated patient-grouped 50/50 splits.
+
+    ``extra(test)``, when given, returns (N, k) more feature columns for one split, computed
+    without the test half's patients (see :func:`stacked_brixia`).
 
     Returns:
         per target: ``model`` and ``mean_baseline`` metric summaries (MAE, R², Pearson r),
@@ -266,11 +271,12 @@ def evaluate_scores(features: np.ndarray, targets: dict[str, np.ndarray], groups
     """
     out = {}
     splits = repeated_splits(groups, repeats, seed)
+    split_features = [np.concatenate([features, extra(test)], axis=1) if extra else features for _, test in splits]
     for name, y in targets.items():
         model_s, base_s = [], []
         pred_sum, pred_n = np.zeros(len(y)), np.zeros(len(y))
-        for train, test in splits:
-            pred = np.clip(_ridge().fit(features[train], y[train]).predict(features[test]), *clip[name])
+        for (train, test), x in zip(splits, split_features):
+            pred = np.clip(_ridge().fit(x[train], y[train]).predict(x[test]), *clip[name])
             model_s.append(_scores(y[test], pred))
             base_s.append(_scores(y[test], np.full(len(test), y[train].mean())))
             pred_sum[test] += pred
@@ -298,6 +304,42 @@ def evaluate_brixia(zone_features: np.ndarray, senior: np.ndarray, junior: np.nd
         pred_sum[test] += zones.sum(1)
         pred_n[test] += 1
     return {"model": _summary(model_s), "mean_baseline": _summary(base_s), "junior_rater": _summary(junior_s), "predictions": (pred_sum / np.maximum(pred_n, 1)).tolist(), "n": n}
+
+
+def _zone_ridge(zone_features: np.ndarray, senior: np.ndarray):
+    return _ridge().fit(zone_features.reshape(-1, zone_features.shape[2]), senior.reshape(-1))
+
+
+def _brixia_global(reg, zone_features: np.ndarray) -> np.ndarray:
+    """Predicted Brixia global score: zone predictions clipped to 0-3 and summed (as SeverityHead does)."""
+    return np.clip(reg.predict(zone_features.reshape(-1, zone_features.shape[2])).reshape(len(zone_features), -1), 0, 3).sum(1)
+
+
+def stacked_brixia(brixia_zones: np.ndarray, senior: np.ndarray, brixia_groups: np.ndarray, brixia_names: list[str], zone_features: np.ndarray, names: list[str], pool: np.ndarray, folds: int = 5) -> np.ndarray:
+    """Predicted Brixia global score of each of ``names`` (N,), from zone ridges fitted on Brixia images only.
+
+    The zone ridge is fitted on the Brixia images in ``pool`` (a boolean mask). An image that is
+    itself in the pool gets the prediction of a ridge fitted without its patient (``folds``
+    patient folds of the pool), so no image is scored by a ridge that saw its senior scores:
+    the extent/opacity ridge then learns how a held-out Brixia prediction relates to its target.
+
+    Args:
+        brixia_zones: (M, 6, D) zone features of the Brixia images; senior (M, 6); brixia_groups (M,) patients.
+        zone_features: (N, 6, D) zone features of the images to score.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    idx = np.nonzero(pool)[0]
+    out = _brixia_global(_zone_ridge(brixia_zones[idx], senior[idx]), zone_features)
+    row = {n: i for i, n in enumerate(names)}
+    k = min(folds, len(set(brixia_groups[idx])))
+    if k < 2:
+        return out
+    for fit, held in GroupKFold(n_splits=k).split(idx, groups=brixia_groups[idx]):
+        rows = [row[brixia_names[j]] for j in idx[held] if brixia_names[j] in row]
+        if rows:
+            out[rows] = _brixia_global(_zone_ridge(brixia_zones[idx[fit]], senior[idx[fit]]), zone_features[rows])
+    return out
 
 
 # ---------------------------------------------------------------- the protocol
@@ -344,7 +386,8 @@ def evaluate_severity(cfg: SeverityConfig, run: str | Path, out_dir: str | Path 
     np.savez(run / "features.npz", filenames=np.array([s["filename"] for s in scored]),
              image_features=np.stack([outputs[s["filename"]]["image_features"] for s in scored]),
              zone_features=np.stack([outputs[s["filename"]]["zone_features"] for s in scored]))
-    result = {"protocol": {"folds": cfg.folds, "repeats": cfg.repeats, "seed": cfg.seed, "split": "random patient-grouped 50/50 splits", "lesions": "out-of-fold lesion maps"},
+    result = {"protocol": {"folds": cfg.folds, "repeats": cfg.repeats, "seed": cfg.seed, "split": "random patient-grouped 50/50 splits", "lesions": "out-of-fold lesion maps",
+                           "image_features": list(cfg.image_groups) + (["predicted Brixia global (zone ridges fitted without the test half's patients)"] if cfg.image_brixia else [])},
               "lesions": lesion_metrics(sets["lesions"], outputs, seed=cfg.seed)}
     result["lesions"]["n_images"] = len(sets["lesions"])
 
@@ -354,13 +397,19 @@ def evaluate_severity(cfg: SeverityConfig, run: str | Path, out_dir: str | Path 
     targets = {k: np.array([s[k] for s in ex]) for k in ("geographic_extent", "opacity")}
     clip = {"geographic_extent": (0, 8), "opacity": (0, 6)}
     groups = np.array([s["patient_id"] for s in ex])
-    result["scores"] = evaluate_scores(X[:, img_cols], targets, groups, cfg.repeats, cfg.seed, clip)
     Z = np.stack([outputs[s["filename"]]["zone_features"] for s in bx])
     senior, junior = np.stack([s["senior"] for s in bx]), np.stack([s["junior"] for s in bx])
     bgroups = np.array([s["patient_id"] for s in bx])
+    ZE = np.stack([outputs[s["filename"]]["zone_features"] for s in ex])[:, :, zone_cols]
+    bnames, enames = [s["filename"] for s in bx], [s["filename"] for s in ex]
+
+    def brixia_column(test: np.ndarray) -> np.ndarray:  # the test half's patients never reach a Brixia ridge
+        return stacked_brixia(Z[:, :, zone_cols], senior, bgroups, bnames, ZE, enames, ~np.isin(bgroups, groups[test]))[:, None]
+
+    result["scores"] = evaluate_scores(X[:, img_cols], targets, groups, cfg.repeats, cfg.seed, clip, extra=brixia_column if cfg.image_brixia else None)
     result["brixia"] = evaluate_brixia(Z[:, :, zone_cols], senior, junior, bgroups, cfg.repeats, cfg.seed)
     result["ablation"] = {}
-    for groups_ in (("lesions",), ("lesions", "geometry", "intensity"), ("deep",)):
+    for groups_ in (("lesions",), ("lesions", "geometry", "intensity"), ("deep",), ("lesions", "geometry", "intensity", "deep")):
         zg = tuple(g for g in groups_ if g != "deep") + (("zone",) if groups_ != ("deep",) else ())
         s = evaluate_scores(X[:, columns(groups_, zone=False)], targets, groups, cfg.repeats, cfg.seed, clip)
         b = evaluate_brixia(Z[:, :, columns(zg + (("deep",) if "deep" in groups_ else ()), zone=True)], senior, junior, bgroups, cfg.repeats, cfg.seed)
@@ -395,7 +444,8 @@ def markdown(result: dict) -> str:
         return f"{d['mean']:.2f} ({d['ci_low']:.2f}–{d['ci_high']:.2f})"
 
     p = result["protocol"]
-    lines = [f"Severity: {p['repeats']} {p['split']} (seed {p['seed']}); mean over splits (2.5–97.5 percentile). Lesion maps: out of fold ({p['folds']} patient folds).", "",
+    lines = [f"Severity: {p['repeats']} {p['split']} (seed {p['seed']}); mean over splits (2.5–97.5 percentile). Lesion maps: out of fold ({p['folds']} patient folds). "
+             f"Extent and opacity read: {', '.join(p.get('image_features', [])) or 'see config'}.", "",
              "| score | n | model MAE | mean-baseline MAE | model R² | model Pearson r |", "|---|---|---|---|---|---|"]
     for name, r in result["scores"].items():
         lines.append(f"| {name.replace('_', ' ')} | {r['n']} | {fmt(r['model']['mae'])} | {fmt(r['mean_baseline']['mae'])} | {fmt(r['model']['r2'])} | {fmt(r['model']['pearson_r'])} |")
@@ -412,22 +462,30 @@ def markdown(result: dict) -> str:
         t = result["lesions"]["test_no_finding_with_lesions"]
         lines += ["", f"Test-split 'No finding' images where the shipped lesion model finds lesions (≥ 1% of the lungs): {t['rate']:.0%} of {t['n']}."]
     if result.get("ablation"):
-        lines += ["", "| feature groups | geographic extent MAE | opacity MAE | Brixia global MAE |", "|---|---|---|---|"]
+        lines += ["", "Ablation: the same ridges on one set of feature groups each (extent and opacity without the Brixia score).", "",
+                  "| feature groups | geographic extent MAE | opacity MAE | Brixia global MAE |", "|---|---|---|---|"]
         for name, r in result["ablation"].items():
             lines.append(f"| {name} | {r['geographic_extent']:.2f} | {r['opacity']:.2f} | {r['brixia_global']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
-def fit_heads(cfg: SeverityConfig, image_features: np.ndarray, targets: np.ndarray, zone_features: np.ndarray, zone_targets: np.ndarray) -> torch.nn.Module:
+def fit_heads(cfg: SeverityConfig, image_features: np.ndarray, targets: np.ndarray, zone_features: np.ndarray, zone_targets: np.ndarray, brixia_global: np.ndarray | None = None) -> torch.nn.Module:
     """The shipped severity head: ridge fits turned into a :class:`SeverityHead`.
 
     Args:
         image_features (N, D) with targets (N, 2) geographic extent, opacity;
-        zone_features (M, 6, Dz) with zone_targets (M, 6) senior Brixia zones.
+        zone_features (M, 6, Dz) with zone_targets (M, 6) senior Brixia zones;
+        brixia_global (N,): with ``cfg.image_brixia``, each scored image's held-out predicted
+            Brixia global score (:func:`stacked_brixia`), appended to its image features.
     """
     img_cols, zone_cols = columns(cfg.image_groups, zone=False), columns(cfg.zone_groups, zone=True)
-    head = create_model("severity_linear", num_classes=3, image_groups=cfg.image_groups, zone_groups=cfg.zone_groups, image_in=len(img_cols), zone_in=len(zone_cols))
-    fits = [_ridge().fit(image_features[:, img_cols], targets[:, j]) for j in range(targets.shape[1])]
+    head = create_model("severity_linear", num_classes=3, image_groups=cfg.image_groups, zone_groups=cfg.zone_groups, image_in=len(img_cols), zone_in=len(zone_cols), image_brixia=cfg.image_brixia)
+    x = image_features[:, img_cols]
+    if cfg.image_brixia:
+        if brixia_global is None:
+            raise ValueError("image_brixia: pass each image's held-out predicted Brixia global score")
+        x = np.concatenate([x, np.asarray(brixia_global, x.dtype)[:, None]], axis=1)
+    fits = [_ridge().fit(x, targets[:, j]) for j in range(targets.shape[1])]
     zfit = _ridge().fit(zone_features[:, :, zone_cols].reshape(-1, len(zone_cols)), zone_targets.reshape(-1))
     with torch.no_grad():
         for name, linear, parts in (("image", head.image, fits), ("zone", head.zone, [zfit])):
@@ -459,13 +517,11 @@ def main(cfg: SeverityConfig, out_dir: str | Path, resume: bool = False, export_
     feats = np.load(run / "features.npz")
     row = {f: i for i, f in enumerate(feats["filenames"])}
     ex, bx = sets["experts"], sets["brixia"]
-    head = fit_heads(
-        cfg,
-        feats["image_features"][[row[s["filename"]] for s in ex]],
-        np.array([[s["geographic_extent"], s["opacity"]] for s in ex]),
-        feats["zone_features"][[row[s["filename"]] for s in bx]],
-        np.stack([s["senior"] for s in bx]),
-    )
+    zone_cols = columns(cfg.zone_groups, zone=True)
+    Z, senior = feats["zone_features"][[row[s["filename"]] for s in bx]], np.stack([s["senior"] for s in bx])
+    brixia_global = stacked_brixia(Z[:, :, zone_cols], senior, np.array([s["patient_id"] for s in bx]), [s["filename"] for s in bx],
+                                   feats["zone_features"][[row[s["filename"]] for s in ex]][:, :, zone_cols], [s["filename"] for s in ex], np.ones(len(bx), bool))
+    head = fit_heads(cfg, feats["image_features"][[row[s["filename"]] for s in ex]], np.array([[s["geographic_extent"], s["opacity"]] for s in ex]), Z, senior, brixia_global)
     size = tuple(segmenter.size)
     common = {"split_version": SPLIT_VERSION, "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in ("data_root", "out_dir")},
               "command": "covidcxr train severity --config configs/severity.yaml --out runs/severity --export src/covidcxr/weights", "train_minutes": round((time.time() - t0) / 60, 1)}
@@ -481,10 +537,11 @@ def main(cfg: SeverityConfig, out_dir: str | Path, resume: bool = False, export_
     head_spec = WeightSpec(
         name="severity_linear", architecture="severity_linear", task="severity", targets=["geographic_extent", "opacity", "brixia_zone"], input_size=size,
         normalization=NORMALIZATION, file="severity_linear.pt", resize="stage-1 encoder features", dtype="float32",
-        model_kwargs={"image_groups": list(cfg.image_groups), "zone_groups": list(cfg.zone_groups), "image_in": head.image.in_features, "zone_in": head.zone.in_features},
+        model_kwargs={"image_groups": list(cfg.image_groups), "zone_groups": list(cfg.zone_groups), "image_in": head.image_in, "zone_in": head.zone.in_features, "image_brixia": head.image_brixia},
         lung_weights=segmenter.spec.sha256,
         training={**common, "lesion_weights": WeightSpec.from_json(lesion_path).sha256, "data": {"expert_scored_images": len(ex), "brixia_scored_images": len(bx)},
-                  "fit": "sklearn StandardScaler + RidgeCV (leave-one-out alpha) on out-of-fold features of every scored image"},
+                  "fit": "sklearn StandardScaler + RidgeCV (leave-one-out alpha) on out-of-fold features of every scored image"
+                         + ("; extent and opacity also on each image's predicted Brixia global score from zone ridges fitted without its patient" if cfg.image_brixia else "")},
         metrics={k: {t: {m: round(v["model"][m]["mean"], 4) for m in v["model"]} for t, v in result[k].items()} if k == "scores" else None for k in ("scores",)}
         | {"brixia": {who: {m: round(v["mean"], 4) for m, v in result["brixia"][who].items()} for who in ("model", "junior_rater", "mean_baseline")}},
     )

@@ -41,6 +41,9 @@ class SeverityHead(nn.Module):
 
     Args:
         image_groups, zone_groups: the feature groups read (see :func:`covidcxr.severity.columns`).
+        image_brixia: the image map also reads the predicted Brixia global score (the zone
+            scores clipped to 0-3 and summed), appended as its last input: the zone map is
+            fitted on more images (171 against 93), and extent and opacity score the same lungs.
 
     Shape:
         image_features (N, image_in) -> (N, 2); zone_features (N, 6, zone_in) -> (N, 6).
@@ -56,16 +59,20 @@ class SeverityHead(nn.Module):
         zone_groups: tuple[str, ...] = ("lesions",),
         image_in: int = 8,
         zone_in: int = 4,
+        image_brixia: bool = False,
     ) -> None:
         super().__init__()
         self.image_groups, self.zone_groups = tuple(image_groups), tuple(zone_groups)  # see covidcxr.severity.columns
-        for name, n in (("image", image_in), ("zone", zone_in)):
+        self.image_in, self.image_brixia = image_in, bool(image_brixia)
+        for name, n in (("image", image_in + self.image_brixia), ("zone", zone_in)):
             self.register_buffer(f"{name}_mean", torch.zeros(n))
             self.register_buffer(f"{name}_scale", torch.ones(n))
-        self.image = nn.Linear(image_in, 2)
+        self.image = nn.Linear(image_in + self.image_brixia, 2)
         self.zone = nn.Linear(zone_in, 1)
 
     def forward(self, image_features: torch.Tensor, zone_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = self.image((image_features - self.image_mean) / self.image_scale)
         zones = self.zone((zone_features - self.zone_mean) / self.zone_scale)[..., 0]
+        if self.image_brixia:
+            image_features = torch.cat([image_features, zones.clamp(0.0, 3.0).sum(dim=-1, keepdim=True)], dim=-1)
+        scores = self.image((image_features - self.image_mean) / self.image_scale)
         return scores, zones
