@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,7 +41,7 @@ from ..enhance import enhance
 from ..io import NORMALIZATION, normalize, read_image
 from ..models import WeightSpec, create_model, eval_mode, save_weights
 from ..pipeline import LungSegmenter
-from ..severity import columns, severity_features
+from ..severity import RANGES, columns, severity_features
 from .diagnosis import fold_of
 from .segmentation import _autocast, _checkpoint, _device
 
@@ -295,8 +295,7 @@ def evaluate_brixia(zone_features: np.ndarray, senior: np.ndarray, junior: np.nd
     model_s, base_s, junior_s = [], [], []
     pred_sum, pred_n = np.zeros(n), np.zeros(n)
     for train, test in repeated_splits(groups, repeats, seed):
-        reg = _ridge().fit(zone_features[train].reshape(-1, zone_features.shape[2]), senior[train].reshape(-1))
-        zones = np.clip(reg.predict(zone_features[test].reshape(-1, zone_features.shape[2])).reshape(len(test), 6), 0, 3)
+        zones = _zone_scores(_zone_ridge(zone_features[train], senior[train]), zone_features[test])
         mean_zone = senior[train].mean(axis=0)
         for scores, pred in ((model_s, zones), (base_s, np.broadcast_to(mean_zone, zones.shape)), (junior_s, junior[test].astype(float))):
             g = _scores(senior[test].sum(1).astype(float), pred.sum(1))
@@ -306,13 +305,14 @@ def evaluate_brixia(zone_features: np.ndarray, senior: np.ndarray, junior: np.nd
     return {"model": _summary(model_s), "mean_baseline": _summary(base_s), "junior_rater": _summary(junior_s), "predictions": (pred_sum / np.maximum(pred_n, 1)).tolist(), "n": n}
 
 
-def _zone_ridge(zone_features: np.ndarray, senior: np.ndarray):
-    return _ridge().fit(zone_features.reshape(-1, zone_features.shape[2]), senior.reshape(-1))
+def _zone_ridge(zone_features: np.ndarray, zone_targets: np.ndarray):
+    """One ridge for all six zones: (N, 6, D) features, (N, 6) scores."""
+    return _ridge().fit(zone_features.reshape(-1, zone_features.shape[2]), zone_targets.reshape(-1))
 
 
-def _brixia_global(reg, zone_features: np.ndarray) -> np.ndarray:
-    """Predicted Brixia global score: zone predictions clipped to 0-3 and summed (as SeverityHead does)."""
-    return np.clip(reg.predict(zone_features.reshape(-1, zone_features.shape[2])).reshape(len(zone_features), -1), 0, 3).sum(1)
+def _zone_scores(reg, zone_features: np.ndarray) -> np.ndarray:
+    """(N, 6) zone scores of a :func:`_zone_ridge`, clipped to the zone scale (as the pipeline does)."""
+    return np.clip(reg.predict(zone_features.reshape(-1, zone_features.shape[2])).reshape(zone_features.shape[:2]), *RANGES["zone"])
 
 
 def stacked_brixia(brixia_zones: np.ndarray, senior: np.ndarray, brixia_groups: np.ndarray, brixia_names: list[str], zone_features: np.ndarray, names: list[str], pool: np.ndarray, folds: int = 5) -> np.ndarray:
@@ -330,7 +330,7 @@ def stacked_brixia(brixia_zones: np.ndarray, senior: np.ndarray, brixia_groups: 
     from sklearn.model_selection import GroupKFold
 
     idx = np.nonzero(pool)[0]
-    out = _brixia_global(_zone_ridge(brixia_zones[idx], senior[idx]), zone_features)
+    out = _zone_scores(_zone_ridge(brixia_zones[idx], senior[idx]), zone_features).sum(1)
     row = {n: i for i, n in enumerate(names)}
     k = min(folds, len(set(brixia_groups[idx])))
     if k < 2:
@@ -338,7 +338,7 @@ def stacked_brixia(brixia_zones: np.ndarray, senior: np.ndarray, brixia_groups: 
     for fit, held in GroupKFold(n_splits=k).split(idx, groups=brixia_groups[idx]):
         rows = [row[brixia_names[j]] for j in idx[held] if brixia_names[j] in row]
         if rows:
-            out[rows] = _brixia_global(_zone_ridge(brixia_zones[idx[fit]], senior[idx[fit]]), zone_features[rows])
+            out[rows] = _zone_scores(_zone_ridge(brixia_zones[idx[fit]], senior[idx[fit]]), zone_features[rows]).sum(1)
     return out
 
 
@@ -398,16 +398,17 @@ def evaluate_severity(cfg: SeverityConfig, run: str | Path, out_dir: str | Path 
     clip = {"geographic_extent": (0, 8), "opacity": (0, 6)}
     groups = np.array([s["patient_id"] for s in ex])
     Z = np.stack([outputs[s["filename"]]["zone_features"] for s in bx])
+    ZB = Z[:, :, zone_cols]
     senior, junior = np.stack([s["senior"] for s in bx]), np.stack([s["junior"] for s in bx])
     bgroups = np.array([s["patient_id"] for s in bx])
     ZE = np.stack([outputs[s["filename"]]["zone_features"] for s in ex])[:, :, zone_cols]
     bnames, enames = [s["filename"] for s in bx], [s["filename"] for s in ex]
 
     def brixia_column(test: np.ndarray) -> np.ndarray:  # the test half's patients never reach a Brixia ridge
-        return stacked_brixia(Z[:, :, zone_cols], senior, bgroups, bnames, ZE, enames, ~np.isin(bgroups, groups[test]))[:, None]
+        return stacked_brixia(ZB, senior, bgroups, bnames, ZE, enames, ~np.isin(bgroups, groups[test]))[:, None]
 
     result["scores"] = evaluate_scores(X[:, img_cols], targets, groups, cfg.repeats, cfg.seed, clip, extra=brixia_column if cfg.image_brixia else None)
-    result["brixia"] = evaluate_brixia(Z[:, :, zone_cols], senior, junior, bgroups, cfg.repeats, cfg.seed)
+    result["brixia"] = evaluate_brixia(ZB, senior, junior, bgroups, cfg.repeats, cfg.seed)
     result["ablation"] = {}
     for groups_ in (("lesions",), ("lesions", "geometry", "intensity"), ("deep",), ("lesions", "geometry", "intensity", "deep")):
         zg = tuple(g for g in groups_ if g != "deep") + (("zone",) if groups_ != ("deep",) else ())
@@ -486,7 +487,7 @@ def fit_heads(cfg: SeverityConfig, image_features: np.ndarray, targets: np.ndarr
             raise ValueError("image_brixia: pass each image's held-out predicted Brixia global score")
         x = np.concatenate([x, np.asarray(brixia_global, x.dtype)[:, None]], axis=1)
     fits = [_ridge().fit(x, targets[:, j]) for j in range(targets.shape[1])]
-    zfit = _ridge().fit(zone_features[:, :, zone_cols].reshape(-1, len(zone_cols)), zone_targets.reshape(-1))
+    zfit = _zone_ridge(zone_features[:, :, zone_cols], zone_targets)
     with torch.no_grad():
         for name, linear, parts in (("image", head.image, fits), ("zone", head.zone, [zfit])):
             scaler = parts[0][0]

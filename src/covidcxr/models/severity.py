@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..severity import RANGES
 from .registry import register_model
 
 
@@ -73,6 +74,6 @@ class SeverityHead(nn.Module):
     def forward(self, image_features: torch.Tensor, zone_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         zones = self.zone((zone_features - self.zone_mean) / self.zone_scale)[..., 0]
         if self.image_brixia:
-            image_features = torch.cat([image_features, zones.clamp(0.0, 3.0).sum(dim=-1, keepdim=True)], dim=-1)
+            image_features = torch.cat([image_features, zones.clamp(*RANGES["zone"]).sum(dim=-1, keepdim=True)], dim=-1)
         scores = self.image((image_features - self.image_mean) / self.image_scale)
         return scores, zones
