@@ -145,6 +145,21 @@ def test_fit_learns_checkpoints_and_resumes(tmp_path):
     assert again["best_epoch"] == res["best_epoch"] and len(again["history"]) == 3
 
 
+def test_lung_attention_moves_class_evidence_into_the_lungs(tmp_path):
+    """The class cue is drawn inside and outside the lungs; the penalty shifts the activation inside."""
+    rng = np.random.default_rng(0)
+    train, val = _toy_views(96, rng), _toy_views(48, rng)
+    for views in (train, val):
+        views["lungs"] = np.zeros_like(views["lungs"])
+        views["lungs"][:, 24:] = True  # the lower half is lung, the cue stripes cross both halves
+    cfg = DiagTrainConfig(model="resnet18", init=None, lung_input="crop", input_size=48, epochs=4, batch_size=16, lr=3e-3, patience=5, amp="none", device="cpu", lung_attention=5.0)
+    res = fit(cfg, train, val, tmp_path)
+    hist = res["history"]
+    assert res["val_auroc"] > 0.9
+    assert all("train_outside_lungs" in h for h in hist)
+    assert hist[-1]["train_outside_lungs"] < 0.7 * hist[0]["train_outside_lungs"]
+
+
 def test_group_sampling_draws_each_source_class_pair_equally():
     labels = np.array([0] * 30 + [1] * 10 + [1] * 90 + [2] * 5)
     sources = ["a"] * 40 + ["b"] * 90 + ["a"] * 5

@@ -39,3 +39,33 @@ def test_to_image_and_lung_share():
     assert 0.6 < share < 0.8  # the box margin holds the rest
     assert lung_share(np.where(mask, 1.0, 0.0), mask) == 1.0
     assert np.isnan(lung_share(np.zeros_like(heat), mask))
+
+
+@pytest.mark.parametrize("name", sorted(CAM_LAYERS))
+def test_lung_attention_penalty_reads_the_grad_cam_map(name):
+    """Training's penalty (losses.outside_lungs_share) sees the map Grad-CAM shows, up to scale."""
+    from captum.attr import LayerGradCam
+
+    from covidcxr.engine.losses import outside_lungs_share
+
+    torch.manual_seed(0)
+    model = create_model(name, in_chans=1, num_classes=3).eval()
+    for p in model.get_classifier().parameters():  # a trained-looking head, so the maps are not all zero
+        torch.nn.init.normal_(p, std=1.0)
+    x = torch.randn(2, 1, 96, 96)
+    feats = []
+    hook = model.get_submodule(CAM_LAYERS[name]).register_forward_hook(lambda m, i, o: feats.append(o))
+    model(x)
+    hook.remove()
+    weight = model.get_classifier().weight
+    cam = torch.einsum("nkhw,ck->nchw", feats[0], weight)
+    layer_cam = LayerGradCam(model, model.get_submodule(CAM_LAYERS[name]))
+    grad_cam = torch.cat([layer_cam.attribute(x, target=c, relu_attributions=True).detach() for c in range(3)], 1)
+    relu_cam = cam.detach().clamp_min(0) / (cam.shape[-1] * cam.shape[-2])
+    assert float(grad_cam.max()) > 0
+    assert torch.allclose(relu_cam, grad_cam, rtol=1e-3, atol=1e-6 * float(grad_cam.max()))
+    everywhere, left = torch.ones(2, 1, 96, 96), torch.zeros(2, 1, 96, 96)
+    left[..., :48] = 1
+    assert float(outside_lungs_share(feats[0], weight, everywhere)) == pytest.approx(0.0, abs=1e-6)
+    assert 0.0 < float(outside_lungs_share(feats[0], weight, left)) < 1.0
+    assert float(outside_lungs_share(feats[0], weight, torch.zeros(2, 1, 96, 96))) == pytest.approx(1.0, abs=1e-6)

@@ -66,7 +66,7 @@ class DiagnosisDataset(Dataset):
         if self.transform is not None:
             image, lungs = self.transform(tv_tensors.Image(image), tv_tensors.Mask(lungs))
             image, lungs = image.as_subclass(torch.Tensor), lungs.as_subclass(torch.Tensor)
-        return {"image": normalize(apply_view(image, lungs, self.mode)), "label": int(self.labels[i])}
+        return {"image": normalize(apply_view(image, lungs, self.mode)), "lungs": lungs, "label": int(self.labels[i])}
 
 
 __all__ = ["CLASSES", "LUNG_INPUTS", "VIEW_MODES", "DiagnosisDataset", "apply_view", "classification_samples", "lung_box", "lung_input", "lung_view"]

@@ -48,7 +48,9 @@ from ..data.transforms import diagnosis_augment
 from ..enhance import check_enhancement, enhance
 from ..io import NORMALIZATION, ImageReadError, read_image
 from ..models import WeightSpec, create_model, eval_mode, save_weights
+from ..models.classifier import CAM_LAYERS
 from . import distributed
+from .losses import outside_lungs_share
 from .segmentation import _autocast, _checkpoint, _device, start_run
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ class DiagTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     label_smoothing: float = 0.0
+    lung_attention: float = 0.0  # >0: weight of the penalty on class activation outside the lungs (losses.outside_lungs_share)
     folds: int = 0  # >1: K-fold cross-validation over train+val patients (no export)
     seed: int = 0
     amp: str = "bf16"
@@ -323,10 +326,11 @@ def fit(cfg: DiagTrainConfig, train: dict, val: dict, run: Path, resume: bool = 
         # The same weighted draw on every rank; each trains on its every-N-th share.
         indices = distributed.weighted_shard(weights, steps_per_epoch * cfg.batch_size, seed)
         loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=indices, num_workers=cfg.workers, drop_last=True)
-        train_loss = _train_epoch(model, loader, optimizer, scheduler, cfg, epoch, device)
+        train_stats = _train_epoch(model, loader, optimizer, scheduler, cfg, epoch, device, net)
+        train_loss = train_stats["train_loss"]
         # Rank 0 validates; the others take its numbers, so early stopping agrees everywhere.
         val_stats = distributed.broadcast(_validate(net, val_ds, val["labels"], cfg, device) if main_rank else None)
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, **val_stats, "elapsed_s": time.time() - t0, "lr": scheduler.get_last_lr()[0]})
+        history.append({"epoch": epoch + 1, **train_stats, **val_stats, "elapsed_s": time.time() - t0, "lr": scheduler.get_last_lr()[0]})
         if val_stats["val_auroc"] > best["auroc"]:
             state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()} if main_rank else None
             best, stale = {"auroc": val_stats["val_auroc"], "epoch": epoch + 1, "state": state}, 0
@@ -349,22 +353,41 @@ def fit(cfg: DiagTrainConfig, train: dict, val: dict, run: Path, resume: bool = 
     return {"state": best["state"], "best_epoch": best["epoch"], "val_auroc": best["auroc"], "history": history, "temperature": temperature, "model": net.cpu()}
 
 
-def _train_epoch(model, loader, optimizer, scheduler, cfg: DiagTrainConfig, epoch: int, device: torch.device) -> float:
-    """One pass over ``loader``; returns the mean training loss (over all processes under torchrun)."""
+def _train_epoch(model, loader, optimizer, scheduler, cfg: DiagTrainConfig, epoch: int, device: torch.device, net: torch.nn.Module) -> dict:
+    """One pass over ``loader``; returns the mean training loss (over all processes under torchrun).
+
+    With ``cfg.lung_attention`` the loss adds that weight times the share of class activation
+    outside the lungs (the last feature map of ``net``, the plain module, read by a hook), and
+    the returned dict holds that share as ``train_outside_lungs``.
+    """
     model.train()
-    total, n = 0.0, 0
-    for batch in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not distributed.is_main()):
-        x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
-        with _autocast(cfg.amp, device):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), batch["label"].to(device), label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total, n = total + loss.item() * len(x), n + len(x)
-    total, n = distributed.all_reduce_sum([total, n], device)
-    return total / max(n, 1)
+    features: list[torch.Tensor] = []
+    hook = net.get_submodule(CAM_LAYERS[cfg.model]).register_forward_hook(lambda m, i, o: features.append(o)) if cfg.lung_attention else None
+    total, outside_sum, n = 0.0, 0.0, 0
+    try:
+        for batch in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not distributed.is_main()):
+            x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
+            features.clear()
+            with _autocast(cfg.amp, device):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), batch["label"].to(device), label_smoothing=cfg.label_smoothing)
+            if hook is not None:
+                outside = outside_lungs_share(features[-1], net.get_classifier().weight, batch["lungs"].to(device))
+                loss = loss + cfg.lung_attention * outside
+                outside_sum += outside.item() * len(x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total, n = total + loss.item() * len(x), n + len(x)
+    finally:
+        if hook is not None:
+            hook.remove()
+    total, outside_sum, n = distributed.all_reduce_sum([total, outside_sum, n], device)
+    stats = {"train_loss": total / max(n, 1)}
+    if hook is not None:
+        stats["train_outside_lungs"] = outside_sum / max(n, 1)
+    return stats
 
 
 def _validate(model, val_ds: DiagnosisDataset, labels: np.ndarray, cfg: DiagTrainConfig, device: torch.device) -> dict:

@@ -1,4 +1,4 @@
-"""Segmentation loss honouring an ignore label."""
+"""Training losses: segmentation honouring an ignore label; the classifier's lung-attention penalty."""
 
 from __future__ import annotations
 
@@ -23,3 +23,27 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float
     inter = (p * y).sum(dim=(1, 2))
     dice = (2 * inter + 1) / (p.sum(dim=(1, 2)) + y.sum(dim=(1, 2)) + 1)
     return bce + dice_weight * (1 - dice.mean())
+
+
+def outside_lungs_share(features: torch.Tensor, weight: torch.Tensor, lungs: torch.Tensor) -> torch.Tensor:
+    """Share of the class-activation mass that lies outside the lungs, averaged over images and classes.
+
+    For a classifier whose head is global average pooling and a linear layer, the logit of
+    class c is the mean over positions of ``CAM_c = sum_k W[c, k] A_k`` (plus a bias), and
+    Grad-CAM of that layer is ``relu(CAM_c)`` up to a positive scale. Penalising ``|CAM_c|``
+    outside the lungs asks every position outside them to add nothing to any logit: the
+    evidence, for and against each class, has to come from inside the lungs. The map is
+    upsampled to the input as Grad-CAM's is, so the penalty counts what the heat map shows.
+
+    Args:
+        features: (N, K, h, w) the last feature map (the Grad-CAM layer).
+        weight: (C, K) the linear head's weights.
+        lungs: (N, 1, H, W) lung mask of the input, in {0, 1}.
+
+    Returns:
+        scalar in [0, 1].
+    """
+    cam = torch.einsum("nkhw,ck->nchw", features.float(), weight.float()).abs()
+    cam = F.interpolate(cam, size=lungs.shape[-2:], mode="bilinear", align_corners=False)
+    outside = (cam * (1 - lungs.float())).flatten(2).sum(2)
+    return (outside / cam.flatten(2).sum(2).clamp_min(1e-6)).mean()
