@@ -21,7 +21,11 @@ def test_evaluate_and_audit_quick(tmp_path, capsys):
     summary = json.loads((ev / "diagnosis_eval.json").read_text())
     assert set(summary["per_source"]) == {"all sources", "covid-chestxray", "kermany-pediatric", "nih-chestxray8"}
     assert summary["per_source"]["all sources"]["n"] == 36
-    assert 0 <= summary["saliency_in_lungs"]["mean"] <= 1
+    sal = summary["saliency_in_lungs"]
+    assert 0 <= sal["mean"] <= 1
+    # the two lungs split the heat inside the lungs between them
+    assert 0 < sal["right_lung_mean"] < 1 and 0 < sal["left_lung_mean"] < 1
+    assert sal["right_lung_mean"] + sal["left_lung_mean"] == pytest.approx(sal["mean"], abs=1e-6)
     for name in ("roc.png", "calibration.png", "confusion.png", "diagnosis_eval.md", "predictions.jsonl"):
         assert (ev / name).stat().st_size > 0
     au = tmp_path / "audit"

@@ -55,9 +55,10 @@ def test_lung_attention_penalty_reads_the_grad_cam_map(name):
     x = torch.randn(2, 1, 96, 96)
     feats = []
     hook = model.get_submodule(CAM_LAYERS[name]).register_forward_hook(lambda m, i, o: feats.append(o))
-    model(x)
+    with torch.no_grad():
+        model(x)
     hook.remove()
-    weight = model.get_classifier().weight
+    weight = model.get_classifier().weight.detach()
     cam = torch.einsum("nkhw,ck->nchw", feats[0], weight)
     layer_cam = LayerGradCam(model, model.get_submodule(CAM_LAYERS[name]))
     grad_cam = torch.cat([layer_cam.attribute(x, target=c, relu_attributions=True).detach() for c in range(3)], 1)

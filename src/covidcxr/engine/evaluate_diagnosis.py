@@ -32,6 +32,7 @@ from ..metrics import calibration, operating_point, stratified_bootstrap_ci
 from ..models.weights import WeightSpec, shipped_spec_path
 from ..pipeline import Diagnoser, LungSegmenter
 from ..saliency import GradCam, lung_share
+from ..severity import split_lungs
 from .diagnosis import prepare_views
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,9 @@ def model_outputs(diagnoser: Diagnoser, views: dict, mode: str | None = None, fe
     """Calibrated probabilities (N, K) of stored views in ``mode``; optionally pooled features and saliency shares.
 
     Returns:
-        dict with ``probs``; ``features`` (N, D) with ``features``; ``lung_share`` (N,)
-        (Grad-CAM of the predicted class inside the view's lung mask) with ``saliency``.
+        dict with ``probs``; ``features`` (N, D) with ``features``; ``lung_share`` (N, 3)
+        (Grad-CAM of the predicted class inside the view's lung mask, inside the patient's
+        right lung, inside the left lung) with ``saliency``.
     """
     mode = mode or diagnoser.spec.lung_input
     ds = DiagnosisDataset(views["images"], views["lungs"], views["labels"], mode)
@@ -88,14 +90,20 @@ def model_outputs(diagnoser: Diagnoser, views: dict, mode: str | None = None, fe
                 feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float().numpy())
         if cam is not None:
             maps = cam(x, p.argmax(1).tolist())
-            shares.extend(lung_share(m, views["lungs"][start + j]) for j, m in enumerate(maps))
+            shares.extend(_lung_shares(m, views["lungs"][start + j]) for j, m in enumerate(maps))
         start += len(x)
     out = {"probs": np.concatenate(probs) if probs else np.zeros((0, len(CLASSES)))}
     if features:
         out["features"] = np.concatenate(feats)
     if saliency:
-        out["lung_share"] = np.array(shares, float)
+        out["lung_share"] = np.array(shares, float).reshape(-1, 3)
     return out
+
+
+def _lung_shares(heat: np.ndarray, lungs: np.ndarray) -> tuple[float, float, float]:
+    """Share of ``heat`` inside the lungs, inside the patient's right lung and inside the left one."""
+    right, left = split_lungs(lungs)
+    return lung_share(heat, lungs), lung_share(heat, right), lung_share(heat, left)
 
 
 # ---------------------------------------------------------------------------
@@ -178,10 +186,17 @@ def evaluate_diagnosis(spec_path: str | Path | None = None, data_root: str | Non
         "covid_vs_other_in_covid_chestxray": covid_vs_other(*_covid_chestxray(views, res["probs"])),
     }
     if saliency:
-        shares = res["lung_share"]
-        summary["saliency_in_lungs"] = {"mean": float(np.nanmean(shares)), "median": float(np.nanmedian(shares)), "share_below_0.5": float(np.nanmean(shares < 0.5)), "n": int(np.isfinite(shares).sum())}
+        shares, right, left = res["lung_share"].T
+        summary["saliency_in_lungs"] = {
+            "mean": float(np.nanmean(shares)),
+            "median": float(np.nanmedian(shares)),
+            "share_below_0.5": float(np.nanmean(shares < 0.5)),
+            "n": int(np.isfinite(shares).sum()),
+            "right_lung_mean": float(np.nanmean(right)),
+            "left_lung_mean": float(np.nanmean(left)),
+        }
     rows = [
-        {"dataset": s["dataset"], "filename": s["filename"], "label": CLASSES[int(y)], **{c: round(float(p), 5) for c, p in zip(CLASSES, pr)}, **({"saliency_in_lungs": round(float(res["lung_share"][i]), 4)} if saliency else {})}
+        {"dataset": s["dataset"], "filename": s["filename"], "label": CLASSES[int(y)], **{c: round(float(p), 5) for c, p in zip(CLASSES, pr)}, **({"saliency_in_lungs": round(float(res["lung_share"][i, 0]), 4)} if saliency else {})}
         for i, (s, y, pr) in enumerate(zip(views["samples"], views["labels"], res["probs"]))
     ]
     (out / "diagnosis_eval.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -244,7 +259,8 @@ def markdown_table(summary: dict) -> str:
     lines += ["", f"COVID-19 vs other pneumonia inside covid-chestxray (one source): AUROC {_cell(cvo)}, n = {cvo['n']} ({cvo['n_pos']} COVID-19)."]
     if "saliency_in_lungs" in summary:
         s = summary["saliency_in_lungs"]
-        lines.append(f"Grad-CAM saliency inside the lungs: mean {s['mean']:.1%}, median {s['median']:.1%} (n = {s['n']}); images with less than half inside: {s['share_below_0.5']:.1%}.")
+        lines.append(f"Grad-CAM saliency inside the lungs: mean {s['mean']:.1%}, median {s['median']:.1%} (n = {s['n']}); images with less than half inside: {s['share_below_0.5']:.1%}."
+                     + (f" Mean share in the patient's right lung {s['right_lung_mean']:.1%}, left lung {s['left_lung_mean']:.1%}." if "left_lung_mean" in s else ""))
     return "\n".join(lines) + "\n"
 
 
