@@ -353,13 +353,15 @@ def fit(cfg: DiagTrainConfig, train: dict, val: dict, run: Path, resume: bool = 
     return {"state": best["state"], "best_epoch": best["epoch"], "val_auroc": best["auroc"], "history": history, "temperature": temperature, "model": net.cpu()}
 
 
-def _train_epoch(model, loader, optimizer, scheduler, cfg: DiagTrainConfig, epoch: int, device: torch.device, net: torch.nn.Module) -> dict:
+def _train_epoch(model, loader, optimizer, scheduler, cfg: DiagTrainConfig, epoch: int, device: torch.device, net: torch.nn.Module | None = None) -> dict:
     """One pass over ``loader``; returns the mean training loss (over all processes under torchrun).
 
     With ``cfg.lung_attention`` the loss adds that weight times the share of class activation
-    outside the lungs (the last feature map of ``net``, the plain module, read by a hook), and
-    the returned dict holds that share as ``train_outside_lungs``.
+    outside the lungs (the last feature map of ``net``, the plain module under a DDP wrapper;
+    default ``model``, read by a hook), and the returned dict holds that share as
+    ``train_outside_lungs``.
     """
+    net = model if net is None else net
     model.train()
     features: list[torch.Tensor] = []
     hook = net.get_submodule(CAM_LAYERS[cfg.model]).register_forward_hook(lambda m, i, o: features.append(o)) if cfg.lung_attention else None
