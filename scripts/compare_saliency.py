@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # the checkout under test
@@ -22,7 +23,6 @@ from covidcxr.data import load_records  # noqa: E402
 from covidcxr.data.classification import CLASSES, classification_samples  # noqa: E402
 from covidcxr.io import read_image  # noqa: E402
 from covidcxr.pipeline import Diagnoser, LungSegmenter  # noqa: E402
-from covidcxr.plots import _plt  # noqa: E402
 from covidcxr.views import lung_share, to_image  # noqa: E402
 
 
@@ -41,7 +41,9 @@ def main() -> int:
     segmenter = LungSegmenter.from_spec()
     models = [Diagnoser.from_spec(w) for w in args.weights]
     names = args.names or [Path(w).parent.parent.name for w in args.weights]
-    plt = _plt()
+    matplotlib.use("Agg")  # a script that only writes a file
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(len(picked), 3, figsize=(9, 3 * len(picked)))
     for row, s in zip(np.atleast_2d(axes), picked):
         image = read_image(s["path"])

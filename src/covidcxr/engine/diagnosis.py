@@ -354,12 +354,15 @@ def fit(cfg: DiagTrainConfig, train: dict, val: dict, run: Path, resume: bool = 
 
 
 def _train_epoch(model, loader, optimizer, scheduler, cfg: DiagTrainConfig, epoch: int, device: torch.device, net: torch.nn.Module | None = None) -> dict:
-    """One pass over ``loader``; returns the mean training loss (over all processes under torchrun).
+    """One pass over ``loader``.
 
     With ``cfg.lung_attention`` the loss adds that weight times the share of class activation
     outside the lungs (the last feature map of ``net``, the plain module under a DDP wrapper;
-    default ``model``, read by a hook), and the returned dict holds that share as
-    ``train_outside_lungs``.
+    default ``model``, read by a hook).
+
+    Returns:
+        dict with ``train_loss`` (mean over all processes under torchrun) and, with lung
+        attention, ``train_outside_lungs`` (the mean share outside the lungs).
     """
     net = model if net is None else net
     model.train()
