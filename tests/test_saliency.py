@@ -43,10 +43,10 @@ def test_to_image_and_lung_share():
 
 @pytest.mark.parametrize("name", sorted(CAM_LAYERS))
 def test_lung_attention_penalty_reads_the_grad_cam_map(name):
-    """Training's penalty (losses.outside_lungs_share) sees the map Grad-CAM shows, up to scale."""
+    """The class-activation map that training penalises (losses.class_activation) is the Grad-CAM map, up to scale."""
     from captum.attr import LayerGradCam
 
-    from covidcxr.engine.losses import outside_lungs_share
+    from covidcxr.engine.losses import class_activation, outside_lungs_share
 
     torch.manual_seed(0)
     model = create_model(name, in_chans=1, num_classes=3).eval()
@@ -59,7 +59,7 @@ def test_lung_attention_penalty_reads_the_grad_cam_map(name):
         model(x)
     hook.remove()
     weight = model.get_classifier().weight.detach()
-    cam = torch.einsum("nkhw,ck->nchw", feats[0], weight)
+    cam = class_activation(feats[0], weight)
     layer_cam = LayerGradCam(model, model.get_submodule(CAM_LAYERS[name]))
     grad_cam = torch.cat([layer_cam.attribute(x, target=c, relu_attributions=True).detach() for c in range(3)], 1)
     relu_cam = cam.detach().clamp_min(0) / (cam.shape[-1] * cam.shape[-2])

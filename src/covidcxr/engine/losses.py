@@ -25,15 +25,25 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float
     return bce + dice_weight * (1 - dice.mean())
 
 
+def class_activation(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Class-activation maps ``CAM_c = sum_k W[c, k] A_k`` of a global-average-pooling + linear head.
+
+    The logit of class c is the mean of ``CAM_c`` over positions plus a bias, and Grad-CAM of
+    the pooled layer is ``relu(CAM_c)`` divided by the number of positions.
+
+    Shape:
+        features (N, K, h, w), weight (C, K) -> (N, C, h, w), float32.
+    """
+    return torch.einsum("nkhw,ck->nchw", features.float(), weight.float())
+
+
 def outside_lungs_share(features: torch.Tensor, weight: torch.Tensor, lungs: torch.Tensor) -> torch.Tensor:
     """Share of the class-activation mass that lies outside the lungs, averaged over images and classes.
 
-    For a classifier whose head is global average pooling and a linear layer, the logit of
-    class c is the mean over positions of ``CAM_c = sum_k W[c, k] A_k`` (plus a bias), and
-    Grad-CAM of that layer is ``relu(CAM_c)`` up to a positive scale. Penalising ``|CAM_c|``
-    outside the lungs asks every position outside them to add nothing to any logit: the
-    evidence, for and against each class, has to come from inside the lungs. The map is
-    upsampled to the input as Grad-CAM's is, so the penalty counts what the heat map shows.
+    Penalising ``|CAM_c|`` (:func:`class_activation`) outside the lungs asks every position
+    outside them to add nothing to any logit: the evidence, for and against each class, has
+    to come from inside the lungs. The map is upsampled to the input as Grad-CAM's is, so the
+    penalty counts what the heat map shows.
 
     Args:
         features: (N, K, h, w) the last feature map (the Grad-CAM layer).
@@ -43,7 +53,6 @@ def outside_lungs_share(features: torch.Tensor, weight: torch.Tensor, lungs: tor
     Returns:
         scalar in [0, 1].
     """
-    cam = torch.einsum("nkhw,ck->nchw", features.float(), weight.float()).abs()
-    cam = F.interpolate(cam, size=lungs.shape[-2:], mode="bilinear", align_corners=False)
+    cam = F.interpolate(class_activation(features, weight).abs(), size=lungs.shape[-2:], mode="bilinear", align_corners=False)
     outside = (cam * (1 - lungs.float())).flatten(2).sum(2)
     return (outside / cam.flatten(2).sum(2).clamp_min(1e-6)).mean()
