@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from covidcxr.engine.evaluate_diagnosis import ALL_SOURCES, by_source, covid_vs_other, markdown_table, source_probe, summarize, verdict
+from covidcxr.engine.evaluate_diagnosis import ALL_SOURCES, by_source, covid_vs_each_finding, covid_vs_other, markdown_table, source_probe, summarize, verdict
 
 
 def _toy(n=120, seed=0):
@@ -41,6 +41,17 @@ def test_covid_vs_other_uses_the_two_classes_only():
     probs = np.array([[0.6, 0.3, 0.1], [0.5, 0.1, 0.4], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.9, 0.05, 0.05], [0.9, 0.05, 0.05]])
     r = covid_vs_other(labels, probs)
     assert r["n"] == 4 and r["n_pos"] == 2 and r["value"] == 1.0
+
+
+def test_covid_vs_each_finding_names_the_finding_taken_for_covid():
+    # COVID-19 odds 0.9 and 0.7; SARS 0.8 and 0.95 (mixed in), Streptococcus 0.1 (always below); no finding ignored
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    probs = np.array([[0.9, 0.1, 0.0], [0.7, 0.3, 0.0], [0.8, 0.2, 0.0], [0.95, 0.05, 0.0], [0.1, 0.9, 0.0], [0.5, 0.1, 0.4]])
+    r = covid_vs_each_finding(labels, probs, ["COVID-19", "COVID-19", "SARS", "SARS", "Streptococcus", "No Finding"])
+    assert list(r) == ["SARS", "Streptococcus"]  # most images first
+    assert r["SARS"]["n"] == 2 and np.isclose(r["SARS"]["auroc"], 0.25)  # 1 of 4 pairs ranked right
+    assert r["Streptococcus"]["auroc"] == 1.0 and np.isclose(r["Streptococcus"]["median_covid_odds"], 0.1)
+    assert np.isclose(r["SARS"]["median_covid_odds"], 0.875)
 
 
 def test_source_probe_finds_an_obvious_source():

@@ -5,7 +5,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from covidcxr.gate import PHOTOS, blank_reason, gate_records, negative_images, refusal, refusal_rates
+from covidcxr.gate import (
+    INTENSITY_FACTS,
+    PHOTOS,
+    blank_reason,
+    fit_intensity_check,
+    gate_records,
+    intensity_distance,
+    intensity_facts,
+    intensity_refusal,
+    negative_images,
+    refusal,
+    refusal_rates,
+)
 from covidcxr.models import create_model, load_weights, save_weights
 from covidcxr.models.gate import geometry
 from covidcxr.models.weights import WeightSpec
@@ -58,3 +70,47 @@ def test_refusal_message():
     assert refusal(0.9, 0.5) is None
     msg = refusal(0.1, 0.5)
     assert "frontal chest X-ray" in msg and "--no-gate" in msg
+
+
+def _chest(lung: float, tissue: float, size: tuple[int, int] = (300, 400)) -> tuple[np.ndarray, np.ndarray]:
+    image = np.full(size, tissue, np.float32)
+    mask = np.zeros(size, bool)
+    mask[50:250, 40:180] = mask[50:250, 220:360] = True
+    image[mask] = lung
+    return image + np.random.default_rng(0).normal(0, 0.01, size).astype(np.float32), mask
+
+
+def test_intensity_facts_read_lungs_and_surroundings():
+    image, mask = _chest(lung=0.2, tissue=0.7)
+    f = intensity_facts(image, mask)
+    assert f.shape == (len(INTENSITY_FACTS),) and f.dtype == np.float32
+    assert abs(f[1] - 0.2) < 0.03 and abs(f[4] - 0.7) < 0.03 and abs(f[6] + 0.5) < 0.05
+    assert np.allclose(intensity_facts(np.kron(image, np.ones((2, 2), np.float32)), np.kron(mask, np.ones((2, 2), bool))), f, atol=0.02)  # size-free
+    boxed, boxed_mask = np.zeros((500, 400), np.float32), np.zeros((500, 400), bool)  # letterbox bands above and below
+    boxed[100:400], boxed_mask[100:400] = image, mask
+    assert np.allclose(intensity_facts(boxed, boxed_mask), f, atol=1e-6)
+
+
+def test_intensity_check_refuses_what_lies_far_from_the_frontal_facts():
+    rng = np.random.default_rng(1)
+    facts = rng.normal(0.5, 0.05, (400, len(INTENSITY_FACTS)))
+    check = fit_intensity_check(facts, percentile=99.0)
+    assert np.isclose(np.mean(intensity_distance(facts, check) > check["limit"]), 0.01, atol=0.005)
+    image, mask = _chest(lung=0.5, tissue=0.5)
+    assert intensity_refusal(image, mask, {}) is None  # an older spec without the check: off
+    far = {**check, "mean": (intensity_facts(image, mask) + 1.0).tolist()}
+    assert "intensities" in intensity_refusal(image, mask, far) and "--no-gate" in intensity_refusal(image, mask, far)
+    near = {**check, "mean": intensity_facts(image, mask).tolist()}
+    assert intensity_refusal(image, mask, near) is None
+
+
+def test_shipped_gate_refuses_the_coronal_ct_reconstructions_it_once_let_through(records):
+    """Validation coronal CTs the linear gate scored frontal (p > 0.99) are refused by the intensity check."""
+    from covidcxr.io import read_image
+    from covidcxr.predict import Pipeline
+
+    _, other = gate_records(records, "val")
+    coronal = [r for r in other if r["modality"] == "CT" and r["filename"] in ("16751_3_1.jpg", "16751_3_2.jpg")]
+    assert len(coronal) == 2
+    res = Pipeline.load(saliency=False, severity=False).run([read_image(r["path"]) for r in coronal])
+    assert all(r["refusal"] and "intensities" in r["refusal"] for r in res), [r["refusal"] for r in res]

@@ -1,6 +1,6 @@
 """Input gate: is this a frontal chest X-ray? Refuse what is not, with a reason.
 
-Two checks, cheapest first:
+Three checks, cheapest first:
 
 1. ``blank_reason``: a blank or near-uniform image (almost no contrast) is refused at once.
 2. ``FrontalGate``: logistic regression on what stage 1 already computes for every image:
@@ -10,6 +10,12 @@ Two checks, cheapest first:
    (scikit-image's sample images, cropped and turned) and synthetic images (noise,
    gradients, shapes, smooth textures). The threshold keeps false refusals of frontal
    validation images at or under 1%.
+3. ``intensity_refusal``: ten intensity facts of the image inside and outside the lung mask
+   it found (``intensity_facts``), compared with those of the frontal training X-rays by a
+   Mahalanobis distance (Ledoit-Wolf covariance). A coronal CT reconstruction looks like a
+   frontal chest to the encoder, but its lungs are far darker than the uniform soft tissue
+   around them, with no ribs over them; the distance catches what the linear gate lets
+   through. The limit is a high percentile of the frontal training distances.
 
 The gate costs one matrix-vector product per image; ``--no-gate`` skips it for research use.
 """
@@ -47,6 +53,69 @@ def refusal(p_frontal: float, threshold: float) -> str | None:
         f"not recognised as a frontal chest X-ray (gate probability {p_frontal:.2f} < {threshold:.2f}); "
         "lateral views, CT slices, photographs and other images are refused. Use --no-gate to force a reading (research use)"
     )
+
+
+#: Names of :func:`intensity_facts`, in order.
+INTENSITY_FACTS = (
+    "lung p10", "lung p50", "lung p90", "outside p10", "outside p50", "outside p90",
+    "lung - outside median", "black share", "lung gradient", "lung spread",
+)
+#: Frontal training images whose intensity distance lies above the limit: the limit is this percentile (chosen on validation).
+INTENSITY_PERCENTILE = 99.8
+_FACTS_SIZE = 256
+
+
+def intensity_facts(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Ten intensity facts (:data:`INTENSITY_FACTS`) of an image in [0, 1] and its lung mask, (10,) float32.
+
+    Read at 256 x 256 whatever the image's size, after uniform borders (letterbox bands,
+    rows or columns with less than 0.05 of intensity range) are cut off: percentiles
+    10/50/90 inside and outside the lungs, their median difference, the share of near-black
+    pixels (< 0.05), the mean gradient magnitude and the intensity spread inside the lungs.
+    """
+    from .resize import resize_aa, resize_nearest
+
+    rows, cols = np.flatnonzero(np.ptp(image, axis=1) >= 0.05), np.flatnonzero(np.ptp(image, axis=0) >= 0.05)
+    if len(rows) and len(cols):
+        image, mask = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    size = (_FACTS_SIZE, _FACTS_SIZE)
+    small = resize_aa(np.asarray(image, np.float32), size)
+    lungs = resize_nearest(np.asarray(mask, np.uint8), size) > 0
+    inside, outside = small[lungs], small[~lungs]
+    inside = inside if inside.size >= 10 else small.ravel()
+    outside = outside if outside.size >= 10 else small.ravel()
+    grad = np.hypot(*np.gradient(small))
+    lq, oq = np.percentile(inside, [10, 50, 90]), np.percentile(outside, [10, 50, 90])
+    return np.array([*lq, *oq, lq[1] - oq[1], (small < 0.05).mean(), grad[lungs].mean() if lungs.any() else grad.mean(), inside.std()], np.float32)
+
+
+def intensity_distance(facts: np.ndarray, check: dict) -> np.ndarray:
+    """Mahalanobis distances (N,) of intensity facts (N, 10) from the frontal training X-rays (``check``: mean, precision)."""
+    d = np.atleast_2d(facts) - np.asarray(check["mean"], np.float64)
+    return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", d, np.asarray(check["precision"], np.float64), d), 0))
+
+
+def intensity_refusal(image: np.ndarray, mask: np.ndarray, check: dict) -> str | None:
+    """The refusal message for an image whose intensities are unlike a frontal X-ray's, else ``None`` (also when ``check`` is empty)."""
+    if not check:
+        return None
+    dist = float(intensity_distance(intensity_facts(image, mask), check)[0])
+    if dist <= check["limit"]:
+        return None
+    return (
+        f"not recognised as a frontal chest X-ray (its intensities inside and outside the lungs are unlike an X-ray's, as in a CT "
+        f"reconstruction: distance {dist:.0f} > {check['limit']:.0f}); use --no-gate to force a reading (research use)"
+    )
+
+
+def fit_intensity_check(facts: np.ndarray, percentile: float = INTENSITY_PERCENTILE) -> dict:
+    """Mean, precision (Ledoit-Wolf) and limit (``percentile`` of their own distances) of frontal X-rays' facts (N, 10)."""
+    from sklearn.covariance import LedoitWolf
+
+    lw = LedoitWolf().fit(facts)
+    check = {"facts": list(INTENSITY_FACTS), "mean": lw.location_.tolist(), "precision": lw.precision_.tolist(), "percentile": percentile}
+    check["limit"] = float(np.percentile(intensity_distance(facts, check), percentile))
+    return check
 
 
 # ---------------------------------------------------------------------------
@@ -160,7 +229,8 @@ def _split_data(records: list[dict], split: str, segmenter, cache: Path | None =
 
     if cache is not None and cache.is_file():
         data = np.load(cache)
-        return {"x": data["x"], "y": data["y"], "kind": data["kind"].tolist()}
+        if "facts" in data:
+            return {"x": data["x"], "y": data["y"], "kind": data["kind"].tolist(), "facts": data["facts"]}
     rng = np.random.default_rng([seed, ("train", "val", "test").index(split)])
     frontal, other = gate_records(records, split)
     if split == "train" and max_frontal:
@@ -189,15 +259,16 @@ def _split_data(records: list[dict], split: str, segmenter, cache: Path | None =
     images = [images[i] for i in keep]
     feats, masks = gate_features(images, segmenter, desc=f"gate features ({split})")
     geo = np.stack([geometry(m) for m in masks])
-    data = {"x": np.concatenate([feats, geo], axis=1), "y": np.array([targets[i] for i in keep]), "kind": [kinds[i] for i in keep]}
+    facts = np.stack([intensity_facts(im, m) for im, m in zip(images, masks)])
+    data = {"x": np.concatenate([feats, geo], axis=1), "y": np.array([targets[i] for i in keep]), "kind": [kinds[i] for i in keep], "facts": facts}
     if cache is not None:
-        np.savez(cache, x=data["x"], y=data["y"], kind=np.array(data["kind"]))
+        np.savez(cache, x=data["x"], y=data["y"], kind=np.array(data["kind"]), facts=facts)
     return data
 
 
-def refusal_rates(p: np.ndarray, y: np.ndarray, kinds: list[str], threshold: float) -> dict:
-    """Share refused (p < threshold) per kind of input, and the two headline rates."""
-    refused = p < threshold
+def refusal_rates(p: np.ndarray, y: np.ndarray, kinds: list[str], threshold: float, also: np.ndarray | None = None) -> dict:
+    """Share refused (p < threshold, or ``also`` true) per kind of input, and the two headline rates."""
+    refused = (p < threshold) | (also if also is not None else False)
     kinds_a = np.array(kinds)
     per_kind = {k: {"n": int((kinds_a == k).sum()), "refused": float(refused[kinds_a == k].mean())} for k in sorted(set(kinds))}
     lat_ct = np.isin(kinds_a, ["lateral", "CT"])
@@ -243,7 +314,8 @@ def train_gate(data_root: str | None = None, out_dir: str = "runs/gate", export_
     frontal_val = np.sort(probs["val"][data["val"]["y"] == 1])
     # The highest threshold (at most 0.5) that refuses no more than max_false_refusal of frontal validation images.
     threshold = float(min(0.5, frontal_val[int(np.floor(max_false_refusal * len(frontal_val)))])) if len(frontal_val) else 0.5
-    results = {s: refusal_rates(probs[s], d["y"], d["kind"], threshold) for s, d in data.items()}
+    check = fit_intensity_check(data["train"]["facts"][data["train"]["y"] == 1])
+    results = {s: refusal_rates(probs[s], d["y"], d["kind"], threshold, intensity_distance(d["facts"], check) > check["limit"]) for s, d in data.items()}
     spec = WeightSpec(
         name="frontal_cxr_gate",
         architecture="frontal_gate",
@@ -257,11 +329,13 @@ def train_gate(data_root: str | None = None, out_dir: str = "runs/gate", export_
         dtype="float32",
         model_kwargs={"in_features": int(data["train"]["x"].shape[1])},
         lung_weights=segmenter.spec.sha256,
+        intensity_check=check,
         training={
             "command": "covidcxr train gate --out runs/gate --export src/covidcxr/weights",
             "data": {"split_version": SPLIT_VERSION, **{s: {"n": len(d["y"]), "positives": int(d["y"].sum())} for s, d in data.items()}},
             "classifier": "sklearn LogisticRegression(C=0.05, class_weight='balanced') on standardised features",
             "threshold_rule": f"highest threshold <= 0.5 refusing at most {max_false_refusal:.0%} of frontal validation images",
+            "intensity_rule": f"refuse when the intensity-facts distance exceeds its {INTENSITY_PERCENTILE} percentile over frontal training images",
         },
         metrics={"split": "test", "false_refusal_frontal": round(results["test"]["false_refusal_frontal"], 4), "refusal_lateral_ct": round(results["test"]["refusal_lateral_ct"], 4), "refusal_non_xray": round(results["test"]["refusal_non_xray"], 4), "n_frontal": results["test"]["n_frontal"], "n_lateral_ct": results["test"]["n_lateral_ct"]},
     )

@@ -59,6 +59,7 @@ class SegTrainConfig:
     input_size: int = 256  # images are resized to this; the model runs at it at inference
     enhancement: str = "none"  # none | clahe | dehaze before the resize (covidcxr.enhance); recorded in the spec
     crop_size: int = 0  # >0: train on random crops of this size (cheaper steps at a larger input_size)
+    opacity: float = 0.0  # share of training images with simulated airspace opacity in the lungs (data.transforms.SimulatedOpacity)
     epochs: int = 12
     batch_size: int = 16
     lr: float = 3e-3
@@ -140,7 +141,7 @@ def _datasets(cfg: SegTrainConfig) -> tuple[SegmentationDataset, SegmentationDat
     if cfg.limit:
         train, val = train[: cfg.limit], val[: max(cfg.limit // 4, 2)]
     log.info("segmentation samples: %d train, %d val", len(train), len(val))
-    augment = segmentation_augment()
+    augment = segmentation_augment(opacity=cfg.opacity)
     if cfg.crop_size and cfg.crop_size < cfg.input_size:
         augment = v2.Compose([augment, v2.RandomCrop(cfg.crop_size)])
     progress = distributed.is_main()
