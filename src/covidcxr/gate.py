@@ -17,7 +17,8 @@ Three checks, cheapest first:
    around them, with no ribs over them; the distance catches what the linear gate lets
    through. The limit is a high percentile of the frontal training distances.
 
-The gate costs one matrix-vector product per image; ``--no-gate`` skips it for research use.
+The gate costs one matrix-vector product and a 256-px intensity summary per image; ``--no-gate``
+skips it for research use.
 """
 
 from __future__ import annotations
@@ -229,7 +230,7 @@ def _split_data(records: list[dict], split: str, segmenter, cache: Path | None =
 
     if cache is not None and cache.is_file():
         data = np.load(cache)
-        if "facts" in data:
+        if "facts" in data:  # a cache written before the intensity check is rebuilt
             return {"x": data["x"], "y": data["y"], "kind": data["kind"].tolist(), "facts": data["facts"]}
     rng = np.random.default_rng([seed, ("train", "val", "test").index(split)])
     frontal, other = gate_records(records, split)
