@@ -109,6 +109,14 @@ def intensity_refusal(image: np.ndarray, mask: np.ndarray, check: dict) -> str |
     )
 
 
+def gate_refusal(p_frontal: float, image: np.ndarray, mask: np.ndarray, spec) -> str | None:
+    """The gate's decision on one image, given its gate probability and lung mask: a refusal message or ``None``.
+
+    The linear gate first (``spec.threshold``), then the intensity check (``spec.intensity_check``).
+    """
+    return refusal(p_frontal, spec.threshold) or intensity_refusal(image, mask, spec.intensity_check)
+
+
 def fit_intensity_check(facts: np.ndarray, percentile: float = INTENSITY_PERCENTILE) -> dict:
     """Mean, precision (Ledoit-Wolf) and limit (``percentile`` of their own distances) of frontal X-rays' facts (N, 10)."""
     from sklearn.covariance import LedoitWolf

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .batch import Done, RunCounts, drop_error_rows, expand_inputs, read_batches, read_predictions, save_mask_png, trim_heap, unique_stems
 from .data.labels import CLASSES
-from .gate import blank_reason, intensity_refusal, pooled_features, refusal
+from .gate import blank_reason, gate_refusal, pooled_features
 from .report import save_report
 from .severity import SeverityScorer
 from .specs import source_sha256
@@ -100,7 +100,7 @@ class Pipeline:
         for j, i in enumerate(todo):
             res = out[i]
             res["mask"], res["gate_probability"] = masks[j], float(p_frontal[j])
-            why = (refusal(float(p_frontal[j]), self.gate_spec.threshold) or intensity_refusal(images[i], masks[j], self.gate_spec.intensity_check)) if self.gate is not None else None
+            why = gate_refusal(float(p_frontal[j]), images[i], masks[j], self.gate_spec) if self.gate is not None else None
             if why and self.use_gate:
                 res["refusal"] = why
                 continue

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -149,8 +150,12 @@ def covid_vs_other(labels: np.ndarray, probs: np.ndarray, n_resamples: int = 100
     Score: P(COVID-19) / (P(COVID-19) + P(other pneumonia)), the model's odds between the two.
     """
     keep = (labels == COVID) | (labels == OTHER)
-    score = probs[keep, COVID] / np.clip(probs[keep, COVID] + probs[keep, OTHER], 1e-12, None)
-    return stratified_bootstrap_ci(labels[keep] == COVID, score, _auroc, n_resamples=n_resamples)
+    return stratified_bootstrap_ci(labels[keep] == COVID, covid_odds(probs[keep]), _auroc, n_resamples=n_resamples)
+
+
+def covid_odds(probs: np.ndarray) -> np.ndarray:
+    """P(COVID-19) / (P(COVID-19) + P(other pneumonia)) per row of (N, K) probabilities: the model's odds between the two."""
+    return probs[:, COVID] / np.clip(probs[:, COVID] + probs[:, OTHER], 1e-12, None)
 
 
 def covid_vs_each_finding(labels: np.ndarray, probs: np.ndarray, findings: list[str]) -> dict:
@@ -158,13 +163,14 @@ def covid_vs_each_finding(labels: np.ndarray, probs: np.ndarray, findings: list[
 
     Each entry holds the finding's image count ``n``, the AUROC of all COVID-19 images against
     its images (the share of pairs the model ranks right; no CI, the counts are tiny) and the
-    median COVID-19 odds (:func:`covid_vs_other`'s score) of its images. Sorted by ``n``.
+    median COVID-19 odds (:func:`covid_odds`) of its images. Sorted by ``n``.
     """
     findings = np.asarray(findings, dtype=object)
-    score = probs[:, COVID] / np.clip(probs[:, COVID] + probs[:, OTHER], 1e-12, None)
+    score = covid_odds(probs)
     covid = score[labels == COVID]
+    counts = Counter(findings[labels == OTHER])
     out = {}
-    for name in sorted(set(findings[labels == OTHER]), key=lambda f: (-int(((findings == f) & (labels == OTHER)).sum()), f)):
+    for name in sorted(counts, key=lambda f: (-counts[f], f)):
         own = score[(findings == name) & (labels == OTHER)]
         auroc = roc_auc_score(np.r_[np.ones(len(covid)), np.zeros(len(own))], np.r_[covid, own]) if len(covid) else float("nan")
         out[name] = {"n": len(own), "auroc": float(auroc), "median_covid_odds": float(np.median(own))}
@@ -194,6 +200,7 @@ def evaluate_diagnosis(spec_path: str | Path | None = None, data_root: str | Non
     if len(views["labels"]) == 0:
         raise RuntimeError(f"no labelled frontal images in the {split} split; check --data-root")
     res = model_outputs(diagnoser, views, saliency=saliency)
+    within = _covid_chestxray(views, res["probs"])  # labels and probabilities of the covid-chestxray images
     summary = {
         "weights": str(spec_path or shipped_spec_path("diagnosis")),
         "sha256": diagnoser.spec.sha256,
@@ -201,8 +208,8 @@ def evaluate_diagnosis(spec_path: str | Path | None = None, data_root: str | Non
         "lung_input": diagnoser.spec.lung_input,
         "temperature": diagnoser.spec.temperature,
         "per_source": by_source(views["samples"], views["labels"], res["probs"]),
-        "covid_vs_other_in_covid_chestxray": covid_vs_other(*_covid_chestxray(views, res["probs"])),
-        "covid_vs_each_finding_in_covid_chestxray": covid_vs_each_finding(*_covid_chestxray(views, res["probs"]), _covid_chestxray_findings(views)),
+        "covid_vs_other_in_covid_chestxray": covid_vs_other(*within),
+        "covid_vs_each_finding_in_covid_chestxray": covid_vs_each_finding(*within, _covid_chestxray_findings(views)),
     }
     if saliency:
         shares, right, left = res["lung_share"].T
