@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from . import ieee8023, kermany, nih
+from . import hannover, ieee8023, kermany, nih, radiography
 from .paths import resolve_data_root
 from .splits import split_of
 
@@ -19,6 +19,9 @@ READERS = {
     ieee8023.DATASET: ieee8023.load_records,
     nih.DATASET: nih.load_records,
     kermany.DATASET: kermany.load_records,
+    hannover.DATASET: hannover.load_records,
+    nih.DATASET14: nih.load_records_14,
+    radiography.DATASET: radiography.load_records,
 }
 
 

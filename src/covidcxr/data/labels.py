@@ -37,9 +37,19 @@ LABEL_TABLE: dict[tuple[str, str], str | None] = {
     ("kermany-pediatric", "Normal"): "No finding",
     ("kermany-pediatric", "Bacterial Pneumonia"): "Other pneumonia",
     ("kermany-pediatric", "Viral Pneumonia"): "Other pneumonia",
+    # Hospital-source additions. NIH's labels are text-mined from reports (noisy, see data/nih.py);
+    # "Consolidation" (without Pneumonia) is read as an airspace pneumonia, as radiologists
+    # report lobar pneumonia; some are atelectasis or oedema mis-mined.
+    ("nih-chestxray14", "Pneumonia"): "Other pneumonia",
+    ("nih-chestxray14", "Consolidation"): "Other pneumonia",
+    ("nih-chestxray14", "No Finding"): "No finding",
+    ("hannover", "COVID-19"): "COVID-19",
+    ("covid19-radiography", "COVID-19"): "COVID-19",
+    ("covid19-radiography", "No Finding"): "No finding",
 }
 
-FRONTAL_VIEWS = ("PA", "AP", "AP Supine", "AP Erect")
+#: "Frontal": a source that records no view but holds frontal radiographs only (covid19-radiography).
+FRONTAL_VIEWS = ("PA", "AP", "AP Supine", "AP Erect", "Frontal")
 
 
 def label_of(dataset: str, finding: str) -> str | None:
