@@ -225,7 +225,13 @@ def predict_files(
             good = [(todo[j], im) for j, im, _ in batch if im is not None]
             results = pipeline.run([im for _, im in good]) if good else []
             for (i, image), res in zip(good, results):
-                yield emit(_write_outputs(Path(files[i]), stems[i], image, res, out, models, report))
+                try:
+                    row = _write_outputs(Path(files[i]), stems[i], image, res, out, models, report)
+                except Exception as err:  # one input's outputs (its name, a full disk) cost its row, not the batch
+                    log.info("%s: writing the outputs failed", files[i], exc_info=True)  # the traceback with -v only
+                    row = {"path": files[i], "error": f"{files[i]}: could not write its outputs ({type(err).__name__}: {err}); "
+                                                      "fix the cause and run again with --retry-errors"}
+                yield emit(row)
             bar.update(len(batch))
             del batch, good, results
             trim_heap()  # memory stays flat over thousands of batches (see covidcxr.batch.trim_heap)

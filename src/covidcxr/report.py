@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,32 @@ DISCLAIMER = "Research and teaching only; not for clinical decisions."
 #: Panels show the X-ray at most this many pixels on its longer side (about their size at 90 dpi).
 PREVIEW_SIDE = 320
 _COLORS = {"COVID-19": "#d62728", "Other pneumonia": "#ff7f0e", "No finding": "#2ca02c"}
+#: Longest title drawn, in characters; a longer one keeps its start and end around an ellipsis.
+TITLE_CHARS = 110
+
+
+def plain_text(text: str, max_chars: int = TITLE_CHARS) -> str:
+    """A user-supplied string (a file name) made safe to draw as text.
+
+    Lone surrogates (from file names that are not UTF-8) become ``\\udcNN``, which the font
+    renderer would refuse; control and other unprintable characters become ``\\xNN``, for
+    which no font has a glyph; a string longer than ``max_chars`` keeps its start and its end
+    (the extension) around an ellipsis. Draw the result with ``parse_math=False`` too, so that
+    ``$`` stays a dollar sign instead of opening matplotlib math text.
+
+    Args:
+        text: Any string.
+        max_chars: Longest result, in characters.
+
+    Returns:
+        Printable text of at most ``max_chars`` characters.
+    """
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(ch if unicodedata.category(ch)[0] != "C" else f"\\x{ord(ch):02x}" for ch in text)
+    if len(text) > max_chars:
+        tail = max_chars // 3
+        text = text[: max_chars - tail - 1] + "\u2026" + text[-tail:]
+    return text
 
 
 def _preview(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
@@ -52,17 +79,17 @@ def save_report(
         severity: the ``severity`` object of a prediction; lesions (K, H, W) bool and
             zones (H, W) uint8 (0 outside, 1-6 = A-F) draw its panel.
     """
-    from .plots import _plt
-
-    plt = _plt()
+    from matplotlib.figure import Figure
     small, _ = _preview(image, PREVIEW_SIDE)
     lungs = _shrink_mask(mask, small.shape)
     sev_panel = severity is not None and lesions is not None and zones is not None
     panels = 2 + (heat is not None)
     notes = [DISCLAIMER] + [f"! {w}" for w in (warnings or [])][:3]
     # Fixed margins instead of tight_layout, which measured every tick label and doubled the drawing time.
-    fig, axes = plt.subplots(1, panels, figsize=(3.3 * panels + 0.6, 3.9),
-                             gridspec_kw={"width_ratios": [1] * (panels - 1) + [1.2], "left": 0.01, "right": 0.99, "top": 0.86, "bottom": 0.08 + 0.035 * len(notes), "wspace": 0.06})
+    # A Figure outside pyplot: nothing global keeps it, so it is freed even when drawing fails
+    # (an unclosed pyplot figure cost about 5 MB per failed request of the server).
+    fig = Figure(figsize=(3.3 * panels + 0.6, 3.9))
+    axes = fig.subplots(1, panels, gridspec_kw={"width_ratios": [1] * (panels - 1) + [1.2], "left": 0.01, "right": 0.99, "top": 0.86, "bottom": 0.08 + 0.035 * len(notes), "wspace": 0.06})
     ax = axes[0]
     if sev_panel:  # lesions, Brixia zones and their scores drawn into the lung panel
         _severity_panel(ax, small, lungs, severity, lesions, zones, f"lungs ({mask.mean():.0%} of the image)")
@@ -96,10 +123,10 @@ def save_report(
         b = severity["brixia"]
         fig.text(0.99, 0.01, f"severity: geographic extent {severity['geographic_extent']:.1f}/8, opacity {severity['opacity']:.1f}/6, Brixia {b['global']:.1f}/18",
                  fontsize=8, ha="right", va="bottom")
-    fig.text(0.01, 0.01, "\n".join(notes), fontsize=7, va="bottom", color="0.3")
-    fig.suptitle(title, fontsize=9)
+    # File names reach the title (and may reach the notes): plain text, never math text ("a$x^{$.png").
+    fig.text(0.01, 0.01, "\n".join(plain_text(n, 200) for n in notes), fontsize=7, va="bottom", color="0.3", parse_math=False)
+    fig.suptitle(plain_text(title), fontsize=9, parse_math=False)
     fig.savefig(path, dpi=90, pil_kwargs={"compress_level": 1})  # fast PNG encoding; the report is small anyway
-    plt.close(fig)
 
 
 def _severity_panel(ax, small: np.ndarray, lungs: np.ndarray, severity: dict, lesions: np.ndarray, zones: np.ndarray, title: str) -> None:
