@@ -5,17 +5,21 @@ Inputs are files, folders (searched recursively for supported extensions), glob 
 listing paths. Reading runs in a ``torch.utils.data.DataLoader`` so that worker processes can
 decode images while the models run in the main process; a file that cannot be read becomes an
 error item, never an exception. ``read_predictions`` reads what an earlier run of ``covidcxr
-predict`` wrote, so that a killed or extended run carries on where it stopped.
+predict`` wrote, so that a killed or extended run carries on where it stopped, and
+``output_lock`` keeps a second run from writing to the same folder at the same time.
 """
 
 from __future__ import annotations
 
 import csv
-import glob
+import fcntl
+import fnmatch
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +31,10 @@ from .io import ImageReadError, is_supported_file, read_image
 log = logging.getLogger(__name__)
 
 _GLOB_CHARS = frozenset("*?[")
+#: Longest output stem, in bytes: room for "-NN_heatmap.png" within the 255-byte limit of a file name.
+MAX_STEM_BYTES = 200
+#: The lock file ``covidcxr predict`` holds in its output folder while it writes there.
+LOCK_NAME = ".predictions.lock"
 
 #: One decoded input: (index into the file list, image or None, error message or None).
 Item = tuple[int, np.ndarray | None, str | None]
@@ -37,10 +45,13 @@ def expand_inputs(paths: Iterable[str | Path], csv_files: Iterable[str | Path] =
 
     Each input is, in this order of checks: an existing folder (searched recursively, supported
     extensions only, sorted), an existing file (kept whatever its extension: DICOM often has
-    none), a glob pattern (``*``, ``?``, ``[``; expanded with ``glob.glob(recursive=True)``,
-    sorted; a matched folder is searched as above), else an error. The inputs listed in each of
-    ``csv_files`` (see :func:`read_csv_paths`) follow the command-line ones and are treated alike.
-    A file reached twice is kept once, at its first place.
+    none), a glob pattern (``*``, ``?``, ``[``, and ``**`` for any depth of folders, as
+    ``glob.glob(recursive=True)``; sorted; a matched folder is searched as above), else an error.
+    The inputs listed in each of ``csv_files`` (see :func:`read_csv_paths`) follow the
+    command-line ones and are treated alike. Folder searches and ``**`` follow symbolic links to
+    folders but enter each real folder once, so a link to a parent folder neither loops nor
+    repeats files. A file reached twice (also through another name: a link, ``..``) is kept once,
+    at its first place, under the name it was first reached by.
 
     Args:
         paths: files, folders and glob patterns, as typed.
@@ -56,7 +67,7 @@ def expand_inputs(paths: Iterable[str | Path], csv_files: Iterable[str | Path] =
     """
     files: list[str] = []
     errors: list[tuple[str, str]] = []
-    seen: set[str] = set()
+    seen: set[str] = set()  # real paths
     entries = [str(p) for p in paths]
     for table in csv_files:
         entries.extend(read_csv_paths(table))
@@ -65,8 +76,9 @@ def expand_inputs(paths: Iterable[str | Path], csv_files: Iterable[str | Path] =
         if error:
             errors.append((raw, error))
         for f in map(os.path.normpath, found):
-            if f not in seen:
-                seen.add(f)
+            real = os.path.realpath(f)
+            if real not in seen:
+                seen.add(real)
                 files.append(f)
     return files, errors
 
@@ -81,14 +93,68 @@ def _expand_one(raw: str) -> tuple[list[str], str | None]:
     if not _GLOB_CHARS.intersection(raw):
         return [], "file not found"
     found = []
-    for match in sorted(glob.glob(raw, recursive=True)):
+    for match in sorted(_glob(raw)):
         m = Path(match)
         found.extend(_walk(m) if m.is_dir() else [str(m)] if m.is_file() else [])
     return found, None if found else "pattern matches no file (quote it so that the shell leaves it to covidcxr, and check the folder)"
 
 
 def _walk(folder: Path) -> list[str]:
-    return sorted(str(f) for f in folder.rglob("*") if f.is_file() and is_supported_file(f))
+    """Supported files under ``folder``, sorted; linked folders are followed, each real folder once."""
+    return sorted(os.path.join(d, f) for d, files in _folders(str(folder)) for f in files
+                  if is_supported_file(f) and os.path.isfile(os.path.join(d, f)))
+
+
+def _folders(top: str, hidden: bool = True) -> Iterator[tuple[str, list[str]]]:
+    """``(folder, names in it)`` for ``top`` and every folder below, each real folder once.
+
+    ``os.walk(followlinks=True)`` alone would loop forever on a link to a parent folder (and
+    blow up exponentially on two): a folder whose real path was already entered is pruned.
+    """
+    entered: set[str] = set()
+    for folder, subdirs, names in os.walk(top, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in entered:
+            subdirs[:] = []
+            continue
+        entered.add(real)
+        subdirs[:] = sorted(d for d in subdirs if hidden or not d.startswith("."))
+        yield folder, names + subdirs
+
+
+def _glob(pattern: str) -> list[str]:
+    """``glob.glob(pattern, recursive=True)``, but ``**`` enters each real folder once (no symlink loops)."""
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if _GLOB_CHARS.intersection(part))
+    return list(_match(os.path.join(*parts[:first]) if first else os.curdir, parts[first:]))
+
+
+def _match(folder: str, parts: Sequence[str]) -> Iterator[str]:
+    if not parts:
+        yield folder
+        return
+    part, rest = parts[0], parts[1:]
+    if part == "**":  # this folder and every folder below it (hidden ones skipped, as glob does)
+        for sub, _ in _folders(folder, hidden=False):
+            yield from _match(sub, rest)
+        return
+    if not _GLOB_CHARS.intersection(part):
+        path = os.path.join(folder, part)
+        if os.path.lexists(path):
+            yield from _match(path, rest) if not rest or os.path.isdir(path) else ()
+        return
+    try:
+        names = os.listdir(folder)
+    except OSError:  # not a folder, or unreadable: nothing matches there
+        return
+    if not part.startswith("."):
+        names = [n for n in names if not n.startswith(".")]
+    for name in sorted(fnmatch.filter(names, part)):
+        path = os.path.join(folder, name)
+        if not rest:
+            yield path
+        elif os.path.isdir(path):
+            yield from _match(path, rest)
 
 
 def collect_inputs(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
@@ -165,7 +231,7 @@ def unique_stems(files: Sequence[str | Path], reserved: Mapping[str, str] | None
         if str(f) in reserved:
             out.append(reserved[str(f)])
             continue
-        stem = Path(f).stem
+        stem = _short(Path(f).stem)
         n = next_n.get(stem, 1)
         while (cand := stem if n == 1 else f"{stem}-{n}") in used:
             n += 1
@@ -173,6 +239,14 @@ def unique_stems(files: Sequence[str | Path], reserved: Mapping[str, str] | None
         used.add(cand)
         out.append(cand)
     return out
+
+
+def _short(stem: str) -> str:
+    """``stem`` cut to :data:`MAX_STEM_BYTES` bytes, on a character boundary, so ``STEM_heatmap.png`` is a valid file name."""
+    stem = stem[:MAX_STEM_BYTES]
+    while len(os.fsencode(stem)) > MAX_STEM_BYTES:  # multi-byte characters
+        stem = stem[:-1]
+    return stem
 
 
 class ImageFiles:
@@ -301,8 +375,55 @@ def read_predictions(jsonl: str | Path) -> Done:
     return done
 
 
+class OutputBusyError(RuntimeError):
+    """Another process holds the output folder's lock (see :func:`output_lock`)."""
+
+
+@contextmanager
+def output_lock(out_dir: str | Path, what: str = "covidcxr predict") -> Iterator[Path]:
+    """Hold the output folder for one writer: an exclusive ``fcntl.flock`` on ``OUT/.predictions.lock``.
+
+    Two runs appending to one ``predictions.jsonl`` wrote every row twice, and a
+    ``--retry-errors`` run (:func:`drop_error_rows` replaces the file) lost the rows another run
+    appended meanwhile. While the lock is held the file holds the holder's process id and command
+    line, for the message another run gets. The lock is the kernel's: it goes with the process,
+    so a killed run leaves no stale lock behind (the file stays, empty or not, and is reused).
+
+    Args:
+        out_dir: the output folder; it must exist.
+        what: the holder, named in the file.
+
+    Yields:
+        The lock file's path.
+
+    Raises:
+        OutputBusyError: another process holds the lock; the message names it.
+    """
+    path = Path(out_dir) / LOCK_NAME
+    with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = " ".join(fh.read().split())[:300] or "a process that has not yet written its id"
+            raise OutputBusyError(f"{out_dir} is in use by another run (pid {holder}); wait for it to finish, or pass another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}: {what} {' '.join(sys.argv[1:])}\n")
+        fh.flush()
+        try:
+            yield path
+        finally:
+            fh.seek(0)
+            fh.truncate()  # the file stays: deleting it would let a third run lock a new file beside a waiting one
+
+
 def drop_error_rows(jsonl: str | Path, paths: set[str]) -> None:
-    """Remove the error rows of ``paths`` from ``jsonl`` (atomically), before they are retried."""
+    """Remove the error rows of ``paths`` from ``jsonl`` (atomically), before they are retried.
+
+    The file is replaced, not edited: call it only while holding :func:`output_lock`, or rows
+    another run appends to the old file meanwhile are lost.
+    """
     jsonl = Path(jsonl)
     if not paths or not jsonl.is_file():
         return
