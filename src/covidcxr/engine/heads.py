@@ -1,0 +1,167 @@
+"""Stage-2 heads on frozen features: the designs compared under leave-one-source-out.
+
+Every design maps features (N, D) of training images with labels (indices into
+``CLASSES``) and sources to a model whose ``predict_proba`` gives (N, 3) probabilities:
+
+- ``pooled``: multinomial logistic regression, class-balanced; source-naive (the reference
+  that can learn "which archive is this?").
+- ``within_source``: the decision factorised as P(abnormal) x P(COVID-19 | abnormal). Each
+  factor is a logistic regression fitted on *differences* between a positive and a negative
+  image of the same source (a ranking objective): a shift that all of one source's images
+  share cancels in every difference, so the source carries no gradient. A Platt scaling
+  with sources weighted equally turns each score into a probability.
+- ``source_erased``: ``pooled`` after the source is projected out of the features by
+  iterative null-space projection (a linear source classifier is fitted and its directions
+  removed, round after round): the linear counterpart of adversarial removal.
+
+All are scikit-learn estimators on standardised features (the scaler is part of the model).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from ..data.labels import CLASSES
+
+COVID, OTHER, NORMAL = (CLASSES.index(c) for c in ("COVID-19", "Other pneumonia", "No finding"))
+DESIGNS = ("pooled", "within_source", "source_erased")
+C = 0.1
+PAIRS_PER_SOURCE = 4000
+ERASE_ROUNDS = 8
+
+
+def _group_weights(labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """Sample weights giving every (source, class) group the same total weight."""
+    keys = [f"{s}|{c}" for s, c in zip(sources, labels)]
+    uniq, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inv]
+    return w * len(w) / w.sum()
+
+
+def within_source_pairs(pos: np.ndarray, neg: np.ndarray, sources: np.ndarray, rng: np.random.Generator, per_source: int = PAIRS_PER_SOURCE) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i positive, j negative) of the same source, at most ``per_source`` per source.
+
+    Returns:
+        (i, j) index arrays; a source with no positive or no negative gives no pair.
+    """
+    out_i, out_j = [], []
+    for src in np.unique(sources):
+        p = np.flatnonzero(pos & (sources == src))
+        n = np.flatnonzero(neg & (sources == src))
+        if len(p) == 0 or len(n) == 0:
+            continue
+        k = min(per_source, len(p) * len(n))
+        flat = rng.choice(len(p) * len(n), size=k, replace=False)
+        out_i.append(p[flat // len(n)])
+        out_j.append(n[flat % len(n)])
+    if not out_i:
+        return np.zeros(0, int), np.zeros(0, int)
+    return np.concatenate(out_i), np.concatenate(out_j)
+
+
+class RankingHead:
+    """A linear score learned from within-source pairs, then Platt-scaled.
+
+    Attributes:
+        coef_: (D,) weights on standardised features; ``a_, b_``: the Platt scaling.
+    """
+
+    def fit(self, x: np.ndarray, pos: np.ndarray, neg: np.ndarray, sources: np.ndarray, seed: int = 0) -> RankingHead:
+        i, j = within_source_pairs(pos, neg, sources, np.random.default_rng(seed))
+        if len(i) == 0:
+            raise ValueError("no source holds both a positive and a negative image: a within-source head cannot be fitted")
+        d = x[i] - x[j]
+        src = sources[i]
+        _, inv, counts = np.unique(src, return_inverse=True, return_counts=True)
+        w = 1.0 / counts[inv]  # every source's pairs weigh the same
+        lr = LogisticRegression(C=C, fit_intercept=False, max_iter=2000)
+        lr.fit(np.concatenate([d, -d]), np.r_[np.ones(len(d)), np.zeros(len(d))], sample_weight=np.r_[w, w] * len(w) / w.sum())
+        self.coef_ = lr.coef_[0]
+        keep = pos | neg
+        s = x[keep] @ self.coef_
+        platt = LogisticRegression(C=1e4, max_iter=2000)
+        y = pos[keep].astype(int)
+        platt.fit(s[:, None], y, sample_weight=_group_weights(y, sources[keep]))
+        self.a_, self.b_ = float(platt.coef_[0, 0]), float(platt.intercept_[0])
+        return self
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.coef_
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(self.a_ * self.score(x) + self.b_)))
+
+
+class WithinSource:
+    """P(abnormal) and P(COVID-19 | abnormal), each a :class:`RankingHead`.
+
+    The abnormal head contrasts pneumonia (COVID-19 or other) with "No finding" inside each
+    source. The COVID-19 head contrasts COVID-19 with other pneumonia inside each source
+    that holds both (covid-chestxray); a source with COVID-19 but no other pneumonia
+    contrasts it with its normals instead, so that the head can be fitted on every fold.
+    """
+
+    def fit(self, x: np.ndarray, labels: np.ndarray, sources: np.ndarray, seed: int = 0) -> WithinSource:
+        self.scaler = StandardScaler().fit(x)
+        z = self.scaler.transform(x)
+        self.abnormal = RankingHead().fit(z, labels != NORMAL, labels == NORMAL, sources, seed)
+        has_other = np.isin(sources, np.unique(sources[labels == OTHER]))
+        neg = np.where(has_other, labels == OTHER, labels == NORMAL)
+        self.covid = RankingHead().fit(z, labels == COVID, neg & (labels != COVID), sources, seed)
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        z = self.scaler.transform(x)
+        p_abn, q = self.abnormal.proba(z), self.covid.proba(z)
+        return np.stack([p_abn * q, p_abn * (1 - q), 1 - p_abn], axis=1)
+
+
+class Pooled:
+    """Multinomial logistic regression on standardised features, classes balanced."""
+
+    def fit(self, x: np.ndarray, labels: np.ndarray, sources: np.ndarray, seed: int = 0) -> Pooled:
+        self.scaler = StandardScaler().fit(x)
+        self.lr = LogisticRegression(C=C, max_iter=3000, class_weight="balanced").fit(self.scaler.transform(x), labels)
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        p = self.lr.predict_proba(self.scaler.transform(x))
+        out = np.zeros((len(x), len(CLASSES)))
+        out[:, self.lr.classes_] = p
+        return out
+
+
+def nullspace_projection(z: np.ndarray, sources: np.ndarray, rounds: int = ERASE_ROUNDS) -> np.ndarray:
+    """Projection (D, D) that removes the directions linear source classifiers use (INLP, Ravfogel et al. 2020)."""
+    d = z.shape[1]
+    proj = np.eye(d)
+    for _ in range(rounds):
+        clf = LogisticRegression(C=C, max_iter=2000, class_weight="balanced").fit(z @ proj, sources)
+        basis, _ = np.linalg.qr(clf.coef_.T)  # (D, k) orthonormal span of the source directions
+        proj = proj @ (np.eye(d) - basis @ basis.T)
+    return proj
+
+
+class SourceErased(Pooled):
+    """:class:`Pooled` after :func:`nullspace_projection` of the training sources."""
+
+    def fit(self, x: np.ndarray, labels: np.ndarray, sources: np.ndarray, seed: int = 0) -> SourceErased:
+        self.scaler0 = StandardScaler().fit(x)
+        self.proj = nullspace_projection(self.scaler0.transform(x), sources)
+        return super().fit(self._erase(x), labels, sources, seed)
+
+    def _erase(self, x: np.ndarray) -> np.ndarray:
+        return self.scaler0.transform(x) @ self.proj
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return super().predict_proba(self._erase(x))
+
+
+def make_design(name: str):
+    """A fresh, unfitted model of design ``name``."""
+    designs = {"pooled": Pooled, "within_source": WithinSource, "source_erased": SourceErased}
+    if name not in designs:
+        raise ValueError(f"unknown stage-2 design {name!r}; known: {', '.join(DESIGNS)}")
+    return designs[name]()

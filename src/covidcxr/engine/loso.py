@@ -1,0 +1,196 @@
+"""Leave-one-source-out (LOSO): the development-time estimate of a new hospital.
+
+For each fold a stage-2 design is fitted on the train split of every source but the ones
+left out, with the same recipe, and scores every image of the sources left out (none of
+them was seen in training). Each left-out source is scored on the comparisons it holds:
+
+    covid19-radiography  COVID-19 vs No finding        P(COVID-19)
+    covid-chestxray      COVID-19 vs Other pneumonia   P(COVID-19) / (P(COVID-19) + P(Other))
+    NIH (both folders)   Other pneumonia vs No finding 1 - P(No finding)
+    kermany-pediatric    pneumonia vs normal           1 - P(No finding)
+    hannover             COVID-19 sensitivity at the operating point (argmax)
+
+covid19-radiography's normals are RSNA images drawn from the NIH archive, so a model that
+learned "NIH look = normal" scores well there for the wrong reason: its comparison is also
+reported with both NIH folders left out (the ``covid19-radiography + NIH`` fold), and that is
+the one the selection rule reads (docs/experiments/stage2-source-blind.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from ..metrics import stratified_bootstrap_ci
+from .heads import COVID, NORMAL, OTHER, make_design
+
+log = logging.getLogger(__name__)
+
+NIH = ("nih-chestxray8", "nih-chestxray14")
+#: fold name -> sources left out of training.
+FOLDS = {
+    "covid-chestxray": ("covid-chestxray",),
+    "covid19-radiography": ("covid19-radiography",),
+    "covid19-radiography + NIH": ("covid19-radiography", *NIH),
+    "hannover": ("hannover",),
+    "kermany-pediatric": ("kermany-pediatric",),
+    "NIH": NIH,
+}
+#: comparison name -> (fold, sources scored, positive classes, negative classes, score).
+COMPARISONS = {
+    "covid19-radiography COVID-19 vs No finding": ("covid19-radiography", ("covid19-radiography",), (COVID,), (NORMAL,), "covid"),
+    "covid19-radiography COVID-19 vs No finding (NIH left out too)": ("covid19-radiography + NIH", ("covid19-radiography",), (COVID,), (NORMAL,), "covid"),
+    "covid-chestxray COVID-19 vs Other pneumonia": ("covid-chestxray", ("covid-chestxray",), (COVID,), (OTHER,), "covid_odds"),
+    "NIH Other pneumonia vs No finding": ("NIH", NIH, (OTHER,), (NORMAL,), "abnormal"),
+    "kermany-pediatric pneumonia vs normal": ("kermany-pediatric", ("kermany-pediatric",), (OTHER,), (NORMAL,), "abnormal"),
+}
+#: The four AUROCs whose mean is the selection rule's primary score.
+PRIMARY = (
+    "covid19-radiography COVID-19 vs No finding (NIH left out too)",
+    "covid-chestxray COVID-19 vs Other pneumonia",
+    "NIH Other pneumonia vs No finding",
+    "kermany-pediatric pneumonia vs normal",
+)
+SENSITIVITY = "hannover COVID-19 sensitivity"
+
+
+def scores(probs: np.ndarray, kind: str) -> np.ndarray:
+    """The score a comparison ranks by, from (N, 3) probabilities."""
+    if kind == "covid":
+        return probs[:, COVID]
+    if kind == "covid_odds":
+        return probs[:, COVID] / np.maximum(probs[:, COVID] + probs[:, OTHER], 1e-12)
+    if kind == "abnormal":
+        return 1 - probs[:, NORMAL]
+    raise ValueError(f"unknown score {kind!r}")
+
+
+def fold_probabilities(design: str, x: np.ndarray, labels: np.ndarray, sources: np.ndarray, splits: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """Out-of-source probabilities (N, 3) of every fold: rows of the sources left out filled, others NaN."""
+    out = {}
+    for fold, left_out in FOLDS.items():
+        held = np.isin(sources, left_out)
+        train = ~held & (splits == "train")
+        model = make_design(design).fit(x[train], labels[train], sources[train], seed=seed)
+        p = np.full((len(x), 3), np.nan)
+        p[held] = model.predict_proba(x[held])
+        out[fold] = p
+        log.info("%s, fold %s: trained on %d images, scored %d", design, fold, int(train.sum()), int(held.sum()))
+    return out
+
+
+def score_folds(folds: dict[str, np.ndarray], labels: np.ndarray, sources: np.ndarray, n_resamples: int = 1000) -> dict:
+    """Every comparison of :data:`COMPARISONS` with a bootstrap CI, Hannover's sensitivity, the primary score."""
+    res: dict = {}
+    for name, (fold, scored, pos, neg, kind) in COMPARISONS.items():
+        rows = np.isin(sources, scored) & np.isin(labels, pos + neg)
+        y = np.isin(labels[rows], pos)
+        res[name] = stratified_bootstrap_ci(y, scores(folds[fold][rows], kind), roc_auc_score, n_resamples=n_resamples)
+    han = (sources == "hannover") & (labels == COVID)
+    hit = folds["hannover"][han].argmax(1) == COVID
+    lo, hi = _wilson(int(hit.sum()), int(han.sum()))
+    res[SENSITIVITY] = {"value": float(hit.mean()) if han.any() else float("nan"), "ci_low": lo, "ci_high": hi, "n": int(han.sum())}
+    res["primary"] = float(np.mean([res[k]["value"] for k in PRIMARY]))
+    return res
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
+def markdown(results: dict[str, dict]) -> str:
+    """One row per design and feature set, one column per comparison."""
+    names = [*COMPARISONS, SENSITIVITY]
+    head = "| design | " + " | ".join(names) + " | primary (mean of 4) |"
+    lines = [head, "|" + "---|" * (len(names) + 2)]
+    for design, r in results.items():
+        cells = [f"{r[n]['value']:.3f} ({r[n]['ci_low']:.2f}–{r[n]['ci_high']:.2f})" for n in names]
+        lines.append(f"| {design} | " + " | ".join(cells) + f" | **{r['primary']:.3f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, dict], path: str | Path) -> None:
+    """Dot-and-whisker plot: each comparison's AUROC (sensitivity for Hannover) per design, with CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [*COMPARISONS, SENSITIVITY]
+    fig, ax = plt.subplots(figsize=(10, 0.5 + 0.55 * len(names) * max(1, len(results)) / 2), dpi=120)
+    step = 0.8 / max(1, len(results))
+    for k, (design, r) in enumerate(results.items()):
+        y = np.arange(len(names)) + k * step
+        v = np.array([r[n]["value"] for n in names])
+        err = np.array([[v[i] - r[n]["ci_low"], r[n]["ci_high"] - v[i]] for i, n in enumerate(names)]).T
+        ax.errorbar(v, y, xerr=err, fmt="o", capsize=2, label=design)
+    ax.axvline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_yticks(np.arange(len(names)) + 0.4 - step / 2, names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("AUROC in the source left out of training (Hannover: sensitivity), 95% CI")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title("Leave-one-source-out: what happens at a new hospital")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write(results: dict[str, dict], out_dir: str | Path, extra: dict | None = None) -> Path:
+    """``loso.json``, ``loso.md`` and ``loso.png`` in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "loso.json").write_text(json.dumps({"folds": {k: list(v) for k, v in FOLDS.items()}, "results": results, **(extra or {})}, indent=2) + "\n")
+    (out / "loso.md").write_text(markdown(results))
+    plot(results, out / "loso.png")
+    return out
+
+
+#: feature set name -> the cached feature blocks it concatenates (see covidcxr.engine.stage2_features).
+FEATURE_SETS = {
+    "imagenet": ("imagenet",),
+    "lungenc": ("lungenc",),
+    "findings": ("findings",),
+    "imagenet+findings": ("imagenet", "findings"),
+    "lungenc+findings": ("lungenc", "findings"),
+}
+
+
+def feature_matrix(features: dict, name: str) -> np.ndarray:
+    """The columns of feature set ``name`` (see :data:`FEATURE_SETS`)."""
+    if name not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {name!r}; known: {', '.join(FEATURE_SETS)}")
+    return np.concatenate([np.asarray(features[b], np.float64) for b in FEATURE_SETS[name]], axis=1)
+
+
+def run_loso(features: dict, samples: list[dict], designs: dict[str, tuple[str, str]], n_resamples: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """LOSO results of each named (design, feature set) on cached features of ``samples``.
+
+    Args:
+        features: :func:`covidcxr.engine.stage2_features.cached_features` output; its
+            ``names`` say which sample each row is.
+        samples: classification samples (``label``, ``dataset``, ``split``).
+        designs: row name -> (design, feature set).
+    """
+    by_name = {f"{s['dataset']}/{s['filename']}": s for s in samples}
+    rows = [by_name[str(n)] for n in features["names"]]
+    labels = np.array([s["label"] for s in rows])
+    sources = np.array([s["dataset"] for s in rows])
+    splits = np.array([s["split"] for s in rows])
+    out = {}
+    for row, (design, feature_set) in designs.items():
+        x = feature_matrix(features, feature_set)
+        folds = fold_probabilities(design, x, labels, sources, splits, seed=seed)
+        out[row] = {"design": design, "features": feature_set, **score_folds(folds, labels, sources, n_resamples)}
+        log.info("%s: primary %.3f", row, out[row]["primary"])
+    return out
