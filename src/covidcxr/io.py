@@ -30,11 +30,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 _ArrayT = TypeVar("_ArrayT", np.ndarray, "torch.Tensor")
 
-__all__ = ["MAX_PIXELS", "MIN_SIDE", "NORMALIZATION", "SUPPORTED_EXTENSIONS", "ImageReadError",
-           "is_supported_file", "normalize", "read_image"]
+__all__ = ["MAX_PIXELS", "MIN_SIDE", "NORMALIZATION", "SERVE_MAX_PIXELS", "SUPPORTED_EXTENSIONS", "ImageReadError",
+           "ImageTooLargeError", "is_supported_file", "normalize", "read_image"]
 
 MAX_PIXELS: int = 100_000_000
 """Images with more pixels are refused before decoding (decompression bombs)."""
+
+SERVE_MAX_PIXELS: int = 36_000_000
+"""The server's limit (``covidcxr serve --max-pixels``): 6000x6000, above any chest X-ray
+detector yet well below :data:`MAX_PIXELS`. Reading an image through the whole pipeline holds
+about 25 bytes per pixel, so a 9999x9999 upload of 100 kB would cost some 2.5 GB; such an
+image is refused from its header, before any pixel is decoded."""
 
 MIN_SIDE: int = 32
 """Images with a side shorter than this are refused."""
@@ -69,6 +75,10 @@ class ImageReadError(ValueError):
     def __reduce__(self) -> tuple[Any, ...]:
         # The default reduce would call __init__ with the formatted message only.
         return (type(self), (self.path, self.problem))
+
+
+class ImageTooLargeError(ImageReadError):
+    """The image has more pixels than allowed (``max_pixels`` or Pillow's decompression-bomb limit), found from its header."""
 
 
 def is_supported_file(path: str | os.PathLike[str]) -> bool:
@@ -218,7 +228,7 @@ def _looks_like_bare_dicom(data: bytes) -> bool:
 
 def _check_size(width: int, height: int, label: str, max_pixels: int) -> None:
     if width * height > max_pixels:
-        raise ImageReadError(
+        raise ImageTooLargeError(
             label,
             f"image is too large: {width}x{height} px = {width * height:,} pixels exceeds "
             f"max_pixels={max_pixels:,} (possible decompression bomb); raise max_pixels only "
@@ -259,7 +269,7 @@ def _read_pil_or_bare_dicom(data: bytes, label: str, max_pixels: int) -> np.ndar
     try:
         img = Image.open(BytesIO(data))  # lazy: reads the header only
     except Image.DecompressionBombError as err:
-        raise ImageReadError(label, f"image is too large (possible decompression bomb): {err}") from err
+        raise ImageTooLargeError(label, f"image is too large (possible decompression bomb): {err}") from err
     except UnidentifiedImageError:
         if _looks_like_bare_dicom(data):
             return _read_dicom(data, label, max_pixels)
@@ -288,7 +298,7 @@ def _pil_to_array(img: Image.Image, label: str, max_pixels: int) -> np.ndarray:
     try:
         img.load()
     except Image.DecompressionBombError as err:
-        raise ImageReadError(label, f"image is too large (possible decompression bomb): {err}") from err
+        raise ImageTooLargeError(label, f"image is too large (possible decompression bomb): {err}") from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageReadError(label, f"image data is truncated or corrupt ({err}); {_FIX_EXPORT}") from err
     try:
