@@ -10,6 +10,7 @@ sha256 is checked.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -68,10 +69,14 @@ def load_weights(spec_path: str | Path | None = None, kind: str = "lungs") -> tu
     # run whatever code the file holds: say what is wrong instead, and keep its text for -v.
     fix = "export the weights again with covidcxr.models.save_weights (a plain state dict), or pass the spec of a valid export"
     try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings(record=True) as said:  # torch's warnings about a file it then refuses are noise
+            warnings.simplefilter("always")
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as err:
         log.info("%s: torch.load failed", weights_path, exc_info=True)
         raise ValueError(f"{weights_path}: not a PyTorch state dict that loads safely ({type(err).__name__}); {fix}") from None
+    for w in said:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not isinstance(state, Mapping):
         raise ValueError(f"{weights_path}: holds a {type(state).__name__}, not a state dict; {fix}")
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
