@@ -30,7 +30,7 @@ def pipeline() -> Pipeline:
 
 @pytest.fixture(scope="module")
 def client(pipeline):
-    with TestClient(create_app(pipeline)) as c:  # one event loop for the module, as under uvicorn
+    with TestClient(create_app(pipeline, allowed_hosts=["testserver"])) as c:  # one event loop for the module, as under uvicorn
         yield c
 
 
@@ -104,7 +104,7 @@ def test_missing_file_field_gets_422_error_shape(client):
 
 
 def test_uploads_over_the_limit_get_413(pipeline):
-    with TestClient(create_app(pipeline, max_upload_bytes=10_000)) as small:
+    with TestClient(create_app(pipeline, max_upload_bytes=10_000, allowed_hosts=["testserver"])) as small:
         # Content-Length above the limit: refused before the body is read.
         _assert_error(small.post("/v1/predict", files={"file": ("big.jpg", SAMPLE.read_bytes(), "image/jpeg")}), 413, "limit")
         # Body within the multipart allowance but the file itself over the limit.
@@ -174,7 +174,7 @@ def test_serve_command_line():
 
 @pytest.fixture(scope="module")
 def api_schema(pipeline):
-    return schemathesis.openapi.from_asgi("/openapi.json", create_app(pipeline))
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app(pipeline, allowed_hosts=["*"]))
 
 
 # Not schemathesis.pytest.from_fixture + @parametrize: it breaks on pytest 9 ("'Function' object has

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -12,6 +13,37 @@ from tqdm.auto import tqdm
 log = logging.getLogger("covidcxr")
 
 SAMPLE = Path(__file__).with_name("samples") / "sample_cxr.jpg"
+
+
+def writable_out(out: str | Path) -> Path:
+    """``--out`` as a folder this process can write to, created if missing: checked before any model loads.
+
+    Args:
+        out: the folder, as typed.
+
+    Returns:
+        The folder.
+
+    Raises:
+        ValueError: ``out`` is a file, lies under a file, or cannot be created or written to
+            (read-only, another user's, a system folder such as /sys); one sentence.
+    """
+    path = Path(out)
+    fix = "pass a folder you can write to as --out (it is created if missing)"
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # what counts is whether a file can be made there
+            pass
+        jsonl = path / "predictions.jsonl"
+        if jsonl.exists():
+            with open(jsonl, "ab"):
+                pass
+    except OSError as err:
+        why = "a part of the path is a file, not a folder" if isinstance(err, NotADirectoryError) else (err.strerror or str(err)).lower()
+        raise ValueError(f"--out {out}: cannot write there ({why}); {fix}") from None
+    return path
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -22,8 +54,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     files, errors = collect_inputs(args.inputs)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_out(args.out)
     segmenter = LungSegmenter.from_spec(args.weights)
     stems = unique_stems(files)
     failed = len(errors)
@@ -165,11 +196,19 @@ def _cmd_train_gate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .batch import RunCounts
-    from .predict import Pipeline, predict_files
+    from .batch import output_lock
 
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError(f"need --batch-size >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    # Before the models load (seconds): a bad --out, or another run writing there, is said at once.
+    with output_lock(writable_out(args.out)):
+        return _predict_locked(args)
+
+
+def _predict_locked(args: argparse.Namespace) -> int:
+    from .batch import RunCounts
+    from .predict import Pipeline, predict_files
+
     inputs = args.inputs or ([] if args.csv else [str(SAMPLE)])
     pipeline = Pipeline.load(
         lungs=args.lung_weights, diagnosis=args.weights, gate=args.gate_weights, use_gate=not args.no_gate, saliency=not args.no_saliency,
@@ -202,11 +241,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise RuntimeError(f"covidcxr serve needs the serve extra ({err.name} is missing): pip install 'covidcxr[serve]'") from err
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    from .io import SERVE_MAX_PIXELS
+
+    args.max_pixels = SERVE_MAX_PIXELS if args.max_pixels is None else args.max_pixels
+    for name, value in (("--max-pixels", args.max_pixels), ("--max-queue", args.max_queue), ("--limit-concurrency", args.limit_concurrency),
+                        ("--timeout-keep-alive", args.timeout_keep_alive), ("--read-timeout", args.read_timeout)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
     app = create_app(max_upload_bytes=int(args.max_upload_mb * 2**20), use_gate=not args.no_gate, saliency=not args.no_saliency,
-                     severity=not args.no_severity, backend=args.backend, onnx_dir=args.onnx_dir)
+                     severity=not args.no_severity, backend=args.backend, onnx_dir=args.onnx_dir, max_pixels=args.max_pixels,
+                     max_queue=args.max_queue, allowed_hosts=allowed_hosts(args.host, args.allowed_host), read_timeout=args.read_timeout)
     print(f"covidcxr: web page and API on http://{args.host}:{args.port}/ (API docs at /docs); research and teaching only", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port)
+    uvicorn.run(app, host=args.host, port=args.port, timeout_keep_alive=args.timeout_keep_alive, limit_concurrency=args.limit_concurrency)
     return 0
+
+
+def allowed_hosts(host: str, extra: list[str] | None) -> list[str]:
+    """Host names the server answers to: the loopback names, ``--host`` unless a wildcard, and each ``--allowed-host``."""
+    from .web.app import LOOPBACK_HOSTS
+
+    names = [*LOOPBACK_HOSTS, *([] if host in ("0.0.0.0", "::", "") else [host]), *(extra or [])]
+    return list(dict.fromkeys(n.strip("[]").lower() for n in names))
 
 
 def _cmd_evaluate_diagnosis(args: argparse.Namespace) -> int:
@@ -314,6 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted; bigger ones get 413")
+    srv.add_argument("--max-pixels", type=int, help="largest image accepted, in pixels, read from its header before decoding; bigger ones "
+                     "get 413 (default 36,000,000 = 6000x6000: covidcxr.io.SERVE_MAX_PIXELS; predict reads up to 100,000,000)")
+    srv.add_argument("--max-queue", type=int, default=32, help="requests waiting for the models at most; more get 503 with Retry-After (default 32)")
+    srv.add_argument("--allowed-host", action="append", metavar="NAME", help="also answer requests whose Host header names NAME (repeatable; "
+                     "default: localhost, 127.0.0.1, ::1 and --host); '*' answers any name. Browsers' requests from other sites' pages are "
+                     "refused whatever the Host")
+    srv.add_argument("--limit-concurrency", type=int, default=128, help="open connections at most; more get 503 (uvicorn's limit_concurrency, default 128)")
+    srv.add_argument("--timeout-keep-alive", type=int, default=5, help="seconds an idle connection is kept open (uvicorn's timeout_keep_alive, default 5)")
+    srv.add_argument("--read-timeout", type=float, default=20.0, help="seconds the server waits for the next part of an upload before it "
+                     "answers 408 (default 20)")
     srv.add_argument("--no-gate", action="store_true", help="read images the gate would refuse (research use; a warning is kept)")
     srv.add_argument("--no-saliency", action="store_true", help="skip Grad-CAM (faster; heatmap is null)")
     srv.add_argument("--no-severity", action="store_true", help="skip lesions and severity scores")
@@ -402,11 +467,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:  # a file name that is not UTF-8 is printed with escapes instead of ending the run with UnicodeEncodeError
+        sys.stdout.reconfigure(errors="backslashreplace")
+    except (AttributeError, ValueError):
+        pass
     try:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a disk or permission problem met on the way: one line, the traceback with -v
+        log.info("details", exc_info=True)
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}; check the path and its permissions, and free space on its disk", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
