@@ -357,3 +357,11 @@ def test_a_stalled_upload_gets_408():
     with pytest.raises(HTTPException) as err:
         anyio.run(go)
     assert err.value.status_code == 408
+
+
+def test_serve_allowed_hosts_are_loopback_plus_host_and_extras():
+    from covidcxr.cli import allowed_hosts
+
+    assert allowed_hosts("127.0.0.1", None) == ["localhost", "127.0.0.1", "::1"]
+    assert allowed_hosts("0.0.0.0", ["Scanner.Lan", "[fe80::1]"]) == ["localhost", "127.0.0.1", "::1", "scanner.lan", "fe80::1"]
+    assert "10.0.0.5" in allowed_hosts("10.0.0.5", None)
