@@ -365,3 +365,17 @@ def test_serve_allowed_hosts_are_loopback_plus_host_and_extras():
     assert allowed_hosts("127.0.0.1", None) == ["localhost", "127.0.0.1", "::1"]
     assert allowed_hosts("0.0.0.0", ["Scanner.Lan", "[fe80::1]"]) == ["localhost", "127.0.0.1", "::1", "scanner.lan", "fe80::1"]
     assert "10.0.0.5" in allowed_hosts("10.0.0.5", None)
+
+
+def test_a_killed_servers_temporary_outputs_are_removed_by_the_next(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, alive = tmp_path / f"covidcxr-serve-{dead.pid}-abc", tmp_path / f"covidcxr-serve-{os.getppid()}-abc"
+    for folder in (stale, alive):
+        folder.mkdir()
+        (folder / "upload_lungs.png").write_bytes(b"x")
+    create_app(FakePipeline())
+    assert not stale.exists() and alive.exists()

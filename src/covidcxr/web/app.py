@@ -30,7 +30,9 @@ behind predictions in the thread pool. Every answer carries ``X-Content-Type-Opt
 ``X-Frame-Options`` and ``Content-Security-Policy``. uvicorn's own limits (``covidcxr serve
 --limit-concurrency``, ``--timeout-keep-alive``) bound open connections; uvicorn has no
 timeout for incomplete request headers, so a server reachable from untrusted networks belongs
-behind a reverse proxy.
+behind a reverse proxy. The PNGs of a reading are written to a temporary folder named after the
+server's process id, removed after the answer; folders left by a server killed mid-request
+are removed by the next one.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ import asyncio
 import base64
 import logging
 import math
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -340,6 +344,24 @@ def _add_error_handlers(app: FastAPI) -> None:
 # The app
 
 
+_TMP_PREFIX = "covidcxr-serve-"
+
+
+def _remove_stale_outputs() -> None:
+    """Delete the temporary folders of servers killed mid-request (named after their process id, which is gone)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_TMP_PREFIX}*-*"):
+        pid = folder.name.removeprefix(_TMP_PREFIX).split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s, left by a server that was killed mid-request", folder)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def _png(path: str | None) -> dict | None:
     return None if path is None else {"png_base64": base64.b64encode(Path(path).read_bytes()).decode("ascii")}
 
@@ -372,6 +394,7 @@ def create_app(pipeline: Pipeline | None = None, max_upload_bytes: int = DEFAULT
     limit_mb = f"{max_upload_bytes / 2**20:.3g} MB"
     too_large = f"upload larger than the server's limit of {limit_mb}; send a smaller file (e.g. PNG instead of uncompressed TIFF) or restart the server with a larger --max-upload-mb"
     queue = _Queue(limit=max_queue + 1)
+    _remove_stale_outputs()
     # One thread for decoding, the models and the PNGs: the models and Grad-CAM hooks are not re-entrant,
     # and one image decoded at a time bounds memory (a 100 kB PNG can decode to gigabytes).
     pools: list[ThreadPoolExecutor] = []
@@ -425,7 +448,7 @@ def create_app(pipeline: Pipeline | None = None, max_upload_bytes: int = DEFAULT
             raise HTTPException(422, str(err)) from None
         del data
         try:
-            with tempfile.TemporaryDirectory(prefix="covidcxr-serve-") as tmp:
+            with tempfile.TemporaryDirectory(prefix=f"{_TMP_PREFIX}{os.getpid()}-") as tmp:  # removed here, or by the next server
                 result = pipeline.run([image])[0]
                 row = _write_outputs(Path(name), "upload", image, result, Path(tmp), models, report=True)
                 if "error" in row:
