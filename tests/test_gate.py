@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
+import pytest
+
 from covidcxr.gate import (
+    HOSPITAL_MARKS,
     INTENSITY_FACTS,
+    KIND_LABELS,
     PHOTOS,
+    REASONS,
+    augment_frontal,
     blank_reason,
+    contact_sheet,
+    decide,
     fit_intensity_check,
     gate_records,
+    gate_refusal,
     intensity_distance,
     intensity_facts,
     intensity_refusal,
     negative_images,
+    rate_with_ci,
     refusal,
     refusal_rates,
+    refusal_reason,
+    refusal_table,
+    seen_kind,
+    source_totals,
+    wilson_interval,
 )
 from covidcxr.models import create_model, load_weights, save_weights
 from covidcxr.models.gate import geometry
@@ -60,7 +77,8 @@ def test_negatives_are_deterministic_non_blank_and_split_by_identity():
 def test_gate_records_and_rates(records):
     frontal, other = gate_records(records, "test")
     assert frontal and other
-    assert all(r["view"] in ("PA", "AP", "AP Supine", "AP Erect") for r in frontal)
+    assert all(r["view"] in ("PA", "AP", "AP Supine", "AP Erect", "Frontal") for r in frontal)  # Frontal: covid19-radiography records no view
+    assert {r["dataset"] for r in frontal} == {"covid-chestxray", "nih-chestxray8", "kermany-pediatric", "hannover", "nih-chestxray14", "covid19-radiography"}
     assert all(r["modality"] == "CT" or r["view"] == "L" for r in other)
     rates = refusal_rates(np.array([0.9, 0.2, 0.1, 0.05]), np.array([1, 1, 0, 0]), ["nih:frontal", "nih:frontal", "lateral", "photo"], 0.5)
     assert rates["false_refusal_frontal"] == 0.5 and rates["refusal_lateral_ct"] == 1.0 and rates["refusal_non_xray"] == 1.0
@@ -70,6 +88,111 @@ def test_refusal_message():
     assert refusal(0.9, 0.5) is None
     msg = refusal(0.1, 0.5)
     assert "frontal chest X-ray" in msg and "--no-gate" in msg
+
+
+def test_refusal_says_what_it_saw_and_how_to_override():
+    for code, words in REASONS.items():
+        msg = refusal(0.1, 0.5, code)
+        assert msg.startswith("not recognised as a frontal chest X-ray: " + words) and msg.endswith("use --no-gate to force a reading (research use)")
+        assert refusal_reason(msg) == code
+        assert "--no-gate" not in msg.split(";")[0]  # the part --no-gate keeps as its warning
+    assert REASONS["lateral"] == "looks like a lateral view" and REASONS["ct"] == "looks like a CT slice" and REASONS["no_chest"] == "no chest found"
+    image, mask = _chest(lung=0.5, tissue=0.5)
+    far = {**fit_intensity_check(np.random.default_rng(1).normal(0.5, 0.05, (400, len(INTENSITY_FACTS)))), "mean": (intensity_facts(image, mask) + 1.0).tolist()}
+    assert refusal_reason(intensity_refusal(image, mask, far)) == "ct"
+    assert refusal_reason(blank_reason(np.full((50, 50), 0.5, np.float32))) == "blank"
+    assert refusal_reason(None) is None and refusal_reason("could not read the file") is None
+
+
+def _head(favoured: str) -> dict:
+    """A reason head that always says ``favoured``."""
+    n = 1 + 3 + len(INTENSITY_FACTS)
+    return {"labels": list(KIND_LABELS), "mean": [0.0] * n, "scale": [1.0] * n, "coef": [[0.0] * n] * len(KIND_LABELS),
+            "intercept": [5.0 if k == favoured else 0.0 for k in KIND_LABELS]}
+
+
+def test_seen_kind_words_the_head_and_tells_no_chest_from_photographs():
+    image, mask = _chest(lung=0.2, tissue=0.7)
+    facts = intensity_facts(image, mask)
+    assert seen_kind(0.1, mask, facts, _head("lateral")) == "lateral"
+    assert seen_kind(0.1, mask, facts, _head("CT")) == "ct"
+    assert seen_kind(0.1, mask, facts, _head("frontal")) == "unsure"
+    assert seen_kind(0.1, mask, facts, _head("other")) == "photo"  # lungs found, yet not an X-ray
+    assert seen_kind(0.1, np.zeros_like(mask), facts, _head("other")) == "no_chest"
+    assert seen_kind(0.1, mask, facts, None) == "unsure"  # an older spec without the head
+
+
+class _Spec:
+    def __init__(self, threshold, check):
+        self.threshold, self.intensity_check = threshold, check
+
+
+def test_batch_decisions_match_the_one_image_decision():
+    """decide() (the training report) and gate_refusal() (predict) refuse the same images for the same reasons."""
+    from covidcxr.models.gate import geometry
+
+    rng = np.random.default_rng(3)
+    pairs = [_chest(lung=lung, tissue=tissue) for lung, tissue in ((0.2, 0.7), (0.3, 0.6), (0.6, 0.3), (0.5, 0.5), (0.1, 0.9), (0.25, 0.65))]
+    facts = np.stack([intensity_facts(im, m) for im, m in pairs])
+    check = fit_intensity_check(facts[rng.integers(0, 2, 200)] + rng.normal(0, 0.01, (200, len(INTENSITY_FACTS))), percentile=99.0)  # like the first two
+    head = _head("lateral")
+    head["coef"] = rng.normal(0, 1, np.shape(head["coef"])).tolist()  # some inputs favour one kind, some another
+    check["kinds"] = head
+    spec = _Spec(0.5, check)
+    p = np.array([0.9, 0.2, 0.95, 0.1, 0.7, 0.3])
+    data = {"x": np.concatenate([np.zeros((len(pairs), 4)), np.stack([geometry(m) for _, m in pairs])], axis=1), "facts": facts}
+    dec = decide(p, data, spec)
+    for i, (im, m) in enumerate(pairs):
+        msg = gate_refusal(float(p[i]), im, m, spec)
+        assert (msg is not None) == dec["refused"][i]
+        if msg:
+            assert refusal_reason(msg) == dec["reason"][i]
+    assert dec["refused"].any() and not dec["refused"].all()
+
+
+def test_augmentation_keeps_size_and_range():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:300, 0:420]
+    film = (0.4 + 0.3 * np.sin(xx / 17) * np.cos(yy / 23)).astype(np.float32)
+    for marks in [(m,) for m in HOSPITAL_MARKS] + [HOSPITAL_MARKS]:
+        for image in (film, film[:120, :90]):
+            out = augment_frontal(image, rng, marks)
+            assert out.shape == image.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1, marks
+    a = augment_frontal(film, np.random.default_rng(5))
+    assert np.array_equal(a, augment_frontal(film, np.random.default_rng(5))) and not np.array_equal(a, film)
+    tubes = augment_frontal(film, rng, ("tubes",))
+    assert (tubes > 0.8).mean() > (film > 0.8).mean()  # bright lines added
+
+
+def test_wilson_interval_and_rates_per_kind():
+    lo, hi = wilson_interval(0, 11)
+    assert lo == 0.0 and np.isclose(hi, 0.2588, atol=1e-4)  # 0 of 11 still allows a quarter
+    lo, hi = wilson_interval(5, 10)
+    assert np.isclose(lo + hi, 1.0) and lo < 0.5 < hi
+    assert np.isnan(wilson_interval(0, 0)[0])
+    r = rate_with_ci(np.array([True, False, False, False]))
+    assert r["n"] == 4 and r["refused"] == 1 and r["rate"] == 0.25 and r["ci"][0] < 0.25 < r["ci"][1]
+    kinds = ["hannover:frontal"] * 3 + ["nih-chestxray8:frontal"] * 2 + ["lateral", "CT", "photo"]
+    also = np.array([False, True, False, False, False, False, True, False])
+    rates = refusal_rates(np.array([0.9, 0.9, 0.2, 0.8, 0.9, 0.1, 0.9, 0.1]), np.array([1, 1, 1, 1, 1, 0, 0, 0]), kinds, 0.5, also,
+                          reasons=["unsure", "ct", "unsure", "unsure", "unsure", "lateral", "ct", "photo"])
+    h = rates["per_kind"]["hannover:frontal"]
+    assert h["refused"] == 2 and h["by_gate"] == 1 and h["by_intensity_only"] == 1 and h["reasons"] == {"ct": 1, "unsure": 1}
+    assert rates["per_kind"]["lateral"]["reasons"] == {"lateral": 1} and rates["lateral_ct"]["refused"] == 2
+    table = refusal_table({"val": rates, "test": rates})
+    assert "| hannover:frontal | 2/3 = 66.7% [" in table and table.splitlines()[0] == "| input | val | test |"
+    totals = source_totals({"train": rates, "test": rates})
+    assert totals["hannover"]["n"] == 6 and totals["hannover"]["refused"] == 4
+
+
+def test_contact_sheet_shows_refused_images(tmp_path, fixtures):
+    from PIL import Image
+
+    items = [{"split": "val", "kind": "nih-chestxray8:frontal", "name": str(fixtures / "nih_00000710_003.png"), "p_frontal": 0.2, "check": "gate", "reason": "unsure"},
+             {"split": "test", "kind": "lateral", "name": str(fixtures / "kermany_IM-0117-0001.jpeg") + "#variant1", "p_frontal": 0.9, "check": "accepted", "reason": "accepted"}]
+    path = contact_sheet(items, tmp_path / "sheet.png", columns=2)
+    assert Image.open(path).size[0] > 300
+    assert contact_sheet([], tmp_path / "none.png").is_file()
 
 
 def _chest(lung: float, tissue: float, size: tuple[int, int] = (300, 400)) -> tuple[np.ndarray, np.ndarray]:
@@ -114,3 +237,23 @@ def test_shipped_gate_refuses_the_coronal_ct_reconstructions_it_once_let_through
     assert len(coronal) == 2
     res = Pipeline.load(saliency=False, severity=False).run([read_image(r["path"]) for r in coronal])
     assert all(r["refusal"] and "intensities" in r["refusal"] for r in res), [r["refusal"] for r in res]
+
+
+def test_predict_counts_refusals_by_reason(tmp_path, capsys):
+    """An error row carries the refusal's reason code, and the run's summary counts refusals by reason."""
+    import json
+
+    from PIL import Image
+
+    from covidcxr.cli import main
+
+    Image.fromarray((np.random.default_rng(0).random((300, 400)) * 255).astype(np.uint8)).save(tmp_path / "noise.png")
+    near_uniform = np.clip(np.random.default_rng(1).normal(128, 1.2, (300, 300)), 0, 255).astype(np.uint8)  # uniform ones fail to read
+    Image.fromarray(near_uniform).save(tmp_path / "blank.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "noise.png"), str(tmp_path / "blank.png"), "--out", str(out), "-q", "--no-saliency", "--no-report"]) == 2
+    rows = {Path(r["path"]).name: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+    assert rows["blank.png"]["refusal_reason"] == "blank"
+    noise = rows["noise.png"]
+    assert noise["refusal_reason"] in REASONS and REASONS[noise["refusal_reason"]] in noise["error"] and "--no-gate" in noise["error"]
+    assert f"refused: 1 blank, 1 {noise['refusal_reason']}" in capsys.readouterr().err
