@@ -463,6 +463,7 @@ class RunCounts:
         skipped_errors: of those, inputs whose row there is an error (``--retry-errors`` retries them).
         done: rows written with results.
         failed: error rows written (unreadable, refused, missing).
+        refused: of those, refusals by reason (the row's ``refusal_reason``: lateral, ct, no_chest, photo, unsure, blank).
     """
 
     inputs: int = 0
@@ -470,6 +471,7 @@ class RunCounts:
     skipped_errors: int = 0
     done: int = 0
     failed: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 def save_mask_png(mask: np.ndarray, path: str | Path) -> None:

@@ -174,6 +174,21 @@ def _cmd_evaluate_severity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate_gate(args: argparse.Namespace) -> int:
+    from .gate import evaluate_gate
+
+    splits = ("train", "val", "test") if args.split == "all" else (args.split,)
+    res = evaluate_gate(spec_path=args.weights, data_root=args.data_root, splits=splits, sources=args.source, out_dir=args.out)
+    for src, row in sorted(res["all_splits"].items()):
+        print(f"{src:>20}: frontal refused {row['refused']}/{row['n']} = {row['rate']:.1%} (95% CI {row['ci'][0]:.1%}-{row['ci'][1]:.1%}; {'+'.join(splits)})")
+    for split, r in res["results"].items():
+        lc = r["lateral_ct"]
+        if lc["n"]:
+            print(f"{split:>20}: lateral/CT refused {lc['refused']}/{lc['n']} = {lc['rate']:.1%} (95% CI {lc['ci'][0]:.1%}-{lc['ci'][1]:.1%})")
+    print(f"table, JSON and contact sheet of refusals: {res['out']}/gate_eval.md, gate_eval.json, refused.png")
+    return 0
+
+
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
     from .export import export_onnx
     from .runtime import default_onnx_dir
@@ -221,6 +236,8 @@ def _predict_locked(args: argparse.Namespace) -> int:
     for row in rows:
         if "error" in row:
             tqdm.write(f"error: {row['error']}", file=sys.stderr)
+            if row.get("refusal_reason"):
+                counts.refused[row["refusal_reason"]] = counts.refused.get(row["refusal_reason"], 0) + 1
             continue
         probs = "  ".join(f"{c} {p:.1%}" for c, p in row["probabilities"].items())
         warn = "".join(f"\n    warning: {w}" for w in row["warnings"])
@@ -228,6 +245,8 @@ def _predict_locked(args: argparse.Namespace) -> int:
     kept = f"; {counts.skipped} already in predictions.jsonl, skipped" if counts.skipped else ""
     if counts.skipped_errors:
         kept += f" ({counts.skipped_errors} of them errors: --retry-errors runs them again)"
+    if counts.refused:
+        kept = " (refused: " + ", ".join(f"{n} {why}" for why, n in sorted(counts.refused.items())) + ")" + kept
     print(f"{counts.done} read, {counts.failed} failed or refused{kept}; results: {Path(args.out) / 'predictions.jsonl'}", file=sys.stderr)
     return 2 if counts.failed or counts.skipped_errors else 0
 
@@ -434,6 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
     evs.add_argument("--data-root")
     evs.add_argument("--out", default="eval/severity")
     evs.set_defaults(func=_cmd_evaluate_severity)
+
+    evg = ev.add_parser("gate", help="input gate: frontal films refused per source and split, lateral/CT refused, Wilson CIs, contact sheet")
+    evg.add_argument("--weights", help="gate weights spec JSON (default: the shipped gate)")
+    evg.add_argument("--data-root")
+    evg.add_argument("--split", default="test", choices=["train", "val", "test", "all"], help="all: the three splits, and per-source totals over them")
+    evg.add_argument("--source", action="append", help="only this folder's films (repeatable; photographs and synthetic images left out)")
+    evg.add_argument("--out", default="eval/gate")
+    evg.set_defaults(func=_cmd_evaluate_gate)
 
     exp = sub.add_parser("export", help="export models").add_subparsers(dest="format", required=True)
     onx = exp.add_parser("onnx", help="every shipped model as ONNX + spec, for --backend onnxruntime")

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .batch import Done, RunCounts, drop_error_rows, expand_inputs, read_batches, read_predictions, save_mask_png, trim_heap, unique_stems
 from .data.labels import CLASSES
-from .gate import blank_reason, gate_refusal, pooled_features
+from .gate import blank_reason, gate_refusal, pooled_features, refusal_reason
 from .report import save_report
 from .severity import SeverityScorer
 from .specs import source_sha256
@@ -239,7 +239,7 @@ def predict_files(
 
 def _write_outputs(path: Path, stem: str, image: np.ndarray, res: dict, out: Path, models: dict, report: bool) -> dict:
     if res.get("refusal"):
-        return {"path": str(path), "error": f"{path}: {res['refusal']}"}
+        return {"path": str(path), "error": f"{path}: {res['refusal']}", "refusal_reason": refusal_reason(res["refusal"])}
     row = {"path": str(path), "probabilities": res["probabilities"], "prediction": res["prediction"]}
     row["lung_mask"] = str(out / f"{stem}_lungs.png")
     save_mask_png(res["mask"], row["lung_mask"])
