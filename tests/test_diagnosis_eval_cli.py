@@ -11,7 +11,7 @@ import pytest
 from covidcxr.cli import main
 from covidcxr.models import load_weights
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "diagnosis.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "diagnosis_cnn.yaml"
 
 
 def test_evaluate_and_audit_quick(tmp_path, capsys):

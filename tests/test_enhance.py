@@ -247,7 +247,7 @@ def test_training_configs_default_to_none_and_take_an_override():
     from covidcxr.engine.segmentation import SegTrainConfig
 
     configs = Path(__file__).resolve().parents[1] / "configs"
-    for cls, name in ((DiagTrainConfig, "diagnosis.yaml"), (SegTrainConfig, "segmentation.yaml")):
+    for cls, name in ((DiagTrainConfig, "diagnosis_cnn.yaml"), (SegTrainConfig, "segmentation.yaml")):
         assert load_config(cls, configs / name).enhancement == "none"  # the string, not YAML's null
         assert load_config(cls, configs / name, ["enhancement=dehaze"]).enhancement == "dehaze"
 
