@@ -713,7 +713,7 @@ class _Spec:  # the two fields :func:`decide` reads, before the WeightSpec exist
         self.threshold, self.intensity_check = threshold, intensity_check
 
 
-def fit_all(data: dict[str, dict], C: float = 0.05, augmented: bool = True, percentile: float = INTENSITY_PERCENTILE, max_false_refusal: float = 0.01):
+def fit_all(data: dict[str, dict], C: float = 0.2, augmented: bool = True, percentile: float = INTENSITY_PERCENTILE, max_false_refusal: float = 0.01):
     """(gate, threshold, intensity check with its reason head) from cached examples; validation sets the threshold only."""
     train = _concat(data["train"], data["train_augmented"]) if augmented and "train_augmented" in data else data["train"]
     gate = fit_gate(train["x"], train["y"], C)
@@ -794,7 +794,7 @@ def write_report(out: Path, results: dict, wrong: list[dict], extra: dict, title
 
 
 def train_gate(data_root: str | None = None, out_dir: str = "runs/gate", export_dir: str | None = None, max_false_refusal: float = 0.01,
-               C: float = 0.05, augmented: bool = True, percentile: float = INTENSITY_PERCENTILE) -> dict:
+               C: float = 0.2, augmented: bool = True, percentile: float = INTENSITY_PERCENTILE) -> dict:
     """Fit the gate on the train split (all sources, with augmented frontal copies), pick its threshold on validation, measure it on test, export it."""
     from .data import load_records
     from .data.splits import SPLIT_VERSION
