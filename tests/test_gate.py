@@ -228,7 +228,7 @@ def test_intensity_check_refuses_what_lies_far_from_the_frontal_facts():
 
 
 def test_shipped_gate_refuses_the_coronal_ct_reconstructions_it_once_let_through(records):
-    """Validation coronal CTs the linear gate scored frontal (p > 0.99) are refused by the intensity check."""
+    """Validation coronal CTs the v1 linear gate scored frontal (p > 0.99) are refused, worded as CT slices."""
     from covidcxr.io import read_image
     from covidcxr.predict import Pipeline
 
@@ -236,7 +236,36 @@ def test_shipped_gate_refuses_the_coronal_ct_reconstructions_it_once_let_through
     coronal = [r for r in other if r["modality"] == "CT" and r["filename"] in ("16751_3_1.jpg", "16751_3_2.jpg")]
     assert len(coronal) == 2
     res = Pipeline.load(saliency=False, severity=False).run([read_image(r["path"]) for r in coronal])
-    assert all(r["refusal"] and "intensities" in r["refusal"] for r in res), [r["refusal"] for r in res]
+    assert all(refusal_reason(r["refusal"]) == "ct" for r in res), [r["refusal"] for r in res]
+
+
+def test_shipped_gate_spec_records_its_training_and_reason_head():
+    """The shipped gate (split v2, issue 16): threshold from validation, test figures per source, the reason head."""
+    import json
+
+    from covidcxr.specs import shipped_spec_path, sha256_file
+
+    path = shipped_spec_path("gate")
+    spec = json.loads(path.read_text())
+    assert spec["sha256"] == sha256_file(path.parent / spec["file"])
+    assert spec["training"]["data"]["split_version"] == "v2" and "augment_frontal" in spec["training"]["augmentation"]
+    assert set(spec["metrics"]["frontal_refused_per_source"]) == {"covid-chestxray", "covid19-radiography", "hannover", "kermany-pediatric", "nih-chestxray8", "nih-chestxray14"}
+    head = spec["intensity_check"]["kinds"]
+    assert head["labels"] == list(KIND_LABELS) and np.shape(head["coef"]) == (len(KIND_LABELS), 1 + 3 + len(INTENSITY_FACTS))
+
+
+@pytest.mark.slow
+def test_shipped_gate_accepts_hospital_films_and_words_lateral_refusals(records):
+    """Validation: hannover's ICU films and the other new folders' films pass; lateral views are refused as lateral views."""
+    from covidcxr.io import read_image
+    from covidcxr.predict import Pipeline
+
+    frontal, other = gate_records(records, "val")
+    films = [r for r in frontal if r["dataset"] == "hannover"] + [r for r in frontal if r["dataset"] in ("nih-chestxray14", "covid19-radiography")][:20]
+    lateral = [r for r in other if r["view"] == "L"]
+    res = Pipeline.load(saliency=False, severity=False).run([read_image(r["path"]) for r in films + lateral])
+    assert sum(r["refusal"] is not None for r in res[: len(films)]) == 0
+    assert [refusal_reason(r["refusal"]) for r in res[len(films) :]] == ["lateral"] * len(lateral)
 
 
 def test_predict_counts_refusals_by_reason(tmp_path, capsys):

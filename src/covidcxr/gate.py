@@ -790,7 +790,8 @@ def write_report(out: Path, results: dict, wrong: list[dict], extra: dict, title
         md.append(f"\n{oof['source']} training films scored by gates refitted without their patients ({oof['folds']} patient folds, "
                   f"{oof['patients']} patients): refused {_pct(oof)}\n")
     (out / "gate_eval.md").write_text("\n".join(md) + "\n")
-    contact_sheet(wrong, out / "refused.png", title=f"{title}: frontal films refused, lateral/CT let through ({len(wrong)})")
+    films = [w for w in wrong if "#" not in str(w["name"])]  # augmented copies and variants would show their original
+    contact_sheet(films, out / "refused.png", title=f"{title}: frontal films refused, lateral views and CT slices let through ({len(films)})")
 
 
 def train_gate(data_root: str | None = None, out_dir: str = "runs/gate", export_dir: str | None = None, max_false_refusal: float = 0.01,
