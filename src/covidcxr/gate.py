@@ -783,8 +783,18 @@ def write_report(out: Path, results: dict, wrong: list[dict], extra: dict, title
     totals = extra.get("all_splits", {})
     md = [f"# {title}\n", "Refused / n = rate [Wilson 95% CI]; frontal rows are false refusals, the others true refusals.\n", refusal_table(results)]
     if totals:
-        md += ["\nFrontal films refused over all splits together (train films are in-sample):\n", "| source | refused |", "|---|---|"]
+        md += [f"\nFrontal films refused over {', '.join(results)} together (train films are in-sample for a gate trained on them):\n", "| source | refused |", "|---|---|"]
         md += [f"| {src} | {_pct(row)} |" for src, row in sorted(totals.items())]
+    md += ["\nFrontal films refused, by the check that refused them (the linear gate; the intensity check alone):\n",
+           "| split | linear gate | intensity check alone | reasons given |", "|---|---|---|---|"]
+    for split, r in results.items():
+        rows = [v for k, v in r["per_kind"].items() if ":frontal" in k]
+        why: dict[str, int] = {}
+        for v in rows:
+            for code, n in v.get("reasons", {}).items():
+                why[code] = why.get(code, 0) + n
+        md.append(f"| {split} | {sum(v['by_gate'] for v in rows)} | {sum(v['by_intensity_only'] for v in rows)} | "
+                  + (", ".join(f"{n} {c}" for c, n in sorted(why.items())) or "–") + " |")
     oof = extra.get("out_of_fold")
     if oof:
         md.append(f"\n{oof['source']} training films scored by gates refitted without their patients ({oof['folds']} patient folds, "
