@@ -22,7 +22,9 @@ def test_class_counts_and_exclusions(records):
     assert counts[("nih-chestxray8", "No finding")] == 500 and counts[("kermany-pediatric", "Other pneumonia")] == 640
     assert sum(v for k, v in excluded.items() if "todo" in k) > 0
     assert sum(v for k, v in excluded.items() if "not a frontal" in k) > 100
-    assert all(s["view"] in ("PA", "AP", "AP Supine", "AP Erect") for s in samples)
+    assert all(s["view"] in ("PA", "AP", "AP Supine", "AP Erect", "Frontal") for s in samples)
+    assert counts[("hannover", "COVID-19")] == 161 and counts[("nih-chestxray14", "Other pneumonia")] == 390
+    assert counts[("covid19-radiography", "COVID-19")] == 1731 and counts[("covid19-radiography", "No finding")] == 1000
     assert {s["label"] for s in samples} == {0, 1, 2}
 
 

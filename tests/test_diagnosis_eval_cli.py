@@ -14,25 +14,29 @@ from covidcxr.models import load_weights
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "diagnosis_cnn.yaml"
 
 
-def test_evaluate_and_audit_quick(tmp_path, capsys):
-    """A few images per source: every output is written and every number is in range."""
+def test_evaluate_quick(tmp_path):
+    """A few images per source, end to end: every output is written and every number is in range."""
     ev = tmp_path / "eval"
-    assert main(["evaluate", "diagnosis", "--split", "test", "--limit", "12", "--out", str(ev)]) == 0
+    assert main(["evaluate", "diagnosis", "--split", "test", "--limit", "4", "--out", str(ev)]) == 0
     summary = json.loads((ev / "diagnosis_eval.json").read_text())
-    assert set(summary["per_source"]) == {"all sources", "covid-chestxray", "kermany-pediatric", "nih-chestxray8"}
-    assert summary["per_source"]["all sources"]["n"] == 36
+    sources = {"covid-chestxray", "kermany-pediatric", "nih-chestxray8", "nih-chestxray14", "hannover", "covid19-radiography"}
+    assert set(summary["per_source"]) == {"all sources", *sources}
+    assert summary["per_source"]["all sources"]["n"] == 24
     sal = summary["saliency_in_lungs"]
     assert 0 <= sal["mean"] <= 1
-    # the two lungs split the heat inside the lungs between them
-    assert 0 < sal["right_lung_mean"] < 1 and 0 < sal["left_lung_mean"] < 1
-    assert sal["right_lung_mean"] + sal["left_lung_mean"] == pytest.approx(sal["mean"], abs=1e-6)
     for name in ("roc.png", "calibration.png", "confusion.png", "diagnosis_eval.md", "predictions.jsonl"):
         assert (ev / name).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_audit_quick(tmp_path, capsys):
     au = tmp_path / "audit"
-    assert main(["audit", "--limit", "12", "--out", str(au)]) == 0
+    assert main(["audit", "--limit", "6", "--out", str(au)]) == 0
     audit = json.loads((au / "audit.json").read_text())
     assert set(audit["inputs"]) == {"intact", "lungs blacked out", "all but the lungs blacked out"}
     assert len(audit["verdict"]) == 4 and (au / "audit.png").is_file()
+    probe = audit["source_probe"]["all classes"]
+    assert len(probe["sources"]) == 6 and probe["chance"] == pytest.approx(1 / 6)
     assert "Verdict" in capsys.readouterr().out
 
 
@@ -43,8 +47,7 @@ def test_full_test_split_evaluation_reproduces_the_spec(tmp_path):
     assert main(["evaluate", "diagnosis", "--split", "test", "--no-saliency", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "diagnosis_eval.json").read_text())
     pooled = summary["per_source"]["all sources"]
-    assert np.isclose(pooled["macro_auroc"], spec.metrics["macro_auroc"], atol=0.003)
-    assert np.isclose(summary["covid_vs_other_in_covid_chestxray"]["value"], spec.metrics["covid_vs_other_in_covid_chestxray"]["value"], atol=0.005)
+    assert np.isclose(pooled["macro_auroc"], spec.metrics["internal_test"]["macro_auroc"], atol=0.003)
 
 
 @pytest.mark.slow

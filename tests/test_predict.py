@@ -12,7 +12,7 @@ from covidcxr.cli import SAMPLE, main
 from covidcxr.data.classification import CLASSES
 from covidcxr.models import load_weights
 from covidcxr.models.weights import sha256_file, shipped_spec_path
-from covidcxr.pipeline import Diagnoser, LungSegmenter
+from covidcxr.predict import Pipeline
 from covidcxr.io import read_image
 
 GOLDEN = "golden/diagnosis.json"
@@ -88,16 +88,18 @@ def test_gate_refuses_lateral_and_ct_and_accepts_frontal(records):
 
 
 def test_shipped_diagnosis_weights_golden(fixtures):
-    """The shipped weights, loaded from their spec, give the recorded probabilities on fixture X-rays."""
+    """The shipped weights, loaded from their spec, give the recorded probabilities and findings on fixture X-rays."""
     spec_path = shipped_spec_path("diagnosis")
-    model, spec = load_weights(spec_path)
+    _, spec = load_weights(spec_path)
     assert spec.sha256 == sha256_file(spec_path.parent / spec.file)
     assert (spec_path.parent / spec.file).stat().st_size < 10e6
-    assert spec.targets == list(CLASSES) and spec.lung_input in ("crop", "masked") and spec.temperature > 0
+    assert spec.targets == list(CLASSES) and spec.lung_input == "masked" and spec.temperature > 0
+    assert spec.architecture == "source_blind_mobilenet_v2" and "research use" in spec.training["research_use"]
     golden = json.loads((fixtures / GOLDEN).read_text())
     assert golden["sha256"] == spec.sha256, "shipped weights changed: regenerate tests/fixtures/golden/diagnosis.json (see SOURCES.md)"
-    seg, diag = LungSegmenter.from_spec(), Diagnoser(model, spec)
+    pipe = Pipeline.load(use_gate=False, saliency=False)
     for name, expected in golden["probabilities"].items():
-        image = read_image(fixtures / name)
-        probs = diag.predict([image], seg.segment([image]))[0]
+        (res,) = pipe.run([read_image(fixtures / name)])
+        probs = [res["probabilities"][c] for c in CLASSES]
         assert np.allclose(probs, [expected[c] for c in CLASSES], atol=2e-3), (name, probs, expected)
+        assert res["findings"]["airspace_opacity"]["probability"] == pytest.approx(golden["findings"][name]["airspace_opacity"]["probability"], abs=2e-3)

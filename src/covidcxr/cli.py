@@ -134,11 +134,27 @@ def _cmd_train_segmentation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_heads_config(path: str | None) -> bool:
+    """A diagnosis config naming a ``design`` is the source-blind heads recipe; otherwise the CNN's."""
+    import yaml
+
+    return bool(path) and "design" in (yaml.safe_load(Path(path).read_text()) or {})
+
+
 def _cmd_train_diagnosis(args: argparse.Namespace) -> int:
     from .engine.diagnosis import DiagTrainConfig, main
 
     from .engine import distributed
 
+    if _is_heads_config(args.config) or any(o.startswith("design=") for o in args.set or []):
+        from .engine.train_heads import HeadsConfig, train_heads
+
+        cfg = _train_config(args, HeadsConfig)
+        summary = train_heads(cfg, export_dir=args.export)
+        print(f"run folder: {cfg.out_dir}\nweights: {summary['spec']}\ninternal test macro AUROC: {summary['internal_test']['macro_auroc_ci']['value']:.3f}")
+        if "loso" in summary:
+            print((Path(cfg.out_dir) / "loso" / "loso.md").read_text())
+        return 0
     cfg = _train_config(args, DiagTrainConfig)
     run = main(cfg, resume=args.resume, export_dir=args.export)
     if not distributed.is_main():
@@ -285,6 +301,14 @@ def allowed_hosts(host: str, extra: list[str] | None) -> list[str]:
 
 def _cmd_evaluate_diagnosis(args: argparse.Namespace) -> int:
     from .engine.evaluate_diagnosis import evaluate_diagnosis
+
+    if args.protocol == "loso":
+        from .engine.loso import evaluate_loso
+
+        evaluate_loso(data_root=args.data_root, out_dir=args.out)
+        print((Path(args.out) / "loso.md").read_text())
+        print(f"results: {Path(args.out) / 'loso.json'} and loso.png")
+        return 0
 
     evaluate_diagnosis(spec_path=args.weights, data_root=args.data_root, split=args.split, out_dir=args.out, limit=args.limit, update_spec=args.update_spec, saliency=not args.no_saliency)
     print((Path(args.out) / "diagnosis_eval.md").read_text())
@@ -443,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--update-spec", action="store_true", help="write the test metrics into the weights spec")
         if task == "diagnosis":
             e.add_argument("--no-saliency", action="store_true", help="skip Grad-CAM (faster)")
+            e.add_argument("--protocol", choices=["split", "loso"], default="split",
+                           help="split (default): the shipped model on --split; loso: leave-one-source-out comparison of the stage-2 designs "
+                           "(each fold trained without one source, scored on it; --weights and --split do not apply)")
         else:
             e.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two lung weights specs on the same images: Dice and HD95 of each "
                            "and the paired difference B - A with bootstrap CIs (comparison.md/.json/.png in --out)")

@@ -12,6 +12,8 @@ Each model is exported with the outputs the pipeline reads, and written with a w
   class logit with respect to that map is the class's weight vector divided by h*w at every
   position, so Grad-CAM there is ReLU(W_c . A / (h*w)), computed in the graph (a test
   checks it against captum's Grad-CAM);
+- diagnosis of the source-blind design: ``x``, lung ``weights`` (N, 1, h, w), ``facts`` (N, F)
+  -> ``logits`` and ``cam``, its exact class-activation maps (see :mod:`covidcxr.models.source_blind`);
 - gate: features (N, D) -> logit; severity: image and zone features -> scores.
 """
 
@@ -96,7 +98,11 @@ def export_onnx(out_dir: str | Path, lungs: str | None = None, diagnosis: str | 
     written.append(_export(_Lesions(lesion_model), tuple(feats), (["x", "f1", "f2", "f3", "f4", "f5"], ["logits"]), lesion_spec, out))
     diag, diag_spec = load_weights(diagnosis, kind="diagnosis")
     d = int(diag_spec.input_size[0])
-    written.append(_export(_Diagnosis(diag, diag_spec.architecture), (torch.randn(1, 1, d, d),), (["x"], ["logits", "cam"]), diag_spec, out))
+    if diag_spec.architecture == "source_blind_mobilenet_v2":  # its forward already returns (logits, cam)
+        args = (torch.randn(1, 1, d, d), torch.rand(1, 1, d // 32, d // 32), torch.rand(1, int(diag_spec.model_kwargs.get("n_facts", 0))))
+        written.append(_export(diag, args, (["x", "weights", "facts"], ["logits", "cam"]), diag_spec, out))
+    else:
+        written.append(_export(_Diagnosis(diag, diag_spec.architecture), (torch.randn(1, 1, d, d),), (["x"], ["logits", "cam"]), diag_spec, out))
     gate_model, gate_spec = load_weights(gate, kind="gate")
     written.append(_export(gate_model, (torch.randn(1, gate_model.linear.in_features),), (["features"], ["logit"]), gate_spec, out))
     head, head_spec = load_weights(severity, kind="severity")

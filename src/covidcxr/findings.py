@@ -60,3 +60,32 @@ def finding_facts(severity: dict, lesions: np.ndarray, zones: np.ndarray) -> np.
     head = [severity["geographic_extent"], severity["opacity"], *(severity["brixia"][z] for z in ZONES)]
     shares = [severity["lesions"][name][side] for name in LESIONS for side in ("right_lung", "left_lung")]
     return np.array([*head, *shares, *_pattern(lesions, lungs, zones)], np.float32)
+
+
+#: Above this P(abnormal), airspace opacity is reported as present.
+OPACITY_PRESENT = 0.5
+
+
+def findings_summary(probabilities: dict[str, float], facts: np.ndarray) -> dict:
+    """The ``findings`` object of a result: what the diagnosis rests on, in the model's own terms.
+
+    ``airspace_opacity``: P(pneumonia of any kind) = 1 - P(No finding), and whether it passes
+    :data:`OPACITY_PRESENT`; ``covid_pattern``: P(COVID-19 | pneumonia) = P(COVID-19) /
+    (P(COVID-19) + P(Other pneumonia)), with the distribution facts it reads (shares of the
+    lesion pixels); ``geographic_extent`` (0-8) and ``opacity`` (0-6) from the severity scorer.
+    """
+    f = dict(zip(FACTS, (float(v) for v in facts)))
+    p_abn = 1.0 - probabilities["No finding"]
+    covid, other = probabilities["COVID-19"], probabilities["Other pneumonia"]
+    return {
+        "airspace_opacity": {"present": bool(p_abn >= OPACITY_PRESENT), "probability": round(p_abn, 4)},
+        "geographic_extent": round(f["geographic_extent"], 2),
+        "opacity": round(f["opacity"], 2),
+        "lesion_share": round(f["lesion_share"], 4),
+        "covid_pattern": {
+            "score": round(covid / max(covid + other, 1e-12), 4),
+            "bilateral": round(f["bilateral"], 4),
+            "peripheral": round(f["peripheral"], 4),
+            "lower_zone": round(f["lower_zone"], 4),
+        },
+    }

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .views import LUNG_INPUTS, apply_view, lung_view
+from .views import LUNG_INPUTS, apply_view, cam_maps, heads_inputs, lung_view
 from .data.transforms import upsample_logits
 from .enhance import enhance
 from .resize import resize_aa
@@ -156,3 +156,50 @@ class Diagnoser:
         if not images:
             return np.zeros((0, len(self.spec.targets)), np.float32)
         return self.probabilities(self.inputs([self.view(im, m) for im, m in zip(images, masks)]))
+
+
+class HeadsDiagnoser(Diagnoser):
+    """Stage 2 of the source-blind design (:class:`covidcxr.models.source_blind.SourceBlindDiagnoser`).
+
+    It reads the masked lung view, the lung mask on the backbone's last grid and the
+    image's finding facts (:func:`covidcxr.findings.finding_facts`, from the severity
+    scorer), and returns probabilities and the model's exact class-activation maps from one
+    forward pass.
+    """
+
+    reads_facts = True
+    saliency_method = "class activation"
+
+    def __init__(self, model: torch.nn.Module, spec: WeightSpec) -> None:
+        super().__init__(model, spec)
+        self.grid = self.size // 32
+        self._last: tuple[dict, torch.Tensor] | None = None
+
+    def inputs(self, views: Sequence[tuple[np.ndarray, np.ndarray]], mode: str | None = None, facts: Sequence[np.ndarray] | None = None) -> dict:
+        """The model's three inputs: ``x`` (N, 1, S, S), lung ``weights`` (N, 1, h, w), ``facts`` (N, F)."""
+        return heads_inputs(views, mode or self.spec.lung_input, self.grid, facts, int(self.spec.model_kwargs.get("n_facts", 0)))
+
+    @torch.inference_mode()
+    def probabilities(self, batch: dict) -> np.ndarray:
+        with eval_mode(self.model):
+            logits, cam = self.model(*(torch.from_numpy(batch[k]) for k in ("x", "weights", "facts")))
+        self._last = (batch, cam)
+        return torch.softmax(logits.float() / self.spec.temperature, dim=1).numpy()
+
+    def predict(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
+        raise TypeError(f"{self.spec.name} reads the severity scorer's findings besides the lungs: run it through covidcxr.predict.Pipeline")
+
+    def saliency(self, batch: dict, targets: list[int]) -> np.ndarray:
+        """Class-activation maps (N, S, S) in [0, 1] of ``targets``, from the same pass as the probabilities."""
+        if self.model.backbone is None:  # findings only: no map over the view (the pipeline shows the lesions)
+            return [None] * len(targets)
+        if self._last is None or self._last[0] is not batch:
+            self.probabilities(batch)
+        return cam_maps(self._last[1].numpy(), targets, self.size)
+
+
+def load_diagnoser(spec_path: str | Path | None = None) -> Diagnoser:
+    """The stage-2 predictor a diagnosis spec needs: :class:`HeadsDiagnoser` or :class:`Diagnoser`."""
+    model, spec = load_weights(spec_path, kind="diagnosis")
+    cls = HeadsDiagnoser if spec.architecture == "source_blind_mobilenet_v2" else Diagnoser
+    return cls(model, spec)

@@ -18,12 +18,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .batch import Done, RunCounts, drop_error_rows, expand_inputs, read_batches, read_predictions, save_mask_png, trim_heap, unique_stems
-from .data.labels import CLASSES
+from .findings import finding_facts, findings_summary
 from .gate import blank_reason, gate_refusal, pooled_features, refusal_reason
 from .report import save_report
 from .severity import SeverityScorer
 from .specs import source_sha256
-from .views import lung_share, to_image
+from .views import lesion_evidence, lung_share, to_image
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -47,8 +47,12 @@ class Pipeline:
         severity: a :class:`covidcxr.severity.SeverityScorer` reading the segmenter's encoder, or None.
     """
 
-    def __init__(self, segmenter, diagnoser, gate=None, gate_spec=None, use_gate: bool = True, saliency: bool = True, severity: SeverityScorer | None = None) -> None:
+    def __init__(self, segmenter, diagnoser, gate=None, gate_spec=None, use_gate: bool = True, saliency: bool = True, severity: SeverityScorer | None = None,
+                 show_severity: bool = True) -> None:
+        if getattr(diagnoser, "reads_facts", False) and severity is None:
+            raise ValueError(f"diagnosis model {diagnoser.spec.name} reads the lesion and severity findings; load a severity scorer with it")
         self.segmenter, self.diagnoser = segmenter, diagnoser
+        self.show_severity = show_severity
         self.gate, self.gate_spec, self.use_gate = gate, gate_spec, use_gate
         self.saliency = saliency
         if severity is not None and severity.lesion_spec.lung_weights != source_sha256(segmenter.spec):
@@ -66,24 +70,27 @@ class Pipeline:
         if backend == "onnxruntime":
             from .runtime import load_components
 
-            segmenter, diagnoser, gate_model, gate_spec, scorer = load_components(onnx_dir, severity=severity)
-            return cls(segmenter, diagnoser, gate_model, gate_spec, use_gate, saliency, scorer)
+            segmenter, diagnoser, gate_model, gate_spec, scorer = load_components(onnx_dir, severity=True)
+            return cls(segmenter, diagnoser, gate_model, gate_spec, use_gate, saliency, scorer, show_severity=severity)
         if backend != "torch":
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         try:
             from .models import load_weights
-            from .pipeline import Diagnoser, LungSegmenter
+            from .pipeline import LungSegmenter, load_diagnoser
         except ImportError as err:
             raise RuntimeError(f"the PyTorch backend needs the torch extra ({err.name} is missing): pip install 'covidcxr[torch]', or use --backend onnxruntime") from err
         gate_model, gate_spec = load_weights(gate, kind="gate")
-        scorer = SeverityScorer.from_spec(lesions, severity_head) if severity else None
-        return cls(LungSegmenter.from_spec(lungs), Diagnoser.from_spec(diagnosis), gate_model, gate_spec, use_gate, saliency, scorer)
+        diagnoser = load_diagnoser(diagnosis)
+        # A diagnosis that reads the findings needs the scorer; without --severity only the scores are left out.
+        needs = severity or getattr(diagnoser, "reads_facts", False)
+        scorer = SeverityScorer.from_spec(lesions, severity_head) if needs else None
+        return cls(LungSegmenter.from_spec(lungs), diagnoser, gate_model, gate_spec, use_gate, saliency, scorer, show_severity=severity)
 
     @property
     def models(self) -> dict:
         """Name and sha256 of every weight file used."""
         specs = {"lungs": self.segmenter.spec, "diagnosis": self.diagnoser.spec, "gate": self.gate_spec}
-        if self.severity is not None:
+        if self.severity is not None and (self.show_severity or getattr(self.diagnoser, "reads_facts", False)):
             specs |= {"lesions": self.severity.lesion_spec, "severity": self.severity.head_spec}
         return {k: {"name": s.name, "sha256": s.sha256} for k, s in specs.items() if s is not None}
 
@@ -115,15 +122,27 @@ class Pipeline:
             for i, sev in zip(keep, self.severity.score(x[rows], [f[rows] for f in encoder], [out[i]["mask"] for i in keep])):
                 out[i].update(sev)
         views = [self.diagnoser.view(images[i], out[i]["mask"]) for i in keep]
-        batch = self.diagnoser.inputs(views)
+        facts = [finding_facts(out[i]["severity"], out[i]["lesions"], out[i]["zones"]) for i in keep] if self.severity is not None else None
+        batch = self.diagnoser.inputs(views, facts=facts) if getattr(self.diagnoser, "reads_facts", False) else self.diagnoser.inputs(views)
         probs = self.diagnoser.probabilities(batch)
         maps = self.diagnoser.saliency(batch, probs.argmax(1).tolist()) if self.saliency else [None] * len(keep)
-        for i, p, m in zip(keep, probs, maps):
+        targets = list(self.diagnoser.spec.targets)
+        for j, (i, p, m) in enumerate(zip(keep, probs, maps)):
             res = out[i]
-            res["probabilities"] = {c: float(v) for c, v in zip(CLASSES, p)}
-            res["prediction"] = CLASSES[int(p.argmax())]
+            res["probabilities"] = {c: float(v) for c, v in zip(targets, p)}
+            res["prediction"] = targets[int(p.argmax())]
+            if facts is not None:
+                res["findings"] = findings_summary(res["probabilities"], facts[j])
+            if not self.show_severity:
+                for key in ("severity", "lesions", "zones"):
+                    res.pop(key, None)
             if m is not None:
+                res["saliency_method"] = getattr(self.diagnoser, "saliency_method", "Grad-CAM")
                 res["heat"] = to_image(m, res["mask"], self.diagnoser.spec.margin, whole=self.diagnoser.spec.lung_input == "whole")
+                res["saliency_in_lungs"] = lung_share(res["heat"], res["mask"])
+            elif self.saliency and "lesions" in res:  # a findings-only diagnosis: its evidence is the lesions it measured
+                res["saliency_method"] = "lesion evidence"
+                res["heat"] = lesion_evidence(res["lesions"], res["mask"])
                 res["saliency_in_lungs"] = lung_share(res["heat"], res["mask"])
         return out
 
@@ -255,13 +274,16 @@ def _write_outputs(path: Path, stem: str, image: np.ndarray, res: dict, out: Pat
         row["report"] = str(out / f"{stem}_report.png")
         title = f"{path.name}: {res['prediction']} ({res['probabilities'][res['prediction']]:.0%})"
         save_report(row["report"], image, res["mask"], res["probabilities"], heat, title=title, warnings=res["warnings"], lung_share=res.get("saliency_in_lungs"),
-                    severity=res.get("severity"), lesions=res.get("lesions"), zones=res.get("zones"))
+                    severity=res.get("severity"), lesions=res.get("lesions"), zones=res.get("zones"), findings=res.get("findings"),
+                    saliency_name=res.get("saliency_method", "Grad-CAM"))
     row["model"] = models
     row["warnings"] = res["warnings"]
     row["lung_area"] = round(float(res["mask"].mean()), 4)
     row["gate_probability"] = round(res.get("gate_probability", float("nan")), 4)
     if "saliency_in_lungs" in res:
         row["saliency_in_lungs"] = round(float(res["saliency_in_lungs"]), 4)
+    if "findings" in res:
+        row["findings"] = res["findings"]
     if "severity" in res:
         row["severity"] = res["severity"]
     return row

@@ -70,6 +70,8 @@ def save_report(
     severity: dict | None = None,
     lesions: np.ndarray | None = None,
     zones: np.ndarray | None = None,
+    findings: dict | None = None,
+    saliency_name: str = "Grad-CAM",
 ) -> None:
     """Write a PNG: X-ray with lung outline (and lesions, Brixia zones) | heat map | probabilities, severity.
 
@@ -78,13 +80,19 @@ def save_report(
         probabilities: class -> calibrated probability.
         severity: the ``severity`` object of a prediction; lesions (K, H, W) bool and
             zones (H, W) uint8 (0 outside, 1-6 = A-F) draw its panel.
+        findings: the ``findings`` object of a prediction (what the diagnosis rests on), or None.
+        saliency_name: what the heat map is ("Grad-CAM", "class activation").
     """
     from matplotlib.figure import Figure
     small, _ = _preview(image, PREVIEW_SIDE)
     lungs = _shrink_mask(mask, small.shape)
     sev_panel = severity is not None and lesions is not None and zones is not None
     panels = 2 + (heat is not None)
-    notes = [DISCLAIMER] + [f"! {w}" for w in (warnings or [])][:3]
+    sev_line = []
+    if severity is not None:
+        b = severity["brixia"]
+        sev_line = [f"severity: geographic extent {severity['geographic_extent']:.1f}/8, opacity {severity['opacity']:.1f}/6, Brixia {b['global']:.1f}/18"]
+    notes = [DISCLAIMER, *sev_line] + ([findings_line(findings)] if findings else []) + [f"! {w}" for w in (warnings or [])][:3]
     # Fixed margins instead of tight_layout, which measured every tick label and doubled the drawing time.
     # A Figure outside pyplot: nothing global keeps it, so it is freed even when drawing fails
     # (an unclosed pyplot figure cost about 5 MB per failed request of the server).
@@ -105,7 +113,7 @@ def save_report(
         h_small = np.asarray(Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize((small.shape[1], small.shape[0]), Image.Resampling.BILINEAR), np.float32) / 255
         ax.imshow(np.ma.masked_less(h_small, 0.15), cmap="jet", alpha=0.45, vmin=0, vmax=1)
         share = f", {lung_share:.0%} inside the lungs" if lung_share is not None and np.isfinite(lung_share) else ""
-        ax.set_title(f"Grad-CAM{share}", fontsize=9)
+        ax.set_title(f"{saliency_name}{share}", fontsize=9)
         ax.axis("off")
     ax = axes[-1]
     names = list(CLASSES)
@@ -119,14 +127,18 @@ def save_report(
     ax.set_xticks([0, 0.5, 1], ["0", "50%", "100%"], fontsize=8)
     ax.set_title("diagnosis probabilities", fontsize=9)
     ax.spines[["top", "right", "left"]].set_visible(False)
-    if severity is not None:
-        b = severity["brixia"]
-        fig.text(0.99, 0.01, f"severity: geographic extent {severity['geographic_extent']:.1f}/8, opacity {severity['opacity']:.1f}/6, Brixia {b['global']:.1f}/18",
-                 fontsize=8, ha="right", va="bottom")
     # File names reach the title (and may reach the notes): plain text, never math text ("a$x^{$.png").
     fig.text(0.01, 0.01, "\n".join(plain_text(n, 200) for n in notes), fontsize=7, va="bottom", color="0.3", parse_math=False)
     fig.suptitle(plain_text(title), fontsize=9, parse_math=False)
     fig.savefig(path, dpi=90, pil_kwargs={"compress_level": 1})  # fast PNG encoding; the report is small anyway
+
+
+def findings_line(findings: dict) -> str:
+    """One line of the findings behind the diagnosis, for the report."""
+    opacity, pattern = findings["airspace_opacity"], findings["covid_pattern"]
+    return (f"findings: airspace opacity {opacity['probability']:.0%} ({'present' if opacity['present'] else 'not found'}); "
+            f"COVID-19 pattern {pattern['score']:.0%} (lesions: bilateral {pattern['bilateral']:.0%}, "
+            f"peripheral {pattern['peripheral']:.0%}, lower zones {pattern['lower_zone']:.0%})")
 
 
 def _severity_panel(ax, small: np.ndarray, lungs: np.ndarray, severity: dict, lesions: np.ndarray, zones: np.ndarray, title: str) -> None:

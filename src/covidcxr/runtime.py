@@ -22,7 +22,7 @@ from .postprocess import geometry, keep_lungs
 from .resize import resize_aa, resize_bilinear
 from .severity import SeverityScorer
 from .specs import SHIPPED, WeightSpec, sha256_file
-from .views import LUNG_INPUTS, apply_view, lung_view
+from .views import LUNG_INPUTS, apply_view, cam_maps, heads_inputs, lung_view
 
 
 def default_onnx_dir() -> Path:
@@ -60,6 +60,10 @@ class OrtModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def named(self, **arrays: np.ndarray) -> list[np.ndarray]:
+        """Run with inputs by name; names the graph does not read (the exporter drops unused inputs) are left out."""
+        return self.session.run(None, {n: np.ascontiguousarray(arrays[n], np.float32) for n in self.inputs})
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {n: np.ascontiguousarray(a, np.float32) for n, a in zip(self.inputs, arrays)})
@@ -121,6 +125,30 @@ class OrtDiagnoser:
         return maps / np.maximum(maps.reshape(len(maps), -1).max(axis=1), 1e-12)[:, None, None]
 
 
+class OrtHeadsDiagnoser(OrtDiagnoser):
+    """The source-blind stage 2 on onnxruntime: the contract of :class:`covidcxr.pipeline.HeadsDiagnoser`."""
+
+    reads_facts = True
+    saliency_method = "class activation"
+
+    def inputs(self, views, mode: str | None = None, facts=None) -> dict:
+        return heads_inputs(views, mode or self.spec.lung_input, self.size // 32, facts, int(self.spec.model_kwargs.get("n_facts", 0)))
+
+    def probabilities(self, batch: dict) -> np.ndarray:
+        logits, cam = self.net.named(x=batch["x"], weights=batch["weights"], facts=batch["facts"])
+        self._last = (batch, cam)
+        z = logits / self.spec.temperature
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def saliency(self, batch: dict, targets: list[int]) -> np.ndarray:
+        if not self.spec.model_kwargs.get("image", True):  # findings only, as HeadsDiagnoser
+            return [None] * len(targets)
+        if self._last is None or self._last[0] is not batch:
+            self.probabilities(batch)
+        return cam_maps(self._last[1], targets, self.size)
+
+
 class OrtGate:
     """The input gate on onnxruntime: P(frontal chest X-ray) from encoder features and lung masks."""
 
@@ -136,7 +164,9 @@ def load_components(onnx_dir: str | Path | None = None, severity: bool = True) -
     """(segmenter, diagnoser, gate, gate spec, severity scorer or None) for :class:`covidcxr.predict.Pipeline`."""
     folder = Path(onnx_dir) if onnx_dir else default_onnx_dir()
     model = {kind: (lambda k=kind: OrtModel(folder / f"{SHIPPED[k]}.json")) for kind in SHIPPED}
-    segmenter, diagnoser, gate = OrtLungSegmenter(model["lungs"]()), OrtDiagnoser(model["diagnosis"]()), OrtGate(model["gate"]())
+    diagnosis = model["diagnosis"]()
+    diagnoser = (OrtHeadsDiagnoser if diagnosis.spec.architecture == "source_blind_mobilenet_v2" else OrtDiagnoser)(diagnosis)
+    segmenter, gate = OrtLungSegmenter(model["lungs"]()), OrtGate(model["gate"]())
     scorer = None
     if severity:
         lesions, head = model["lesions"](), model["severity"]()

@@ -18,7 +18,7 @@ from pathlib import Path
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED = {
     "lungs": "unet_mobilenetv2_lungs",
-    "diagnosis": "mobilenet_v2_diagnosis",
+    "diagnosis": "source_blind_diagnosis",
     "gate": "frontal_cxr_gate",
     "lesions": "unet_mobilenetv2_lesions",
     "severity": "severity_linear",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .io import normalize
 from .resize import resize_aa, resize_bilinear
 
 LUNG_INPUTS = ("crop", "masked", "whole")
@@ -111,3 +112,33 @@ def lung_share(heat: np.ndarray, lungs: np.ndarray) -> float:
     """Fraction of the heat map's mass inside the lungs (NaN for an all-zero map)."""
     total = float(heat.sum())
     return float(heat[lungs.astype(bool)].sum()) / total if total > 0 else float("nan")
+
+
+def heads_inputs(views, mode: str, grid: int, facts, n_facts: int) -> dict:
+    """NumPy inputs of the source-blind model (shared by the PyTorch and onnxruntime backends)."""
+    x = normalize(np.stack([apply_view(v, lungs, mode) for v, lungs in views]))
+    weights = np.stack([np.clip(resize_aa(np.asarray(lungs[0], np.float32), (grid, grid)), 0, 1)[None] for _, lungs in views]).astype(np.float32)
+    if facts is None:
+        if n_facts:
+            raise ValueError("this diagnosis model reads the finding facts of the severity scorer; run it with severity scores on")
+        facts = np.zeros((len(views), 0), np.float32)
+    return {"x": x, "weights": weights, "facts": np.asarray(np.stack(list(facts)) if len(facts) else np.zeros((0, n_facts)), np.float32)}
+
+
+def cam_maps(cam: np.ndarray, targets: list[int], size: int) -> np.ndarray:
+    """Maps (N, size, size) in [0, 1] of each row's target class from (N, K, h, w) activations."""
+    picked = np.asarray(cam, np.float32)[np.arange(len(targets)), targets]
+    maps = np.stack([np.maximum(resize_bilinear(m, (size, size)), 0) for m in picked]) if len(picked) else np.zeros((0, size, size), np.float32)
+    return maps / np.maximum(maps.reshape(len(maps), -1).max(axis=1), 1e-12)[:, None, None]
+
+
+def lesion_evidence(lesions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Heat map (H, W) in [0, 1] of the lesions a findings-only diagnosis rests on, at the image's size.
+
+    Args:
+        lesions: (K, S, S) bool lesion maps on the lung model's input grid (the whole image stretched).
+        mask: (H, W) bool lungs of the image.
+    """
+    any_lesion = np.asarray(lesions, bool).any(axis=0).astype(np.float32)
+    heat = np.clip(resize_bilinear(any_lesion, tuple(mask.shape)), 0, 1) * np.asarray(mask, np.float32)
+    return heat.astype(np.float32)

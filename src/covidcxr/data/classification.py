@@ -41,6 +41,20 @@ def classification_samples(records: list[dict], split: str | None = None) -> tup
     return samples, excluded
 
 
+def first_per_group(samples: list[dict], limit: int, keys: tuple[str, ...] = ("dataset",)) -> list[dict]:
+    """At most ``limit`` samples of each group (the values of ``keys``), in order; 0 keeps all."""
+    if not limit:
+        return samples
+    seen: Counter = Counter()
+    kept = []
+    for s in samples:
+        group = tuple(s[k] for k in keys)
+        seen[group] += 1
+        if seen[group] <= limit:
+            kept.append(s)
+    return kept
+
+
 class DiagnosisDataset(Dataset):
     """Stored lung views (uint8) with labels; augmentation, view mode and normalization per item.
 
@@ -69,4 +83,4 @@ class DiagnosisDataset(Dataset):
         return {"image": normalize(apply_view(image, lungs, self.mode)), "lungs": lungs, "label": int(self.labels[i])}
 
 
-__all__ = ["CLASSES", "LUNG_INPUTS", "VIEW_MODES", "DiagnosisDataset", "apply_view", "classification_samples", "lung_box", "lung_input", "lung_view"]
+__all__ = ["CLASSES", "LUNG_INPUTS", "VIEW_MODES", "DiagnosisDataset", "apply_view", "classification_samples", "first_per_group", "lung_box", "lung_input", "lung_view"]

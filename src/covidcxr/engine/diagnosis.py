@@ -49,6 +49,7 @@ from ..enhance import check_enhancement, enhance
 from ..io import NORMALIZATION, ImageReadError, read_image
 from ..models import WeightSpec, create_model, eval_mode, save_weights
 from ..models.classifier import CAM_LAYERS
+from ..models.pretrained import load_imagenet, parse_init
 from . import distributed
 from .losses import outside_lungs_share
 from .segmentation import _autocast, _checkpoint, _device, start_run
@@ -66,7 +67,7 @@ class DiagTrainConfig:
     out_dir: str = "runs/diagnosis"
     model: str = "mobilenet_v2"
     pretrained: str | None = None  # "imagenet" needs internet once
-    init: str | None = "lungs"  # start from: "lungs" (the stage-1 encoder), a .pt state_dict or a weights spec; None: random
+    init: str | None = "lungs"  # start from: "lungs" (the stage-1 encoder), "imagenet-file:PATH[@SHA256]", a .pt state_dict or a weights spec; None: random
     lung_input: str = "crop"  # crop | masked
     margin: float = 0.1  # lung box grown by this fraction per side
     input_size: int = 224
@@ -234,7 +235,9 @@ def macro_auroc(labels: np.ndarray, probs: np.ndarray) -> float:
 
 def _build_model(cfg: DiagTrainConfig) -> torch.nn.Module:
     model = create_model(cfg.model, in_chans=1, num_classes=len(CLASSES), pretrained=cfg.pretrained)
-    if cfg.init:
+    if cfg.init and (imagenet := parse_init(cfg.init)):
+        load_imagenet(model, *imagenet)
+    elif cfg.init:
         loaded = load_matching(model, _init_state(cfg.init))
         if not loaded:
             raise ValueError(f"{cfg.init}: no parameter matches {cfg.model}'s names and shapes")

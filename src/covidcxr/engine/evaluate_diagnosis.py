@@ -28,10 +28,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data import load_records
-from ..data.classification import CLASSES, DiagnosisDataset, classification_samples
+from ..data.classification import CLASSES, DiagnosisDataset, classification_samples, first_per_group
 from ..metrics import calibration, operating_point, stratified_bootstrap_ci
 from ..models.weights import WeightSpec, shipped_spec_path
-from ..pipeline import Diagnoser, LungSegmenter
+from ..pipeline import Diagnoser, LungSegmenter, load_diagnoser
 from ..saliency import GradCam, lung_share
 from ..severity import split_lungs
 from .diagnosis import prepare_views
@@ -52,15 +52,7 @@ def views_for(diagnoser: Diagnoser, data_root: str | None = None, split: str | N
 
     ``limit`` keeps at most that many samples per source (quick checks).
     """
-    samples, _ = classification_samples(load_records(data_root), split)
-    if limit:
-        seen: dict[str, int] = {}
-        kept = []
-        for s in samples:
-            seen[s["dataset"]] = seen.get(s["dataset"], 0) + 1
-            if seen[s["dataset"]] <= limit:
-                kept.append(s)
-        samples = kept
+    samples = first_per_group(classification_samples(load_records(data_root), split)[0], limit)
     segmenter = LungSegmenter.from_spec()
     if diagnoser.spec.lung_weights and diagnoser.spec.lung_weights != segmenter.spec.sha256:
         log.warning("diagnosis weights were trained on masks of lung model %s…, the shipped lung model is %s…", diagnoser.spec.lung_weights[:12], segmenter.spec.sha256[:12])
@@ -99,6 +91,44 @@ def model_outputs(diagnoser: Diagnoser, views: dict, mode: str | None = None, fe
     if saliency:
         out["lung_share"] = np.array(shares, float).reshape(-1, 3)
     return out
+
+
+def pipeline_outputs(spec_path: str | Path | None, data_root: str | None, split: str | None, limit: int = 0, saliency: bool = True, progress: bool = True) -> tuple[dict, dict]:
+    """(views-like dict, outputs) of a model that reads more than the lung view, run end to end.
+
+    The source-blind diagnosis reads the severity scorer's findings, so it is evaluated the
+    way a user runs it: every image through :class:`covidcxr.predict.Pipeline` (gate off:
+    the labelled images are frontal X-rays by their metadata), at its own pixel size.
+
+    Returns:
+        (``samples``, ``labels`` of the images read; ``probs`` (N, K) and, with
+        ``saliency``, ``lung_share`` (N, 3) as :func:`model_outputs` gives them).
+    """
+    from ..io import ImageReadError, read_image
+    from ..predict import Pipeline
+
+    samples = first_per_group(classification_samples(load_records(data_root), split)[0], limit)
+    pipe = Pipeline.load(diagnosis=str(spec_path) if spec_path else None, use_gate=False, saliency=saliency, severity=False)
+    kept, probs, shares = [], [], []
+    for s in tqdm(samples, desc="diagnosis (end to end)", disable=not progress, unit="image"):
+        try:
+            image = read_image(s["path"])
+        except ImageReadError as err:
+            log.warning("skipping %s", err)
+            continue
+        (res,) = pipe.run([image])
+        if res.get("refusal"):
+            log.warning("skipping %s: %s", s["path"], res["refusal"])
+            continue
+        kept.append(s)
+        probs.append([res["probabilities"][c] for c in CLASSES])
+        if saliency:
+            shares.append(_lung_shares(res["heat"], res["mask"]))
+    views = {"samples": kept, "labels": np.array([s["label"] for s in kept], dtype=np.int64)}
+    out = {"probs": np.array(probs, float).reshape(-1, len(CLASSES))}
+    if saliency:
+        out["lung_share"] = np.array(shares, float).reshape(-1, 3)
+    return views, out
 
 
 def _lung_shares(heat: np.ndarray, lungs: np.ndarray) -> tuple[float, float, float]:
@@ -195,11 +225,14 @@ def evaluate_diagnosis(spec_path: str | Path | None = None, data_root: str | Non
     """Evaluate a diagnosis model on a split; writes JSON, Markdown and plots into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    diagnoser = Diagnoser.from_spec(spec_path)
-    views = views_for(diagnoser, data_root, split, limit)
+    diagnoser = load_diagnoser(spec_path)
+    if getattr(diagnoser, "reads_facts", False):
+        views, res = pipeline_outputs(spec_path, data_root, split, limit, saliency=saliency)
+    else:
+        views = views_for(diagnoser, data_root, split, limit)
+        res = model_outputs(diagnoser, views, saliency=saliency)
     if len(views["labels"]) == 0:
         raise RuntimeError(f"no labelled frontal images in the {split} split; check --data-root")
-    res = model_outputs(diagnoser, views, saliency=saliency)
     within = _covid_chestxray(views, res["probs"])  # labels and probabilities of the covid-chestxray images
     summary = {
         "weights": str(spec_path or shipped_spec_path("diagnosis")),
@@ -387,6 +420,10 @@ def source_probe(train_feats: np.ndarray, train_sources: list[str], test_feats: 
 
 def audit(spec_path: str | Path | None = None, data_root: str | None = None, out_dir: str | Path = "eval/audit", split: str = "test", limit: int = 0) -> dict:
     """Shortcut audit of a diagnosis model (see the module docstring); writes JSON, Markdown, a plot."""
+    if WeightSpec.from_json(Path(spec_path) if spec_path else shipped_spec_path("diagnosis")).architecture == "source_blind_mobilenet_v2":
+        from .audit_heads import audit_heads  # reads cached findings and features, not stored lung views
+
+        return audit_heads(spec_path, data_root, out_dir, split, limit)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     diagnoser = Diagnoser.from_spec(spec_path)

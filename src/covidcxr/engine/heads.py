@@ -28,7 +28,7 @@ from ..data.labels import CLASSES
 COVID, OTHER, NORMAL = (CLASSES.index(c) for c in ("COVID-19", "Other pneumonia", "No finding"))
 DESIGNS = ("pooled", "within_source", "source_erased")
 C = 0.1
-PAIRS_PER_SOURCE = 4000
+PAIRS_PER_SOURCE = 2000
 ERASE_ROUNDS = 8
 
 

@@ -173,7 +173,8 @@ def feature_matrix(features: dict, name: str) -> np.ndarray:
     return np.concatenate([np.asarray(features[b], np.float64) for b in FEATURE_SETS[name]], axis=1)
 
 
-def run_loso(features: dict, samples: list[dict], designs: dict[str, tuple[str, str]], n_resamples: int = 1000, seed: int = 0) -> dict[str, dict]:
+def run_loso(features: dict, samples: list[dict], designs: dict[str, tuple[str, str]], n_resamples: int = 1000, seed: int = 0,
+             out_dir: str | Path | None = None) -> dict[str, dict]:
     """LOSO results of each named (design, feature set) on cached features of ``samples``.
 
     Args:
@@ -181,6 +182,7 @@ def run_loso(features: dict, samples: list[dict], designs: dict[str, tuple[str, 
             ``names`` say which sample each row is.
         samples: classification samples (``label``, ``dataset``, ``split``).
         designs: row name -> (design, feature set).
+        out_dir: write the table so far after every row (a long comparison can be read as it goes).
     """
     by_name = {f"{s['dataset']}/{s['filename']}": s for s in samples}
     rows = [by_name[str(n)] for n in features["names"]]
@@ -193,4 +195,65 @@ def run_loso(features: dict, samples: list[dict], designs: dict[str, tuple[str, 
         folds = fold_probabilities(design, x, labels, sources, splits, seed=seed)
         out[row] = {"design": design, "features": feature_set, **score_folds(folds, labels, sources, n_resamples)}
         log.info("%s: primary %.3f", row, out[row]["primary"])
+        if out_dir is not None:
+            write(out, out_dir, {"n_images": len(rows), "complete": len(out) == len(designs)})
     return out
+
+
+#: The rows every LOSO evaluation compares (docs/experiments/stage2-source-blind.md).
+DEFAULT_ROWS = {
+    "within_source / imagenet+findings": ("within_source", "imagenet+findings"),
+    "within_source / findings": ("within_source", "findings"),
+    "pooled / imagenet+findings": ("pooled", "imagenet+findings"),
+    "pooled / findings": ("pooled", "findings"),
+    "source_erased / imagenet+findings": ("source_erased", "imagenet+findings"),
+    "within_source / imagenet": ("within_source", "imagenet"),
+    "pooled / imagenet": ("pooled", "imagenet"),
+    "within_source / lungenc+findings": ("within_source", "lungenc+findings"),
+    "pooled / lungenc": ("pooled", "lungenc"),
+}
+
+
+def stage2_inputs(data_root: str | None = None, imagenet: str | None = None, blackout_split: str | None = None, progress: bool = True,
+                  outside_too: bool = False, limit: int = 0) -> tuple[list[dict], dict, dict | None]:
+    """Classification samples of every source and their cached stage-2 features (shipped stage 1 and severity).
+
+    ``limit`` keeps at most that many samples per source and split (quick checks).
+
+    Returns:
+        (samples, features, features with the lungs blacked out for ``blackout_split`` or None);
+        with ``outside_too`` the last is a pair (lungs blacked out, all but the lungs blacked out).
+    """
+    from ..data import load_records
+    from ..data.classification import classification_samples, first_per_group
+    from ..models.pretrained import IMAGENET_MOBILENET_V2_SHA256, parse_init
+    from ..pipeline import LungSegmenter
+    from ..severity import SeverityScorer
+    from .stage2_features import cached_features, imagenet_backbone
+
+    samples, _ = classification_samples(load_records(data_root))
+    samples = first_per_group(samples, limit, ("dataset", "split"))
+    path, sha = parse_init(imagenet or default_imagenet_init())
+    segmenter, scorer, backbone = LungSegmenter.from_spec(), SeverityScorer.from_spec(), imagenet_backbone(path, sha)
+    features = cached_features(samples, segmenter, scorer, backbone, sha or IMAGENET_MOBILENET_V2_SHA256, progress=progress)
+    blacked = None
+    if blackout_split:
+        part = [s for s in samples if s["split"] == blackout_split]
+        blacked = cached_features(part, segmenter, scorer, backbone, sha or IMAGENET_MOBILENET_V2_SHA256, blackout=True, progress=progress)
+        if outside_too:
+            blacked = (blacked, cached_features(part, segmenter, scorer, backbone, sha or IMAGENET_MOBILENET_V2_SHA256, blackout="outside", progress=progress))
+    return samples, features, blacked
+
+
+def default_imagenet_init() -> str:
+    """``imagenet-file:`` of the MobileNetV2 file beside the data (``<data root>/../pretrained``)."""
+    from ..data.paths import resolve_data_root
+
+    return f"imagenet-file:{resolve_data_root().parent / 'pretrained' / 'mobilenet_v2_imagenet_tv.pt'}"
+
+
+def evaluate_loso(data_root: str | None = None, out_dir: str | Path = "eval/loso", rows: dict[str, tuple[str, str]] | None = None, n_resamples: int = 1000) -> dict:
+    """Every row of ``rows`` (default :data:`DEFAULT_ROWS`) under LOSO; writes loso.json/.md/.png."""
+    samples, features, _ = stage2_inputs(data_root)
+    results = run_loso(features, samples, rows or DEFAULT_ROWS, n_resamples=n_resamples, out_dir=out_dir)
+    return results

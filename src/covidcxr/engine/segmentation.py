@@ -56,6 +56,7 @@ class SegTrainConfig:
     out_dir: str = "runs/segmentation"
     model: str = "unet_mobilenetv2"
     pretrained: str | None = None  # "imagenet" needs internet once
+    init: str | None = None  # "imagenet-file:PATH[@SHA256]": the encoder from a local ImageNet MobileNetV2 file (covidcxr.models.pretrained)
     input_size: int = 256  # images are resized to this; the model runs at it at inference
     enhancement: str = "none"  # none | clahe | dehaze before the resize (covidcxr.enhance); recorded in the spec
     crop_size: int = 0  # >0: train on random crops of this size (cheaper steps at a larger input_size)
@@ -77,6 +78,16 @@ class SegTrainConfig:
     disc_lr: float = 2e-4  # PatchGAN's Adam, constant (pix2pix)
     disc_channels: int = 32  # PatchGAN width (pix2pix: 64)
     disc_layers: int = 3  # stride-2 layers: 3 -> 70x70 receptive field
+
+
+def _init_from_file(net: torch.nn.Module, init: str) -> None:
+    """Start the encoder from an ``imagenet-file:PATH[@SHA256]`` (the only ``init`` segmentation takes)."""
+    from ..models.pretrained import load_imagenet, parse_init
+
+    parsed = parse_init(init)
+    if parsed is None:
+        raise ValueError(f"segmentation init must be 'imagenet-file:PATH[@SHA256]', got {init!r}")
+    load_imagenet(net, *parsed)
 
 
 def _device(name: str) -> torch.device:
@@ -223,7 +234,10 @@ def _train(cfg: SegTrainConfig, device: torch.device, resume: bool, export_dir: 
     train_ds, val_ds = _datasets(cfg)
     if len(train_ds) == 0:
         raise RuntimeError("no training samples with manual lung masks were found; check --data-root")
-    net = create_model(cfg.model, in_chans=1, num_classes=1, pretrained=cfg.pretrained).to(device, memory_format=torch.channels_last)
+    net = create_model(cfg.model, in_chans=1, num_classes=1, pretrained=cfg.pretrained)
+    if cfg.init:
+        _init_from_file(net, cfg.init)
+    net = net.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_rank = -(-len(train_ds) // distributed.world_size())
     steps = cfg.epochs * -(-per_rank // cfg.batch_size)

@@ -10,7 +10,9 @@ zones) -> findings (:func:`covidcxr.findings.finding_facts`) and lung-pooled fea
 - ``findings``: the :data:`covidcxr.findings.FACTS`.
 
 With ``blackout`` the same numbers are computed again with the lungs set to 0 in the input
-image (the shortcut audit: what is left when the lungs are gone).
+image (``True``: the shortcut audit, what is left when the lungs are gone), or with everything
+but the lungs set to 0 (``"outside"``: what the lungs alone carry). The lung masks are those
+of the intact image.
 
 One ``.npz`` per (model sha256s, sample list, blackout) under the cache folder.
 """
@@ -72,7 +74,7 @@ def view_features(backbone: torch.nn.Module, images: list[np.ndarray], masks: li
     return lung_pooled(fmap, [lungs[0] for _, lungs in views])
 
 
-def compute_features(samples: list[dict], segmenter, scorer, backbone, blackout: bool = False, batch_size: int = 16, progress: bool = True) -> dict:
+def compute_features(samples: list[dict], segmenter, scorer, backbone, blackout: bool | str = False, batch_size: int = 16, progress: bool = True) -> dict:
     """Findings and pooled features of ``samples`` (unreadable images are dropped and logged).
 
     Returns:
@@ -80,7 +82,10 @@ def compute_features(samples: list[dict], segmenter, scorer, backbone, blackout:
         ``lung_area`` (N,), ``names`` (N,) ``dataset/filename``.
     """
     cols: dict[str, list] = {"findings": [], "lungenc": [], "imagenet": [], "lung_area": [], "names": []}
-    bar = tqdm(total=len(samples), desc="stage-2 features" + (" (lungs blacked out)" if blackout else ""), unit="image", disable=not progress)
+    if blackout not in (False, True, "outside"):
+        raise ValueError(f"blackout must be False, True (the lungs) or 'outside', got {blackout!r}")
+    what = {False: "", True: " (lungs blacked out)", "outside": " (all but the lungs blacked out)"}[blackout]
+    bar = tqdm(total=len(samples), desc="stage-2 features" + what, unit="image", disable=not progress)
     for start in range(0, len(samples), batch_size):
         chunk, images = [], []
         for s in samples[start : start + batch_size]:
@@ -95,7 +100,7 @@ def compute_features(samples: list[dict], segmenter, scorer, backbone, blackout:
         maps, x, encoder = segmenter.forward(images)
         masks = segmenter.masks(maps)
         if blackout:
-            images = [im * (1 - m) for im, m in zip(images, masks)]
+            images = [im * (1 - m) if blackout is True else im * m for im, m in zip(images, masks)]
             _, x, encoder = segmenter.forward(images)
         sev = scorer.score(x.numpy(), [f.numpy() for f in encoder], masks)
         cols["findings"].extend(finding_facts(r["severity"], r["lesions"], r["zones"]) for r in sev)
@@ -113,7 +118,7 @@ def compute_features(samples: list[dict], segmenter, scorer, backbone, blackout:
     }
 
 
-def cached_features(samples: list[dict], segmenter, scorer, backbone, backbone_sha256: str, blackout: bool = False, progress: bool = True) -> dict:
+def cached_features(samples: list[dict], segmenter, scorer, backbone, backbone_sha256: str, blackout: bool | str = False, progress: bool = True) -> dict:
     """:func:`compute_features`, kept as one ``.npz`` per setting and sample list."""
     setting = [segmenter.spec.sha256, scorer.lesion_spec.sha256, scorer.head_spec.sha256, backbone_sha256, blackout, VIEW_SIZE, MARGIN]
     key = hashlib.sha256(json.dumps([*setting, sorted(f"{s['dataset']}/{s['filename']}" for s in samples)]).encode()).hexdigest()[:16]

@@ -136,6 +136,26 @@ class Severity(BaseModel):
     lesions: dict[str, LungShares] = Field(description="Share of each lung covered by each lesion type (ground-glass, consolidation).")
 
 
+class AirspaceOpacity(BaseModel):
+    present: bool = Field(description="probability at or above 0.5")
+    probability: float = Field(description="P(pneumonia of any kind) = 1 - P(No finding).")
+
+
+class CovidPattern(BaseModel):
+    score: float = Field(description="P(COVID-19 | pneumonia) = P(COVID-19) / (P(COVID-19) + P(Other pneumonia)).")
+    bilateral: float = Field(description="Lesion share of the less affected lung.")
+    peripheral: float = Field(description="Share of lesion pixels in the lateral half of each lung.")
+    lower_zone: float = Field(description="Share of lesion pixels in the lower thirds (zones C, F).")
+
+
+class Findings(BaseModel):
+    airspace_opacity: AirspaceOpacity
+    geographic_extent: float = Field(description="0-8, from the severity scorer.")
+    opacity: float = Field(description="0-6, from the severity scorer.")
+    lesion_share: float = Field(description="Share of the lungs with any lesion.")
+    covid_pattern: CovidPattern
+
+
 class Prediction(BaseModel):
     path: str = Field(description="The uploaded file's name.")
     probabilities: dict[str, float] = Field(description="COVID-19, Other pneumonia, No finding: calibrated, summing to 1.")
@@ -148,6 +168,7 @@ class Prediction(BaseModel):
     lung_area: float
     gate_probability: float
     saliency_in_lungs: float | None = None
+    findings: Findings | None = Field(default=None, description="What the diagnosis rests on (source-blind diagnosis models only).")
     severity: Severity | None = None
 
 

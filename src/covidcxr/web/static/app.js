@@ -66,6 +66,16 @@ function showSeverity(severity) {
   }
 }
 
+function showFindings(findings) {
+  show("findings", Boolean(findings));
+  if (!findings) return;
+  const opacity = findings.airspace_opacity;
+  $("find-opacity").textContent = `${percent(opacity.probability)} (${opacity.present ? "present" : "not found"})`;
+  $("find-pattern").textContent = `${percent(findings.covid_pattern.score)} of the pneumonia probability`;
+  const p = findings.covid_pattern;
+  $("find-distribution").textContent = `${percent(p.bilateral)} / ${percent(p.peripheral)} / ${percent(p.lower_zone)}`;
+}
+
 function showResult(row) {
   const top = row.probabilities[row.prediction];
   $("title").textContent = `${row.path}: ${row.prediction} (${percent(top)})`;
@@ -78,6 +88,7 @@ function showResult(row) {
   }
   showProbabilities(row.probabilities, row.prediction);
   showSeverity(row.severity);
+  showFindings(row.findings);
   setImage("report", row.report);
   setImage("heatmap", row.heatmap);
   setImage("lung-mask", row.lung_mask);

@@ -1,0 +1,203 @@
+"""Training of the shipped stage 2: source-blind heads on frozen features (configs/diagnosis.yaml).
+
+Path of the data: every labelled frontal image of the six sources -> stage 1, severity and
+finding facts, the frozen ImageNet MobileNetV2 on the masked lung view
+(:mod:`covidcxr.engine.stage2_features`, cached) -> the design's heads fitted on the train
+split (:mod:`covidcxr.engine.heads`) -> one :class:`covidcxr.models.source_blind.SourceBlindDiagnoser`
+with the heads folded into its linear layer -> checked against the heads on training
+images -> leave-one-source-out table, internal test split, shortcut audit -> weights + spec.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.labels import CLASSES
+from ..data.splits import SPLIT_VERSION
+from ..findings import FACTS
+from ..io import NORMALIZATION
+from ..models import WeightSpec, create_model, save_weights
+from ..models.pretrained import IMAGENET_MOBILENET_V2_SHA256, load_imagenet, parse_init
+from ..models.source_blind import fold_head
+from . import loso
+from .heads import Pooled, WithinSource, make_design
+from .stage2_features import MARGIN, VIEW_SIZE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HeadsConfig:
+    """Source-blind stage-2 settings (configs/diagnosis.yaml)."""
+
+    data_root: str | None = None
+    out_dir: str = "runs/diagnosis"
+    design: str = "within_source"  # within_source | pooled | source_erased (engine/heads.py)
+    features: str = "imagenet+findings"  # engine/loso.py FEATURE_SETS
+    init: str | None = None  # imagenet-file:PATH[@SHA256]; None: ../shared/pretrained beside the data
+    seed: int = 0
+    loso: bool = True  # also write the leave-one-source-out table of this design
+    export_name: str = "source_blind_diagnosis"
+
+
+def build_model(fitted, feature_set: str, init: str) -> torch.nn.Module:
+    """A :class:`SourceBlindDiagnoser` carrying ``fitted`` heads and the ImageNet backbone of ``init``."""
+    image = "imagenet" in loso.FEATURE_SETS[feature_set]
+    n_facts = len(FACTS) if "findings" in loso.FEATURE_SETS[feature_set] else 0
+    if set(loso.FEATURE_SETS[feature_set]) - {"imagenet", "findings"}:
+        raise ValueError(f"feature set {feature_set!r}: the shipped model reads imagenet and/or findings features")
+    head = "factorised" if isinstance(fitted, WithinSource) else "multinomial"
+    model = create_model("source_blind_mobilenet_v2", in_chans=1, num_classes=len(CLASSES), n_facts=n_facts, image=image, head=head)
+    if image:
+        load_imagenet(model.backbone, *parse_init(init))
+    with torch.no_grad():
+        if isinstance(fitted, WithinSource):
+            mean, scale = (torch.from_numpy(np.asarray(a, np.float64)) for a in (fitted.scaler.mean_, fitted.scaler.scale_))
+            rows = [fold_head(torch.from_numpy(h.coef_), mean, scale, h.a_, h.b_) for h in (fitted.abnormal, fitted.covid)]
+        elif type(fitted) is Pooled:
+            mean, scale = (torch.from_numpy(np.asarray(a, np.float64)) for a in (fitted.scaler.mean_, fitted.scaler.scale_))
+            rows = [fold_head(torch.from_numpy(fitted.lr.coef_[k]), mean, scale, 1.0, float(fitted.lr.intercept_[k])) for k in range(len(CLASSES))]
+        else:
+            raise ValueError(f"{type(fitted).__name__}: only within_source and pooled heads fold into the shipped model")
+        model.linear.weight.copy_(torch.stack([w for w, _ in rows]).float())
+        model.linear.bias.copy_(torch.stack([b for _, b in rows]).float())
+    return model.eval()
+
+
+def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None) -> dict:
+    """Fit, check, evaluate and export the source-blind stage 2; returns the summary."""
+    from ..pipeline import LungSegmenter
+    from ..severity import SeverityScorer
+
+    start = time.time()
+    run = Path(cfg.out_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    init = cfg.init or loso.default_imagenet_init()
+    (run / "config.json").write_text(json.dumps({**asdict(cfg), "init": init}, indent=2) + "\n")
+    samples, features, blacked = loso.stage2_inputs(cfg.data_root, init, blackout_split="test")
+    by_name = {f"{s['dataset']}/{s['filename']}": s for s in samples}
+    rows = [by_name[str(n)] for n in features["names"]]
+    labels, sources, splits = (np.array([s[k] for s in rows]) for k in ("label", "dataset", "split"))
+    x = loso.feature_matrix(features, cfg.features)
+    train = splits == "train"
+    fitted = make_design(cfg.design).fit(x[train], labels[train], sources[train], seed=cfg.seed)
+    model = build_model(fitted, cfg.features, init)
+    parity = check_parity(model, fitted, x, features)
+    log.info("model vs heads on %d images: max |dp| %.2e", parity["n"], parity["max_abs_diff"])
+    summary = {"config": asdict(cfg), "parity": parity, "train": {src: int(((sources == src) & train).sum()) for src in np.unique(sources)}}
+    test = splits == "test"
+    probs = fitted.predict_proba(x)
+    summary["internal_test"] = internal_test(probs[test], labels[test], sources[test])
+    if blacked is not None:
+        summary["audit"] = audit_features(fitted, cfg.features, features, blacked, rows, probs)
+    if cfg.loso:
+        summary["loso"] = loso.run_loso(features, samples, {f"{cfg.design} / {cfg.features}": (cfg.design, cfg.features)})
+        loso.write(summary["loso"], run / "loso")
+    segmenter, scorer = LungSegmenter.from_spec(), SeverityScorer.from_spec()
+    spec = WeightSpec(
+        name=cfg.export_name,
+        architecture="source_blind_mobilenet_v2",
+        task="diagnosis",
+        targets=list(CLASSES),
+        input_size=(VIEW_SIZE, VIEW_SIZE),
+        normalization=NORMALIZATION,
+        file=f"{cfg.export_name}.pt",
+        in_chans=1,
+        model_kwargs={"n_facts": model.n_facts, "image": model.backbone is not None, "head": model.head_kind},
+        resize="lung-box",
+        dtype="float16",
+        lung_input="masked",
+        margin=MARGIN,
+        temperature=1.0,
+        lung_weights=segmenter.spec.sha256,
+        training={
+            "command": " ".join(["covidcxr", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("covidcxr") else "covidcxr train diagnosis --config configs/diagnosis.yaml",
+            "config": {**asdict(cfg), "init": init},
+            "initial_weights": ({"file": Path(parse_init(init)[0]).name, "sha256": parse_init(init)[1] or IMAGENET_MOBILENET_V2_SHA256,
+                                 "licence": "Apache-2.0 (TensorFlow-slim MobileNetV2, ImageNet)"} if model.backbone is not None else None),
+            "lesion_weights": scorer.lesion_spec.sha256,
+            "severity_weights": scorer.head_spec.sha256,
+            "facts": list(FACTS),
+            "data": {"split_version": SPLIT_VERSION, "train_samples": int(train.sum()), "per_source": summary["train"]},
+            "research_use": "trained on covid19-radiography images (BIMCV-COVID19+ research use agreement): research use only",
+            "seconds": round(time.time() - start, 1),
+        },
+        metrics={"internal_test": _headline(summary["internal_test"]), **({"loso": {k: round(v["value"], 4) for k, v in next(iter(summary["loso"].values())).items() if isinstance(v, dict)}} if cfg.loso else {})},
+    )
+    spec_path = save_weights(model, spec, export_dir or run / "export")
+    summary["spec"] = str(spec_path)
+    summary["seconds"] = round(time.time() - start, 1)
+    (run / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    return summary
+
+
+def heads_probabilities(model: torch.nn.Module, features: dict, rows: np.ndarray | None = None) -> np.ndarray:
+    """The exported model's probabilities (N, 3) from cached features (:meth:`SourceBlindDiagnoser.from_features`)."""
+    idx = np.arange(len(features["names"])) if rows is None else rows
+    pooled = torch.from_numpy(np.asarray(features["imagenet"][idx], np.float32)) if model.backbone is not None else torch.zeros(len(idx), 0)
+    facts = torch.from_numpy(np.asarray(features["findings"][idx], np.float32)) if model.n_facts else torch.zeros(len(idx), 0)
+    with torch.no_grad():
+        return torch.softmax(model.from_features(pooled, facts), dim=1).numpy()
+
+
+def check_parity(model: torch.nn.Module, fitted, x: np.ndarray, features: dict, n: int = 64) -> dict:
+    """The exported model's probabilities from cached features vs the fitted heads' (float32 folding)."""
+    idx = np.linspace(0, len(x) - 1, min(n, len(x))).astype(int)
+    diff = float(np.abs(heads_probabilities(model, features, idx) - fitted.predict_proba(x[idx])).max())
+    if diff > 1e-3:
+        raise RuntimeError(f"folded model and fitted heads disagree by {diff:.2e} on cached features")
+    return {"n": len(idx), "max_abs_diff": diff}
+
+
+def internal_test(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> dict:
+    """Pooled macro AUROC (with CI) and per-source comparisons of the internal test split."""
+    from .evaluate_diagnosis import summarize
+
+    from sklearn.metrics import roc_auc_score
+
+    from ..metrics import class_stratified_bootstrap_ci
+
+    def macro(y, p):
+        return float(np.mean([roc_auc_score(y == c, p[:, c]) for c in np.unique(y)]))
+
+    out = {"pooled": summarize(labels, probs), "macro_auroc_ci": class_stratified_bootstrap_ci(labels, probs, macro)}
+    for src in np.unique(sources):
+        m = sources == src
+        out[src] = summarize(labels[m], probs[m]) if len(np.unique(labels[m])) > 1 else {"n": int(m.sum()), "predicted": {c: int((probs[m].argmax(1) == k).sum()) for k, c in enumerate(CLASSES)}}
+    return out
+
+
+def _headline(internal: dict) -> dict:
+    macro = internal["macro_auroc_ci"]
+    return {"macro_auroc": round(macro["value"], 4), "ci": [round(macro["ci_low"], 4), round(macro["ci_high"], 4)], "n": macro["n"]}
+
+
+def audit_features(fitted, feature_set: str, features: dict, blacked: dict, rows: list[dict], probs: np.ndarray) -> dict:
+    """Lungs blacked out vs intact on the test split, and the source probe over all six sources."""
+    from sklearn.metrics import roc_auc_score
+
+    from .evaluate_diagnosis import source_probe
+
+    index = {str(n): i for i, n in enumerate(features["names"])}
+    test_rows = [index[str(n)] for n in blacked["names"]]
+    labels = np.array([rows[i]["label"] for i in test_rows])
+    covid = labels == CLASSES.index("COVID-19")
+    p_black = fitted.predict_proba(loso.feature_matrix(blacked, feature_set))
+    out = {
+        "n": len(test_rows),
+        "covid_auroc_intact": float(roc_auc_score(covid, probs[test_rows, 0])),
+        "covid_auroc_lungs_blacked_out": float(roc_auc_score(covid, p_black[:, 0])),
+    }
+    sources = np.array([r["dataset"] for r in rows])
+    splits = np.array([r["split"] for r in rows])
+    reps = {"decision (head scores)": np.log(np.clip(probs, 1e-9, 1)), "finding facts": np.asarray(features["findings"]), f"image features ({feature_set})": loso.feature_matrix(features, feature_set)}
+    out["source_probe"] = {name: source_probe(r[splits == "train"], list(sources[splits == "train"]), r[splits == "test"], list(sources[splits == "test"])) for name, r in reps.items()}
+    return out

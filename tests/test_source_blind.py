@@ -1,0 +1,98 @@
+"""The source-blind stage-2 model: lung pooling as in training, exact class activation, folded heads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from covidcxr.engine.heads import WithinSource
+from covidcxr.engine.stage2_features import lung_pooled
+from covidcxr.findings import FACTS, finding_facts, findings_summary
+from covidcxr.models import create_model
+from covidcxr.models.source_blind import fold_head
+from covidcxr.views import cam_maps, heads_inputs
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return create_model("source_blind_mobilenet_v2", in_chans=1, num_classes=3, **kw).eval()
+
+
+def _views(n=3, size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        lungs = np.zeros((1, size, size), np.float32)
+        lungs[0, 8:56, 6:28] = 1
+        lungs[0, 8:56, 36:58] = 1
+        out.append((rng.random((1, size, size)).astype(np.float32) * lungs, lungs))
+    return out
+
+
+def test_model_pools_inside_the_lungs_as_training_does():
+    model = _model(n_facts=len(FACTS))
+    views = _views()
+    batch = heads_inputs(views, "masked", 2, [np.zeros(len(FACTS), np.float32)] * 3, len(FACTS))
+    with torch.no_grad():
+        pooled, _ = model.pooled(torch.from_numpy(batch["x"]), torch.from_numpy(batch["weights"]))
+        fmap = model.backbone.forward_features(torch.from_numpy(batch["x"])).numpy()
+    np.testing.assert_allclose(pooled.numpy(), lung_pooled(fmap, [v[1][0] for v in views]), rtol=1e-4, atol=1e-5)
+
+
+def test_class_activation_adds_up_to_the_image_part_of_the_logit():
+    model = _model(n_facts=0, head="multinomial")
+    batch = heads_inputs(_views(), "masked", 2, None, 0)
+    with torch.no_grad():
+        x, w = torch.from_numpy(batch["x"]), torch.from_numpy(batch["weights"])
+        _, shared = model.pooled(x, w)
+        per_pos = torch.einsum("kc,nchw->nkhw", model.linear.weight, shared)
+        logits, cam = model(x, w, torch.zeros(3, 0))
+        expected = per_pos.sum(dim=(2, 3)) + model.linear.bias
+    np.testing.assert_allclose(expected.numpy(), logits.numpy(), rtol=1e-4, atol=1e-4)
+    assert torch.equal(cam, torch.relu(per_pos))
+    maps = cam_maps(cam.numpy(), [0, 1, 2], 64)
+    assert maps.shape == (3, 64, 64) and maps.max() <= 1 + 1e-6 and maps.min() >= 0
+
+
+def test_factorised_logits_are_the_log_probabilities_of_the_factors():
+    model = _model(n_facts=len(FACTS))
+    batch = heads_inputs(_views(), "masked", 2, [np.random.default_rng(1).random(len(FACTS)).astype(np.float32)] * 3, len(FACTS))
+    with torch.no_grad():
+        logits, _ = model(*(torch.from_numpy(batch[k]) for k in ("x", "weights", "facts")))
+    p = torch.softmax(logits, 1)
+    np.testing.assert_allclose(logits.exp().sum(1), 1, rtol=1e-5)
+    assert torch.allclose(p, logits.exp(), atol=1e-6)
+
+
+def test_missing_facts_are_refused_in_words():
+    with pytest.raises(ValueError, match="severity"):
+        heads_inputs(_views(1), "masked", 2, None, len(FACTS))
+
+
+def test_folded_heads_give_the_fitted_probabilities():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 5)) * 3 + 7
+    labels = rng.integers(0, 3, 300)
+    x[:, 0] += 2 * (labels != 2)
+    sources = np.array(["a", "b", "c"])[rng.integers(0, 3, 300)]
+    fitted = WithinSource().fit(x, labels, sources)
+    mean, scale = torch.from_numpy(fitted.scaler.mean_), torch.from_numpy(fitted.scaler.scale_)
+    (w0, b0), (w1, b1) = (fold_head(torch.from_numpy(h.coef_), mean, scale, h.a_, h.b_) for h in (fitted.abnormal, fitted.covid))
+    z = torch.from_numpy(x) @ torch.stack([w0, w1]).T + torch.stack([b0, b1])
+    p_abn, q = torch.sigmoid(z[:, 0]), torch.sigmoid(z[:, 1])
+    expected = fitted.predict_proba(x)
+    np.testing.assert_allclose(torch.stack([p_abn * q, p_abn * (1 - q), 1 - p_abn], 1).numpy(), expected, atol=1e-8)
+
+
+def test_finding_facts_and_summary():
+    zones = np.zeros((64, 64), np.uint8)
+    zones[10:50, 5:28] = np.repeat(np.repeat([[1], [2], [3]], 14, axis=0)[:40], 23, axis=1)
+    zones[10:50, 36:60] = zones[10:50, 5:29] + 3 * (zones[10:50, 5:29] > 0)
+    lesions = np.zeros((2, 64, 64), bool)
+    lesions[0, 40:50, 5:12] = True  # right lung, lateral, lower zone
+    severity = {"geographic_extent": 2.0, "opacity": 1.5, "brixia": dict.fromkeys("ABCDEF", 0.5), "lesions": {"ground-glass": {"right_lung": 0.1, "left_lung": 0.0}, "consolidation": {"right_lung": 0.0, "left_lung": 0.0}}}
+    facts = dict(zip(FACTS, finding_facts(severity, lesions, zones)))
+    assert facts["bilateral"] == 0 and facts["peripheral"] == 1 and facts["lower_zone"] == 1 and 0 < facts["lesion_share"] < 0.1
+    summary = findings_summary({"COVID-19": 0.3, "Other pneumonia": 0.1, "No finding": 0.6}, np.array(list(facts.values())))
+    assert summary["airspace_opacity"] == {"present": False, "probability": 0.4} and summary["covid_pattern"]["score"] == 0.75
