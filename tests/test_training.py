@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from covidcxr.data.splits import SPLIT_VERSION
 from covidcxr.config import load_config
 from covidcxr.data.masks import read_mask
 from covidcxr.data.segmentation import SegmentationDataset
@@ -72,7 +73,7 @@ def test_resume_continues_a_killed_run_to_the_same_result(tmp_path, monkeypatch)
     for name in ("config.yaml", "metrics.json", "learning_curve.png", "val_overlays.png", "export/unet_mobilenetv2_lungs.json"):
         assert (full / name).is_file(), name
     model, spec = load_weights(full / "export" / "unet_mobilenetv2_lungs.json")
-    assert spec.input_size == (64, 64) and spec.training["data"]["split_version"] == "v1"
+    assert spec.input_size == (64, 64) and spec.training["data"]["split_version"] == SPLIT_VERSION == "v2"
     assert np.isfinite(spec.training["val_dice"])
 
 

@@ -133,9 +133,6 @@ class Pipeline:
             res["prediction"] = targets[int(p.argmax())]
             if facts is not None:
                 res["findings"] = findings_summary(res["probabilities"], facts[j])
-            if not self.show_severity:
-                for key in ("severity", "lesions", "zones"):
-                    res.pop(key, None)
             if m is not None:
                 res["saliency_method"] = getattr(self.diagnoser, "saliency_method", "Grad-CAM")
                 res["heat"] = to_image(m, res["mask"], self.diagnoser.spec.margin, whole=self.diagnoser.spec.lung_input == "whole")
@@ -144,6 +141,9 @@ class Pipeline:
                 res["saliency_method"] = "lesion evidence"
                 res["heat"] = lesion_evidence(res["lesions"], res["mask"])
                 res["saliency_in_lungs"] = lung_share(res["heat"], res["mask"])
+            if not self.show_severity:  # computed for the diagnosis only
+                for key in ("severity", "lesions", "zones"):
+                    res.pop(key, None)
         return out
 
 

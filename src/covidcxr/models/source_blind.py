@@ -29,7 +29,7 @@ IMAGE_DIM = 1280
 HEADS = ("factorised", "multinomial")
 
 
-@register_model(name="source_blind_mobilenet_v2", task="classification")
+@register_model(name="source_blind_mobilenet_v2", task="diagnosis_heads")
 class SourceBlindDiagnoser(nn.Module):
     """Frozen MobileNetV2 features pooled inside the lungs + finding facts -> three class logits.
 
