@@ -141,13 +141,15 @@ def _check_diagnosis(nb, cwd: Path) -> None:
     assert re.search(rf"best validation macro AUROC {NUMBER} at epoch 1", train), train
     assert len(list(cwd.glob("runs/notebooks/02_diagnosis-*/train/export/mobilenet_v2_diagnosis.json"))) == 1
     pooled = _floats(rf"all sources: macro AUROC {NUMBER}", _stdout(_cell(nb, "evaluate")))
-    assert len(pooled) == 1 and 0.7 < pooled[0] <= 1, "the shipped classifier scores macro AUROC ~0.9 pooled"
+    # The CNN trained in quick mode (24 images, one epoch, 96 px) is evaluated: a number in range, not a good one.
+    assert len(pooled) == 1 and 0 <= pooled[0] <= 1, pooled
+    assert "shipped source-blind stage 2" in _stdout(_cell(nb, "evaluate"))
     assert _n_images(_cell(nb, "roc")) == 2  # ROC curves, confusion matrices
     audit = _floats(rf"COVID-19 AUROC {NUMBER}", _stdout(_cell(nb, "audit")))
     assert len(audit) == 3 and all(0 <= a <= 1 for a in audit), audit
     cam = _cell(nb, "gradcam")
-    shares = _floats(r"saliency inside the lungs (\d+)%", _stdout(cam))
-    assert shares and all(0 <= s <= 100 for s in shares), _stdout(cam)
+    shares = re.findall(r"saliency inside the lungs (\d+|nan)%", _stdout(cam))  # nan: no lesion evidence on that X-ray
+    assert shares and all(s == "nan" or 0 <= float(s) <= 100 for s in shares), _stdout(cam)
     assert _n_images(cam) == len(shares) >= 1  # one report per X-ray read
 
 
