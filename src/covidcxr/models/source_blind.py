@@ -84,11 +84,11 @@ class SourceBlindDiagnoser(nn.Module):
         return self._logits(self.linear(torch.cat([pooled.float()[:, : self.image_dim], facts.float()], dim=1)))
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, facts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.backbone is None:  # facts only; shapes from tensors, so an ONNX graph keeps a dynamic batch
+            logits = self._logits(self.linear(facts.float()))
+            return logits, torch.zeros_like(x[:, :1, :1, :1]).repeat(1, 3, 1, 1)
         pooled, shared = self.pooled(x, weights)
-        z = self.linear(torch.cat([pooled, facts.float()], dim=1))
-        logits = self._logits(z)
-        if shared is None:
-            return logits, x.new_zeros((len(x), 3, 1, 1))
+        logits = self._logits(self.linear(torch.cat([pooled, facts.float()], dim=1)))
         w_img = self.linear.weight[:, : self.image_dim]  # (2 or 3, 1280)
         per_pos = torch.einsum("kc,nchw->nkhw", w_img, shared)  # each head's image evidence per position
         if self.head_kind == "factorised":
