@@ -12,8 +12,9 @@ both folders put the patient in one split.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
+
+from .tables import label_rows
 
 from .ieee8023 import DATASET as IEEE8023
 
@@ -29,21 +30,17 @@ def _patient_id(row: dict) -> str:
 def load_records(root: str | Path) -> list[dict]:
     """Records with keys ``path, filename, dataset, patient_id, finding, view, modality, masks``."""
     root = Path(root)
-    table = root / "labels.csv"
-    if not table.is_file():
-        raise FileNotFoundError(f"{table}: not found; expected hannover/labels.csv")
-    with open(table, newline="") as fh:
-        return [
-            {
-                "path": str(root / "images" / row["filename"]),
-                "filename": row["filename"],
-                "dataset": DATASET,
-                "patient_id": _patient_id(row),
-                "finding": row["finding"],
-                "view": row.get("view", "") or "",
-                # CR and DX are both projection radiography.
-                "modality": "X-ray" if row.get("modality", "") in ("CR", "DX", "X-ray") else row.get("modality", ""),
-                "masks": {},
-            }
-            for row in csv.DictReader(fh)
-        ]
+    return [
+        {
+            "path": str(root / "images" / row["filename"]),
+            "filename": row["filename"],
+            "dataset": DATASET,
+            "patient_id": _patient_id(row),
+            "finding": row["finding"],
+            "view": row.get("view", "") or "",
+            # CR and DX are both projection radiography.
+            "modality": "X-ray" if row.get("modality", "") in ("CR", "DX", "X-ray") else row.get("modality", ""),
+            "masks": {},
+        }
+        for row in label_rows(root, DATASET)
+    ]

@@ -17,8 +17,9 @@ A patient is one patient across both folders: patient ids are ``nih:<8 digits>``
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
+
+from .tables import label_rows
 
 DATASET = "nih-chestxray8"
 DATASET14 = "nih-chestxray14"
@@ -32,23 +33,19 @@ def patient_of_filename(filename: str) -> str:
 
 def _read(root: str | Path, dataset: str) -> list[dict]:
     root = Path(root)
-    table = root / "labels.csv"
-    if not table.is_file():
-        raise FileNotFoundError(f"{table}: not found; expected {dataset}/labels.csv")
-    with open(table, newline="") as fh:
-        return [
-            {
-                "path": str(root / "images" / row["filename"]),
-                "filename": row["filename"],
-                "dataset": dataset,
-                "patient_id": f"{PATIENT_PREFIX}:{row['patient_id']}",
-                "finding": row["finding"],
-                "view": "PA",
-                "modality": "X-ray",
-                "masks": {},
-            }
-            for row in csv.DictReader(fh)
-        ]
+    return [
+        {
+            "path": str(root / "images" / row["filename"]),
+            "filename": row["filename"],
+            "dataset": dataset,
+            "patient_id": f"{PATIENT_PREFIX}:{row['patient_id']}",
+            "finding": row["finding"],
+            "view": "PA",
+            "modality": "X-ray",
+            "masks": {},
+        }
+        for row in label_rows(root, dataset)
+    ]
 
 
 def load_records(root: str | Path) -> list[dict]:

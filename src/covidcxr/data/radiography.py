@@ -16,8 +16,9 @@ Layout: ``labels.csv`` (filename, finding, group_id, upstream, source, duplicate
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
+
+from .tables import label_rows
 
 from .nih import patient_of_filename
 
@@ -34,20 +35,16 @@ def _patient_id(row: dict) -> str:
 def load_records(root: str | Path) -> list[dict]:
     """Records with keys ``path, filename, dataset, patient_id, finding, view, modality, masks``."""
     root = Path(root)
-    table = root / "labels.csv"
-    if not table.is_file():
-        raise FileNotFoundError(f"{table}: not found; expected covid19-radiography/labels.csv")
-    with open(table, newline="") as fh:
-        return [
-            {
-                "path": str(root / "images" / row["filename"]),
-                "filename": row["filename"],
-                "dataset": DATASET,
-                "patient_id": _patient_id(row),
-                "finding": row["finding"],
-                "view": "Frontal",
-                "modality": "X-ray",
-                "masks": {},
-            }
-            for row in csv.DictReader(fh)
-        ]
+    return [
+        {
+            "path": str(root / "images" / row["filename"]),
+            "filename": row["filename"],
+            "dataset": DATASET,
+            "patient_id": _patient_id(row),
+            "finding": row["finding"],
+            "view": "Frontal",
+            "modality": "X-ray",
+            "masks": {},
+        }
+        for row in label_rows(root, DATASET)
+    ]

@@ -74,8 +74,7 @@ def build_model(fitted, feature_set: str, init: str) -> torch.nn.Module:
 
 def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None) -> dict:
     """Fit, check, evaluate and export the source-blind stage 2; returns the summary."""
-    from ..pipeline import LungSegmenter
-    from ..severity import SeverityScorer
+    from ..models.weights import shipped_spec_path
 
     start = time.time()
     run = Path(cfg.out_dir)
@@ -101,7 +100,8 @@ def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None) -> dict:
     if cfg.loso:
         summary["loso"] = loso.run_loso(features, samples, {f"{cfg.design} / {cfg.features}": (cfg.design, cfg.features)})
         loso.write(summary["loso"], run / "loso")
-    segmenter, scorer = LungSegmenter.from_spec(), SeverityScorer.from_spec()
+    # The stage-1 and severity weights stage2_inputs read (the shipped ones): their specs name them.
+    lungs, lesions, severity = (WeightSpec.from_json(shipped_spec_path(k)) for k in ("lungs", "lesions", "severity"))
     spec = WeightSpec(
         name=cfg.export_name,
         architecture="source_blind_mobilenet_v2",
@@ -117,14 +117,14 @@ def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None) -> dict:
         lung_input="masked",
         margin=MARGIN,
         temperature=1.0,
-        lung_weights=segmenter.spec.sha256,
+        lung_weights=lungs.sha256,
         training={
             "command": " ".join(["covidcxr", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("covidcxr") else "covidcxr train diagnosis --config configs/diagnosis.yaml",
             "config": {**asdict(cfg), "init": init},
             "initial_weights": ({"file": Path(parse_init(init)[0]).name, "sha256": parse_init(init)[1] or IMAGENET_MOBILENET_V2_SHA256,
                                  "licence": "Apache-2.0 (TensorFlow-slim MobileNetV2, ImageNet)"} if model.backbone is not None else None),
-            "lesion_weights": scorer.lesion_spec.sha256,
-            "severity_weights": scorer.head_spec.sha256,
+            "lesion_weights": lesions.sha256,
+            "severity_weights": severity.sha256,
             "facts": list(FACTS),
             "data": {"split_version": SPLIT_VERSION, "train_samples": int(train.sum()), "per_source": summary["train"]},
             "research_use": "trained on covid19-radiography images (BIMCV-COVID19+ research use agreement): research use only",
