@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,29 @@ def test_parse_init():
     assert parse_init("lungs") is None
     assert parse_init("imagenet-file:/x/w.pt") == ("/x/w.pt", IMAGENET_MOBILENET_V2_SHA256)
     assert parse_init("imagenet-file:/x/w.pt@abc") == ("/x/w.pt", "abc")
+
+
+def test_batchnorm_reestimation_keeps_the_imagenet_function(imagenet_file):
+    """Train-mode batch norm on X-ray statistics computes what the folded network computes."""
+    from covidcxr.models.pretrained import loaded_part, reestimate_batchnorm
+
+    torch.manual_seed(0)
+    model = create_model("unet_mobilenetv2", in_chans=1, num_classes=1)
+    report = load_imagenet(model, imagenet_file)
+    encoder = loaded_part(model, report["loaded"])
+    assert all(k.startswith(next(n for n, m in model.named_modules() if m is encoder)) for k in report["loaded"])
+    decoder_norm = next(m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d) and "decoder" in n)
+    decoder_before = decoder_norm.weight.clone()
+    x = torch.randn(4, 1, 128, 128)
+    encoder.eval()
+    with torch.no_grad():
+        folded = encoder(x)
+        as_is = copy.deepcopy(encoder).train()
+        unit_variance = as_is(x)  # train mode, folded identities: every layer rescaled
+    assert not torch.allclose(unit_variance, folded, atol=1e-2)
+    assert reestimate_batchnorm(model, [x], within=encoder) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules())
+    for mode in ("eval", "train"):  # eval first: a train-mode pass moves the running statistics
+        encoder.train(mode == "train")
+        with torch.no_grad():
+            assert (encoder(x) - folded).abs().max().item() < 1e-3, mode
+    assert torch.equal(decoder_norm.weight, decoder_before)  # outside the loaded encoder: untouched

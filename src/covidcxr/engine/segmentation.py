@@ -57,6 +57,7 @@ class SegTrainConfig:
     model: str = "unet_mobilenetv2"
     pretrained: str | None = None  # "imagenet" needs internet once
     init: str | None = None  # "imagenet-file:PATH[@SHA256]": the encoder from a local ImageNet MobileNetV2 file (covidcxr.models.pretrained)
+    init_bn: str = "folded"  # with init: "folded" fine-tunes the file's identity batch norms as they are; "reestimate" gives them X-ray statistics first
     input_size: int = 256  # images are resized to this; the model runs at it at inference
     enhancement: str = "none"  # none | clahe | dehaze before the resize (covidcxr.enhance); recorded in the spec
     crop_size: int = 0  # >0: train on random crops of this size (cheaper steps at a larger input_size)
@@ -80,14 +81,20 @@ class SegTrainConfig:
     disc_layers: int = 3  # stride-2 layers: 3 -> 70x70 receptive field
 
 
-def _init_from_file(net: torch.nn.Module, init: str) -> None:
+def _init_from_file(net: torch.nn.Module, cfg: SegTrainConfig, train_ds: SegmentationDataset) -> None:
     """Start the encoder from an ``imagenet-file:PATH[@SHA256]`` (the only ``init`` segmentation takes)."""
-    from ..models.pretrained import load_imagenet, parse_init
+    from ..models.pretrained import load_imagenet, loaded_part, parse_init, reestimate_batchnorm
 
-    parsed = parse_init(init)
+    parsed = parse_init(cfg.init)
     if parsed is None:
-        raise ValueError(f"segmentation init must be 'imagenet-file:PATH[@SHA256]', got {init!r}")
-    load_imagenet(net, *parsed)
+        raise ValueError(f"segmentation init must be 'imagenet-file:PATH[@SHA256]', got {cfg.init!r}")
+    if cfg.init_bn not in ("folded", "reestimate"):
+        raise ValueError(f"init_bn must be 'folded' or 'reestimate', got {cfg.init_bn!r}")
+    report = load_imagenet(net, *parsed)
+    if cfg.init_bn == "reestimate":
+        loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(cfg.seed))
+        batches = (batch["image"] for _, batch in zip(range(8), loader))
+        reestimate_batchnorm(net, batches, within=loaded_part(net, report["loaded"]))
 
 
 def _device(name: str) -> torch.device:
@@ -236,7 +243,7 @@ def _train(cfg: SegTrainConfig, device: torch.device, resume: bool, export_dir: 
         raise RuntimeError("no training samples with manual lung masks were found; check --data-root")
     net = create_model(cfg.model, in_chans=1, num_classes=1, pretrained=cfg.pretrained)
     if cfg.init:
-        _init_from_file(net, cfg.init)
+        _init_from_file(net, cfg, train_ds)
     net = net.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_rank = -(-len(train_ds) // distributed.world_size())

@@ -17,6 +17,7 @@ One-channel models get the first convolution summed over RGB (as smp does for
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -103,6 +104,12 @@ def load_imagenet(model: nn.Module, path: str | Path, sha256: str | None = IMAGE
     return {"loaded": list(mapped), "skipped": skipped}
 
 
+def loaded_part(model: nn.Module, loaded: list[str]) -> nn.Module:
+    """The smallest submodule of ``model`` that holds every loaded key (the MobileNetV2 encoder)."""
+    common = os.path.commonprefix([k.split(".")[:-1] for k in loaded])  # element-wise on lists
+    return model.get_submodule(".".join(common)) if common else model
+
+
 def parse_init(init: str) -> tuple[str, str | None] | None:
     """``imagenet-file:PATH[@SHA256]`` -> (PATH, sha256 or the shipped file's); other values -> None."""
     if not init.startswith(PREFIX):
@@ -110,3 +117,65 @@ def parse_init(init: str) -> tuple[str, str | None] | None:
     rest = init[len(PREFIX):]
     path, _, digest = rest.partition("@")
     return path, (digest or IMAGENET_MOBILENET_V2_SHA256)
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, batches, within: nn.Module | None = None, forward=None) -> int:
+    """Give every BatchNorm2d X-ray statistics while keeping the function it computes.
+
+    After the fold each BatchNorm2d is the identity plus the folded bias. In training mode it
+    normalises by batch statistics instead, which rescales every layer to unit variance and so
+    is no longer the ImageNet network. Here, layer by layer on ``batches`` (a few training
+    X-rays), each BatchNorm2d gets the mean ``m`` and variance ``v`` of its input as running
+    statistics, weight ``sqrt(v + eps)`` and bias ``bias + m``: in training mode on such a batch
+    it then returns what the folded identity returned, and in eval mode exactly that.
+
+    Args:
+        model: any module; only its BatchNorm2d layers change.
+        batches: iterable of input tensors (or of whatever ``forward`` takes).
+        within: only the BatchNorm2d layers inside this part of ``model`` (the loaded encoder);
+            default all of them.
+        forward: ``forward(model, batch)``; default ``model(batch)``.
+
+    Returns:
+        The number of BatchNorm2d layers re-estimated.
+    """
+    norms = [m for m in (within or model).modules() if isinstance(m, nn.BatchNorm2d)]
+    sums = {id(m): [0.0, 0.0, 0] for m in norms}
+
+    def record(module, inputs, _output):
+        x = inputs[0].detach().float()
+        acc = sums[id(module)]
+        acc[0] = acc[0] + x.sum(dim=(0, 2, 3))
+        acc[1] = acc[1] + (x * x).sum(dim=(0, 2, 3))
+        acc[2] += x.numel() // x.shape[1]
+
+    was_training = model.training
+    model.eval()  # the folded identity: every layer sees what the ImageNet network computes
+    hooks = [m.register_forward_hook(record) for m in norms]
+    try:
+        for batch in batches:
+            model(batch) if forward is None else forward(model, batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    done = 0
+    for m in norms:
+        total, squares, n = sums[id(m)]
+        if not n:
+            continue
+        mean = total / n
+        var = (squares / n - mean * mean).clamp_min(0.0)
+        eval_out_bias = m.bias - m.running_mean * m.weight / torch.sqrt(m.running_var + m.eps)
+        eval_scale = m.weight / torch.sqrt(m.running_var + m.eps)
+        # New BN in eval/train mode on these statistics: (x - mean) / sqrt(var + eps) * w + b
+        # must equal eval_scale * x + eval_out_bias.
+        std = torch.sqrt(var + m.eps)
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(var)
+        m.weight.copy_(eval_scale * std)
+        m.bias.copy_(eval_out_bias + eval_scale * mean)
+        done += 1
+    model.train(was_training)
+    log.info("batch norm re-estimated on X-rays: %d layers", done)
+    return done
