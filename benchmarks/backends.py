@@ -58,8 +58,13 @@ def main() -> int:
     images = [read_image(f) for f in pick_files(resolve_data_root(args.data_root), args.per_source)]
     with tempfile.TemporaryDirectory() as tmp:
         export_onnx(tmp)
-        pipes = {"torch": (Pipeline.load(saliency=True), Pipeline.load(saliency=False)),
-                 "onnxruntime": (Pipeline.load(backend="onnxruntime", onnx_dir=tmp, saliency=True), Pipeline.load(backend="onnxruntime", onnx_dir=tmp, saliency=False))}
+        pipes = {
+            "torch": (Pipeline.load(saliency=True), Pipeline.load(saliency=False)),
+            "onnxruntime": (
+                Pipeline.load(backend="onnxruntime", onnx_dir=tmp, saliency=True),
+                Pipeline.load(backend="onnxruntime", onnx_dir=tmp, saliency=False),
+            ),
+        }
         for full, fast in pipes.values():  # warm-up
             full.run(images[:1])
             fast.run(images[: args.batch_size])
@@ -76,25 +81,47 @@ def main() -> int:
                 for i in range(0, len(images), args.batch_size):
                     fast.run(images[i : i + args.batch_size])
                 times[f"{k}_batch"].append(len(images) / (time.perf_counter() - t))
-            print(f"rep {rep + 1}/{args.reps}: " + ", ".join(f"{k} {np.median(v):.3f}" for k, v in times.items()), flush=True)
+            print(
+                f"rep {rep + 1}/{args.reps}: " + ", ".join(f"{k} {np.median(v):.3f}" for k, v in times.items()),
+                flush=True,
+            )
     diffs = {"probabilities": 0.0, "gate_probability": 0.0, "mask_pixels": 0.0}
     for a, b in zip(outs["torch"], outs["onnxruntime"]):
         if a.get("probabilities") and b.get("probabilities"):
-            diffs["probabilities"] = max(diffs["probabilities"], max(abs(a["probabilities"][c] - b["probabilities"][c]) for c in a["probabilities"]))
+            diffs["probabilities"] = max(
+                diffs["probabilities"],
+                max(abs(a["probabilities"][c] - b["probabilities"][c]) for c in a["probabilities"]),
+            )
         if "gate_probability" in a:
-            diffs["gate_probability"] = max(diffs["gate_probability"], abs(a["gate_probability"] - b["gate_probability"]))
+            diffs["gate_probability"] = max(
+                diffs["gate_probability"], abs(a["gate_probability"] - b["gate_probability"])
+            )
             diffs["mask_pixels"] = max(diffs["mask_pixels"], float((a["mask"] != b["mask"]).mean()))
     res = {k: float(np.median(v)) for k, v in times.items()}
     res["speedup_single"] = res["torch_single"] / res["onnxruntime_single"]
     res["speedup_batch"] = res["onnxruntime_batch"] / res["torch_batch"]
     res["max_abs_diff"] = diffs
-    res["goals"] = {"speedup_single": {"goal": 1.5, "met": res["speedup_single"] >= 1.5}, "speedup_batch": {"goal": 1.5, "met": res["speedup_batch"] >= 1.5},
-                    "probabilities_within_1e-4": diffs["probabilities"] <= 1e-4}
-    machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(), "loadavg": os.getloadavg()}
+    res["goals"] = {
+        "speedup_single": {"goal": 1.5, "met": res["speedup_single"] >= 1.5},
+        "speedup_batch": {"goal": 1.5, "met": res["speedup_batch"] >= 1.5},
+        "probabilities_within_1e-4": diffs["probabilities"] <= 1e-4,
+    }
+    machine = {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "loadavg": os.getloadavg(),
+    }
     import onnxruntime
 
     machine["onnxruntime"] = onnxruntime.__version__
-    report = {"machine": machine, "config": {k: v for k, v in vars(args).items() if k != "json"} | {"images": len(images)}, "results": res, "raw": times}
+    report = {
+        "machine": machine,
+        "config": {k: v for k, v in vars(args).items() if k != "json"} | {"images": len(images)},
+        "results": res,
+        "raw": times,
+    }
     print(json.dumps(res, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,12 @@ def run(amp: str, args: argparse.Namespace, root: Path) -> dict:
     main(cfg)
     wall = time.perf_counter() - t0
     history = json.loads((root / amp / "metrics.json").read_text())["history"]
-    return {"amp": amp, "wall_s": round(wall, 1), "val_dice": [round(h["val_dice"], 4) for h in history], "train_loss": [round(h["train_loss"], 4) for h in history]}
+    return {
+        "amp": amp,
+        "wall_s": round(wall, 1),
+        "val_dice": [round(h["val_dice"], 4) for h in history],
+        "train_loss": [round(h["train_loss"], 4) for h in history],
+    }
 
 
 def cli() -> int:
@@ -53,7 +58,9 @@ def cli() -> int:
     }
     for r in results:
         print(f"{r['amp']:>5}: wall {r['wall_s']:7.1f} s  val Dice per epoch {r['val_dice']}")
-    print(f"bf16 - fp32 best val Dice: {summary['best_val_dice_diff_bf16_minus_fp32']:+.4f}; bf16 speed-up x{summary['speedup_bf16']}")
+    print(
+        f"bf16 - fp32 best val Dice: {summary['best_val_dice_diff_bf16_minus_fp32']:+.4f}; bf16 speed-up x{summary['speedup_bf16']}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0

@@ -76,7 +76,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="run the models on PyTorch or onnxruntime")
+    ap.add_argument(
+        "--backend", default="torch", choices=["torch", "onnxruntime"], help="run the models on PyTorch or onnxruntime"
+    )
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -92,31 +94,74 @@ def main() -> int:
     fast = Pipeline.load(saliency=False, **load)
     fastest = Pipeline.load(saliency=False, severity=False, **load)
     single_files = files[:: max(1, len(files) // args.single)][: args.single]
-    times: dict[str, list[float]] = {"single": [], "single_no_severity": [], "batch": [], "batch_no_severity": [], "batch+report": [], "segment": []}
+    times: dict[str, list[float]] = {
+        "single": [],
+        "single_no_severity": [],
+        "batch": [],
+        "batch_no_severity": [],
+        "batch+report": [],
+        "segment": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         # warm-up: first calls allocate and pick kernels
         list(predict_files([str(files[0])], Path(tmp) / "warm", full, progress=False))
         list(predict_files([str(files[0])], Path(tmp) / "warm1", no_severity, progress=False))
-        list(predict_files([str(f) for f in files[:16]], Path(tmp) / "warm2", fast, batch_size=args.batch_size, report=False, progress=False))
-        list(predict_files([str(f) for f in files[:16]], Path(tmp) / "warm3", fastest, batch_size=args.batch_size, report=False, progress=False))
+        list(
+            predict_files(
+                [str(f) for f in files[:16]],
+                Path(tmp) / "warm2",
+                fast,
+                batch_size=args.batch_size,
+                report=False,
+                progress=False,
+            )
+        )
+        list(
+            predict_files(
+                [str(f) for f in files[:16]],
+                Path(tmp) / "warm3",
+                fastest,
+                batch_size=args.batch_size,
+                report=False,
+                progress=False,
+            )
+        )
         for rep in range(args.reps):
             for f in single_files:
                 for name, pipe in (("single", full), ("single_no_severity", no_severity)):
                     t = time.perf_counter()
                     rows = list(predict_files([str(f)], Path(tmp) / f"{name}{rep}", pipe, progress=False))
                     times[name].append(time.perf_counter() - t)
-                    assert "error" not in rows[0] or "refused" in rows[0]["error"] or "not recognised" in rows[0]["error"], rows[0]
-            for name, pipe, kwargs in (("batch", fast, {"report": False}), ("batch_no_severity", fastest, {"report": False}), ("batch+report", fast, {"report": True})):
+                    assert (
+                        "error" not in rows[0] or "refused" in rows[0]["error"] or "not recognised" in rows[0]["error"]
+                    ), rows[0]
+            for name, pipe, kwargs in (
+                ("batch", fast, {"report": False}),
+                ("batch_no_severity", fastest, {"report": False}),
+                ("batch+report", fast, {"report": True}),
+            ):
                 t = time.perf_counter()
-                list(predict_files([str(f) for f in files], Path(tmp) / f"{name}{rep}", pipe, batch_size=args.batch_size, progress=False, **kwargs))
+                list(
+                    predict_files(
+                        [str(f) for f in files],
+                        Path(tmp) / f"{name}{rep}",
+                        pipe,
+                        batch_size=args.batch_size,
+                        progress=False,
+                        **kwargs,
+                    )
+                )
                 times[name].append(len(files) / (time.perf_counter() - t))
             out = Path(tmp) / f"segment{rep}"
             out.mkdir()
             t = time.perf_counter()
             segment_only(fast, files, out, args.batch_size)
             times["segment"].append(len(files) / (time.perf_counter() - t))
-            print(f"rep {rep + 1}/{args.reps}: single {np.median(times['single'][-len(single_files):]):.3f} s/image "
-                  f"({np.median(times['single_no_severity'][-len(single_files):]):.3f} without severity); batch {times['batch'][-1]:.1f}, batch+report {times['batch+report'][-1]:.1f}, segment {times['segment'][-1]:.1f} images/s", flush=True)
+            print(
+                f"rep {rep + 1}/{args.reps}: single {np.median(times['single'][-len(single_files) :]):.3f} s/image "
+                f"({np.median(times['single_no_severity'][-len(single_files) :]):.3f} without severity); batch {times['batch'][-1]:.1f}, batch+report {times['batch+report'][-1]:.1f}, segment {times['segment'][-1]:.1f} images/s",
+                flush=True,
+            )
     res = {
         "single_s_per_image": float(np.median(times["single"])),
         "single_s_per_image_p90": float(np.quantile(times["single"], 0.9)),
@@ -129,9 +174,26 @@ def main() -> int:
     res["severity_overhead"] = res["single_s_per_image"] / res["single_no_severity_s_per_image"] - 1
     res["batch_vs_segment"] = res["batch_images_per_s"] / res["segment_images_per_s"]
     res["batch_report_vs_segment"] = res["batch_report_images_per_s"] / res["segment_images_per_s"]
-    res["goals"] = {k: {"goal": g, "measured": res[k], "met": res[k] <= g if k.startswith(("single", "severity")) else res[k] >= g} for k, g in GOALS.items()}
-    machine = {"backend": args.backend, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(), "loadavg": os.getloadavg()}
-    report = {"machine": machine, "config": {k: v for k, v in vars(args).items() if k != "json"} | {"files": len(files), "single_files": len(single_files)}, "results": res, "raw": times, "models": fast.models}
+    res["goals"] = {
+        k: {"goal": g, "measured": res[k], "met": res[k] <= g if k.startswith(("single", "severity")) else res[k] >= g}
+        for k, g in GOALS.items()
+    }
+    machine = {
+        "backend": args.backend,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "loadavg": os.getloadavg(),
+    }
+    report = {
+        "machine": machine,
+        "config": {k: v for k, v in vars(args).items() if k != "json"}
+        | {"files": len(files), "single_files": len(single_files)},
+        "results": res,
+        "raw": times,
+        "models": fast.models,
+    }
     print(json.dumps(res, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

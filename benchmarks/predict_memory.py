@@ -105,8 +105,23 @@ def run_cli(files: list[Path], work: Path, label: str, args: argparse.Namespace)
         w.writerow(["path"])
         w.writerows([str(f)] for f in files)
     out = work / label
-    cmd = [sys.executable, "-m", "covidcxr.cli", "predict", "--csv", str(listing), "--out", str(out), "-q", "--no-saliency", "--no-report",
-           "--batch-size", str(args.batch_size), "--workers", str(args.workers)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "covidcxr.cli",
+        "predict",
+        "--csv",
+        str(listing),
+        "--out",
+        str(out),
+        "-q",
+        "--no-saliency",
+        "--no-report",
+        "--batch-size",
+        str(args.batch_size),
+        "--workers",
+        str(args.workers),
+    ]
     if args.no_severity:
         cmd.append("--no-severity")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
@@ -119,7 +134,11 @@ def run_cli(files: list[Path], work: Path, label: str, args: argparse.Namespace)
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
         err.seek(0)
         stderr = err.read().decode(errors="replace")
-    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()] if (out / "predictions.jsonl").is_file() else []
+    rows = (
+        [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+        if (out / "predictions.jsonl").is_file()
+        else []
+    )
     # ru_maxrss is in KiB on Linux, in bytes on macOS.
     peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     return {
@@ -140,9 +159,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small", type=int, default=200, help="inputs in the small run (default 200)")
     p.add_argument("--large", type=int, default=2000, help="inputs in the large run (default 2000)")
     p.add_argument("--data-root", help="folder holding covid-chestxray/, nih-chestxray8/, kermany-pediatric/")
-    p.add_argument("--batch-size", type=int, default=CLI_BATCH_SIZE, help=f"the CLI's --batch-size (default {CLI_BATCH_SIZE})")
+    p.add_argument(
+        "--batch-size", type=int, default=CLI_BATCH_SIZE, help=f"the CLI's --batch-size (default {CLI_BATCH_SIZE})"
+    )
     p.add_argument("--workers", type=int, default=0, help="the CLI's --workers (default 0)")
-    p.add_argument("--no-severity", action="store_true", help="pass --no-severity (default: severity on, as the CLI runs)")
+    p.add_argument(
+        "--no-severity", action="store_true", help="pass --no-severity (default: severity on, as the CLI runs)"
+    )
     p.add_argument("--seed", type=int, default=0, help="which images are drawn (default 0)")
     p.add_argument("--json", help="also write the numbers to this JSON file")
     return p.parse_args(argv)
@@ -151,7 +174,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.batch_size <= args.small < args.large:
-        raise SystemExit(f"error: need --batch-size <= --small < --large, got {args.batch_size}, {args.small} and {args.large}")
+        raise SystemExit(
+            f"error: need --batch-size <= --small < --large, got {args.batch_size}, {args.small} and {args.large}"
+        )
     drawn = draw_images(resolve_data_root(args.data_root), args.large, args.seed)
     small, large = small_and_large(drawn, args.small, args.batch_size)
     load_start = os.getloadavg()
@@ -172,16 +197,26 @@ def main(argv: list[str] | None = None) -> int:
     }
     passed = all(v["met"] for v in goals.values())
 
-    print(f"\n`covidcxr predict --no-saliency --no-report` (--batch-size {args.batch_size}, --workers {args.workers}); peak RSS = wait4 ru_maxrss")
+    print(
+        f"\n`covidcxr predict --no-saliency --no-report` (--batch-size {args.batch_size}, --workers {args.workers}); peak RSS = wait4 ru_maxrss"
+    )
     print(f"{'inputs':>7} {'rows':>6} {'errors':>7} {'peak RSS MiB':>13} {'wall s':>8} {'images/s':>9} {'exit':>5}")
     for r in runs.values():
-        print(f"{r['images']:7d} {r['rows']:6d} {r['error_rows']:7d} {r['peak_rss_mib']:13.1f} {r['wall_s']:8.1f} {r['images_per_s']:9.1f} {r['exit_code']:5d}")
-    print(f"\npeak ratio {args.large}/{args.small}: {ratio:.3f} ({g['peak_rss_mib'] - s['peak_rss_mib']:+.1f} MiB; limit {TOLERANCE})")
-    print(f"throughput per extra image: {marginal:.1f} images/s (goal >= {GOAL_IMAGES_PER_S}); load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end")
+        print(
+            f"{r['images']:7d} {r['rows']:6d} {r['error_rows']:7d} {r['peak_rss_mib']:13.1f} {r['wall_s']:8.1f} {r['images_per_s']:9.1f} {r['exit_code']:5d}"
+        )
+    print(
+        f"\npeak ratio {args.large}/{args.small}: {ratio:.3f} ({g['peak_rss_mib'] - s['peak_rss_mib']:+.1f} MiB; limit {TOLERANCE})"
+    )
+    print(
+        f"throughput per extra image: {marginal:.1f} images/s (goal >= {GOAL_IMAGES_PER_S}); load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end"
+    )
     print("PASS" if passed else "FAIL")
     for label, r in runs.items():
         if r["rows"] != r["images"] or r["exit_code"] not in (0, 2):
-            print(f"\n{label} run: {r['rows']} rows for {r['images']} inputs, exit {r['exit_code']}; stderr:\n{r['stderr_tail']}")
+            print(
+                f"\n{label} run: {r['rows']} rows for {r['images']} inputs, exit {r['exit_code']}; stderr:\n{r['stderr_tail']}"
+            )
 
     if args.json:
         import torch
@@ -189,8 +224,14 @@ def main(argv: list[str] | None = None) -> int:
         report = {
             "command": "python benchmarks/predict_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "config": {k: v for k, v in vars(args).items() if k != "json"},
-            "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                        "python": platform.python_version(), "loadavg_start": load_start, "loadavg_end": load_end},
+            "machine": {
+                "cpu_count": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "loadavg_start": load_start,
+                "loadavg_end": load_end,
+            },
             "peak_memory": "os.wait4(pid) ru_maxrss of the CLI process (kernel high-water mark of its resident set)",
             "runs": runs,
             "peak_ratio": ratio,
@@ -199,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             "images_per_s_end_to_end": g["images_per_s"],
             "goals": goals,
             "passed": passed,
-            "inputs": {"small": [str(f) for f in small], "large_extra": [str(f) for f in large[len(small):]]},
+            "inputs": {"small": [str(f) for f in small], "large_extra": [str(f) for f in large[len(small) :]]},
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -141,7 +141,9 @@ def summarize(seconds: list[float], batch: int) -> dict:
     }
 
 
-def make_cases(segmenter: LungSegmenter, pspnet: torch.nn.Module, paths: list[Path], images: list[np.ndarray], batch: int) -> list[Case]:
+def make_cases(
+    segmenter: LungSegmenter, pspnet: torch.nn.Module, paths: list[Path], images: list[np.ndarray], batch: int
+) -> list[Case]:
     """The cases for one batch size; call ``rep`` uses images ``rep*batch ...`` cycled.
 
     Model inputs for every distinct batch are prepared here, outside the timing.
@@ -158,7 +160,9 @@ def make_cases(segmenter: LungSegmenter, pspnet: torch.nn.Module, paths: list[Pa
         return (rep * batch) % k
 
     cases = [
-        Case("covidcxr segment (end to end)", lambda rep: segmenter.segment([images[i] for i in index[pick(rep)]]), batch),
+        Case(
+            "covidcxr segment (end to end)", lambda rep: segmenter.segment([images[i] for i in index[pick(rep)]]), batch
+        ),
         Case("covidcxr model only", lambda rep: segmenter.model(ours_in[pick(rep)]), batch),
         Case("PSPNet forward (xrv)", lambda rep: pspnet(psp_in[pick(rep)]), batch),
         Case("PSPNet model only", lambda rep: pspnet.model(psp3_in[pick(rep)]), batch),
@@ -201,6 +205,7 @@ def machine_info(threads: int) -> dict:
 
 def ratios(results: dict[str, dict]) -> dict[str, float]:
     """PSPNet / covidcxr time per image, end to end and model only."""
+
     def per_image(name: str) -> float:
         return results[name]["ms_per_image"]
 
@@ -214,12 +219,16 @@ def print_report(report: dict) -> None:
     """The readable table."""
     m, cfg = report["machine"], report["config"]
     print(f"\nLung segmentation on CPU: covidcxr vs torchxrayvision PSPNet ({m['cpu_model']})")
-    print(f"torch {m['torch']}, torch.get_num_threads()={m['torch_num_threads']}, cpu_count={m['cpu_count']}, "
-          f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end")
+    print(
+        f"torch {m['torch']}, torch.get_num_threads()={m['torch_num_threads']}, cpu_count={m['cpu_count']}, "
+        f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end"
+    )
     print(f"covidcxr: {cfg['weights']} ({cfg['ours_params_m']:.2f} M params, input {cfg['ours_input_size']})")
-    print(f"PSPNet:   ChestX-Det, random weights ({cfg['pspnet_params_m']:.2f} M params, input {PSPNET_SIZE}x{PSPNET_SIZE}x3)")
+    print(
+        f"PSPNet:   ChestX-Det, random weights ({cfg['pspnet_params_m']:.2f} M params, input {PSPNET_SIZE}x{PSPNET_SIZE}x3)"
+    )
     print(f"images:   {len(cfg['images'])} real images cycled, sizes {', '.join(cfg['image_sizes'])}")
-    for key, res in report["results"].items():
+    for res in report["results"].values():
         batch = next(iter(res.values()))["batch"]
         print(f"\n  {'batch ' + str(batch):30} {'ms/image':>12} {'p90':>8} {'images/s':>10} {'n':>4}")
         for name, r in res.items():
@@ -227,11 +236,15 @@ def print_report(report: dict) -> None:
             print(f"  {name:30} {r['ms_per_image']:12.1f} {p90:8.1f} {r['images_per_s']:10.2f} {r['n']:4d}")
     print("\nPSPNet / covidcxr, time per image (median)")
     for key, rat in report["ratios"].items():
-        print(f"  {key.replace('_', ' '):10} end to end {rat['end_to_end']:7.1f}x    model only {rat['model_only']:7.1f}x")
+        print(
+            f"  {key.replace('_', ' '):10} end to end {rat['end_to_end']:7.1f}x    model only {rat['model_only']:7.1f}x"
+        )
     goal = report["goal"]
     verdict = "MET" if goal["met"] else "NOT MET"
-    print(f"\ngoal >= {GOAL:g}x faster per image (end to end, every batch size): {verdict} "
-          f"(worst {goal['worst_end_to_end']:.1f}x)")
+    print(
+        f"\ngoal >= {GOAL:g}x faster per image (end to end, every batch size): {verdict} "
+        f"(worst {goal['worst_end_to_end']:.1f}x)"
+    )
     if m["loadavg_start"][0] > 0.5 * (m["cpus_usable"] or 1):
         print("note: the machine was busy at the start; absolute times are inflated, ratios less so")
 
@@ -241,8 +254,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", help="weights spec JSON (default: the shipped lung model)")
     p.add_argument("--data-root", help="folder holding covid-chestxray/, nih-chestxray8/, kermany-pediatric/")
     p.add_argument("--n", type=int, default=20, help="timed repetitions at batch 1 (default 20)")
-    p.add_argument("--n-batch", type=int, default=3,
-                   help="timed repetitions at --batch-size (default 3; PSPNet takes about a minute per batch of 16 on 2 cores)")
+    p.add_argument(
+        "--n-batch",
+        type=int,
+        default=3,
+        help="timed repetitions at --batch-size (default 3; PSPNet takes about a minute per batch of 16 on 2 cores)",
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed repetitions before each block (default 1)")
     p.add_argument("--batch-size", type=int, default=16, help="batch size for the throughput block (default 16)")
     p.add_argument("--per-source", type=int, default=2, help="real images from each of the three sources (default 2)")

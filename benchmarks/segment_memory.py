@@ -90,8 +90,18 @@ def small_and_large(files: list[Path], n_small: int, batch_size: int) -> tuple[l
 
 def run_cli(files: list[Path], out_dir: Path, weights: str | None, batch_size: int) -> dict:
     """Run ``covidcxr segment`` over ``files`` in a child process; its peak RSS, exit code and wall time."""
-    cmd = [sys.executable, "-m", "covidcxr.cli", "segment", *map(str, files), "--out", str(out_dir), "-q",
-           "--batch-size", str(batch_size)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "covidcxr.cli",
+        "segment",
+        *map(str, files),
+        "--out",
+        str(out_dir),
+        "-q",
+        "--batch-size",
+        str(batch_size),
+    ]
     if weights:
         cmd += ["--weights", weights]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
@@ -123,7 +133,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--large", type=int, default=500, help="images in the large run (default 500)")
     p.add_argument("--weights", help="weights spec JSON (default: the shipped lung model)")
     p.add_argument("--data-root", help="folder holding covid-chestxray/, nih-chestxray8/, kermany-pediatric/")
-    p.add_argument("--batch-size", type=int, default=CLI_BATCH_SIZE, help=f"the CLI's --batch-size (default {CLI_BATCH_SIZE})")
+    p.add_argument(
+        "--batch-size", type=int, default=CLI_BATCH_SIZE, help=f"the CLI's --batch-size (default {CLI_BATCH_SIZE})"
+    )
     p.add_argument("--seed", type=int, default=0, help="which images are drawn (default 0)")
     p.add_argument("--json", help="also write the numbers to this JSON file")
     return p.parse_args(argv)
@@ -148,20 +160,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nPeak RSS of `covidcxr segment` (wait4 ru_maxrss of the CLI process), --batch-size {args.batch_size}")
     print(f"{'images':>7} {'peak RSS MiB':>13} {'wall s':>8} {'masks':>6} {'exit':>5}")
     for r in runs.values():
-        print(f"{r['images']:7d} {r['peak_rss_mib']:13.1f} {r['wall_s']:8.1f} {r['masks_written']:6d} {r['exit_code']:5d}")
+        print(
+            f"{r['images']:7d} {r['peak_rss_mib']:13.1f} {r['wall_s']:8.1f} {r['masks_written']:6d} {r['exit_code']:5d}"
+        )
     growth = runs["large"]["peak_rss_mib"] - runs["small"]["peak_rss_mib"]
-    print(f"\nratio {args.large}/{args.small}: {ratio:.3f} ({growth:+.1f} MiB)  "
-          f"{'PASS' if passed else 'FAIL'} (limit {TOLERANCE}: 5% tolerance for allocator noise)")
+    print(
+        f"\nratio {args.large}/{args.small}: {ratio:.3f} ({growth:+.1f} MiB)  "
+        f"{'PASS' if passed else 'FAIL'} (limit {TOLERANCE}: 5% tolerance for allocator noise)"
+    )
     for label, r in runs.items():
         if r in failed:
-            print(f"\n{label} run failed (exit {r['exit_code']}, {r['masks_written']}/{r['images']} masks); stderr:\n{r['stderr_tail']}")
+            print(
+                f"\n{label} run failed (exit {r['exit_code']}, {r['masks_written']}/{r['images']} masks); stderr:\n{r['stderr_tail']}"
+            )
 
     if args.json:
         report = {
             "config": {k: v for k, v in vars(args).items() if k != "json"},
             "machine": {"cpu_count": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform},
             "runs": runs,
-            "inputs": {"small": [str(f) for f in small], "large_extra": [str(f) for f in large[len(small):]]},
+            "inputs": {"small": [str(f) for f in small], "large_extra": [str(f) for f in large[len(small) :]]},
             "ratio": ratio,
             "growth_mib": growth,
             "tolerance": TOLERANCE,

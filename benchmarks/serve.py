@@ -61,9 +61,13 @@ def main() -> int:
     from covidcxr.predict import Pipeline
 
     pipeline = Pipeline.load()
-    files = [f for f in pick_frontal(args.data_root, 17) if pipeline.run([read_image(f)])[0]["refusal"] is None]  # the gate refuses ~2% of frontal images
+    files = [
+        f for f in pick_frontal(args.data_root, 17) if pipeline.run([read_image(f)])[0]["refusal"] is None
+    ]  # the gate refuses ~2% of frontal images
     port = _free_port()
-    app = create_app(pipeline, max_queue=args.requests)  # every request admitted: this measures the queue, serve_load.py the refusals
+    app = create_app(
+        pipeline, max_queue=args.requests
+    )  # every request admitted: this measures the queue, serve_load.py the refusals
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -142,8 +142,13 @@ def one_round(url: str, uploads: list[tuple[str, bytes]], pid: int, timeout: flo
     ok = np.array([t for c, t in results if c == 200])
     stats = {}
     if len(ok):
-        stats = {"min_s": float(ok.min()), "p50_s": float(np.median(ok)), "p95_s": float(np.percentile(ok, 95)), "max_s": float(ok.max()),
-                 "median_over_max": float(np.median(ok) / ok.max())}
+        stats = {
+            "min_s": float(ok.min()),
+            "p50_s": float(np.median(ok)),
+            "p95_s": float(np.percentile(ok, 95)),
+            "max_s": float(ok.max()),
+            "median_over_max": float(np.median(ok) / ok.max()),
+        }
     all_t = np.array([t for _, t in results])
     return {
         "clients": len(uploads),
@@ -173,14 +178,16 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, "-m", "covidcxr.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     load_start = os.getloadavg()
-    server_log = tempfile.TemporaryFile("w+")  # uvicorn's access log, one line per request: not a pipe nobody drains
+    server_log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in the finally below); uvicorn's access log, one line per request: not a pipe nobody drains
     server = subprocess.Popen(cmd, env=env, stdout=server_log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180
         while True:
             if server.poll() is not None or time.monotonic() > deadline:
                 server_log.seek(0)
-                raise RuntimeError(f"the server did not start: {server_log.read()[-2000:] if server.poll() is not None else 'timeout'}")
+                raise RuntimeError(
+                    f"the server did not start: {server_log.read()[-2000:] if server.poll() is not None else 'timeout'}"
+                )
             try:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
@@ -201,16 +208,29 @@ def main() -> int:
                     accepted.append((f.name, data))
         ok = np.array([t for c, t in singles if c == 200])
         codes = [c for c, _ in singles]
-        rounds["clients_1"] = {"clients": 1, "requests": len(singles), "status_codes": {str(c): codes.count(c) for c in sorted(set(codes))},
-                               "latency_200": {"min_s": float(ok.min()), "p50_s": float(np.median(ok)), "p95_s": float(np.percentile(ok, 95)),
-                                               "max_s": float(ok.max())}, "answered_200_per_s": float(1 / np.mean(ok))}
+        rounds["clients_1"] = {
+            "clients": 1,
+            "requests": len(singles),
+            "status_codes": {str(c): codes.count(c) for c in sorted(set(codes))},
+            "latency_200": {
+                "min_s": float(ok.min()),
+                "p50_s": float(np.median(ok)),
+                "p95_s": float(np.percentile(ok, 95)),
+                "max_s": float(ok.max()),
+            },
+            "answered_200_per_s": float(1 / np.mean(ok)),
+        }
         for n in (10, 100):
-            rounds[f"clients_{n}"] = one_round(url, [accepted[i % len(accepted)] for i in range(n)], server.pid, args.timeout)
+            rounds[f"clients_{n}"] = one_round(
+                url, [accepted[i % len(accepted)] for i in range(n)], server.pid, args.timeout
+            )
             print(f"clients_{n}: {json.dumps(rounds[f'clients_{n}'])}", file=sys.stderr)
         for side in (9999, 5999):
             data = tiny_huge_png(side)
             name = "huge_9999" if side == 9999 else "large_5999"
-            rounds[name] = one_round(url, [(f"{name}_{i}.png", data) for i in range(args.huge)], server.pid, args.timeout)
+            rounds[name] = one_round(
+                url, [(f"{name}_{i}.png", data) for i in range(args.huge)], server.pid, args.timeout
+            )
             rounds[name] |= {"side_px": side, "upload_kb": len(data) / 1024}
             print(f"{name}: {json.dumps(rounds[name])}", file=sys.stderr)
         rss_end = _status_kb(server.pid, "VmRSS") * 1024 / GB
@@ -239,8 +259,14 @@ def main() -> int:
 
     report = {
         "command": cmd,
-        "machine": {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "usable_cpus": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "loadavg_start": load_start,
+            "loadavg_end": os.getloadavg(),
+        },
         "server_rss_gb": {"after_start": rss_start, "end": rss_end, "high_water_mark": hwm},
         "rounds": rounds,
         "checks": checks,

@@ -59,7 +59,9 @@ def main() -> int:
             ax.imshow(image, cmap="gray")
             ax.imshow(heat, cmap="jet", alpha=0.45 * (heat > 0.05))
             ax.contour(mask, levels=[0.5], colors="white", linewidths=0.6)
-            ax.set_title(f"{name}: {CLASSES[target]} {probs[target]:.0%}\nin lungs {lung_share(heat, mask):.0%}", fontsize=8)
+            ax.set_title(
+                f"{name}: {CLASSES[target]} {probs[target]:.0%}\nin lungs {lung_share(heat, mask):.0%}", fontsize=8
+            )
         for ax in row:
             ax.axis("off")
     fig.tight_layout()

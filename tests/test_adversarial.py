@@ -29,7 +29,11 @@ def test_patchgan_forward_backward_every_parameter_gets_a_gradient(shape):
     out = disc(torch.randn(*shape))
     assert out.shape[:2] == (1, 1) and out.shape[2] == shape[2] // 8 - 2 and out.shape[3] == shape[3] // 8 - 2
     out.mean().backward()
-    missing = [n for n, p in disc.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.abs().sum() > 0]
+    missing = [
+        n
+        for n, p in disc.named_parameters()
+        if p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.abs().sum() > 0
+    ]
     assert not missing
 
 
@@ -108,7 +112,9 @@ def test_ignore_pixels_carry_no_gradient_and_the_adversarial_term_adds_one():
         model = _FreeLogits(*image.shape[::3])
         disc = create_model("patchgan", base_channels=8)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        d_opt = torch.optim.SGD(disc.parameters(), lr=0.0)  # the discriminator stays as built: both runs see the same one
+        d_opt = torch.optim.SGD(
+            disc.parameters(), lr=0.0
+        )  # the discriminator stays as built: both runs see the same one
         adversarial.adversarial_step(model, disc, image, target, opt, d_opt, adv_weight=weight)
         grads[weight] = model.logits.grad.clone()
     for g in grads.values():
@@ -122,7 +128,11 @@ def test_ignore_pixels_carry_no_gradient_and_the_adversarial_term_adds_one():
 
 
 def _cfg(out, epochs=2, *extra):
-    return load_config(seg.SegTrainConfig, None, [f"out_dir={out}", f"epochs={epochs}", "limit=8", "input_size=64", "batch_size=4", "threads=2", *extra])
+    return load_config(
+        seg.SegTrainConfig,
+        None,
+        [f"out_dir={out}", f"epochs={epochs}", "limit=8", "input_size=64", "batch_size=4", "threads=2", *extra],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +197,10 @@ def test_cli_adversarial_flag_sets_the_config(monkeypatch, tmp_path):
         return tmp_path
 
     monkeypatch.setattr(seg, "main", fake_main)
-    assert cli_main(["train", "segmentation", "--adversarial", "--out", str(tmp_path / "r"), "--set", "adv_weight=0.1"]) == 0
+    assert (
+        cli_main(["train", "segmentation", "--adversarial", "--out", str(tmp_path / "r"), "--set", "adv_weight=0.1"])
+        == 0
+    )
     assert seen["cfg"].adversarial is True and seen["cfg"].adv_weight == 0.1
     assert cli_main(["train", "segmentation", "--out", str(tmp_path / "r")]) == 0
     assert seen["cfg"].adversarial is False
@@ -210,7 +223,26 @@ def _perturbed_copy(directory):
 def test_comparison_with_itself_is_exactly_zero_and_with_a_perturbed_copy_is_not(tmp_path, data_root, capsys):
     shipped = shipped_spec_path("lungs")
     out = tmp_path / "same"
-    assert cli_main(["evaluate", "segmentation", "--compare", str(shipped), str(shipped), "--split", "val", "--limit", "1", "--data-root", str(data_root), "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "evaluate",
+                "segmentation",
+                "--compare",
+                str(shipped),
+                str(shipped),
+                "--split",
+                "val",
+                "--limit",
+                "1",
+                "--data-root",
+                str(data_root),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "Dice B − A" in capsys.readouterr().out
     same = json.loads((out / "comparison.json").read_text())
     assert (out / "comparison.md").is_file() and (out / "comparison.png").is_file()
@@ -230,10 +262,25 @@ def test_comparison_with_itself_is_exactly_zero_and_with_a_perturbed_copy_is_not
     assert pooled["dice_diff"]["value"] == pytest.approx(np.mean([r["dice_b"] - r["dice_a"] for r in rows]))
     assert pooled["dice_diff"]["value"] == pytest.approx(pooled["dice_b"]["value"] - pooled["dice_a"]["value"])
     assert pooled["dice_diff"]["ci_low"] <= pooled["dice_diff"]["value"] <= pooled["dice_diff"]["ci_high"]
-    assert pooled["dice_a"]["value"] == same["per_source"]["all_manual"]["dice_a"]["value"]  # the same images, the same A
+    assert (
+        pooled["dice_a"]["value"] == same["per_source"]["all_manual"]["dice_a"]["value"]
+    )  # the same images, the same A
 
 
 def test_comparison_refuses_a_spec_that_is_not_a_lung_model(tmp_path):
     with pytest.raises(ValueError, match="lung-segmentation"):
         compare_segmentation(shipped_spec_path("lesions"), shipped_spec_path("lungs"), out_dir=tmp_path)
-    assert cli_main(["evaluate", "segmentation", "--compare", str(shipped_spec_path("lungs")), str(shipped_spec_path("diagnosis")), "--out", str(tmp_path)]) == 2
+    assert (
+        cli_main(
+            [
+                "evaluate",
+                "segmentation",
+                "--compare",
+                str(shipped_spec_path("lungs")),
+                str(shipped_spec_path("diagnosis")),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )

@@ -49,12 +49,20 @@ def _rows(out):
 
 def _names(rows):
     """input file (relative to in/) -> output stem."""
-    return {r["path"].split("/in/")[-1]: r["lung_mask"].rsplit("/", 1)[-1].removesuffix("_lungs.png") for r in rows if "error" not in r}
+    return {
+        r["path"].split("/in/")[-1]: r["lung_mask"].rsplit("/", 1)[-1].removesuffix("_lungs.png")
+        for r in rows
+        if "error" not in r
+    }
 
 
 def test_inputs_expand_folders_globs_and_csv_in_a_stable_order(tree, tmp_path):
     files, errors = expand_inputs([str(tree / "c"), str(tree / "*/x.*"), str(tree / "a/x.png")])
-    assert [f.split("/in/")[-1] for f in files] == ["c/x.png", "a/x.png", "b/x.jpeg"]  # each file once, at its first place
+    assert [f.split("/in/")[-1] for f in files] == [
+        "c/x.png",
+        "a/x.png",
+        "b/x.jpeg",
+    ]  # each file once, at its first place
     assert errors == []
     deep, _ = expand_inputs([str(tree / "**" / "x.*")])
     assert [f.split("/in/")[-1] for f in deep] == ["a/x.png", "b/x.jpeg", "c/x.png"]
@@ -110,13 +118,17 @@ def test_killed_run_resumes_to_the_same_rows_and_names(predict, tree, tmp_path):
     assert predict(tree, "--out", killed, "--batch-size", "2") == 0
     lines = (killed / "predictions.jsonl").read_text().splitlines(keepends=True)
     (killed / "predictions.jsonl").write_text("".join(lines[:2]) + lines[2][:40])  # killed while writing row 3
-    assert read_predictions(killed / "predictions.jsonl").stems.keys() == {json.loads(line)["path"] for line in lines[:2]}
+    assert read_predictions(killed / "predictions.jsonl").stems.keys() == {
+        json.loads(line)["path"] for line in lines[:2]
+    }
     assert (killed / "predictions.jsonl").read_text() == "".join(lines[:2])  # the partial line is gone
     assert predict(tree, "--out", killed) == 0
     rows = _rows(killed)
     assert len(rows) == 5 and _names(rows) == _names(_rows(whole))
     probs = {(r["path"], c): p for r in rows for c, p in r["probabilities"].items()}
-    assert probs == pytest.approx({(r["path"], c): p for r in _rows(whole) for c, p in r["probabilities"].items()}, abs=1e-5)
+    assert probs == pytest.approx(
+        {(r["path"], c): p for r in _rows(whole) for c, p in r["probabilities"].items()}, abs=1e-5
+    )
 
 
 def test_overwrite_starts_afresh(predict, tree, tmp_path):
@@ -172,7 +184,10 @@ def test_unique_stems_are_deterministic_and_respect_reserved_names():
     assert names == ["x", "x-2", "x-2-2", "x-3", "y"] and len(set(names)) == len(names)
     for k in range(len(files) + 1):  # resuming after any prefix gives the names of one uninterrupted run
         assert unique_stems(files, dict(zip(files[:k], names[:k]))) == names
-    assert unique_stems(["z/x.png", "a/x.png"], {"a/x.png": "x"}) == ["x-2", "x"]  # a name written before is never reused
+    assert unique_stems(["z/x.png", "a/x.png"], {"a/x.png": "x"}) == [
+        "x-2",
+        "x",
+    ]  # a name written before is never reused
 
 
 def test_a_corrupt_complete_line_is_an_error_not_silently_skipped(tmp_path):

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -48,7 +47,7 @@ def test_segment_files_folder_dicom_and_bad_input(tmp_path, fixtures, capsys):
     assert code == 2
     assert "broken.png" in captured.err and "missing.jpg" in captured.err
     assert "Traceback" not in captured.err
-    lines = [l for l in captured.out.splitlines() if "lung area" in l]
+    lines = [line for line in captured.out.splitlines() if "lung area" in line]
     assert len(lines) == 4
     for src in ("ieee8023_2cd63b76.jpg", "kermany_IM-0117-0001.jpeg", "nih_00000710_003.png"):
         stem = src.rsplit(".", 1)[0]
@@ -97,13 +96,42 @@ def test_bad_arguments_exit_cleanly(tmp_path, capsys):
 
 def test_train_resume_reuses_the_runs_config_and_evaluate_and_splits_run(tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["train", "segmentation", "--out", str(run), "--set", "limit=4", "--set", "epochs=1", "--set", "input_size=64", "--set", "batch_size=2"]
+    args = [
+        "train",
+        "segmentation",
+        "--out",
+        str(run),
+        "--set",
+        "limit=4",
+        "--set",
+        "epochs=1",
+        "--set",
+        "input_size=64",
+        "--set",
+        "batch_size=2",
+    ]
     assert main(args) == 0
     assert main(args) == 2  # the folder exists: refused, with a hint
     assert "--resume" in capsys.readouterr().err
     assert main(["train", "segmentation", "--out", str(run), "--resume"]) == 0  # config.yaml of the run is reused
     spec = run / "export" / "unet_mobilenetv2_lungs.json"
-    assert main(["evaluate", "segmentation", "--weights", str(spec), "--split", "val", "--limit", "1", "--out", str(tmp_path / "ev")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "segmentation",
+                "--weights",
+                str(spec),
+                "--split",
+                "val",
+                "--limit",
+                "1",
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "all_manual: Dice" in out and "human ceiling" in out
     assert (tmp_path / "ev" / "segmentation_eval.md").is_file()

@@ -8,8 +8,16 @@ from covidcxr.engine.segmentation import SegTrainConfig
 
 def test_yaml_then_overrides(tmp_path):
     (tmp_path / "c.yaml").write_text("epochs: 3\nlr: 0.01\npretrained: null\n")
-    cfg = load_config(SegTrainConfig, tmp_path / "c.yaml", ["epochs=5", "amp=none", "pretrained=imagenet", "data_root=none"])
-    assert cfg.epochs == 5 and cfg.lr == 0.01 and cfg.amp == "none" and cfg.pretrained == "imagenet" and cfg.data_root is None
+    cfg = load_config(
+        SegTrainConfig, tmp_path / "c.yaml", ["epochs=5", "amp=none", "pretrained=imagenet", "data_root=none"]
+    )
+    assert (
+        cfg.epochs == 5
+        and cfg.lr == 0.01
+        and cfg.amp == "none"
+        and cfg.pretrained == "imagenet"
+        and cfg.data_root is None
+    )
     save_config(cfg, tmp_path / "out.yaml")
     assert load_config(SegTrainConfig, tmp_path / "out.yaml") == cfg
 

@@ -12,7 +12,14 @@ from covidcxr.data.labels import label_of
 from covidcxr.data.masks import IGNORE, LUNG, read_mask
 from covidcxr.data.splits import SPLIT_DIR, SPLIT_FILE, assign_split, split_of, write_split_file
 
-SIX_FOLDERS = {"covid-chestxray", "nih-chestxray8", "kermany-pediatric", "hannover", "nih-chestxray14", "covid19-radiography"}
+SIX_FOLDERS = {
+    "covid-chestxray",
+    "nih-chestxray8",
+    "kermany-pediatric",
+    "hannover",
+    "nih-chestxray14",
+    "covid19-radiography",
+}
 
 
 def _split_rows(path):
@@ -56,7 +63,9 @@ def test_cross_folder_patients_share_a_split(records):
     shared = [r for r in records if r["dataset"] == "nih-chestxray14" and r["patient_id"] in nih8]
     assert shared and all(nih8[r["patient_id"]] == r["split"] for r in shared)
     dup = by_key[("covid19-radiography", "Normal-2467.jpg")]
-    assert dup["patient_id"] == "nih:00001568" and dup["split"] == by_key[("nih-chestxray8", "00001568_004.png")]["split"]
+    assert (
+        dup["patient_id"] == "nih:00001568" and dup["split"] == by_key[("nih-chestxray8", "00001568_004.png")]["split"]
+    )
 
 
 def test_hospital_source_readers_and_labels(data_root):
@@ -68,7 +77,10 @@ def test_hospital_source_readers_and_labels(data_root):
     assert len(rad) == 2731 and sum(r["finding"] == "COVID-19" for r in rad) == 1731
     assert {label_of(r["dataset"], r["finding"]) for r in han} == {"COVID-19"}
     assert {r["finding"]: label_of(r["dataset"], r["finding"]) for r in n14} == {
-        "Consolidation": "Other pneumonia", "Pneumonia": "Other pneumonia", "No Finding": "No finding"}
+        "Consolidation": "Other pneumonia",
+        "Pneumonia": "Other pneumonia",
+        "No Finding": "No finding",
+    }
     assert {label_of(r["dataset"], r["finding"]) for r in rad} == {"COVID-19", "No finding"}
     with pytest.raises(FileNotFoundError, match="hannover/labels.csv"):
         hannover.load_records(data_root / "no-such-folder")
@@ -120,7 +132,9 @@ def test_dataset_counts(records):
     assert by["covid-chestxray"] == 711 and by["nih-chestxray8"] == 1000 and by["kermany-pediatric"] == 960
     assert by["hannover"] == 161 and by["nih-chestxray14"] == 881 and by["covid19-radiography"] == 2731
     # 199 lungVAE files, of which 4 are upstream duplicates named "<stem>_mask.png.png": 195 images.
-    assert by["v7labs"] == 510 and by["generalblockchain"] == 92 and by["kermany-v7labs"] == 724 and by["lungvae"] == 195
+    assert (
+        by["v7labs"] == 510 and by["generalblockchain"] == 92 and by["kermany-v7labs"] == 724 and by["lungvae"] == 195
+    )
 
 
 def test_v7labs_mask_values_map_to_lung_and_ignore(tmp_path):

@@ -10,7 +10,16 @@ import torch
 
 from covidcxr.data.classification import DiagnosisDataset, apply_view, lung_view
 from covidcxr.data.transforms import diagnosis_augment
-from covidcxr.engine.diagnosis import DiagTrainConfig, _build_model, fit, fit_temperature, fold_of, load_matching, macro_auroc, sample_weights
+from covidcxr.engine.diagnosis import (
+    DiagTrainConfig,
+    _build_model,
+    fit,
+    fit_temperature,
+    fold_of,
+    load_matching,
+    macro_auroc,
+    sample_weights,
+)
 from covidcxr.models import create_model, load_weights
 
 
@@ -26,7 +35,7 @@ def test_lung_view_crops_the_lung_box_and_resizes_both():
     image, mask = _image_and_mask()
     view, lungs = lung_view(image, mask, 64, margin=0.1)
     assert view.shape == lungs.shape == (1, 64, 64)
-    assert 0 <= float(view.min()) and float(view.max()) <= 1
+    assert float(view.min()) >= 0 and float(view.max()) <= 1
     assert set(np.unique(lungs).tolist()) <= {0.0, 1.0}
     # the box holds the lungs plus a margin: lungs cover most of it but not all
     assert 0.6 < float(lungs.mean()) < 0.95
@@ -134,7 +143,17 @@ def _toy_views(n, rng):
 def test_fit_learns_checkpoints_and_resumes(tmp_path):
     rng = np.random.default_rng(0)
     train, val = _toy_views(96, rng), _toy_views(48, rng)
-    cfg = DiagTrainConfig(model="resnet18", init=None, input_size=48, epochs=3, batch_size=16, lr=3e-3, patience=5, amp="none", device="cpu")
+    cfg = DiagTrainConfig(
+        model="resnet18",
+        init=None,
+        input_size=48,
+        epochs=3,
+        batch_size=16,
+        lr=3e-3,
+        patience=5,
+        amp="none",
+        device="cpu",
+    )
     res = fit(cfg, train, val, tmp_path)
     assert res["val_auroc"] > 0.9
     assert 0.05 <= res["temperature"] <= 20
@@ -152,7 +171,19 @@ def test_lung_attention_moves_class_evidence_into_the_lungs(tmp_path):
     for views in (train, val):
         views["lungs"] = np.zeros_like(views["lungs"])
         views["lungs"][:, 24:] = True  # the lower half is lung, the cue stripes cross both halves
-    cfg = DiagTrainConfig(model="resnet18", init=None, lung_input="crop", input_size=48, epochs=4, batch_size=16, lr=3e-3, patience=5, amp="none", device="cpu", lung_attention=5.0)
+    cfg = DiagTrainConfig(
+        model="resnet18",
+        init=None,
+        lung_input="crop",
+        input_size=48,
+        epochs=4,
+        batch_size=16,
+        lr=3e-3,
+        patience=5,
+        amp="none",
+        device="cpu",
+        lung_attention=5.0,
+    )
     res = fit(cfg, train, val, tmp_path)
     hist = res["history"]
     assert res["val_auroc"] > 0.9
@@ -170,6 +201,7 @@ def test_group_sampling_draws_each_source_class_pair_equally():
 def test_torchxrayvision_densenet_state_dict_initialises_densenet121(tmp_path):
     """The documented --pretrained path for users with torchxrayvision weights (built here with random weights)."""
     import torchxrayvision as xrv
+
     path = tmp_path / "xrv_densenet121.pt"
     torch.save(xrv.models.DenseNet(weights=None).state_dict(), path)
     model = _build_model(DiagTrainConfig(model="densenet121", init=str(path)))
@@ -184,7 +216,9 @@ def test_cross_validation_trains_k_folds_on_train_and_val_patients(tmp_path):
     for i, s in enumerate(views["samples"]):
         s["patient_id"] = str(i // 2)  # two images per patient
     splits = np.array(["train"] * 60 + ["val"] * 15 + ["test"] * 15)
-    cfg = DiagTrainConfig(model="resnet18", init=None, input_size=48, epochs=1, batch_size=16, amp="none", device="cpu", folds=3)
+    cfg = DiagTrainConfig(
+        model="resnet18", init=None, input_size=48, epochs=1, batch_size=16, amp="none", device="cpu", folds=3
+    )
     _cross_validate(cfg, views, splits, tmp_path, resume=False)
     cv = json.loads((tmp_path / "cross_validation.json").read_text())
     assert [f["fold"] for f in cv["folds"]] == [0, 1, 2]
@@ -207,7 +241,13 @@ def test_view_cache_serves_any_copy_of_the_data(tmp_path, monkeypatch):
         (tmp_path / copy).mkdir()
         for n in names:
             shutil.copy(fixtures / n, tmp_path / copy / n)
-    samples = lambda copy: [{"dataset": "fixtures", "filename": n, "path": str(tmp_path / copy / n), "label": i} for i, n in enumerate(names)]
+
+    def samples(copy):
+        return [
+            {"dataset": "fixtures", "filename": n, "path": str(tmp_path / copy / n), "label": i}
+            for i, n in enumerate(names)
+        ]
+
     segmenter = LungSegmenter.from_spec()
     first = prepare_views(samples("a"), segmenter, 64, 0.1, progress=False)
     second = prepare_views(samples("b"), segmenter, 64, 0.1, progress=False)

@@ -19,7 +19,14 @@ def test_evaluate_quick(tmp_path):
     ev = tmp_path / "eval"
     assert main(["evaluate", "diagnosis", "--split", "test", "--limit", "4", "--out", str(ev)]) == 0
     summary = json.loads((ev / "diagnosis_eval.json").read_text())
-    sources = {"covid-chestxray", "kermany-pediatric", "nih-chestxray8", "nih-chestxray14", "hannover", "covid19-radiography"}
+    sources = {
+        "covid-chestxray",
+        "kermany-pediatric",
+        "nih-chestxray8",
+        "nih-chestxray14",
+        "hannover",
+        "covid19-radiography",
+    }
     assert set(summary["per_source"]) == {"all sources", *sources}
     assert summary["per_source"]["all sources"]["n"] == 24
     sal = summary["saliency_in_lungs"]
@@ -54,7 +61,20 @@ def test_full_test_split_evaluation_reproduces_the_spec(tmp_path):
 def test_train_diagnosis_command_smoke(tmp_path):
     """``covidcxr train diagnosis`` on real lung views: runs, exports a loadable spec, resumes."""
     run = tmp_path / "run"
-    args = ["train", "diagnosis", "--config", str(CONFIG), "--out", str(run), "--set", "limit=48", "--set", "epochs=1", "--set", "input_size=96"]
+    args = [
+        "train",
+        "diagnosis",
+        "--config",
+        str(CONFIG),
+        "--out",
+        str(run),
+        "--set",
+        "limit=48",
+        "--set",
+        "epochs=1",
+        "--set",
+        "input_size=96",
+    ]
     assert main(args) == 0
     model, spec = load_weights(run / "export" / "mobilenet_v2_diagnosis.json", kind="diagnosis")
     assert spec.input_size == (96, 96) and spec.training["data"]["train_samples"] == 48 and spec.temperature > 0

@@ -81,13 +81,22 @@ def _torchrun(args: list[str], timeout: int = 300) -> subprocess.CompletedProces
 
 def _train(task: str, out, data_root, overrides: list[str], resume: bool = False) -> str:
     sets = [a for kv in overrides for a in ("--set", kv)] + (["--resume"] if resume else [])
-    proc = _torchrun(["-m", "covidcxr.cli", "-v", "train", task, "--data-root", str(data_root), "--out", str(out), *sets])
+    proc = _torchrun(
+        ["-m", "covidcxr.cli", "-v", "train", task, "--data-root", str(data_root), "--out", str(out), *sets]
+    )
     return proc.stdout + proc.stderr
 
 
 def _assert_one_set_of_outputs(run, export_name: str, log: str, extra: set[str]) -> None:
     files = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
-    expected = {"config.yaml", "checkpoint.pt", "metrics.json", "learning_curve.png", f"export/{export_name}.pt", f"export/{export_name}.json"}
+    expected = {
+        "config.yaml",
+        "checkpoint.pt",
+        "metrics.json",
+        "learning_curve.png",
+        f"export/{export_name}.pt",
+        f"export/{export_name}.json",
+    }
     assert files == expected | extra, files
     assert log.count(f"exported {run}") == 1, "more than one rank exported"
     model, spec = load_weights(run / "export" / f"{export_name}.json")  # verifies the sha256
@@ -101,7 +110,12 @@ def _assert_one_set_of_outputs(run, export_name: str, log: str, extra: set[str])
 @pytest.mark.slow
 def test_torchrun_two_processes_train_segmentation(tmp_path, data_root):
     run = tmp_path / "seg"
-    log = _train("segmentation", run, data_root, ["limit=8", "epochs=1", "input_size=64", "batch_size=2", "amp=none", "device=cpu"])
+    log = _train(
+        "segmentation",
+        run,
+        data_root,
+        ["limit=8", "epochs=1", "input_size=64", "batch_size=2", "amp=none", "device=cpu"],
+    )
     _assert_one_set_of_outputs(run, "unet_mobilenetv2_lungs", log, {"val_overlays.png"})
     assert "rank 1 of 2 (gloo)" in log
     # every rank loads the checkpoint; the finished run trains nothing and exports the same best weights

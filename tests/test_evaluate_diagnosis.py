@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from covidcxr.engine.evaluate_diagnosis import ALL_SOURCES, by_source, covid_vs_each_finding, covid_vs_other, markdown_table, source_probe, summarize, verdict
+from covidcxr.engine.evaluate_diagnosis import (
+    ALL_SOURCES,
+    by_source,
+    covid_vs_each_finding,
+    covid_vs_other,
+    markdown_table,
+    source_probe,
+    verdict,
+)
 
 
 def _toy(n=120, seed=0):
@@ -32,13 +40,23 @@ def test_summarize_and_by_source():
     # COVID-19 is absent from the NIH source: its AUROC there is undefined, not a number
     assert np.isnan(res["nih-chestxray8"]["per_class"]["COVID-19"]["auroc"]["value"])
     assert 0 <= pooled["ece"] <= 1
-    md = markdown_table({"split": "test", "lung_input": "crop", "temperature": 1.2, "per_source": res, "covid_vs_other_in_covid_chestxray": covid_vs_other(labels, probs)})
+    md = markdown_table(
+        {
+            "split": "test",
+            "lung_input": "crop",
+            "temperature": 1.2,
+            "per_source": res,
+            "covid_vs_other_in_covid_chestxray": covid_vs_other(labels, probs),
+        }
+    )
     assert "| nih-chestxray8 | COVID-19 |" in md and "n/a" in md
 
 
 def test_covid_vs_other_uses_the_two_classes_only():
     labels = np.array([0, 0, 1, 1, 2, 2])
-    probs = np.array([[0.6, 0.3, 0.1], [0.5, 0.1, 0.4], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.9, 0.05, 0.05], [0.9, 0.05, 0.05]])
+    probs = np.array(
+        [[0.6, 0.3, 0.1], [0.5, 0.1, 0.4], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.9, 0.05, 0.05], [0.9, 0.05, 0.05]]
+    )
     r = covid_vs_other(labels, probs)
     assert r["n"] == 4 and r["n_pos"] == 2 and r["value"] == 1.0
 
@@ -46,7 +64,9 @@ def test_covid_vs_other_uses_the_two_classes_only():
 def test_covid_vs_each_finding_names_the_finding_taken_for_covid():
     # COVID-19 odds 0.9 and 0.7; SARS 0.8 and 0.95 (mixed in), Streptococcus 0.1 (always below); no finding ignored
     labels = np.array([0, 0, 1, 1, 1, 2])
-    probs = np.array([[0.9, 0.1, 0.0], [0.7, 0.3, 0.0], [0.8, 0.2, 0.0], [0.95, 0.05, 0.0], [0.1, 0.9, 0.0], [0.5, 0.1, 0.4]])
+    probs = np.array(
+        [[0.9, 0.1, 0.0], [0.7, 0.3, 0.0], [0.8, 0.2, 0.0], [0.95, 0.05, 0.0], [0.1, 0.9, 0.0], [0.5, 0.1, 0.4]]
+    )
     r = covid_vs_each_finding(labels, probs, ["COVID-19", "COVID-19", "SARS", "SARS", "Streptococcus", "No Finding"])
     assert list(r) == ["SARS", "Streptococcus"]  # most images first
     assert r["SARS"]["n"] == 2 and np.isclose(r["SARS"]["auroc"], 0.25)  # 1 of 4 pairs ranked right

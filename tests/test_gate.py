@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-
 import pytest
+import torch
 
 from covidcxr.gate import (
     HOSPITAL_MARKS,
@@ -60,16 +59,28 @@ def test_gate_model_round_trip(tmp_path):
     with torch.no_grad():
         gate.linear.weight.fill_(1.0)
         gate.mean.fill_(0.5)
-    spec = WeightSpec(name="g", architecture="frontal_gate", task="gate", targets=["frontal"], input_size=(256, 256), normalization="per_image_zscore", file="g.pt", dtype="float32", model_kwargs={"in_features": 5})
+    spec = WeightSpec(
+        name="g",
+        architecture="frontal_gate",
+        task="gate",
+        targets=["frontal"],
+        input_size=(256, 256),
+        normalization="per_image_zscore",
+        file="g.pt",
+        dtype="float32",
+        model_kwargs={"in_features": 5},
+    )
     loaded, _ = load_weights(save_weights(gate, spec, tmp_path))
     p = loaded.probability(np.ones((2, 2), np.float32), [np.ones((10, 10), bool)] * 2)
-    assert p.shape == (2,) and np.allclose(p, gate.probability(np.ones((2, 2), np.float32), [np.ones((10, 10), bool)] * 2))
+    assert p.shape == (2,) and np.allclose(
+        p, gate.probability(np.ones((2, 2), np.float32), [np.ones((10, 10), bool)] * 2)
+    )
 
 
 def test_negatives_are_deterministic_non_blank_and_split_by_identity():
     a, b = negative_images("test"), negative_images("test")
     assert [n for n, _ in a] == [n for n, _ in b] and all(np.array_equal(x, y) for (_, x), (_, y) in zip(a, b))
-    assert all(im.ndim == 2 and 0 <= im.min() and im.max() <= 1 for _, im in a)
+    assert all(im.ndim == 2 and im.min() >= 0 and im.max() <= 1 for _, im in a)
     assert sum(blank_reason(im) is None for _, im in a) > 0.9 * len(a)
     assert not set(PHOTOS["train"]) & set(PHOTOS["test"]) and not set(PHOTOS["train"]) & set(PHOTOS["val"])
 
@@ -77,11 +88,26 @@ def test_negatives_are_deterministic_non_blank_and_split_by_identity():
 def test_gate_records_and_rates(records):
     frontal, other = gate_records(records, "test")
     assert frontal and other
-    assert all(r["view"] in ("PA", "AP", "AP Supine", "AP Erect", "Frontal") for r in frontal)  # Frontal: covid19-radiography records no view
-    assert {r["dataset"] for r in frontal} == {"covid-chestxray", "nih-chestxray8", "kermany-pediatric", "hannover", "nih-chestxray14", "covid19-radiography"}
+    assert all(
+        r["view"] in ("PA", "AP", "AP Supine", "AP Erect", "Frontal") for r in frontal
+    )  # Frontal: covid19-radiography records no view
+    assert {r["dataset"] for r in frontal} == {
+        "covid-chestxray",
+        "nih-chestxray8",
+        "kermany-pediatric",
+        "hannover",
+        "nih-chestxray14",
+        "covid19-radiography",
+    }
     assert all(r["modality"] == "CT" or r["view"] == "L" for r in other)
-    rates = refusal_rates(np.array([0.9, 0.2, 0.1, 0.05]), np.array([1, 1, 0, 0]), ["nih:frontal", "nih:frontal", "lateral", "photo"], 0.5)
-    assert rates["false_refusal_frontal"] == 0.5 and rates["refusal_lateral_ct"] == 1.0 and rates["refusal_non_xray"] == 1.0
+    rates = refusal_rates(
+        np.array([0.9, 0.2, 0.1, 0.05]), np.array([1, 1, 0, 0]), ["nih:frontal", "nih:frontal", "lateral", "photo"], 0.5
+    )
+    assert (
+        rates["false_refusal_frontal"] == 0.5
+        and rates["refusal_lateral_ct"] == 1.0
+        and rates["refusal_non_xray"] == 1.0
+    )
 
 
 def test_refusal_message():
@@ -93,12 +119,21 @@ def test_refusal_message():
 def test_refusal_says_what_it_saw_and_how_to_override():
     for code, words in REASONS.items():
         msg = refusal(0.1, 0.5, code)
-        assert msg.startswith("not recognised as a frontal chest X-ray: " + words) and msg.endswith("use --no-gate to force a reading (research use)")
+        assert msg.startswith("not recognised as a frontal chest X-ray: " + words) and msg.endswith(
+            "use --no-gate to force a reading (research use)"
+        )
         assert refusal_reason(msg) == code
         assert "--no-gate" not in msg.split(";")[0]  # the part --no-gate keeps as its warning
-    assert REASONS["lateral"] == "looks like a lateral view" and REASONS["ct"] == "looks like a CT slice" and REASONS["no_chest"] == "no chest found"
+    assert (
+        REASONS["lateral"] == "looks like a lateral view"
+        and REASONS["ct"] == "looks like a CT slice"
+        and REASONS["no_chest"] == "no chest found"
+    )
     image, mask = _chest(lung=0.5, tissue=0.5)
-    far = {**fit_intensity_check(np.random.default_rng(1).normal(0.5, 0.05, (400, len(INTENSITY_FACTS)))), "mean": (intensity_facts(image, mask) + 1.0).tolist()}
+    far = {
+        **fit_intensity_check(np.random.default_rng(1).normal(0.5, 0.05, (400, len(INTENSITY_FACTS)))),
+        "mean": (intensity_facts(image, mask) + 1.0).tolist(),
+    }
     assert refusal_reason(intensity_refusal(image, mask, far)) == "ct"
     assert refusal_reason(blank_reason(np.full((50, 50), 0.5, np.float32))) == "blank"
     assert refusal_reason(None) is None and refusal_reason("could not read the file") is None
@@ -107,8 +142,13 @@ def test_refusal_says_what_it_saw_and_how_to_override():
 def _head(favoured: str) -> dict:
     """A reason head that always says ``favoured``."""
     n = 1 + 3 + len(INTENSITY_FACTS)
-    return {"labels": list(KIND_LABELS), "mean": [0.0] * n, "scale": [1.0] * n, "coef": [[0.0] * n] * len(KIND_LABELS),
-            "intercept": [5.0 if k == favoured else 0.0 for k in KIND_LABELS]}
+    return {
+        "labels": list(KIND_LABELS),
+        "mean": [0.0] * n,
+        "scale": [1.0] * n,
+        "coef": [[0.0] * n] * len(KIND_LABELS),
+        "intercept": [5.0 if k == favoured else 0.0 for k in KIND_LABELS],
+    }
 
 
 def test_seen_kind_words_the_head_and_tells_no_chest_from_photographs():
@@ -132,15 +172,23 @@ def test_batch_decisions_match_the_one_image_decision():
     from covidcxr.models.gate import geometry
 
     rng = np.random.default_rng(3)
-    pairs = [_chest(lung=lung, tissue=tissue) for lung, tissue in ((0.2, 0.7), (0.3, 0.6), (0.6, 0.3), (0.5, 0.5), (0.1, 0.9), (0.25, 0.65))]
+    pairs = [
+        _chest(lung=lung, tissue=tissue)
+        for lung, tissue in ((0.2, 0.7), (0.3, 0.6), (0.6, 0.3), (0.5, 0.5), (0.1, 0.9), (0.25, 0.65))
+    ]
     facts = np.stack([intensity_facts(im, m) for im, m in pairs])
-    check = fit_intensity_check(facts[rng.integers(0, 2, 200)] + rng.normal(0, 0.01, (200, len(INTENSITY_FACTS))), percentile=99.0)  # like the first two
+    check = fit_intensity_check(
+        facts[rng.integers(0, 2, 200)] + rng.normal(0, 0.01, (200, len(INTENSITY_FACTS))), percentile=99.0
+    )  # like the first two
     head = _head("lateral")
     head["coef"] = rng.normal(0, 1, np.shape(head["coef"])).tolist()  # some inputs favour one kind, some another
     check["kinds"] = head
     spec = _Spec(0.5, check)
     p = np.array([0.9, 0.2, 0.95, 0.1, 0.7, 0.3])
-    data = {"x": np.concatenate([np.zeros((len(pairs), 4)), np.stack([geometry(m) for _, m in pairs])], axis=1), "facts": facts}
+    data = {
+        "x": np.concatenate([np.zeros((len(pairs), 4)), np.stack([geometry(m) for _, m in pairs])], axis=1),
+        "facts": facts,
+    }
     dec = decide(p, data, spec)
     for i, (im, m) in enumerate(pairs):
         msg = gate_refusal(float(p[i]), im, m, spec)
@@ -157,7 +205,7 @@ def test_augmentation_keeps_size_and_range():
     for marks in [(m,) for m in HOSPITAL_MARKS] + [HOSPITAL_MARKS]:
         for image in (film, film[:120, :90]):
             out = augment_frontal(image, rng, marks)
-            assert out.shape == image.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1, marks
+            assert out.shape == image.shape and out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1, marks
     a = augment_frontal(film, np.random.default_rng(5))
     assert np.array_equal(a, augment_frontal(film, np.random.default_rng(5))) and not np.array_equal(a, film)
     tubes = augment_frontal(film, rng, ("tubes",))
@@ -174,10 +222,21 @@ def test_wilson_interval_and_rates_per_kind():
     assert r["n"] == 4 and r["refused"] == 1 and r["rate"] == 0.25 and r["ci"][0] < 0.25 < r["ci"][1]
     kinds = ["hannover:frontal"] * 3 + ["nih-chestxray8:frontal"] * 2 + ["lateral", "CT", "photo"]
     also = np.array([False, True, False, False, False, False, True, False])
-    rates = refusal_rates(np.array([0.9, 0.9, 0.2, 0.8, 0.9, 0.1, 0.9, 0.1]), np.array([1, 1, 1, 1, 1, 0, 0, 0]), kinds, 0.5, also,
-                          reasons=["unsure", "ct", "unsure", "unsure", "unsure", "lateral", "ct", "photo"])
+    rates = refusal_rates(
+        np.array([0.9, 0.9, 0.2, 0.8, 0.9, 0.1, 0.9, 0.1]),
+        np.array([1, 1, 1, 1, 1, 0, 0, 0]),
+        kinds,
+        0.5,
+        also,
+        reasons=["unsure", "ct", "unsure", "unsure", "unsure", "lateral", "ct", "photo"],
+    )
     h = rates["per_kind"]["hannover:frontal"]
-    assert h["refused"] == 2 and h["by_gate"] == 1 and h["by_intensity_only"] == 1 and h["reasons"] == {"ct": 1, "unsure": 1}
+    assert (
+        h["refused"] == 2
+        and h["by_gate"] == 1
+        and h["by_intensity_only"] == 1
+        and h["reasons"] == {"ct": 1, "unsure": 1}
+    )
     assert rates["per_kind"]["lateral"]["reasons"] == {"lateral": 1} and rates["lateral_ct"]["refused"] == 2
     table = refusal_table({"val": rates, "test": rates})
     assert "| hannover:frontal | 2/3 = 66.7% [" in table and table.splitlines()[0] == "| input | val | test |"
@@ -188,8 +247,24 @@ def test_wilson_interval_and_rates_per_kind():
 def test_contact_sheet_shows_refused_images(tmp_path, fixtures):
     from PIL import Image
 
-    items = [{"split": "val", "kind": "nih-chestxray8:frontal", "name": str(fixtures / "nih_00000710_003.png"), "p_frontal": 0.2, "check": "gate", "reason": "unsure"},
-             {"split": "test", "kind": "lateral", "name": str(fixtures / "kermany_IM-0117-0001.jpeg") + "#variant1", "p_frontal": 0.9, "check": "accepted", "reason": "accepted"}]
+    items = [
+        {
+            "split": "val",
+            "kind": "nih-chestxray8:frontal",
+            "name": str(fixtures / "nih_00000710_003.png"),
+            "p_frontal": 0.2,
+            "check": "gate",
+            "reason": "unsure",
+        },
+        {
+            "split": "test",
+            "kind": "lateral",
+            "name": str(fixtures / "kermany_IM-0117-0001.jpeg") + "#variant1",
+            "p_frontal": 0.9,
+            "check": "accepted",
+            "reason": "accepted",
+        },
+    ]
     path = contact_sheet(items, tmp_path / "sheet.png", columns=2)
     assert Image.open(path).size[0] > 300
     assert contact_sheet([], tmp_path / "none.png").is_file()
@@ -208,7 +283,9 @@ def test_intensity_facts_read_lungs_and_surroundings():
     f = intensity_facts(image, mask)
     assert f.shape == (len(INTENSITY_FACTS),) and f.dtype == np.float32
     assert abs(f[1] - 0.2) < 0.03 and abs(f[4] - 0.7) < 0.03 and abs(f[6] + 0.5) < 0.05
-    assert np.allclose(intensity_facts(np.kron(image, np.ones((2, 2), np.float32)), np.kron(mask, np.ones((2, 2), bool))), f, atol=0.02)  # size-free
+    assert np.allclose(
+        intensity_facts(np.kron(image, np.ones((2, 2), np.float32)), np.kron(mask, np.ones((2, 2), bool))), f, atol=0.02
+    )  # size-free
     boxed, boxed_mask = np.zeros((500, 400), np.float32), np.zeros((500, 400), bool)  # letterbox bands above and below
     boxed[100:400], boxed_mask[100:400] = image, mask
     assert np.allclose(intensity_facts(boxed, boxed_mask), f, atol=1e-6)
@@ -243,15 +320,25 @@ def test_shipped_gate_spec_records_its_training_and_reason_head():
     """The shipped gate (split v2, issue 16): threshold from validation, test figures per source, the reason head."""
     import json
 
-    from covidcxr.specs import shipped_spec_path, sha256_file
+    from covidcxr.specs import sha256_file, shipped_spec_path
 
     path = shipped_spec_path("gate")
     spec = json.loads(path.read_text())
     assert spec["sha256"] == sha256_file(path.parent / spec["file"])
     assert spec["training"]["data"]["split_version"] == "v2" and "augment_frontal" in spec["training"]["augmentation"]
-    assert set(spec["metrics"]["frontal_refused_per_source"]) == {"covid-chestxray", "covid19-radiography", "hannover", "kermany-pediatric", "nih-chestxray8", "nih-chestxray14"}
+    assert set(spec["metrics"]["frontal_refused_per_source"]) == {
+        "covid-chestxray",
+        "covid19-radiography",
+        "hannover",
+        "kermany-pediatric",
+        "nih-chestxray8",
+        "nih-chestxray14",
+    }
     head = spec["intensity_check"]["kinds"]
-    assert head["labels"] == list(KIND_LABELS) and np.shape(head["coef"]) == (len(KIND_LABELS), 1 + 3 + len(INTENSITY_FACTS))
+    assert head["labels"] == list(KIND_LABELS) and np.shape(head["coef"]) == (
+        len(KIND_LABELS),
+        1 + 3 + len(INTENSITY_FACTS),
+    )
 
 
 @pytest.mark.slow
@@ -261,7 +348,9 @@ def test_shipped_gate_accepts_hospital_films_and_words_lateral_refusals(records)
     from covidcxr.predict import Pipeline
 
     frontal, other = gate_records(records, "val")
-    films = [r for r in frontal if r["dataset"] == "hannover"] + [r for r in frontal if r["dataset"] in ("nih-chestxray14", "covid19-radiography")][:20]
+    films = [r for r in frontal if r["dataset"] == "hannover"] + [
+        r for r in frontal if r["dataset"] in ("nih-chestxray14", "covid19-radiography")
+    ][:20]
     lateral = [r for r in other if r["view"] == "L"]
     res = Pipeline.load(saliency=False, severity=False).run([read_image(r["path"]) for r in films + lateral])
     assert sum(r["refusal"] is not None for r in res[: len(films)]) == 0
@@ -277,12 +366,32 @@ def test_predict_counts_refusals_by_reason(tmp_path, capsys):
     from covidcxr.cli import main
 
     Image.fromarray((np.random.default_rng(0).random((300, 400)) * 255).astype(np.uint8)).save(tmp_path / "noise.png")
-    near_uniform = np.clip(np.random.default_rng(1).normal(128, 1.2, (300, 300)), 0, 255).astype(np.uint8)  # uniform ones fail to read
+    near_uniform = np.clip(np.random.default_rng(1).normal(128, 1.2, (300, 300)), 0, 255).astype(
+        np.uint8
+    )  # uniform ones fail to read
     Image.fromarray(near_uniform).save(tmp_path / "blank.png")
     out = tmp_path / "out"
-    assert main(["predict", str(tmp_path / "noise.png"), str(tmp_path / "blank.png"), "--out", str(out), "-q", "--no-saliency", "--no-report"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "noise.png"),
+                str(tmp_path / "blank.png"),
+                "--out",
+                str(out),
+                "-q",
+                "--no-saliency",
+                "--no-report",
+            ]
+        )
+        == 2
+    )
     rows = {Path(r["path"]).name: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
     assert rows["blank.png"]["refusal_reason"] == "blank"
     noise = rows["noise.png"]
-    assert noise["refusal_reason"] in REASONS and REASONS[noise["refusal_reason"]] in noise["error"] and "--no-gate" in noise["error"]
+    assert (
+        noise["refusal_reason"] in REASONS
+        and REASONS[noise["refusal_reason"]] in noise["error"]
+        and "--no-gate" in noise["error"]
+    )
     assert f"refused: 1 blank, 1 {noise['refusal_reason']}" in capsys.readouterr().err

@@ -38,8 +38,18 @@ SRC = HERE.parent / "src"
 
 #: File names an adversarial user would try: math text, backslashes, braces, control characters,
 #: a right-to-left override, a name of 250 bytes (the stem plus "_heatmap.png" would pass 255).
-HOSTILE = ["a$x^{$.png", "$$\\frac{1}{0}$$.png", "back\\slash.png", "{}{{{.png", "ctl\x01\x07\x1b[31m.png", "line\nbreak.png",
-           "\u202eevil.png", "%s%n%x.png", "x" * 246 + ".png", "$" * 40 + "{" * 200 + ".png"]
+HOSTILE = [
+    "a$x^{$.png",
+    "$$\\frac{1}{0}$$.png",
+    "back\\slash.png",
+    "{}{{{.png",
+    "ctl\x01\x07\x1b[31m.png",
+    "line\nbreak.png",
+    "\u202eevil.png",
+    "%s%n%x.png",
+    "x" * 246 + ".png",
+    "$" * 40 + "{" * 200 + ".png",
+]
 
 
 class FakePipeline:
@@ -61,9 +71,19 @@ class FakePipeline:
         out = []
         for im in images:
             mask = np.zeros(im.shape, bool)
-            mask[im.shape[0] // 5: -im.shape[0] // 5, im.shape[1] // 5: -im.shape[1] // 5] = True
-            out.append({"refusal": None, "mask": mask, "probabilities": {"COVID-19": 0.2, "Other pneumonia": 0.3, "No finding": 0.5},
-                        "prediction": "No finding", "warnings": [], "gate_probability": 0.9, "heat": im, "saliency_in_lungs": 0.5})
+            mask[im.shape[0] // 5 : -im.shape[0] // 5, im.shape[1] // 5 : -im.shape[1] // 5] = True
+            out.append(
+                {
+                    "refusal": None,
+                    "mask": mask,
+                    "probabilities": {"COVID-19": 0.2, "Other pneumonia": 0.3, "No finding": 0.5},
+                    "prediction": "No finding",
+                    "warnings": [],
+                    "gate_probability": 0.9,
+                    "heat": im,
+                    "saliency_in_lungs": 0.5,
+                }
+            )
         return out
 
 
@@ -84,8 +104,10 @@ def _cli(*args: str, fake_delay: float | None = None, timeout: float = 60) -> su
     """``python -m covidcxr.cli ARGS``, with :class:`FakePipeline` as the models when ``fake_delay`` is given."""
     code = "import sys; from covidcxr.cli import main; sys.exit(main(sys.argv[1:]))"
     if fake_delay is not None:
-        code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); from test_hardening import FakePipeline; from covidcxr.predict import Pipeline; "
-                f"Pipeline.load = staticmethod(lambda **_: FakePipeline({fake_delay})); " + code)
+        code = (
+            f"import sys; sys.path.insert(0, {str(HERE)!r}); from test_hardening import FakePipeline; from covidcxr.predict import Pipeline; "
+            f"Pipeline.load = staticmethod(lambda **_: FakePipeline({fake_delay})); " + code
+        )
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -106,8 +128,15 @@ def test_plain_text_escapes_what_matplotlib_cannot_draw():
 def test_report_draws_any_file_name(tmp_path, name):
     image = np.random.default_rng(1).random((120, 100)).astype(np.float32)
     mask = image > 0.5
-    save_report(tmp_path / "r.png", image, mask, {"COVID-19": 0.2, "Other pneumonia": 0.3, "No finding": 0.5}, heat=image,
-                title=f"{name}: No finding (50%)", warnings=[name])
+    save_report(
+        tmp_path / "r.png",
+        image,
+        mask,
+        {"COVID-19": 0.2, "Other pneumonia": 0.3, "No finding": 0.5},
+        heat=image,
+        title=f"{name}: No finding (50%)",
+        warnings=[name],
+    )
     assert Image.open(tmp_path / "r.png").size[0] > 400
 
 
@@ -140,11 +169,28 @@ def test_a_failure_writing_one_input_is_its_error_row_and_the_batch_goes_on(tmp_
     monkeypatch.setattr("covidcxr.predict.save_report", flaky)
     monkeypatch.setattr(Pipeline, "load", staticmethod(lambda **_: FakePipeline()))
     out = tmp_path / "out"
-    assert main(["predict", str(tmp_path / "a.png"), str(tmp_path / "b.png"), str(tmp_path / "c.png"), "--out", str(out), "-q"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "a.png"),
+                str(tmp_path / "b.png"),
+                str(tmp_path / "c.png"),
+                "--out",
+                str(out),
+                "-q",
+            ]
+        )
+        == 2
+    )
     rows = {Path(r["path"]).name: r for r in _rows(out)}
     assert set(rows) == {"a.png", "b.png", "c.png"}
     assert "error" not in rows["a.png"] and "error" not in rows["c.png"]
-    assert "b.png" in rows["b.png"]["error"] and "No space left" in rows["b.png"]["error"] and "--retry-errors" in rows["b.png"]["error"]
+    assert (
+        "b.png" in rows["b.png"]["error"]
+        and "No space left" in rows["b.png"]["error"]
+        and "--retry-errors" in rows["b.png"]["error"]
+    )
     assert "Traceback" not in capsys.readouterr().err
 
 
@@ -185,7 +231,10 @@ def test_bad_out_and_bad_weights_are_one_sentence_without_traceback(tmp_path):
         "--out under a file": (["--out", str(a_file / "sub")], "a part of the path is a file"),
         "--out in /sys": (["--out", "/sys/covidcxr-test-out"], "cannot write there"),
         "--out /sys itself": (["--out", "/sys"], "cannot write there"),
-        "weights no state dict": (["--out", str(tmp_path / "o"), "--gate-weights", str(bad / "gate.json")], "w.pt: not a PyTorch state dict"),
+        "weights no state dict": (
+            ["--out", str(tmp_path / "o"), "--gate-weights", str(bad / "gate.json")],
+            "w.pt: not a PyTorch state dict",
+        ),
     }
     if os.geteuid() != 0:  # root writes into read-only folders
         ro = tmp_path / "ro"
@@ -194,11 +243,15 @@ def test_bad_out_and_bad_weights_are_one_sentence_without_traceback(tmp_path):
         cases["--out read-only"] = (["--out", str(ro)], "cannot write there")
     # One process runs every case, as a user would one after the other: a traceback in any shows in its stderr.
     argvs = [["predict", str(image), *args, "-q"] for args, _ in cases.values()]
-    code = ("import sys, json, time; from covidcxr.cli import main\n"
-            "for argv in json.loads(sys.argv[1]):\n"
-            "    t = time.perf_counter(); rc = main(argv); print(f'@@ {rc} {time.perf_counter() - t:.2f}', file=sys.stderr, flush=True)")
+    code = (
+        "import sys, json, time; from covidcxr.cli import main\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    t = time.perf_counter(); rc = main(argv); print(f'@@ {rc} {time.perf_counter() - t:.2f}', file=sys.stderr, flush=True)"
+    )
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    run = subprocess.run([sys.executable, "-c", code, json.dumps(argvs)], capture_output=True, text=True, timeout=120, env=env)
+    run = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(argvs)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert "Traceback" not in run.stderr, run.stderr
     # stderr: OUTPUT1 "@@ rc s" OUTPUT2 "@@ rc s" ...: each chunk after the first opens with the previous case's result line.
     chunks = run.stderr.split("@@ ")
@@ -220,9 +273,8 @@ def test_bad_out_and_bad_weights_are_one_sentence_without_traceback(tmp_path):
 def test_output_lock_is_exclusive_and_names_the_holder(tmp_path):
     with output_lock(tmp_path):
         assert str(os.getpid()) in (tmp_path / LOCK_NAME).read_text()
-        with pytest.raises(OutputBusyError, match=f"pid {os.getpid()}"):
-            with output_lock(tmp_path):
-                pass
+        with pytest.raises(OutputBusyError, match=f"pid {os.getpid()}"), output_lock(tmp_path):
+            pass
     with output_lock(tmp_path):  # released: a later run takes it
         pass
 
@@ -236,10 +288,16 @@ def test_two_concurrent_writers_lose_and_duplicate_no_row(tmp_path):
     (inp / "broken.png").write_bytes(b"not an image")  # an error row, for --retry-errors
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); from test_hardening import FakePipeline; from covidcxr.predict import Pipeline; "
-            "Pipeline.load = staticmethod(lambda **_: FakePipeline(0.05)); from covidcxr.cli import main; sys.exit(main(sys.argv[1:]))")
-    first = subprocess.Popen([sys.executable, "-c", code, "predict", str(inp), "--out", str(out), "-q", "--batch-size", "1", "--no-report"],
-                             stderr=subprocess.PIPE, text=True, env=env)
+    code = (
+        f"import sys; sys.path.insert(0, {str(HERE)!r}); from test_hardening import FakePipeline; from covidcxr.predict import Pipeline; "
+        "Pipeline.load = staticmethod(lambda **_: FakePipeline(0.05)); from covidcxr.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", code, "predict", str(inp), "--out", str(out), "-q", "--batch-size", "1", "--no-report"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.monotonic() + 30
     while not ((out / "predictions.jsonl").is_file() and (out / "predictions.jsonl").read_text().count("\n") >= 3):
         assert first.poll() is None and time.monotonic() < deadline, "the first run ended before it could overlap"
@@ -247,9 +305,13 @@ def test_two_concurrent_writers_lose_and_duplicate_no_row(tmp_path):
     second = _cli("predict", str(inp), "--out", str(out), "-q", "--retry-errors", "--no-report", fake_delay=0.05)
     first_err = first.communicate(timeout=60)[1]
     assert first.returncode == 2, first_err  # the broken file
-    assert second.returncode == 2 and f"pid {first.pid}" in second.stderr and "another --out" in second.stderr, second.stderr
+    assert second.returncode == 2 and f"pid {first.pid}" in second.stderr and "another --out" in second.stderr, (
+        second.stderr
+    )
     assert "Traceback" not in second.stderr + first_err
-    third = _cli("predict", str(inp), "--out", str(out), "-q", "--retry-errors", "--no-report", fake_delay=0)  # after it: retries the error only
+    third = _cli(
+        "predict", str(inp), "--out", str(out), "-q", "--retry-errors", "--no-report", fake_delay=0
+    )  # after it: retries the error only
     assert third.returncode == 2, third.stderr
     paths = [r["path"] for r in _rows(out)]
     assert len(paths) == len(set(paths)) == n + 1  # none lost, none twice
@@ -295,7 +357,10 @@ def test_host_origin_security_headers_and_several_files(client):
     assert client.get("/health", headers={"Host": "evil.example"}).status_code == 400  # DNS rebinding
     r = client.post("/v1/predict", files={"file": ("x.png", XRAY)}, headers={"Origin": "https://evil.example"})
     assert r.status_code == 403 and "another origin" in r.json()["error"]
-    assert client.post("/v1/predict", files={"file": ("x.png", XRAY)}, headers={"Origin": "http://testserver"}).status_code == 200
+    assert (
+        client.post("/v1/predict", files={"file": ("x.png", XRAY)}, headers={"Origin": "http://testserver"}).status_code
+        == 200
+    )
     r = client.post("/v1/predict", files=[("file", ("a.png", XRAY)), ("file", ("b.png", XRAY))])
     assert r.status_code == 422 and "several" in r.json()["error"]
 
@@ -315,9 +380,8 @@ def test_images_over_max_pixels_are_refused_from_the_header_with_413():
 
 def test_a_full_queue_answers_503_with_retry_after_and_the_rest_are_served():
     fake = FakePipeline(delay=0.3)
-    with TestClient(create_app(fake, allowed_hosts=["testserver"], max_queue=1)) as c:
-        with ThreadPoolExecutor(6) as pool:
-            responses = list(pool.map(lambda i: c.post("/v1/predict", files={"file": (f"x{i}.png", XRAY)}), range(6)))
+    with TestClient(create_app(fake, allowed_hosts=["testserver"], max_queue=1)) as c, ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda i: c.post("/v1/predict", files={"file": (f"x{i}.png", XRAY)}), range(6)))
     codes = sorted(r.status_code for r in responses)
     assert set(codes) == {200, 503} and codes.count(200) >= 2, codes
     busy = next(r for r in responses if r.status_code == 503)
@@ -333,9 +397,13 @@ def test_predictions_run_one_at_a_time_in_one_thread():
             threads.add(threading.current_thread().name)
             return super().run(images)
 
-    with TestClient(create_app(Recording(delay=0.02), allowed_hosts=["testserver"])) as c:
-        with ThreadPoolExecutor(4) as pool:
-            assert {r.status_code for r in pool.map(lambda i: c.post("/v1/predict", files={"file": ("x.png", XRAY)}), range(8))} == {200}
+    with (
+        TestClient(create_app(Recording(delay=0.02), allowed_hosts=["testserver"])) as c,
+        ThreadPoolExecutor(4) as pool,
+    ):
+        assert {
+            r.status_code for r in pool.map(lambda i: c.post("/v1/predict", files={"file": ("x.png", XRAY)}), range(8))
+        } == {200}
     assert len(threads) == 1 and threads.pop().startswith("covidcxr-models")
 
 
@@ -363,7 +431,13 @@ def test_serve_allowed_hosts_are_loopback_plus_host_and_extras():
     from covidcxr.cli import allowed_hosts
 
     assert allowed_hosts("127.0.0.1", None) == ["localhost", "127.0.0.1", "::1"]
-    assert allowed_hosts("0.0.0.0", ["Scanner.Lan", "[fe80::1]"]) == ["localhost", "127.0.0.1", "::1", "scanner.lan", "fe80::1"]
+    assert allowed_hosts("0.0.0.0", ["Scanner.Lan", "[fe80::1]"]) == [
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "scanner.lan",
+        "fe80::1",
+    ]
     assert "10.0.0.5" in allowed_hosts("10.0.0.5", None)
 
 

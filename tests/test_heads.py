@@ -24,7 +24,7 @@ def _shortcut_data(n: int = 150, seed: int = 0):
         "nih-chestxray14": (OTHER, NORMAL),
     }
     x, y, src = [], [], []
-    for k, (source, classes) in enumerate(plan.items()):
+    for source, classes in plan.items():
         labels = rng.choice(classes, size=n)
         style = rng.normal(size=4) * 3
         f = rng.normal(size=(n, 6))

@@ -9,9 +9,10 @@ from __future__ import annotations
 import pickle
 import struct
 import zlib
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -247,8 +248,18 @@ def test_dicom_voi_lut_sequence(tmp_path: Path) -> None:
 
 def test_dicom_rgb_rle_and_bare(tmp_path: Path) -> None:
     rgb = np.stack([RAMP12 >> 4] * 3, axis=-1).astype(np.uint8)
-    ds = _dataset(None, SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0,
-                  Rows=64, Columns=64, BitsAllocated=8, BitsStored=8, HighBit=7, PixelRepresentation=0)
+    ds = _dataset(
+        None,
+        SamplesPerPixel=3,
+        PhotometricInterpretation="RGB",
+        PlanarConfiguration=0,
+        Rows=64,
+        Columns=64,
+        BitsAllocated=8,
+        BitsStored=8,
+        HighBit=7,
+        PixelRepresentation=0,
+    )
     ds.PixelData = rgb.tobytes()
     ds.save_as(tmp_path / "rgb.dcm", enforce_file_format=True)
     np.testing.assert_allclose(read_image(tmp_path / "rgb.dcm"), rgb[..., 0] / 255.0, atol=1e-5)
@@ -352,28 +363,41 @@ BAD_FILES: dict[str, tuple[str, Callable[[Path], bytes] | None, str]] = {
     "garbage_dcm": ("noise.dcm", lambda _: b"\x00\x01" + np.random.default_rng(1).bytes(4096), "not an image"),
     "one_pixel": ("dot.png", _img_bytes(Image.new("L", (1, 1), 7), "PNG"), "too small"),
     "thin_10x2000": ("thin.png", _img_bytes(Image.fromarray(_noise(2000, 10)), "PNG"), "too small"),
-    "png_bomb_100000": ("bomb.png", lambda t: _png_header_only(t / "b.png", 100_000, 100_000).read_bytes(),
-                        "too large"),
-    "png_bomb_12000": ("bomb12k.png", lambda t: _png_header_only(t / "b.png", 12_000, 12_000).read_bytes(),
-                       "too large"),
+    "png_bomb_100000": (
+        "bomb.png",
+        lambda t: _png_header_only(t / "b.png", 100_000, 100_000).read_bytes(),
+        "too large",
+    ),
+    "png_bomb_12000": (
+        "bomb12k.png",
+        lambda t: _png_header_only(t / "b.png", 12_000, 12_000).read_bytes(),
+        "too large",
+    ),
     "constant_png": ("gray.png", _img_bytes(Image.new("L", (64, 64), 128), "PNG"), "blank"),
     "cmyk_jpeg": ("print.jpg", _img_bytes(Image.new("CMYK", (64, 64), (10, 20, 30, 40)), "JPEG"), "CMYK"),
     "animated_gif": ("anim.gif", _img_bytes(_frames(3), "GIF"), "frames"),
     "multipage_tiff": ("pages.tif", _img_bytes(_frames(3), "TIFF"), "frames"),
     "nan_tiff": ("nan.tif", _img_bytes(Image.fromarray(np.full((40, 40), np.nan, np.float32)), "TIFF"), "NaN"),
     "dicom_no_pixels": ("sr.dcm", _dicom_bytes(None), "pixel data"),
-    "dicom_multiframe": ("cine.dcm", _dicom_bytes(np.concatenate([RAMP12] * 3), NumberOfFrames=3, Rows=64),
-                         "multi-frame"),
+    "dicom_multiframe": (
+        "cine.dcm",
+        _dicom_bytes(np.concatenate([RAMP12] * 3), NumberOfFrames=3, Rows=64),
+        "multi-frame",
+    ),
     "dicom_huge_rows": ("huge.dcm", _dicom_bytes(RAMP12, Rows=65535, Columns=65535), "too large"),
     "dicom_tiny": ("tiny.dcm", _dicom_bytes(RAMP12[:4, :4]), "too small"),
     "dicom_constant": ("flat.dcm", _dicom_bytes(np.full((64, 64), 300)), "blank"),
     "dicom_truncated": ("cut.dcm", _truncated_dicom, "truncated"),
-    "dicom_j2k_garbage": ("j2k.dcm", lambda t: _encapsulated_dicom(t / "s.dcm", JPEG2000Lossless,
-                                                                   b"\xff\x4f" + b"junk" * 50).read_bytes(),
-                          "JPEG 2000"),
-    "dicom_jpeg_lossless_garbage": ("ljpeg.dcm", lambda t: _encapsulated_dicom(t / "s.dcm", JPEGLosslessSV1,
-                                                                               b"junk" * 50).read_bytes(),
-                                    "JPEG Lossless"),
+    "dicom_j2k_garbage": (
+        "j2k.dcm",
+        lambda t: _encapsulated_dicom(t / "s.dcm", JPEG2000Lossless, b"\xff\x4f" + b"junk" * 50).read_bytes(),
+        "JPEG 2000",
+    ),
+    "dicom_jpeg_lossless_garbage": (
+        "ljpeg.dcm",
+        lambda t: _encapsulated_dicom(t / "s.dcm", JPEGLosslessSV1, b"junk" * 50).read_bytes(),
+        "JPEG Lossless",
+    ),
     "missing": ("missing.png", None, "not found"),
     "directory": ("folder.png", None, "directory"),
 }
@@ -441,7 +465,7 @@ def test_corrupted_files_raise_only_image_read_error(tmp_path: Path) -> None:
                 out = read_image(bytes(mutated), name="fuzz")
             except ImageReadError:
                 continue
-            assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+            assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
 
 
 # ---------------------------------------------------------------------------
@@ -459,8 +483,20 @@ def test_image_read_error_format() -> None:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("a.png", True), ("a.JPG", True), ("a.jpeg", True), ("a.DCM", True), ("a.dicom", True), ("a.tif", True),
-     ("a.TIFF", True), ("a.bmp", True), ("IM0001", False), ("a.txt", False), ("a.gif", False), (".png", False)],
+    [
+        ("a.png", True),
+        ("a.JPG", True),
+        ("a.jpeg", True),
+        ("a.DCM", True),
+        ("a.dicom", True),
+        ("a.tif", True),
+        ("a.TIFF", True),
+        ("a.bmp", True),
+        ("IM0001", False),
+        ("a.txt", False),
+        ("a.gif", False),
+        (".png", False),
+    ],
 )
 def test_is_supported_file(name: str, expected: bool) -> None:
     assert is_supported_file(name) is expected

@@ -7,8 +7,9 @@ import torch
 
 from covidcxr.models import create_model, eval_mode, list_models, model_task
 
-
-IMAGE_MODELS = list_models("segmentation") + list_models("classification")  # the gate reads feature vectors (tests/test_gate.py)
+IMAGE_MODELS = list_models("segmentation") + list_models(
+    "classification"
+)  # the gate reads feature vectors (tests/test_gate.py)
 
 
 @pytest.mark.parametrize("name", IMAGE_MODELS)
@@ -21,7 +22,11 @@ def test_forward_backward_every_parameter_gets_a_gradient(name, shape):
     out = model(x)
     assert out.shape == ((shape[0], k, *shape[2:]) if model_task(name) == "segmentation" else (shape[0], k))
     out.mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    missing = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
     assert not missing
 
 
@@ -33,7 +38,9 @@ def test_save_load_round_trip(name, tmp_path):
     b = create_model(name)
     b.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
     x = torch.randn(2, 1, 64, 64)
-    assert {"resnet18", "resnet50", "densenet121", "efficientnet_b0", "mobilenet_v2", "unet_mobilenetv2"} <= set(list_models())
+    assert {"resnet18", "resnet50", "densenet121", "efficientnet_b0", "mobilenet_v2", "unet_mobilenetv2"} <= set(
+        list_models()
+    )
     with eval_mode(a, b), torch.no_grad():
         assert torch.equal(a(x), b(x))
 

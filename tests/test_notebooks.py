@@ -56,17 +56,25 @@ def _floats(pattern: str, text: str) -> list[float]:
 
 
 def test_notebooks_are_committed():
-    assert COMMITTED == sorted(QUICK_CHECKS), "every notebook needs an execution check below, and every check a notebook"
+    assert sorted(QUICK_CHECKS) == COMMITTED, (
+        "every notebook needs an execution check below, and every check a notebook"
+    )
 
 
 @pytest.mark.parametrize("name", COMMITTED)
 def test_committed_notebook_has_no_outputs(name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(nb)
-    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
-    assert not dirty, f"{name}: cells {dirty} hold outputs or execution counts; clear them before committing (Jupyter: Edit > Clear Outputs of All Cells)"
+    dirty = [
+        i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count is not None)
+    ]
+    assert not dirty, (
+        f"{name}: cells {dirty} hold outputs or execution counts; clear them before committing (Jupyter: Edit > Clear Outputs of All Cells)"
+    )
     params = [c for c in _code_cells(nb) if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1 and "COVIDCXR_NOTEBOOK_QUICK" in params[0].source, f"{name}: one cell tagged 'parameters' must read COVIDCXR_NOTEBOOK_QUICK"
+    assert len(params) == 1 and "COVIDCXR_NOTEBOOK_QUICK" in params[0].source, (
+        f"{name}: one cell tagged 'parameters' must read COVIDCXR_NOTEBOOK_QUICK"
+    )
 
 
 @pytest.mark.parametrize("name", COMMITTED)
@@ -82,28 +90,38 @@ def test_notebook_calls_only_the_public_api(name):
             if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 problems.append(f"cell {i}: defines {type(node).__name__} (put it in the package, with a test)")
             elif isinstance(node, ast.Import):
-                problems += [f"cell {i}: imports {a.name}" for a in node.names if a.name.split(".")[0] not in ALLOWED_IMPORTS]
+                problems += [
+                    f"cell {i}: imports {a.name}" for a in node.names if a.name.split(".")[0] not in ALLOWED_IMPORTS
+                ]
             elif isinstance(node, ast.ImportFrom):
                 module = node.module or ""
-                if module.split(".")[0] not in ALLOWED_IMPORTS or any(part.startswith("_") for part in module.split(".")):
+                if module.split(".")[0] not in ALLOWED_IMPORTS or any(
+                    part.startswith("_") for part in module.split(".")
+                ):
                     problems.append(f"cell {i}: imports from {module}")
-                problems += [f"cell {i}: imports private {module}.{a.name}" for a in node.names if a.name.startswith("_")]
+                problems += [
+                    f"cell {i}: imports private {module}.{a.name}" for a in node.names if a.name.startswith("_")
+                ]
     assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
 def _backend_after_package_plot(tmp_path: Path, env_backend: str | None, preset: str | None) -> str:
-    script = "\n".join([
-        "import sys, matplotlib",
-        *([f"matplotlib.use({preset!r})", "import matplotlib.pyplot"] if preset else []),
-        "from covidcxr.plots import learning_curve",
-        "learning_curve([{'epoch': 1, 'train_loss': 1.0, 'val_loss': 1.0, 'val_dice': 0.5}], sys.argv[1])",
-        "print(matplotlib.get_backend().lower())",
-    ])
+    script = "\n".join(
+        [
+            "import sys, matplotlib",
+            *([f"matplotlib.use({preset!r})", "import matplotlib.pyplot"] if preset else []),
+            "from covidcxr.plots import learning_curve",
+            "learning_curve([{'epoch': 1, 'train_loss': 1.0, 'val_loss': 1.0, 'val_dice': 0.5}], sys.argv[1])",
+            "print(matplotlib.get_backend().lower())",
+        ]
+    )
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     if env_backend:
         env["MPLBACKEND"] = env_backend
     png = tmp_path / "curve.png"
-    out = subprocess.run([sys.executable, "-c", script, str(png)], env=env, capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(png)], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
     assert png.stat().st_size > 0
     return out.stdout.strip()
 
@@ -166,7 +184,9 @@ def test_notebook_runs_in_quick_mode(name, tmp_path, monkeypatch, data_root):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     t0 = time.perf_counter()
     # A failing cell raises CellExecutionError with its traceback.
-    NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     print(f"{name}: {time.perf_counter() - t0:.0f} s in quick mode")
     code = _code_cells(nb)
     assert all(c.execution_count is not None for c in code)

@@ -67,10 +67,13 @@ def test_onnxruntime_matches_pytorch_within_1e_4(runs):
 
 
 def test_onnx_backend_needs_no_torch(onnx_dir, tmp_path):
-    code = _NO_TORCH + f"""
+    code = (
+        _NO_TORCH
+        + f"""
 from covidcxr.cli import main
 raise SystemExit(main(["predict", "--backend", "onnxruntime", "--onnx-dir", {str(onnx_dir)!r}, "--out", {str(tmp_path / "out")!r}, "-q"]))
 """
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()[0])
@@ -79,7 +82,21 @@ raise SystemExit(main(["predict", "--backend", "onnxruntime", "--onnx-dir", {str
 
 
 def test_missing_onnx_dir_says_how_to_export(tmp_path, capsys):
-    assert main(["predict", "--backend", "onnxruntime", "--onnx-dir", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "-q"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--backend",
+                "onnxruntime",
+                "--onnx-dir",
+                str(tmp_path / "none"),
+                "--out",
+                str(tmp_path / "o"),
+                "-q",
+            ]
+        )
+        == 2
+    )
     assert "covidcxr export onnx" in capsys.readouterr().err
 
 

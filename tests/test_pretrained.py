@@ -75,7 +75,9 @@ def test_batchnorm_reestimation_keeps_the_imagenet_function(imagenet_file):
         as_is = copy.deepcopy(encoder).train()
         unit_variance = as_is(x)  # train mode, folded identities: every layer rescaled
     assert not torch.allclose(unit_variance, folded, atol=1e-2)
-    assert reestimate_batchnorm(model, [x], within=encoder) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules())
+    assert reestimate_batchnorm(model, [x], within=encoder) == sum(
+        isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules()
+    )
     for mode in ("eval", "train"):  # eval first: a train-mode pass moves the running statistics
         encoder.train(mode == "train")
         with torch.no_grad():

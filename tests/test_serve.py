@@ -10,17 +10,29 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import schemathesis
-from schemathesis import GenerationMode
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
+from schemathesis import GenerationMode
 
 from covidcxr.cli import SAMPLE, build_parser, main
 from covidcxr.data.classification import CLASSES
 from covidcxr.predict import Pipeline
 from covidcxr.web import create_app
 
-KEYS = {"path", "probabilities", "prediction", "lung_mask", "heatmap", "report", "model", "warnings", "lung_area", "gate_probability", "severity"}
+KEYS = {
+    "path",
+    "probabilities",
+    "prediction",
+    "lung_mask",
+    "heatmap",
+    "report",
+    "model",
+    "warnings",
+    "lung_area",
+    "gate_probability",
+    "severity",
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +42,9 @@ def pipeline() -> Pipeline:
 
 @pytest.fixture(scope="module")
 def client(pipeline):
-    with TestClient(create_app(pipeline, allowed_hosts=["testserver"])) as c:  # one event loop for the module, as under uvicorn
+    with TestClient(
+        create_app(pipeline, allowed_hosts=["testserver"])
+    ) as c:  # one event loop for the module, as under uvicorn
         yield c
 
 
@@ -67,7 +81,7 @@ def test_predict_sample_is_a_predictions_row_with_inline_pngs(client):
     r = client.post("/v1/predict", files={"file": ("sample_cxr.jpg", SAMPLE.read_bytes(), "image/jpeg")})
     assert r.status_code == 200, r.text
     row = r.json()
-    assert KEYS <= set(row) and "error" not in row
+    assert set(row) >= KEYS and "error" not in row
     assert row["path"] == "sample_cxr.jpg"
     assert set(row["probabilities"]) == set(CLASSES)
     assert abs(sum(row["probabilities"].values()) - 1) < 1e-5
@@ -88,8 +102,16 @@ def test_predict_sample_is_a_predictions_row_with_inline_pngs(client):
         ("notes.png", b"this is a text file, not an X-ray\n", ("notes.png", "text file")),
         ("empty.png", b"", ("empty.png", "empty")),
         ("blank.png", _png(np.full((300, 300), 128, np.uint8)), ("blank.png", "blank")),
-        ("flat.png", _png((128 + (np.indices((300, 300)).sum(0) % 2)).astype(np.uint8)), ("flat.png", "blank or near-uniform")),
-        ("noise.png", _png((np.random.default_rng(0).random((300, 400)) * 255).astype(np.uint8)), ("noise.png", "not recognised as a frontal chest X-ray")),
+        (
+            "flat.png",
+            _png((128 + (np.indices((300, 300)).sum(0) % 2)).astype(np.uint8)),
+            ("flat.png", "blank or near-uniform"),
+        ),
+        (
+            "noise.png",
+            _png((np.random.default_rng(0).random((300, 400)) * 255).astype(np.uint8)),
+            ("noise.png", "not recognised as a frontal chest X-ray"),
+        ),
     ],
     ids=["text-as-png", "empty", "uniform", "near-uniform", "gate-refusal"],
 )
@@ -106,11 +128,17 @@ def test_missing_file_field_gets_422_error_shape(client):
 def test_uploads_over_the_limit_get_413(pipeline):
     with TestClient(create_app(pipeline, max_upload_bytes=10_000, allowed_hosts=["testserver"])) as small:
         # Content-Length above the limit: refused before the body is read.
-        _assert_error(small.post("/v1/predict", files={"file": ("big.jpg", SAMPLE.read_bytes(), "image/jpeg")}), 413, "limit")
+        _assert_error(
+            small.post("/v1/predict", files={"file": ("big.jpg", SAMPLE.read_bytes(), "image/jpeg")}), 413, "limit"
+        )
         # Body within the multipart allowance but the file itself over the limit.
-        _assert_error(small.post("/v1/predict", files={"file": ("big.png", b"\0" * 20_000, "image/png")}), 413, "--max-upload-mb")
+        _assert_error(
+            small.post("/v1/predict", files={"file": ("big.png", b"\0" * 20_000, "image/png")}), 413, "--max-upload-mb"
+        )
         # No Content-Length (chunked): counted while it streams in.
-        head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+        head = (
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+        )
 
         def chunks():
             yield head
@@ -127,7 +155,10 @@ def test_concurrent_requests_all_succeed_and_health_stays_responsive(client):
     small = Image.open(SAMPLE).convert("L").resize((256, 256))
     data = _png(np.asarray(small))
     with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(client.post, "/v1/predict", files={"file": (f"cxr{i}.png", data, "image/png")}) for i in range(8)]
+        futures = [
+            pool.submit(client.post, "/v1/predict", files={"file": (f"cxr{i}.png", data, "image/png")})
+            for i in range(8)
+        ]
         time.sleep(0.2)
         t0 = time.perf_counter()
         health = client.get("/health")
@@ -168,7 +199,13 @@ def test_page_and_static_files_are_served(client):
 
 def test_serve_command_line():
     args = build_parser().parse_args(["serve", "--port", "9000", "--no-gate"])
-    assert (args.host, args.port, args.max_upload_mb, args.no_gate, args.no_saliency) == ("127.0.0.1", 9000, 20.0, True, False)
+    assert (args.host, args.port, args.max_upload_mb, args.no_gate, args.no_saliency) == (
+        "127.0.0.1",
+        9000,
+        20.0,
+        True,
+        False,
+    )
     assert main(["serve", "--max-upload-mb", "0"]) == 2
 
 
@@ -182,7 +219,11 @@ def api_schema(pipeline):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("method", "path", "mode"),
-    [("GET", "/health", GenerationMode.POSITIVE), ("POST", "/v1/predict", GenerationMode.POSITIVE), ("POST", "/v1/predict", GenerationMode.NEGATIVE)],
+    [
+        ("GET", "/health", GenerationMode.POSITIVE),
+        ("POST", "/v1/predict", GenerationMode.POSITIVE),
+        ("POST", "/v1/predict", GenerationMode.NEGATIVE),
+    ],
     ids=["health", "predict-valid", "predict-invalid"],  # /health takes no input, so no invalid one
 )
 def test_api_conforms_to_its_openapi_schema(api_schema, method, path, mode):

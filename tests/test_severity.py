@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from covidcxr.data.severity import LESIONS, ZONES
-from covidcxr.engine.severity import SeverityConfig, evaluate_brixia, evaluate_scores, fit_heads, lesion_loss, repeated_splits, stacked_brixia
+from covidcxr.engine.severity import (
+    SeverityConfig,
+    evaluate_brixia,
+    evaluate_scores,
+    fit_heads,
+    lesion_loss,
+    repeated_splits,
+    stacked_brixia,
+)
 from covidcxr.severity import DEEP_DIM, IMAGE_GROUPS, ZONE_GROUPS, brixia_zones, columns, severity_features, split_lungs
 
 
@@ -36,7 +44,14 @@ def test_touching_lungs_are_cut_at_the_emptiest_column():
 
 def test_features_measure_lesions_per_zone_and_lung():
     s = 64
-    lungs = torch.from_numpy(np.asarray(torch.nn.functional.interpolate(torch.from_numpy(_two_lungs(128, 128)).float()[None, None], size=(s, s))[0, 0] > 0.5))[None]
+    lungs = torch.from_numpy(
+        np.asarray(
+            torch.nn.functional.interpolate(torch.from_numpy(_two_lungs(128, 128)).float()[None, None], size=(s, s))[
+                0, 0
+            ]
+            > 0.5
+        )
+    )[None]
     zones = brixia_zones(lungs[0].numpy())
     p = torch.zeros(1, len(LESIONS), s, s)
     p[0, 0][torch.from_numpy(zones == 1)] = 1.0  # ground-glass fills zone A only
@@ -80,7 +95,9 @@ def test_head_reads_the_predicted_brixia_global_score():
     zone = rng.normal(size=(n, 6, 13 + DEEP_DIM)).astype(np.float32)
     zone_scores = np.clip(zone[:, :, 0] + 1.5, 0, 3)
     extent = zone_scores.sum(1) / 2  # the target follows the Brixia score, not the image features
-    head = fit_heads(cfg, img, np.stack([extent, extent / 2], axis=1), zone, zone_scores, brixia_global=zone_scores.sum(1))
+    head = fit_heads(
+        cfg, img, np.stack([extent, extent / 2], axis=1), zone, zone_scores, brixia_global=zone_scores.sum(1)
+    )
     cols, zcols = columns(cfg.image_groups, zone=False), columns(cfg.zone_groups, zone=True)
     assert head.image_in == len(cols) and head.image.in_features == len(cols) + 1
     scores, zs = head(torch.from_numpy(img[:, cols]), torch.from_numpy(zone[:, :, zcols]))
@@ -98,10 +115,14 @@ def test_stacked_brixia_never_scores_an_image_with_a_ridge_that_saw_it():
     groups, names = np.arange(m), [f"b{i}" for i in range(m)]
     truth = senior.sum(1)
     held_out = stacked_brixia(feats, senior, groups, names, feats, names, np.ones(m, bool))
-    seen = stacked_brixia(feats, senior, groups, names, feats, [f"other{i}" for i in range(m)], np.ones(m, bool))  # same images, names not in the pool
+    seen = stacked_brixia(
+        feats, senior, groups, names, feats, [f"other{i}" for i in range(m)], np.ones(m, bool)
+    )  # same images, names not in the pool
     assert np.corrcoef(seen, truth)[0, 1] > 0.9  # a ridge that saw the image reproduces its score
     assert abs(np.corrcoef(held_out, truth)[0, 1]) < 0.5
-    outside = stacked_brixia(feats, senior, groups, names, feats[:5], names[:5], np.arange(m) >= 5)  # images 0-4 left out of the pool
+    outside = stacked_brixia(
+        feats, senior, groups, names, feats[:5], names[:5], np.arange(m) >= 5
+    )  # images 0-4 left out of the pool
     assert np.ptp(outside) < 1e-3  # a ridge that never saw them gives each the same score
 
 
@@ -168,7 +189,10 @@ def test_shipped_severity_weights_golden(fixtures):
 
     scorer = SeverityScorer.from_spec()
     golden = json.loads((fixtures / "golden" / "severity.json").read_text())
-    assert (golden["lesions_sha256"], golden["severity_sha256"]) == (scorer.lesion_spec.sha256, scorer.head_spec.sha256), "shipped weights changed: run tests/fixtures/make_golden.py"
+    assert (golden["lesions_sha256"], golden["severity_sha256"]) == (
+        scorer.lesion_spec.sha256,
+        scorer.head_spec.sha256,
+    ), "shipped weights changed: run tests/fixtures/make_golden.py"
     seg = LungSegmenter.from_spec()
     assert scorer.lesion_spec.lung_weights == seg.spec.sha256
     for kind in ("lesions", "severity"):
@@ -178,7 +202,10 @@ def test_shipped_severity_weights_golden(fixtures):
         image = read_image(fixtures / name)
         maps, x, encoder = seg.forward([image])
         got = scorer.score(x, encoder, seg.masks(maps))[0]["severity"]
-        assert abs(got["geographic_extent"] - expected["geographic_extent"]) < 0.05 and abs(got["opacity"] - expected["opacity"]) < 0.05
+        assert (
+            abs(got["geographic_extent"] - expected["geographic_extent"]) < 0.05
+            and abs(got["opacity"] - expected["opacity"]) < 0.05
+        )
         assert all(abs(got["brixia"][z] - expected["brixia"][z]) < 0.05 for z in expected["brixia"])
         for lesion, sides in expected["lesions"].items():
             assert all(abs(got["lesions"][lesion][s] - v) < 0.01 for s, v in sides.items()), (name, lesion)
@@ -193,16 +220,33 @@ def test_train_and_evaluate_severity_cli(tmp_path):
     from covidcxr.models import load_weights
 
     run, export = tmp_path / "run", tmp_path / "export"
-    sets = ["limit=16", "folds=2", "epochs=1", "repeats=3", "negatives=4", "amp=none", "decoder_channels=[32,16,16,8,8]", "image_groups=[geometry]", "image_brixia=true"]
-    assert main(["train", "severity", "--out", str(run), "--export", str(export), *sum((["--set", s] for s in sets), [])]) == 0
+    sets = [
+        "limit=16",
+        "folds=2",
+        "epochs=1",
+        "repeats=3",
+        "negatives=4",
+        "amp=none",
+        "decoder_channels=[32,16,16,8,8]",
+        "image_groups=[geometry]",
+        "image_brixia=true",
+    ]
+    assert (
+        main(["train", "severity", "--out", str(run), "--export", str(export), *sum((["--set", s] for s in sets), [])])
+        == 0
+    )
     result = json.loads((run / "severity_eval.json").read_text())
     assert set(result["scores"]) == {"geographic_extent", "opacity"} and result["brixia"]["n"] == 16
     assert (run / "severity_scatter.png").is_file() and (run / "lesion_examples.png").is_file()
     head, spec = load_weights(export / "severity_linear.json")
     decoder, lesion_spec = load_weights(export / "unet_mobilenetv2_lesions.json")
     assert spec.training["lesion_weights"] == lesion_spec.sha256
-    assert spec.model_kwargs["image_brixia"] and head.image.in_features == 2 + 1  # geometry + the predicted Brixia global score
-    assert lesion_spec.model_kwargs == {"decoder_channels": [32, 16, 16, 8, 8]} and decoder.head[0].in_channels == 8  # the configured widths travel in the spec
+    assert (
+        spec.model_kwargs["image_brixia"] and head.image.in_features == 2 + 1
+    )  # geometry + the predicted Brixia global score
+    assert (
+        lesion_spec.model_kwargs == {"decoder_channels": [32, 16, 16, 8, 8]} and decoder.head[0].in_channels == 8
+    )  # the configured widths travel in the spec
     assert main(["evaluate", "severity", "--run", str(run), "--out", str(tmp_path / "eval")]) == 0
     again = json.loads((tmp_path / "eval" / "severity_eval.json").read_text())
     assert again["brixia"]["model"] == result["brixia"]["model"]  # the folds are reused: same numbers

@@ -57,7 +57,9 @@ def test_class_activation_adds_up_to_the_image_part_of_the_logit():
 
 def test_factorised_logits_are_the_log_probabilities_of_the_factors():
     model = _model(n_facts=len(FACTS))
-    batch = heads_inputs(_views(), "masked", 2, [np.random.default_rng(1).random(len(FACTS)).astype(np.float32)] * 3, len(FACTS))
+    batch = heads_inputs(
+        _views(), "masked", 2, [np.random.default_rng(1).random(len(FACTS)).astype(np.float32)] * 3, len(FACTS)
+    )
     with torch.no_grad():
         logits, _ = model(*(torch.from_numpy(batch[k]) for k in ("x", "weights", "facts")))
     p = torch.softmax(logits, 1)
@@ -78,7 +80,9 @@ def test_folded_heads_give_the_fitted_probabilities():
     sources = np.array(["a", "b", "c"])[rng.integers(0, 3, 300)]
     fitted = WithinSource().fit(x, labels, sources)
     mean, scale = torch.from_numpy(fitted.scaler.mean_), torch.from_numpy(fitted.scaler.scale_)
-    (w0, b0), (w1, b1) = (fold_head(torch.from_numpy(h.coef_), mean, scale, h.a_, h.b_) for h in (fitted.abnormal, fitted.covid))
+    (w0, b0), (w1, b1) = (
+        fold_head(torch.from_numpy(h.coef_), mean, scale, h.a_, h.b_) for h in (fitted.abnormal, fitted.covid)
+    )
     z = torch.from_numpy(x) @ torch.stack([w0, w1]).T + torch.stack([b0, b1])
     p_abn, q = torch.sigmoid(z[:, 0]), torch.sigmoid(z[:, 1])
     expected = fitted.predict_proba(x)
@@ -91,8 +95,26 @@ def test_finding_facts_and_summary():
     zones[10:50, 36:60] = zones[10:50, 5:29] + 3 * (zones[10:50, 5:29] > 0)
     lesions = np.zeros((2, 64, 64), bool)
     lesions[0, 40:50, 5:12] = True  # right lung, lateral, lower zone
-    severity = {"geographic_extent": 2.0, "opacity": 1.5, "brixia": dict.fromkeys("ABCDEF", 0.5), "lesions": {"ground-glass": {"right_lung": 0.1, "left_lung": 0.0}, "consolidation": {"right_lung": 0.0, "left_lung": 0.0}}}
+    severity = {
+        "geographic_extent": 2.0,
+        "opacity": 1.5,
+        "brixia": dict.fromkeys("ABCDEF", 0.5),
+        "lesions": {
+            "ground-glass": {"right_lung": 0.1, "left_lung": 0.0},
+            "consolidation": {"right_lung": 0.0, "left_lung": 0.0},
+        },
+    }
     facts = dict(zip(FACTS, finding_facts(severity, lesions, zones)))
-    assert facts["bilateral"] == 0 and facts["peripheral"] == 1 and facts["lower_zone"] == 1 and 0 < facts["lesion_share"] < 0.1
-    summary = findings_summary({"COVID-19": 0.3, "Other pneumonia": 0.1, "No finding": 0.6}, np.array(list(facts.values())))
-    assert summary["airspace_opacity"] == {"present": False, "probability": 0.4} and summary["covid_pattern"]["score"] == 0.75
+    assert (
+        facts["bilateral"] == 0
+        and facts["peripheral"] == 1
+        and facts["lower_zone"] == 1
+        and 0 < facts["lesion_share"] < 0.1
+    )
+    summary = findings_summary(
+        {"COVID-19": 0.3, "Other pneumonia": 0.1, "No finding": 0.6}, np.array(list(facts.values()))
+    )
+    assert (
+        summary["airspace_opacity"] == {"present": False, "probability": 0.4}
+        and summary["covid_pattern"]["score"] == 0.75
+    )

@@ -44,8 +44,16 @@ def _fold(seed: int, rng, informative: bool) -> dict:
         p[np.arange(60), y] += 1.0
     p /= p.sum(1, keepdims=True)
     return {
-        "seed": seed, "labels": y, "sources": np.array(["covid-chestxray"] * 30 + ["nih-chestxray8"] * 30), "probs": p, "probs_blacked": rng.dirichlet([1, 1, 1], 60),
-        "saliency_share": rng.uniform(0.2, 0.9, 10), "train_s": rng.uniform(50, 70), "train_cpu_s": rng.uniform(90, 130), "size_mb": 22.3, "latency_s": rng.uniform(0.01, 0.02, 5),
+        "seed": seed,
+        "labels": y,
+        "sources": np.array(["covid-chestxray"] * 30 + ["nih-chestxray8"] * 30),
+        "probs": p,
+        "probs_blacked": rng.dirichlet([1, 1, 1], 60),
+        "saliency_share": rng.uniform(0.2, 0.9, 10),
+        "train_s": rng.uniform(50, 70),
+        "train_cpu_s": rng.uniform(90, 130),
+        "size_mb": 22.3,
+        "latency_s": rng.uniform(0.01, 0.02, 5),
     }
 
 
@@ -72,17 +80,42 @@ def _row(backbone, lung_input, auc, blacked):
 
 
 def test_best_cells_break_blacked_out_ties_by_auroc(tmp_path):
-    rows = [_row("resnet18", "whole", 0.95, 0.85), _row("resnet50", "masked", 0.80, 0.5), _row("mobilenet_v2", "masked", 0.84, 0.5), _row("densenet121", "crop", 0.90, 0.53)]
+    rows = [
+        _row("resnet18", "whole", 0.95, 0.85),
+        _row("resnet50", "masked", 0.80, 0.5),
+        _row("mobilenet_v2", "masked", 0.84, 0.5),
+        _row("densenet121", "crop", 0.90, 0.53),
+    ]
     best = best_cells(rows)
-    assert best == {"best_internal": "resnet18 / whole / none", "best_shortcut_free": "mobilenet_v2 / masked / none", "best_reading_lungs": "densenet121 / crop / none"}
-    assert best_cells([_row("resnet18", "whole", 0.95, 0.85)])["best_reading_lungs"] is None  # every cell reads the surroundings
-    summary = {"out_dir": str(tmp_path), "config": {"folds": 3, "seeds": [0], "input_size": 128, "epochs": 6, "draws_per_epoch": 1024}, "cells": rows, "complete": True, **best}
+    assert best == {
+        "best_internal": "resnet18 / whole / none",
+        "best_shortcut_free": "mobilenet_v2 / masked / none",
+        "best_reading_lungs": "densenet121 / crop / none",
+    }
+    assert (
+        best_cells([_row("resnet18", "whole", 0.95, 0.85)])["best_reading_lungs"] is None
+    )  # every cell reads the surroundings
+    summary = {
+        "out_dir": str(tmp_path),
+        "config": {"folds": 3, "seeds": [0], "input_size": 128, "epochs": 6, "draws_per_epoch": 1024},
+        "cells": rows,
+        "complete": True,
+        **best,
+    }
     write_results(summary, tmp_path)
-    table = list(csv.DictReader(open(tmp_path / "results.csv")))
-    assert len(table) == 4 and float(table[0]["macro_auroc_ci_low"]) < float(table[0]["macro_auroc"]) < float(table[0]["macro_auroc_ci_high"])
+    table = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    assert len(table) == 4 and float(table[0]["macro_auroc_ci_low"]) < float(table[0]["macro_auroc"]) < float(
+        table[0]["macro_auroc_ci_high"]
+    )
     md = (tmp_path / "results.md").read_text()
-    assert "mobilenet_v2 / masked / none" in md and "0.950 (0.900–1.000)" in md and "contains 0.5: **densenet121 / crop / none**" in md
-    assert (tmp_path / "study_grid.png").stat().st_size > 5000 and (tmp_path / "study_shortcut.png").stat().st_size > 5000
+    assert (
+        "mobilenet_v2 / masked / none" in md
+        and "0.950 (0.900–1.000)" in md
+        and "contains 0.5: **densenet121 / crop / none**" in md
+    )
+    assert (tmp_path / "study_grid.png").stat().st_size > 5000 and (
+        tmp_path / "study_shortcut.png"
+    ).stat().st_size > 5000
 
 
 def test_resume_refuses_other_settings(tmp_path):
@@ -94,9 +127,20 @@ def test_resume_refuses_other_settings(tmp_path):
 @pytest.mark.slow
 def test_quick_study_runs_and_resumes(tmp_path, capsys):
     out = tmp_path / "study"
-    args = ["study", "--quick", "--out", str(out), "--set", "backbones=[resnet18,mobilenet_v2]", "--set", "inputs=[whole,masked]", "--set", "enhancements=[none,clahe]"]
+    args = [
+        "study",
+        "--quick",
+        "--out",
+        str(out),
+        "--set",
+        "backbones=[resnet18,mobilenet_v2]",
+        "--set",
+        "inputs=[whole,masked]",
+        "--set",
+        "enhancements=[none,clahe]",
+    ]
     assert main(args) == 0
-    table = list(csv.DictReader(open(out / "results.csv")))
+    table = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
     assert len(table) == 8
     for row in table:
         for key, _, _ in METRICS:

@@ -8,18 +8,28 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from covidcxr.data.splits import SPLIT_VERSION
 from covidcxr.config import load_config
 from covidcxr.data.masks import read_mask
 from covidcxr.data.segmentation import SegmentationDataset
+from covidcxr.data.splits import SPLIT_VERSION
 from covidcxr.engine.segmentation import SegTrainConfig, evaluate, main, train_one_epoch
 from covidcxr.models import create_model, load_weights
 
 
 def _fixture_dataset(fixtures, size=64):
     samples = [
-        {"path": str(fixtures / "ieee8023_2cd63b76.jpg"), "mask_path": str(fixtures / "ieee8023_2cd63b76_lungs-v7labs.png"), "mask_source": "v7labs", "patient_id": "a"},
-        {"path": str(fixtures / "kermany_IM-0117-0001.jpeg"), "mask_path": str(fixtures / "kermany_IM-0117-0001_lungs-v7labs.png"), "mask_source": "kermany-v7labs", "patient_id": "b"},
+        {
+            "path": str(fixtures / "ieee8023_2cd63b76.jpg"),
+            "mask_path": str(fixtures / "ieee8023_2cd63b76_lungs-v7labs.png"),
+            "mask_source": "v7labs",
+            "patient_id": "a",
+        },
+        {
+            "path": str(fixtures / "kermany_IM-0117-0001.jpeg"),
+            "mask_path": str(fixtures / "kermany_IM-0117-0001_lungs-v7labs.png"),
+            "mask_source": "kermany-v7labs",
+            "patient_id": "b",
+        },
     ]
     return SegmentationDataset(samples, (size, size), progress=False)
 
@@ -41,7 +51,11 @@ def test_one_batch_overfit(fixtures):
 
 
 def _cfg(out, epochs):
-    return load_config(SegTrainConfig, None, [f"out_dir={out}", f"epochs={epochs}", "limit=8", "input_size=64", "batch_size=4", "threads=2"])
+    return load_config(
+        SegTrainConfig,
+        None,
+        [f"out_dir={out}", f"epochs={epochs}", "limit=8", "input_size=64", "batch_size=4", "threads=2"],
+    )
 
 
 def test_resume_continues_a_killed_run_to_the_same_result(tmp_path, monkeypatch):
@@ -70,7 +84,13 @@ def test_resume_continues_a_killed_run_to_the_same_result(tmp_path, monkeypatch)
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     hist = json.loads((part / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in hist] == [1, 2]
-    for name in ("config.yaml", "metrics.json", "learning_curve.png", "val_overlays.png", "export/unet_mobilenetv2_lungs.json"):
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "learning_curve.png",
+        "val_overlays.png",
+        "export/unet_mobilenetv2_lungs.json",
+    ):
         assert (full / name).is_file(), name
     model, spec = load_weights(full / "export" / "unet_mobilenetv2_lungs.json")
     assert spec.input_size == (64, 64) and spec.training["data"]["split_version"] == SPLIT_VERSION == "v2"

@@ -35,7 +35,7 @@ def test_simulated_opacity_whitens_the_lungs_towards_the_tissue_and_leaves_the_r
     image, mask = _chest()
     im, m = SimulatedOpacity(p=1.0, strength=(1.0, 1.0))(tv_tensors.Image(image), tv_tensors.Mask(mask))
     assert torch.equal(m, mask)  # the label stays: the lung is still there
-    assert im.shape == image.shape and 0 <= float(im.min()) and float(im.max()) <= 1
+    assert im.shape == image.shape and float(im.min()) >= 0 and float(im.max()) <= 1
     assert float(im[0][mask == 1].mean()) > 0.1 + 0.15  # brighter lungs
     assert float(im[0][mask == 1].max()) <= 0.8 + 1e-6  # never brighter than the tissue it imitates
     assert torch.equal(im[0, :, 100:], image[0, :, 100:])  # far from the lungs nothing changes
@@ -56,7 +56,6 @@ def test_resize_keeps_labels_and_sizes():
     im = resize_image(torch.rand(300, 211), (64, 64))
     assert im.shape == (1, 64, 64)
     assert upsample_logits(torch.randn(1, 1, 64, 64), (300, 211)).shape == (1, 1, 300, 211)
-
 
 
 def test_crop_training_yields_crops_and_validates_on_whole_images():

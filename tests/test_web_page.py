@@ -20,12 +20,21 @@ from covidcxr.data.classification import CLASSES
 from covidcxr.web import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TIMEOUT_MS = 60_000
 
 
-
 pytestmark = pytest.mark.browser  # CI installs Chromium and runs these with -m browser
+
 
 @pytest.fixture(scope="module")
 def server_url():
@@ -49,7 +58,9 @@ def server_url():
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's Chromium (apt-get install -y --no-install-recommends chromium); the web page test needs it")
+        pytest.fail(
+            f"{CHROMIUM} not found: install Debian's Chromium (apt-get install -y --no-install-recommends chromium); the web page test needs it"
+        )
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
@@ -77,7 +88,9 @@ def test_page_reads_the_sample_xray(page):
     assert re.search(r"\d+\.\d%", table), table
     expect(page.locator("#error")).to_be_hidden()
     for img in ("#report", "#heatmap", "#lung-mask"):
-        page.wait_for_function("sel => { const i = document.querySelector(sel); return i.complete && i.naturalWidth > 0; }", arg=img)
+        page.wait_for_function(
+            "sel => { const i = document.querySelector(sel); return i.complete && i.naturalWidth > 0; }", arg=img
+        )
     expect(page.locator("#severity")).to_be_visible()
     expect(page.locator("#sev-brixia")).to_have_text(re.compile(r"^\d+\.\d / 18$"))
     expect(page.locator("#lesions tbody tr")).to_have_count(2)

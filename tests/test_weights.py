@@ -26,7 +26,9 @@ def test_shipped_weights_are_small_and_match_their_spec():
     assert weights.stat().st_size <= 10 * 1024 * 1024
     assert sha256_file(weights) == spec.sha256
     assert spec.architecture == "unet_mobilenetv2" and spec.normalization == "per_image_zscore"
-    assert spec.training["data"]["split_version"] == "v1" and spec.training["command"].startswith("covidcxr train segmentation")
+    assert spec.training["data"]["split_version"] == "v1" and spec.training["command"].startswith(
+        "covidcxr train segmentation"
+    )
     assert set(spec.metrics["dice"]) >= {"v7labs", "generalblockchain", "kermany-v7labs", "all_manual"}
     state = torch.load(weights, map_location="cpu", weights_only=True)
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
@@ -46,7 +48,15 @@ def test_tampered_weights_are_refused(tmp_path):
 def test_save_and_load_round_trip(tmp_path):
     torch.manual_seed(0)
     model = create_model("unet_mobilenetv2")
-    spec = WeightSpec(name="t", architecture="unet_mobilenetv2", task="lung-segmentation", targets=["lungs"], input_size=(64, 64), normalization="per_image_zscore", file="t.pt")
+    spec = WeightSpec(
+        name="t",
+        architecture="unet_mobilenetv2",
+        task="lung-segmentation",
+        targets=["lungs"],
+        input_size=(64, 64),
+        normalization="per_image_zscore",
+        file="t.pt",
+    )
     path = save_weights(model, spec, tmp_path)
     loaded, spec2 = load_weights(path)
     assert spec2.sha256 == json.loads(path.read_text())["sha256"] and spec2.input_size == (64, 64)
@@ -69,4 +79,4 @@ def test_golden_output_on_fixture(fixtures):
     assert abs(mask.mean() - golden.mean()) < 0.002
     manual = np.asarray(Image.open(fixtures / "ieee8023_2cd63b76_lungs-v7labs.png"))
     assert dice(mask, manual == 255, manual != 127) > 0.9
-    assert prob.dtype == np.float32 and 0 <= prob.min() and prob.max() <= 1
+    assert prob.dtype == np.float32 and prob.min() >= 0 and prob.max() <= 1

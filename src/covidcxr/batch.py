@@ -40,7 +40,9 @@ LOCK_NAME = ".predictions.lock"
 Item = tuple[int, np.ndarray | None, str | None]
 
 
-def expand_inputs(paths: Iterable[str | Path], csv_files: Iterable[str | Path] = ()) -> tuple[list[str], list[tuple[str, str]]]:
+def expand_inputs(
+    paths: Iterable[str | Path], csv_files: Iterable[str | Path] = ()
+) -> tuple[list[str], list[tuple[str, str]]]:
     """Every input file, in a stable order, and one error per input that names nothing readable.
 
     Each input is, in this order of checks: an existing folder (searched recursively, supported
@@ -96,13 +98,22 @@ def _expand_one(raw: str) -> tuple[list[str], str | None]:
     for match in sorted(_glob(raw)):
         m = Path(match)
         found.extend(_walk(m) if m.is_dir() else [str(m)] if m.is_file() else [])
-    return found, None if found else "pattern matches no file (quote it so that the shell leaves it to covidcxr, and check the folder)"
+    return (
+        found,
+        None
+        if found
+        else "pattern matches no file (quote it so that the shell leaves it to covidcxr, and check the folder)",
+    )
 
 
 def _walk(folder: Path) -> list[str]:
     """Supported files under ``folder``, sorted; linked folders are followed, each real folder once."""
-    return sorted(os.path.join(d, f) for d, files in _folders(str(folder)) for f in files
-                  if is_supported_file(f) and os.path.isfile(os.path.join(d, f)))
+    return sorted(
+        os.path.join(d, f)
+        for d, files in _folders(str(folder))
+        for f in files
+        if is_supported_file(f) and os.path.isfile(os.path.join(d, f))
+    )
 
 
 def _folders(top: str, hidden: bool = True) -> Iterator[tuple[str, list[str]]]:
@@ -353,7 +364,11 @@ def read_predictions(jsonl: str | Path) -> Done:
     with open(jsonl, "rb+") as fh:
         for n, line in enumerate(fh, 1):
             if not line.endswith(b"\n"):
-                log.warning("%s: dropping an incomplete last line (%d bytes; a killed run?); that input is run again", jsonl, len(line))
+                log.warning(
+                    "%s: dropping an incomplete last line (%d bytes; a killed run?); that input is run again",
+                    jsonl,
+                    len(line),
+                )
                 fh.truncate(good_end)
                 break
             good_end += len(line)
@@ -363,7 +378,9 @@ def read_predictions(jsonl: str | Path) -> Done:
                 row = json.loads(line)
                 path = row["path"]
             except (ValueError, KeyError, TypeError):
-                raise ValueError(f"{jsonl}: line {n} is not a prediction row; fix or delete it, or start afresh with --overwrite") from None
+                raise ValueError(
+                    f"{jsonl}: line {n} is not a prediction row; fix or delete it, or start afresh with --overwrite"
+                ) from None
             if "error" in row:
                 if path not in done.stems:
                     done.errors.add(path)
@@ -406,7 +423,9 @@ def output_lock(out_dir: str | Path, what: str = "covidcxr predict") -> Iterator
         except BlockingIOError:
             fh.seek(0)
             holder = " ".join(fh.read().split())[:300] or "a process that has not yet written its id"
-            raise OutputBusyError(f"{out_dir} is in use by another run (pid {holder}); wait for it to finish, or pass another --out") from None
+            raise OutputBusyError(
+                f"{out_dir} is in use by another run (pid {holder}); wait for it to finish, or pass another --out"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}: {what} {' '.join(sys.argv[1:])}\n")

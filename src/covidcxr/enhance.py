@@ -27,7 +27,9 @@ DEHAZE_PATCH = 1 / 40  # dark-channel patch side (15 px at 600 px, as in the pap
 DEHAZE_RADIUS = 1 / 10  # guided-filter radius (60 px at 600 px, as in the guided-filter paper)
 DEHAZE_EPS = 1e-3  # guided-filter regularisation, intensities in [0, 1]
 DEHAZE_OMEGA = 0.95  # share of the haze removed: a little is kept so depth still reads
-DEHAZE_T0 = 0.2  # lower bound of the transmission: contrast stretched 5x at most (paper: 0.1), against noise and JPEG blocks
+DEHAZE_T0 = (
+    0.2  # lower bound of the transmission: contrast stretched 5x at most (paper: 0.1), against noise and JPEG blocks
+)
 DEHAZE_TOP = 0.001  # share of the brightest dark-channel pixels that estimates the atmospheric light
 DEHAZE_WORK = 512  # guided-filter coefficients computed with the shorter side brought down to about this
 
@@ -61,7 +63,9 @@ def enhance(image: np.ndarray, method: str = "none") -> np.ndarray:
         return image
     image = np.asarray(image)
     if image.ndim != 2:
-        raise ValueError(f"enhance expects one grayscale image (H, W), got shape {image.shape}; enhance each image (or channel) separately")
+        raise ValueError(
+            f"enhance expects one grayscale image (H, W), got shape {image.shape}; enhance each image (or channel) separately"
+        )
     image = np.clip(image, 0.0, 1.0, dtype=np.float32)
     return clahe(image) if method == "clahe" else dehaze(image)
 
@@ -122,7 +126,13 @@ def dehaze(image: np.ndarray) -> np.ndarray:
     brightest = np.argpartition(dark.ravel(), dark.size - k)[-k:]
     atmosphere = max(float(image.ravel()[brightest].mean()), 1e-3)
     t = 1 - DEHAZE_OMEGA * dark / np.float32(atmosphere)
-    t = guided_filter(image, t, radius=max(1, int(round(short * DEHAZE_RADIUS))), eps=DEHAZE_EPS, subsample=max(1, short // DEHAZE_WORK))
+    t = guided_filter(
+        image,
+        t,
+        radius=max(1, int(round(short * DEHAZE_RADIUS))),
+        eps=DEHAZE_EPS,
+        subsample=max(1, short // DEHAZE_WORK),
+    )
     t = np.maximum(t, np.float32(DEHAZE_T0))
     out = (image - np.float32(atmosphere)) / t + np.float32(atmosphere)
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)

@@ -60,7 +60,9 @@ class _Diagnosis(nn.Module):
         self.model = model
         head = model.get_classifier()
         if not isinstance(head, nn.Linear) or CAM_LAYERS.get(architecture) is None:
-            raise ValueError(f"ONNX Grad-CAM needs a linear classifier after global average pooling; {architecture} has {type(head).__name__}")
+            raise ValueError(
+                f"ONNX Grad-CAM needs a linear classifier after global average pooling; {architecture} has {type(head).__name__}"
+            )
         self.head = head
 
     def forward(self, x: torch.Tensor):
@@ -75,15 +77,38 @@ def _export(module: nn.Module, args: tuple, names: tuple[list[str], list[str]], 
     dynamic = {n: {0: "batch"} for n in names[0] + names[1]}
     module.eval()
     with torch.no_grad():
-        torch.onnx.export(module, args, str(path), input_names=names[0], output_names=names[1], dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
-    onnx_spec = WeightSpec(**{**spec.__dict__, "file": path.name, "dtype": "float32", "sha256": sha256_file(path),
-                              "training": {**spec.training, "exported_from": {"file": spec.file, "sha256": spec.sha256, "opset": OPSET}}})
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=names[0],
+            output_names=names[1],
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    onnx_spec = WeightSpec(
+        **{
+            **spec.__dict__,
+            "file": path.name,
+            "dtype": "float32",
+            "sha256": sha256_file(path),
+            "training": {**spec.training, "exported_from": {"file": spec.file, "sha256": spec.sha256, "opset": OPSET}},
+        }
+    )
     onnx_spec.to_json(out / f"{spec.name}.json")
     log.info("exported %s", path)
     return path
 
 
-def export_onnx(out_dir: str | Path, lungs: str | None = None, diagnosis: str | None = None, gate: str | None = None, lesions: str | None = None, severity: str | None = None) -> list[Path]:
+def export_onnx(
+    out_dir: str | Path,
+    lungs: str | None = None,
+    diagnosis: str | None = None,
+    gate: str | None = None,
+    lesions: str | None = None,
+    severity: str | None = None,
+) -> list[Path]:
     """Export the five models (default: the shipped ones) into ``out_dir``; returns the ONNX paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,16 +120,34 @@ def export_onnx(out_dir: str | Path, lungs: str | None = None, diagnosis: str | 
     with torch.no_grad():
         feats = model.net.encoder(x)
     lesion_model, lesion_spec = load_weights(lesions, kind="lesions")
-    written.append(_export(_Lesions(lesion_model), tuple(feats), (["x", "f1", "f2", "f3", "f4", "f5"], ["logits"]), lesion_spec, out))
+    written.append(
+        _export(
+            _Lesions(lesion_model), tuple(feats), (["x", "f1", "f2", "f3", "f4", "f5"], ["logits"]), lesion_spec, out
+        )
+    )
     diag, diag_spec = load_weights(diagnosis, kind="diagnosis")
     d = int(diag_spec.input_size[0])
     if diag_spec.architecture == "source_blind_mobilenet_v2":  # its forward already returns (logits, cam)
-        args = (torch.randn(1, 1, d, d), torch.rand(1, 1, d // 32, d // 32), torch.rand(1, int(diag_spec.model_kwargs.get("n_facts", 0))))
+        args = (
+            torch.randn(1, 1, d, d),
+            torch.rand(1, 1, d // 32, d // 32),
+            torch.rand(1, int(diag_spec.model_kwargs.get("n_facts", 0))),
+        )
         written.append(_export(diag, args, (["x", "weights", "facts"], ["logits", "cam"]), diag_spec, out))
     else:
-        written.append(_export(_Diagnosis(diag, diag_spec.architecture), (torch.randn(1, 1, d, d),), (["x"], ["logits", "cam"]), diag_spec, out))
+        written.append(
+            _export(
+                _Diagnosis(diag, diag_spec.architecture),
+                (torch.randn(1, 1, d, d),),
+                (["x"], ["logits", "cam"]),
+                diag_spec,
+                out,
+            )
+        )
     gate_model, gate_spec = load_weights(gate, kind="gate")
-    written.append(_export(gate_model, (torch.randn(1, gate_model.linear.in_features),), (["features"], ["logit"]), gate_spec, out))
+    written.append(
+        _export(gate_model, (torch.randn(1, gate_model.linear.in_features),), (["features"], ["logit"]), gate_spec, out)
+    )
     head, head_spec = load_weights(severity, kind="severity")
     args = (torch.randn(1, head.image_in), torch.randn(1, 6, head.zone.in_features))
     written.append(_export(head, args, (["image_features", "zone_features"], ["scores", "zones"]), head_spec, out))

@@ -81,8 +81,16 @@ def refusal_reason(message: str | None) -> str | None:
 
 #: Names of :func:`intensity_facts`, in order.
 INTENSITY_FACTS = (
-    "lung p10", "lung p50", "lung p90", "outside p10", "outside p50", "outside p90",
-    "lung - outside median", "black share", "lung gradient", "lung spread",
+    "lung p10",
+    "lung p50",
+    "lung p90",
+    "outside p10",
+    "outside p50",
+    "outside p90",
+    "lung - outside median",
+    "black share",
+    "lung gradient",
+    "lung spread",
 )
 #: Frontal training images whose intensity distance lies above the limit: the limit is this percentile (chosen on validation).
 INTENSITY_PERCENTILE = 99.8
@@ -101,7 +109,10 @@ def intensity_facts(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     rows, cols = np.flatnonzero(np.ptp(image, axis=1) >= 0.05), np.flatnonzero(np.ptp(image, axis=0) >= 0.05)
     if len(rows) and len(cols):
-        image, mask = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        image, mask = (
+            image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1],
+            mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1],
+        )
     size = (_FACTS_SIZE, _FACTS_SIZE)
     small = resize_aa(np.asarray(image, np.float32), size)
     lungs = resize_nearest(np.asarray(mask, np.uint8), size) > 0
@@ -110,7 +121,17 @@ def intensity_facts(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     outside = outside if outside.size >= 10 else small.ravel()
     grad = np.hypot(*np.gradient(small))
     lq, oq = np.percentile(inside, [10, 50, 90]), np.percentile(outside, [10, 50, 90])
-    return np.array([*lq, *oq, lq[1] - oq[1], (small < 0.05).mean(), grad[lungs].mean() if lungs.any() else grad.mean(), inside.std()], np.float32)
+    return np.array(
+        [
+            *lq,
+            *oq,
+            lq[1] - oq[1],
+            (small < 0.05).mean(),
+            grad[lungs].mean() if lungs.any() else grad.mean(),
+            inside.std(),
+        ],
+        np.float32,
+    )
 
 
 def intensity_distance(facts: np.ndarray, check: dict) -> np.ndarray:
@@ -163,7 +184,9 @@ def seen_kind(p_frontal: float, mask: np.ndarray, facts: np.ndarray | None, head
     if not head or facts is None:
         return "unsure"
     geo = geometry(mask)
-    kind = head["labels"][int(kind_probabilities(kind_inputs(np.array([p_frontal]), geo[None], facts[None]), head)[0].argmax())]
+    kind = head["labels"][
+        int(kind_probabilities(kind_inputs(np.array([p_frontal]), geo[None], facts[None]), head)[0].argmax())
+    ]
     if kind == "other":
         return "no_chest" if geo[0] < NO_CHEST_LUNG_SHARE else "photo"
     return {"lateral": "lateral", "CT": "ct"}.get(kind, "unsure")
@@ -193,7 +216,12 @@ def fit_intensity_check(facts: np.ndarray, percentile: float = INTENSITY_PERCENT
     from sklearn.covariance import LedoitWolf
 
     lw = LedoitWolf().fit(facts)
-    check = {"facts": list(INTENSITY_FACTS), "mean": lw.location_.tolist(), "precision": lw.precision_.tolist(), "percentile": percentile}
+    check = {
+        "facts": list(INTENSITY_FACTS),
+        "mean": lw.location_.tolist(),
+        "precision": lw.precision_.tolist(),
+        "percentile": percentile,
+    }
     check["limit"] = float(np.percentile(intensity_distance(facts, check), percentile))
     return check
 
@@ -203,7 +231,24 @@ def fit_intensity_check(facts: np.ndarray, percentile: float = INTENSITY_PERCENT
 
 #: scikit-image sample images used as photograph negatives, split by identity.
 PHOTOS = {
-    "train": ("astronaut", "camera", "chelsea", "coffee", "coins", "horse", "hubble_deep_field", "immunohistochemistry", "moon", "page", "grass", "brick", "checkerboard", "colorwheel", "logo", "binary_blobs"),
+    "train": (
+        "astronaut",
+        "camera",
+        "chelsea",
+        "coffee",
+        "coins",
+        "horse",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "moon",
+        "page",
+        "grass",
+        "brick",
+        "checkerboard",
+        "colorwheel",
+        "logo",
+        "binary_blobs",
+    ),
     "val": ("cat", "gravel"),
     "test": ("text", "rocket", "clock", "retina", "cell", "shepp_logan_phantom", "microaneurysms"),
 }
@@ -237,12 +282,16 @@ def _synthetic(kind: str, rng: np.random.Generator) -> np.ndarray:
         import torch
 
         small = rng.normal(size=(int(rng.integers(3, 24)), int(rng.integers(3, 24))))
-        t = torch.nn.functional.interpolate(torch.from_numpy(small).float()[None, None], size=(h, w), mode="bicubic", align_corners=False)[0, 0].numpy()
+        t = torch.nn.functional.interpolate(
+            torch.from_numpy(small).float()[None, None], size=(h, w), mode="bicubic", align_corners=False
+        )[0, 0].numpy()
         return _gray(t + rng.normal(0, 0.05, (h, w)))
     raise ValueError(kind)
 
 
-def negative_images(split: str, n_synthetic: int = 60, variants: int = 10, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+def negative_images(
+    split: str, n_synthetic: int = 60, variants: int = 10, seed: int = 0
+) -> list[tuple[str, np.ndarray]]:
     """Non-X-ray images for a split: photographs (crops, turns) and synthetic images."""
     import skimage.data
 
@@ -271,7 +320,9 @@ def gate_records(records: list[dict], split: str) -> tuple[list[dict], list[dict
     return frontal, other
 
 
-def gate_features(images: list[np.ndarray], segmenter, batch_size: int = 16, desc: str = "gate features") -> tuple[np.ndarray, list[np.ndarray]]:
+def gate_features(
+    images: list[np.ndarray], segmenter, batch_size: int = 16, desc: str = "gate features"
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Encoder features (N, C) and lung masks of images, from stage 1."""
     from tqdm.auto import tqdm
 
@@ -299,7 +350,20 @@ def _variants(image: np.ndarray, n: int, rng: np.random.Generator) -> list[np.nd
 
 #: What :func:`augment_frontal` may add to a frontal film, each with probability one half (at least one).
 HOSPITAL_MARKS = ("tubes", "ecg", "text", "border", "turn", "small")
-_LABELS = ("L", "R", "AP", "PORTABLE", "SUPINE", "ICU", "SITTING", "12/04/2020", "08:31", "BED 7", "CHEST AP", "UPRIGHT")
+_LABELS = (
+    "L",
+    "R",
+    "AP",
+    "PORTABLE",
+    "SUPINE",
+    "ICU",
+    "SITTING",
+    "12/04/2020",
+    "08:31",
+    "BED 7",
+    "CHEST AP",
+    "UPRIGHT",
+)
 
 
 def _draw(image: np.ndarray, paint, value: float | None = None) -> np.ndarray:
@@ -319,10 +383,18 @@ def _tubes(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     def paint(draw, s):
         for _ in range(int(rng.integers(1, 5))):
             x0 = rng.uniform(0.3, 0.7) * w if rng.random() < 0.7 else rng.uniform(0, w)
-            pts = np.array([[x0, rng.uniform(-0.05, 0.3) * h], [rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.7) * h], [rng.uniform(0, 1) * w, rng.uniform(0.3, 1.05) * h]])
+            pts = np.array(
+                [
+                    [x0, rng.uniform(-0.05, 0.3) * h],
+                    [rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.7) * h],
+                    [rng.uniform(0, 1) * w, rng.uniform(0.3, 1.05) * h],
+                ]
+            )
             t = np.linspace(0, 1, 40)[:, None]
             curve = (1 - t) ** 2 * pts[0] + 2 * t * (1 - t) * pts[1] + t**2 * pts[2]  # quadratic Bezier
-            draw.line([tuple(p) for p in curve], fill=int(rng.integers(150, 256)), width=max(1, int(rng.uniform(2, 9) * s)))
+            draw.line(
+                [tuple(p) for p in curve], fill=int(rng.integers(150, 256)), width=max(1, int(rng.uniform(2, 9) * s))
+            )
 
     return _draw(image, paint, value=rng.uniform(0.85, 1.0))
 
@@ -340,7 +412,11 @@ def _ecg(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             else:
                 draw.ellipse(box, outline=255, width=max(1, int(r / 3)))
             if rng.random() < 0.4:
-                draw.line([(cx, cy), (cx + rng.uniform(-0.3, 0.3) * w, cy + rng.uniform(-0.3, 0.3) * h)], fill=200, width=max(1, int(2 * s)))
+                draw.line(
+                    [(cx, cy), (cx + rng.uniform(-0.3, 0.3) * w, cy + rng.uniform(-0.3, 0.3) * h)],
+                    fill=200,
+                    width=max(1, int(2 * s)),
+                )
 
     return _draw(image, paint, value=rng.uniform(0.85, 1.0))
 
@@ -393,7 +469,9 @@ def _turn(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ch, cw = int(h * rng.uniform(0.75, 1.0)), int(w * rng.uniform(0.75, 1.0))
     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     mode = "constant" if rng.random() < 0.5 else "nearest"
-    turned = ndimage.rotate(image[y : y + ch, x : x + cw], rng.uniform(-15, 15), reshape=False, order=1, mode=mode, cval=0.0)
+    turned = ndimage.rotate(
+        image[y : y + ch, x : x + cw], rng.uniform(-15, 15), reshape=False, order=1, mode=mode, cval=0.0
+    )
     return resize_aa(turned, (h, w))
 
 
@@ -452,18 +530,36 @@ def _featurise(items: list[tuple[str, str, int, np.ndarray]], segmenter, desc: s
     feats, masks = gate_features(images, segmenter, desc=desc)
     geo = np.stack([geometry(m) for m in masks])
     facts = np.stack([intensity_facts(im, m) for im, m in zip(images, masks)])
-    return {"x": np.concatenate([feats, geo], axis=1), "y": np.array([it[2] for it in items]), "kind": [it[0] for it in items],
-            "name": [it[1] for it in items], "facts": facts}
+    return {
+        "x": np.concatenate([feats, geo], axis=1),
+        "y": np.array([it[2] for it in items]),
+        "kind": [it[0] for it in items],
+        "name": [it[1] for it in items],
+        "facts": facts,
+    }
 
 
 def _cached(cache: Path | None, build) -> dict:
     if cache is not None and cache.is_file():
         data = np.load(cache)
         if "name" in data:  # a cache written before names were kept is rebuilt
-            return {"x": data["x"], "y": data["y"], "kind": data["kind"].tolist(), "name": data["name"].tolist(), "facts": data["facts"]}
+            return {
+                "x": data["x"],
+                "y": data["y"],
+                "kind": data["kind"].tolist(),
+                "name": data["name"].tolist(),
+                "facts": data["facts"],
+            }
     data = build()
     if cache is not None:
-        np.savez(cache, x=data["x"], y=data["y"], kind=np.array(data["kind"]), name=np.array(data["name"]), facts=data["facts"])
+        np.savez(
+            cache,
+            x=data["x"],
+            y=data["y"],
+            kind=np.array(data["kind"]),
+            name=np.array(data["name"]),
+            facts=data["facts"],
+        )
     return data
 
 
@@ -471,11 +567,27 @@ def _subsample(frontal: list[dict], max_per_source: int, rng: np.random.Generato
     by_source: dict[str, list[dict]] = {}
     for r in frontal:
         by_source.setdefault(r["dataset"], []).append(r)
-    return [r for group in by_source.values() for r in (group if len(group) <= max_per_source else [group[i] for i in sorted(rng.choice(len(group), max_per_source, replace=False))])]
+    return [
+        r
+        for group in by_source.values()
+        for r in (
+            group
+            if len(group) <= max_per_source
+            else [group[i] for i in sorted(rng.choice(len(group), max_per_source, replace=False))]
+        )
+    ]
 
 
-def _split_data(records: list[dict], split: str, segmenter, cache: Path | None = None, max_frontal: int = 0, variants: int = 0, seed: int = 0,
-                negatives: bool = True) -> dict:
+def _split_data(
+    records: list[dict],
+    split: str,
+    segmenter,
+    cache: Path | None = None,
+    max_frontal: int = 0,
+    variants: int = 0,
+    seed: int = 0,
+    negatives: bool = True,
+) -> dict:
     """Features, targets, kinds and names of one split's gate examples (cached in ``cache`` when given).
 
     Options for the train split: at most ``max_frontal`` frontal X-rays per source (0: all),
@@ -498,13 +610,17 @@ def _split_data(records: list[dict], split: str, segmenter, cache: Path | None =
     return _cached(cache, build)
 
 
-def _augmented_data(records: list[dict], split: str, segmenter, per_source: int, cache: Path | None = None, seed: int = 0) -> dict:
+def _augmented_data(
+    records: list[dict], split: str, segmenter, per_source: int, cache: Path | None = None, seed: int = 0
+) -> dict:
     """Gate examples of :func:`augment_frontal` copies of up to ``per_source`` frontal films per source of a split (target 1)."""
 
     def build() -> dict:
         rng = np.random.default_rng([seed, 7, ("train", "val", "test").index(split)])
         frontal = _subsample(gate_records(records, split)[0], per_source, rng)
-        items = [(f"{k}:augmented", f"{n}#augmented", 1, augment_frontal(im, rng)) for k, n, im in _read_group(frontal, 1)]
+        items = [
+            (f"{k}:augmented", f"{n}#augmented", 1, augment_frontal(im, rng)) for k, n, im in _read_group(frontal, 1)
+        ]
         return _featurise(items, segmenter, f"gate features ({split}, augmented)")
 
     return _cached(cache, build)
@@ -530,8 +646,12 @@ def rate_with_ci(refused: np.ndarray) -> dict:
 
 def _codes(probs: np.ndarray, labels: list[str], lung_share: np.ndarray) -> list[str]:
     kinds = [labels[i] for i in np.asarray(probs).argmax(axis=1)]
-    return [("no_chest" if share < NO_CHEST_LUNG_SHARE else "photo") if k == "other" else {"lateral": "lateral", "CT": "ct"}.get(k, "unsure")
-            for k, share in zip(kinds, lung_share)]
+    return [
+        ("no_chest" if share < NO_CHEST_LUNG_SHARE else "photo")
+        if k == "other"
+        else {"lateral": "lateral", "CT": "ct"}.get(k, "unsure")
+        for k, share in zip(kinds, lung_share)
+    ]
 
 
 def decide(p: np.ndarray, data: dict, spec) -> dict:
@@ -546,12 +666,23 @@ def decide(p: np.ndarray, data: dict, spec) -> dict:
     by_intensity = intensity_distance(data["facts"], check) > check["limit"] if check else np.zeros(len(by_gate), bool)
     head = check.get("kinds")
     geo = np.asarray(data["x"])[:, -3:]
-    reason = _codes(kind_probabilities(kind_inputs(p, geo, data["facts"]), head), head["labels"], geo[:, 0]) if head else ["unsure"] * len(by_gate)
+    reason = (
+        _codes(kind_probabilities(kind_inputs(p, geo, data["facts"]), head), head["labels"], geo[:, 0])
+        if head
+        else ["unsure"] * len(by_gate)
+    )
     reason = [("ct" if r == "unsure" else r) if (i and not g) else r for r, g, i in zip(reason, by_gate, by_intensity)]
     return {"by_gate": by_gate, "by_intensity": by_intensity, "refused": by_gate | by_intensity, "reason": reason}
 
 
-def refusal_rates(p: np.ndarray, y: np.ndarray, kinds: list[str], threshold: float, also: np.ndarray | None = None, reasons: list[str] | None = None) -> dict:
+def refusal_rates(
+    p: np.ndarray,
+    y: np.ndarray,
+    kinds: list[str],
+    threshold: float,
+    also: np.ndarray | None = None,
+    reasons: list[str] | None = None,
+) -> dict:
     """Refusals (p < threshold, or ``also`` true) per kind of input with Wilson CIs, by check and reason, and the headline rates.
 
     ``per_kind[kind]``: n, refused, rate, ci, by_gate (the linear gate refuses), by_intensity_only
@@ -564,9 +695,17 @@ def refusal_rates(p: np.ndarray, y: np.ndarray, kinds: list[str], threshold: flo
     per_kind = {}
     for k in sorted(set(kinds)):
         sel = kinds_a == k
-        row = {**rate_with_ci(refused[sel]), "by_gate": int(by_gate[sel].sum()), "by_intensity_only": int((by_int & ~by_gate)[sel].sum())}
+        row = {
+            **rate_with_ci(refused[sel]),
+            "by_gate": int(by_gate[sel].sum()),
+            "by_intensity_only": int((by_int & ~by_gate)[sel].sum()),
+        }
         if reasons is not None:
-            row["reasons"] = {r: int(n) for r, n in zip(*np.unique(np.array(reasons)[sel & refused], return_counts=True))} if (sel & refused).any() else {}
+            row["reasons"] = (
+                {r: int(n) for r, n in zip(*np.unique(np.array(reasons)[sel & refused], return_counts=True))}
+                if (sel & refused).any()
+                else {}
+            )
         per_kind[k] = row
     lat_ct = np.isin(kinds_a, ["lateral", "CT"])
     y = np.asarray(y)
@@ -582,7 +721,9 @@ def refusal_rates(p: np.ndarray, y: np.ndarray, kinds: list[str], threshold: flo
 
 
 def _pct(row: dict) -> str:
-    return f"{row['refused']}/{row['n']} = {row['rate']:.1%} [{row['ci'][0]:.1%}, {row['ci'][1]:.1%}]" if row["n"] else "–"
+    return (
+        f"{row['refused']}/{row['n']} = {row['rate']:.1%} [{row['ci'][0]:.1%}, {row['ci'][1]:.1%}]" if row["n"] else "–"
+    )
 
 
 def refusal_table(results: dict[str, dict]) -> str:
@@ -604,8 +745,16 @@ def refused_list(data: dict, p: np.ndarray, decision: dict, split: str) -> list[
         wrong = decision["refused"][i] if y == 1 else (kind in ("lateral", "CT") and not decision["refused"][i])
         if wrong:
             check = "gate" if decision["by_gate"][i] else ("intensity" if decision["by_intensity"][i] else "accepted")
-            out.append({"split": split, "kind": kind, "name": name, "p_frontal": round(float(p[i]), 4), "check": check,
-                        "reason": decision["reason"][i] if decision["refused"][i] else "accepted"})
+            out.append(
+                {
+                    "split": split,
+                    "kind": kind,
+                    "name": name,
+                    "p_frontal": round(float(p[i]), 4),
+                    "check": check,
+                    "reason": decision["reason"][i] if decision["refused"][i] else "accepted",
+                }
+            )
     return out
 
 
@@ -631,7 +780,14 @@ def contact_sheet(items: list[dict], path: str | Path, columns: int = 6, title: 
         try:
             image = read_image(str(it["name"]).split("#")[0])
             f = 200 / max(image.shape)
-            ax.imshow(resize_aa(image, (max(1, round(image.shape[0] * f)), max(1, round(image.shape[1] * f)))) if f < 1 else image, cmap="gray", vmin=0, vmax=1)
+            ax.imshow(
+                resize_aa(image, (max(1, round(image.shape[0] * f)), max(1, round(image.shape[1] * f))))
+                if f < 1
+                else image,
+                cmap="gray",
+                vmin=0,
+                vmax=1,
+            )
         except ImageReadError:
             pass
         caption = f"{plain_text(Path(str(it['name'])).name, 28)}\n{it['kind']} ({it['split']})\n{it['check']}: {it['reason']}, p={it['p_frontal']:.2f}"
@@ -649,18 +805,36 @@ AUGMENTED_PER_SOURCE = {"train": 250, "val": 40}
 KIND_LABELS = ("frontal", "lateral", "CT", "other")
 
 
-def gate_data(records: list[dict], segmenter, out: Path, splits=("train", "val", "test"), augmented: bool = True) -> dict[str, dict]:
+def gate_data(
+    records: list[dict], segmenter, out: Path, splits=("train", "val", "test"), augmented: bool = True
+) -> dict[str, dict]:
     """Cached gate examples per split, plus ``<split>_augmented`` (augmented frontal copies) for train and validation."""
-    data = {s: _split_data(records, s, segmenter, cache=out / f"features_{s}.npz", max_frontal=MAX_FRONTAL_PER_SOURCE if s == "train" else 0) for s in splits}
+    data = {
+        s: _split_data(
+            records,
+            s,
+            segmenter,
+            cache=out / f"features_{s}.npz",
+            max_frontal=MAX_FRONTAL_PER_SOURCE if s == "train" else 0,
+        )
+        for s in splits
+    }
     if augmented:
         for s in [s for s in ("train", "val") if s in splits]:
-            data[f"{s}_augmented"] = _augmented_data(records, s, segmenter, AUGMENTED_PER_SOURCE[s], cache=out / f"features_{s}_augmented.npz")
+            data[f"{s}_augmented"] = _augmented_data(
+                records, s, segmenter, AUGMENTED_PER_SOURCE[s], cache=out / f"features_{s}_augmented.npz"
+            )
     return data
 
 
 def _concat(*parts: dict) -> dict:
-    return {"x": np.concatenate([d["x"] for d in parts]), "y": np.concatenate([d["y"] for d in parts]), "kind": [k for d in parts for k in d["kind"]],
-            "name": [n for d in parts for n in d["name"]], "facts": np.concatenate([d["facts"] for d in parts])}
+    return {
+        "x": np.concatenate([d["x"] for d in parts]),
+        "y": np.concatenate([d["y"] for d in parts]),
+        "kind": [k for d in parts for k in d["kind"]],
+        "name": [n for d in parts for n in d["name"]],
+        "facts": np.concatenate([d["facts"] for d in parts]),
+    }
 
 
 def fit_gate(x: np.ndarray, y: np.ndarray, C: float = 0.05):
@@ -704,8 +878,14 @@ def fit_kind_head(p: np.ndarray, data: dict) -> dict:
     mean, scale = z.mean(0), z.std(0) + 1e-6
     clf = LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced").fit((z - mean) / scale, label)
     order = [list(clf.classes_).index(k) for k in KIND_LABELS]
-    return {"labels": list(KIND_LABELS), "inputs": ["gate logit", "lung share", "left/right balance", "aspect", *INTENSITY_FACTS],
-            "mean": mean.tolist(), "scale": scale.tolist(), "coef": clf.coef_[order].tolist(), "intercept": clf.intercept_[order].tolist()}
+    return {
+        "labels": list(KIND_LABELS),
+        "inputs": ["gate logit", "lung share", "left/right balance", "aspect", *INTENSITY_FACTS],
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "coef": clf.coef_[order].tolist(),
+        "intercept": clf.intercept_[order].tolist(),
+    }
 
 
 class _Spec:  # the two fields :func:`decide` reads, before the WeightSpec exists
@@ -713,9 +893,17 @@ class _Spec:  # the two fields :func:`decide` reads, before the WeightSpec exist
         self.threshold, self.intensity_check = threshold, intensity_check
 
 
-def fit_all(data: dict[str, dict], C: float = 0.2, augmented: bool = True, percentile: float = INTENSITY_PERCENTILE, max_false_refusal: float = 0.01):
+def fit_all(
+    data: dict[str, dict],
+    C: float = 0.2,
+    augmented: bool = True,
+    percentile: float = INTENSITY_PERCENTILE,
+    max_false_refusal: float = 0.01,
+):
     """(gate, threshold, intensity check with its reason head) from cached examples; validation sets the threshold only."""
-    train = _concat(data["train"], data["train_augmented"]) if augmented and "train_augmented" in data else data["train"]
+    train = (
+        _concat(data["train"], data["train_augmented"]) if augmented and "train_augmented" in data else data["train"]
+    )
     gate = fit_gate(train["x"], train["y"], C)
     threshold = fit_threshold(gate_probability(gate, data["val"]["x"][data["val"]["y"] == 1]), max_false_refusal)
     check = fit_intensity_check(data["train"]["facts"][data["train"]["y"] == 1], percentile)
@@ -742,12 +930,20 @@ def source_totals(results: dict[str, dict], splits=("train", "val", "test")) -> 
             if k.endswith(":frontal"):
                 t = totals.setdefault(k.split(":")[0], [0, 0])
                 t[0], t[1] = t[0] + row["refused"], t[1] + row["n"]
-    return {src: {"n": n, "refused": k, "rate": k / n, "ci": list(wilson_interval(k, n))} for src, (k, n) in totals.items()}
+    return {
+        src: {"n": n, "refused": k, "rate": k / n, "ci": list(wilson_interval(k, n))} for src, (k, n) in totals.items()
+    }
 
 
 def _subset(d: dict, keep: np.ndarray) -> dict:
     idx = np.flatnonzero(keep)
-    return {"x": d["x"][idx], "y": d["y"][idx], "kind": [d["kind"][i] for i in idx], "name": [d["name"][i] for i in idx], "facts": d["facts"][idx]}
+    return {
+        "x": d["x"][idx],
+        "y": d["y"][idx],
+        "kind": [d["kind"][i] for i in idx],
+        "name": [d["name"][i] for i in idx],
+        "facts": d["facts"][idx],
+    }
 
 
 def out_of_fold(data: dict[str, dict], records: list[dict], source: str = "hannover", folds: int = 5, **fit_kw) -> dict:
@@ -766,12 +962,18 @@ def out_of_fold(data: dict[str, dict], records: list[dict], source: str = "hanno
     refused = np.zeros(int(mine.sum()), bool)
     where = np.flatnonzero(mine)
     for f in range(folds):
-        held = lambda d: np.array([fold_of.get(pid(n), -1) == f for n in d["name"]], bool)  # noqa: E731
-        fold = {s: (_subset(d, ~held(d)) if s.startswith("train") else d) for s, d in data.items() if s in ("train", "train_augmented", "val")}
+        held = lambda d, f=f: np.array([fold_of.get(pid(n), -1) == f for n in d["name"]], bool)  # noqa: E731
+        fold = {
+            s: (_subset(d, ~held(d)) if s.startswith("train") else d)
+            for s, d in data.items()
+            if s in ("train", "train_augmented", "val")
+        }
         gate, threshold, check = fit_all(fold, **fit_kw)
         test = held(train) & mine
         d = _subset(train, test)
-        refused[np.isin(where, np.flatnonzero(test))] = decide(gate_probability(gate, d["x"]), d, _Spec(threshold, check))["refused"]
+        refused[np.isin(where, np.flatnonzero(test))] = decide(
+            gate_probability(gate, d["x"]), d, _Spec(threshold, check)
+        )["refused"]
     return {"source": source, "folds": folds, "patients": len(patients), **rate_with_ci(refused)}
 
 
@@ -781,31 +983,58 @@ def write_report(out: Path, results: dict, wrong: list[dict], extra: dict, title
 
     (out / "gate_eval.json").write_text(json.dumps({**extra, "results": results, "wrong": wrong}, indent=2) + "\n")
     totals = extra.get("all_splits", {})
-    md = [f"# {title}\n", "Refused / n = rate [Wilson 95% CI]; frontal rows are false refusals, the others true refusals.\n", refusal_table(results)]
+    md = [
+        f"# {title}\n",
+        "Refused / n = rate [Wilson 95% CI]; frontal rows are false refusals, the others true refusals.\n",
+        refusal_table(results),
+    ]
     if totals:
-        md += [f"\nFrontal films refused over {', '.join(results)} together (train films are in-sample for a gate trained on them):\n", "| source | refused |", "|---|---|"]
+        md += [
+            f"\nFrontal films refused over {', '.join(results)} together (train films are in-sample for a gate trained on them):\n",
+            "| source | refused |",
+            "|---|---|",
+        ]
         md += [f"| {src} | {_pct(row)} |" for src, row in sorted(totals.items())]
-    md += ["\nFrontal films refused, by the check that refused them (the linear gate; the intensity check alone):\n",
-           "| split | linear gate | intensity check alone | reasons given |", "|---|---|---|---|"]
+    md += [
+        "\nFrontal films refused, by the check that refused them (the linear gate; the intensity check alone):\n",
+        "| split | linear gate | intensity check alone | reasons given |",
+        "|---|---|---|---|",
+    ]
     for split, r in results.items():
         rows = [v for k, v in r["per_kind"].items() if ":frontal" in k]
         why: dict[str, int] = {}
         for v in rows:
             for code, n in v.get("reasons", {}).items():
                 why[code] = why.get(code, 0) + n
-        md.append(f"| {split} | {sum(v['by_gate'] for v in rows)} | {sum(v['by_intensity_only'] for v in rows)} | "
-                  + (", ".join(f"{n} {c}" for c, n in sorted(why.items())) or "–") + " |")
+        md.append(
+            f"| {split} | {sum(v['by_gate'] for v in rows)} | {sum(v['by_intensity_only'] for v in rows)} | "
+            + (", ".join(f"{n} {c}" for c, n in sorted(why.items())) or "–")
+            + " |"
+        )
     oof = extra.get("out_of_fold")
     if oof:
-        md.append(f"\n{oof['source']} training films scored by gates refitted without their patients ({oof['folds']} patient folds, "
-                  f"{oof['patients']} patients): refused {_pct(oof)}\n")
+        md.append(
+            f"\n{oof['source']} training films scored by gates refitted without their patients ({oof['folds']} patient folds, "
+            f"{oof['patients']} patients): refused {_pct(oof)}\n"
+        )
     (out / "gate_eval.md").write_text("\n".join(md) + "\n")
     films = [w for w in wrong if "#" not in str(w["name"])]  # augmented copies and variants would show their original
-    contact_sheet(films, out / "refused.png", title=f"{title}: frontal films refused, lateral views and CT slices let through ({len(films)})")
+    contact_sheet(
+        films,
+        out / "refused.png",
+        title=f"{title}: frontal films refused, lateral views and CT slices let through ({len(films)})",
+    )
 
 
-def train_gate(data_root: str | None = None, out_dir: str = "runs/gate", export_dir: str | None = None, max_false_refusal: float = 0.01,
-               C: float = 0.2, augmented: bool = True, percentile: float = INTENSITY_PERCENTILE) -> dict:
+def train_gate(
+    data_root: str | None = None,
+    out_dir: str = "runs/gate",
+    export_dir: str | None = None,
+    max_false_refusal: float = 0.01,
+    C: float = 0.2,
+    augmented: bool = True,
+    percentile: float = INTENSITY_PERCENTILE,
+) -> dict:
     """Fit the gate on the train split (all sources, with augmented frontal copies), pick its threshold on validation, measure it on test, export it."""
     from .data import load_records
     from .data.splits import SPLIT_VERSION
@@ -821,7 +1050,9 @@ def train_gate(data_root: str | None = None, out_dir: str = "runs/gate", export_
     gate, threshold, check = fit_all(data, C, augmented, percentile, max_false_refusal)
     results, wrong = score(gate, _Spec(threshold, check), data)
     totals = source_totals(results)
-    oof = out_of_fold(data, records, "hannover", C=C, augmented=augmented, percentile=percentile, max_false_refusal=max_false_refusal)
+    oof = out_of_fold(
+        data, records, "hannover", C=C, augmented=augmented, percentile=percentile, max_false_refusal=max_false_refusal
+    )
     sizes = {s: {"n": len(d["y"]), "positives": int(d["y"].sum())} for s, d in data.items()}
     spec = WeightSpec(
         name="frontal_cxr_gate",
@@ -839,25 +1070,54 @@ def train_gate(data_root: str | None = None, out_dir: str = "runs/gate", export_
         intensity_check=check,
         training={
             "command": "covidcxr train gate --out runs/gate --export src/covidcxr/weights",
-            "data": {"split_version": SPLIT_VERSION, "max_frontal_per_source": MAX_FRONTAL_PER_SOURCE, "augmented_per_source": AUGMENTED_PER_SOURCE if augmented else {}, **sizes},
-            "augmentation": f"augment_frontal copies of frontal training films: {', '.join(HOSPITAL_MARKS)} (each p = 0.5)" if augmented else "none",
+            "data": {
+                "split_version": SPLIT_VERSION,
+                "max_frontal_per_source": MAX_FRONTAL_PER_SOURCE,
+                "augmented_per_source": AUGMENTED_PER_SOURCE if augmented else {},
+                **sizes,
+            },
+            "augmentation": f"augment_frontal copies of frontal training films: {', '.join(HOSPITAL_MARKS)} (each p = 0.5)"
+            if augmented
+            else "none",
             "classifier": f"sklearn LogisticRegression(C={C}, class_weight='balanced') on standardised features",
             "threshold_rule": f"highest threshold <= 0.5 refusing at most {max_false_refusal:.0%} of frontal validation images",
             "intensity_rule": f"refuse when the intensity-facts distance exceeds its {percentile} percentile over frontal training images",
             "reason_head": "intensity_check.kinds: multinomial logistic regression (frontal / lateral / CT / other) on the gate logit, mask geometry and intensity facts; words refusals only",
         },
-        metrics={"split": "test", "false_refusal_frontal": round(results["test"]["false_refusal_frontal"], 4), "refusal_lateral_ct": round(results["test"]["refusal_lateral_ct"], 4),
-                 "refusal_non_xray": round(results["test"]["refusal_non_xray"], 4), "n_frontal": results["test"]["n_frontal"], "n_lateral_ct": results["test"]["n_lateral_ct"],
-                 "frontal_refused_per_source": {k.split(":")[0]: round(r["rate"], 4) for k, r in results["test"]["per_kind"].items() if k.endswith(":frontal")},
-                 "frontal_refused_all_splits": {src: round(r["rate"], 4) for src, r in totals.items()},
-                 "hannover_train_out_of_fold": round(oof["rate"], 4)},
+        metrics={
+            "split": "test",
+            "false_refusal_frontal": round(results["test"]["false_refusal_frontal"], 4),
+            "refusal_lateral_ct": round(results["test"]["refusal_lateral_ct"], 4),
+            "refusal_non_xray": round(results["test"]["refusal_non_xray"], 4),
+            "n_frontal": results["test"]["n_frontal"],
+            "n_lateral_ct": results["test"]["n_lateral_ct"],
+            "frontal_refused_per_source": {
+                k.split(":")[0]: round(r["rate"], 4)
+                for k, r in results["test"]["per_kind"].items()
+                if k.endswith(":frontal")
+            },
+            "frontal_refused_all_splits": {src: round(r["rate"], 4) for src, r in totals.items()},
+            "hannover_train_out_of_fold": round(oof["rate"], 4),
+        },
     )
     spec_path = save_weights(gate, spec, export_dir or out / "export")
-    write_report(out, results, wrong, {"threshold": threshold, "all_splits": totals, "out_of_fold": oof, "spec": str(spec_path)}, "Input gate, split " + SPLIT_VERSION)
+    write_report(
+        out,
+        results,
+        wrong,
+        {"threshold": threshold, "all_splits": totals, "out_of_fold": oof, "spec": str(spec_path)},
+        "Input gate, split " + SPLIT_VERSION,
+    )
     return {"spec": str(spec_path), "threshold": threshold, "results": results, "all_splits": totals}
 
 
-def evaluate_gate(spec_path: str | None = None, data_root: str | None = None, splits=("test",), sources: list[str] | None = None, out_dir: str = "eval/gate") -> dict:
+def evaluate_gate(
+    spec_path: str | None = None,
+    data_root: str | None = None,
+    splits=("test",),
+    sources: list[str] | None = None,
+    out_dir: str = "eval/gate",
+) -> dict:
     """Refusals of a gate spec (default: shipped) per source and split, with CIs, table and contact sheet in ``out_dir``.
 
     Features are recomputed from the images (nothing cached); ``sources`` keeps only those
@@ -880,5 +1140,11 @@ def evaluate_gate(spec_path: str | None = None, data_root: str | None = None, sp
     data = {s: _split_data(records, s, segmenter, negatives=not sources) for s in splits}
     results, wrong = score(gate, spec, data)
     totals = source_totals(results, splits)
-    write_report(out, results, wrong, {"threshold": spec.threshold, "gate_sha256": spec.sha256, "all_splits": totals}, f"Input gate {spec.sha256[:12]}")
+    write_report(
+        out,
+        results,
+        wrong,
+        {"threshold": spec.threshold, "gate_sha256": spec.sha256, "all_splits": totals},
+        f"Input gate {spec.sha256[:12]}",
+    )
     return {"results": results, "all_splits": totals, "out": str(out)}

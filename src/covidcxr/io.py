@@ -30,8 +30,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 _ArrayT = TypeVar("_ArrayT", np.ndarray, "torch.Tensor")
 
-__all__ = ["MAX_PIXELS", "MIN_SIDE", "NORMALIZATION", "SERVE_MAX_PIXELS", "SUPPORTED_EXTENSIONS", "ImageReadError",
-           "ImageTooLargeError", "is_supported_file", "normalize", "read_image"]
+__all__ = [
+    "MAX_PIXELS",
+    "MIN_SIDE",
+    "NORMALIZATION",
+    "SERVE_MAX_PIXELS",
+    "SUPPORTED_EXTENSIONS",
+    "ImageReadError",
+    "ImageTooLargeError",
+    "is_supported_file",
+    "normalize",
+    "read_image",
+]
 
 MAX_PIXELS: int = 100_000_000
 """Images with more pixels are refused before decoding (decompression bombs)."""

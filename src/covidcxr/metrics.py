@@ -62,16 +62,28 @@ def bootstrap_ci(values, statistic=np.mean, confidence: float = 0.95, n_resample
     if len(x) < 2 or np.ptp(x) == 0:
         return {"value": value, "ci_low": value, "ci_high": value, "n": len(x)}
     res = stats.bootstrap(
-        (x,), statistic, confidence_level=confidence, n_resamples=n_resamples, method="percentile", random_state=np.random.default_rng(seed)
+        (x,),
+        statistic,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
     )
-    return {"value": value, "ci_low": float(res.confidence_interval.low), "ci_high": float(res.confidence_interval.high), "n": len(x)}
+    return {
+        "value": value,
+        "ci_low": float(res.confidence_interval.low),
+        "ci_high": float(res.confidence_interval.high),
+        "n": len(x),
+    }
 
 
 # ---------------------------------------------------------------------------
 # Classification: ranking metrics with stratified bootstrap CIs, operating point, calibration
 
 
-def stratified_bootstrap_ci(y_true, y_score, statistic, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0) -> dict:
+def stratified_bootstrap_ci(
+    y_true, y_score, statistic, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0
+) -> dict:
     """``statistic(y_true, y_score)`` with a percentile CI from resampling each class apart.
 
     Resampling within the positives and within the negatives keeps both present in every
@@ -97,7 +109,9 @@ def stratified_bootstrap_ci(y_true, y_score, statistic, confidence: float = 0.95
     return {"value": value, "ci_low": float(low), "ci_high": float(high), "n": len(y), "n_pos": n_pos}
 
 
-def class_stratified_bootstrap_ci(labels, scores, statistic, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0) -> dict:
+def class_stratified_bootstrap_ci(
+    labels, scores, statistic, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0
+) -> dict:
     """``statistic(labels, scores)`` of a multi-class problem with a CI from resampling each class apart.
 
     The multi-class form of :func:`stratified_bootstrap_ci` (e.g. macro AUROC over (N, K)
@@ -132,7 +146,15 @@ def operating_point(y_true, y_pred) -> dict:
     def ratio(a: int, b: int) -> float:
         return a / b if b else float("nan")
 
-    return {"sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp), "ppv": ratio(tp, tp + fp), "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    return {
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "ppv": ratio(tp, tp + fp),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
 
 
 def calibration(labels, probs, n_bins: int = 10) -> dict:

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .views import LUNG_INPUTS, apply_view, cam_maps, heads_inputs, lung_view
 from .data.transforms import upsample_logits
 from .enhance import enhance
-from .resize import resize_aa
+from .gate import pooled_features
 from .io import NORMALIZATION, normalize
 from .models import WeightSpec, eval_mode, load_weights
-from .gate import pooled_features
 from .postprocess import keep_lungs
+from .resize import resize_aa
+from .views import LUNG_INPUTS, apply_view, cam_maps, heads_inputs, lung_view
 
 
 class LungSegmenter:
@@ -36,7 +36,9 @@ class LungSegmenter:
 
     def __init__(self, model: torch.nn.Module, spec: WeightSpec) -> None:
         if spec.normalization != NORMALIZATION:
-            raise ValueError(f"weights expect normalization {spec.normalization!r}; this version implements {NORMALIZATION!r}")
+            raise ValueError(
+                f"weights expect normalization {spec.normalization!r}; this version implements {NORMALIZATION!r}"
+            )
         if spec.resize != "stretch":
             raise ValueError(f"weights expect resize rule {spec.resize!r}; this version implements 'stretch'")
         self.model = model.to(memory_format=torch.channels_last)  # faster CPU convolutions
@@ -109,7 +111,9 @@ class Diagnoser:
 
     def __init__(self, model: torch.nn.Module, spec: WeightSpec) -> None:
         if spec.normalization != NORMALIZATION:
-            raise ValueError(f"weights expect normalization {spec.normalization!r}; this version implements {NORMALIZATION!r}")
+            raise ValueError(
+                f"weights expect normalization {spec.normalization!r}; this version implements {NORMALIZATION!r}"
+            )
         if spec.lung_input not in LUNG_INPUTS:
             raise ValueError(f"weights expect lung input {spec.lung_input!r}; this version implements {LUNG_INPUTS}")
         self.model = model.to(memory_format=torch.channels_last)
@@ -175,9 +179,16 @@ class HeadsDiagnoser(Diagnoser):
         self.grid = self.size // 32
         self._last: tuple[dict, torch.Tensor] | None = None
 
-    def inputs(self, views: Sequence[tuple[np.ndarray, np.ndarray]], mode: str | None = None, facts: Sequence[np.ndarray] | None = None) -> dict:
+    def inputs(
+        self,
+        views: Sequence[tuple[np.ndarray, np.ndarray]],
+        mode: str | None = None,
+        facts: Sequence[np.ndarray] | None = None,
+    ) -> dict:
         """The model's three inputs: ``x`` (N, 1, S, S), lung ``weights`` (N, 1, h, w), ``facts`` (N, F)."""
-        return heads_inputs(views, mode or self.spec.lung_input, self.grid, facts, int(self.spec.model_kwargs.get("n_facts", 0)))
+        return heads_inputs(
+            views, mode or self.spec.lung_input, self.grid, facts, int(self.spec.model_kwargs.get("n_facts", 0))
+        )
 
     @torch.inference_mode()
     def probabilities(self, batch: dict) -> np.ndarray:
@@ -187,7 +198,9 @@ class HeadsDiagnoser(Diagnoser):
         return torch.softmax(logits.float() / self.spec.temperature, dim=1).numpy()
 
     def predict(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
-        raise TypeError(f"{self.spec.name} reads the severity scorer's findings besides the lungs: run it through covidcxr.predict.Pipeline")
+        raise TypeError(
+            f"{self.spec.name} reads the severity scorer's findings besides the lungs: run it through covidcxr.predict.Pipeline"
+        )
 
     def saliency(self, batch: dict, targets: list[int]) -> np.ndarray:
         """Class-activation maps (N, S, S) in [0, 1] of ``targets``, from the same pass as the probabilities."""

@@ -26,7 +26,10 @@ def _plt():
     return plt
 
 
-_METRIC_NAMES = {"val_dice": ("Dice", "Validation Dice", "Dice + BCE loss"), "val_auroc": ("macro AUROC", "Validation macro AUROC", "cross-entropy")}
+_METRIC_NAMES = {
+    "val_dice": ("Dice", "Validation Dice", "Dice + BCE loss"),
+    "val_auroc": ("macro AUROC", "Validation macro AUROC", "cross-entropy"),
+}
 
 
 def learning_curve(history: list[dict], path: str | Path, metric: str = "val_dice") -> None:
@@ -140,7 +143,13 @@ def severity_scatter(truth: dict[str, np.ndarray], predicted: dict[str, np.ndarr
         hi = max(y.max(), p.max()) * 1.05 + 1e-6
         ax.plot([0, hi], [0, hi], color="0.6", lw=1)
         ax.scatter(y, p, s=12, alpha=0.7)
-        ax.set(xlim=(0, hi), ylim=(0, hi), xlabel="raters", ylabel="model, mean over the splits holding it out", title=f"{name.replace('_', ' ')}\n(MAE of the averaged prediction {np.abs(y - p).mean():.2f})")
+        ax.set(
+            xlim=(0, hi),
+            ylim=(0, hi),
+            xlabel="raters",
+            ylabel="model, mean over the splits holding it out",
+            title=f"{name.replace('_', ' ')}\n(MAE of the averaged prediction {np.abs(y - p).mean():.2f})",
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

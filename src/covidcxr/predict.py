@@ -17,7 +17,17 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .batch import Done, RunCounts, drop_error_rows, expand_inputs, read_batches, read_predictions, save_mask_png, trim_heap, unique_stems
+from .batch import (
+    Done,
+    RunCounts,
+    drop_error_rows,
+    expand_inputs,
+    read_batches,
+    read_predictions,
+    save_mask_png,
+    trim_heap,
+    unique_stems,
+)
 from .findings import finding_facts, findings_summary
 from .gate import blank_reason, gate_refusal, pooled_features, refusal_reason
 from .report import save_report
@@ -47,10 +57,21 @@ class Pipeline:
         severity: a :class:`covidcxr.severity.SeverityScorer` reading the segmenter's encoder, or None.
     """
 
-    def __init__(self, segmenter, diagnoser, gate=None, gate_spec=None, use_gate: bool = True, saliency: bool = True, severity: SeverityScorer | None = None,
-                 show_severity: bool = True) -> None:
+    def __init__(
+        self,
+        segmenter,
+        diagnoser,
+        gate=None,
+        gate_spec=None,
+        use_gate: bool = True,
+        saliency: bool = True,
+        severity: SeverityScorer | None = None,
+        show_severity: bool = True,
+    ) -> None:
         if getattr(diagnoser, "reads_facts", False) and severity is None:
-            raise ValueError(f"diagnosis model {diagnoser.spec.name} reads the lesion and severity findings; load a severity scorer with it")
+            raise ValueError(
+                f"diagnosis model {diagnoser.spec.name} reads the lesion and severity findings; load a severity scorer with it"
+            )
         self.segmenter, self.diagnoser = segmenter, diagnoser
         self.show_severity = show_severity
         self.gate, self.gate_spec, self.use_gate = gate, gate_spec, use_gate
@@ -63,8 +84,19 @@ class Pipeline:
         self.severity = severity
 
     @classmethod
-    def load(cls, lungs: str | None = None, diagnosis: str | None = None, gate: str | None = None, use_gate: bool = True, saliency: bool = True,
-             severity: bool = True, lesions: str | None = None, severity_head: str | None = None, backend: str = "torch", onnx_dir: str | None = None) -> Pipeline:
+    def load(
+        cls,
+        lungs: str | None = None,
+        diagnosis: str | None = None,
+        gate: str | None = None,
+        use_gate: bool = True,
+        saliency: bool = True,
+        severity: bool = True,
+        lesions: str | None = None,
+        severity_head: str | None = None,
+        backend: str = "torch",
+        onnx_dir: str | None = None,
+    ) -> Pipeline:
         """Every model from its spec. ``backend="onnxruntime"`` reads the ONNX files in ``onnx_dir``
         (``covidcxr export onnx``) instead, and imports no PyTorch."""
         if backend == "onnxruntime":
@@ -78,13 +110,24 @@ class Pipeline:
             from .models import load_weights
             from .pipeline import LungSegmenter, load_diagnoser
         except ImportError as err:
-            raise RuntimeError(f"the PyTorch backend needs the torch extra ({err.name} is missing): pip install 'covidcxr[torch]', or use --backend onnxruntime") from err
+            raise RuntimeError(
+                f"the PyTorch backend needs the torch extra ({err.name} is missing): pip install 'covidcxr[torch]', or use --backend onnxruntime"
+            ) from err
         gate_model, gate_spec = load_weights(gate, kind="gate")
         diagnoser = load_diagnoser(diagnosis)
         # A diagnosis that reads the findings needs the scorer; without --severity only the scores are left out.
         needs = severity or getattr(diagnoser, "reads_facts", False)
         scorer = SeverityScorer.from_spec(lesions, severity_head) if needs else None
-        return cls(LungSegmenter.from_spec(lungs), diagnoser, gate_model, gate_spec, use_gate, saliency, scorer, show_severity=severity)
+        return cls(
+            LungSegmenter.from_spec(lungs),
+            diagnoser,
+            gate_model,
+            gate_spec,
+            use_gate,
+            saliency,
+            scorer,
+            show_severity=severity,
+        )
 
     @property
     def models(self) -> dict:
@@ -102,12 +145,18 @@ class Pipeline:
             return out
         maps, x, encoder = self.segmenter.forward([images[i] for i in todo])
         masks = self.segmenter.masks(maps)
-        p_frontal = self.gate.probability(pooled_features(encoder), masks) if self.gate is not None else np.ones(len(todo))
+        p_frontal = (
+            self.gate.probability(pooled_features(encoder), masks) if self.gate is not None else np.ones(len(todo))
+        )
         keep = []
         for j, i in enumerate(todo):
             res = out[i]
             res["mask"], res["gate_probability"] = masks[j], float(p_frontal[j])
-            why = gate_refusal(float(p_frontal[j]), images[i], masks[j], self.gate_spec) if self.gate is not None else None
+            why = (
+                gate_refusal(float(p_frontal[j]), images[i], masks[j], self.gate_spec)
+                if self.gate is not None
+                else None
+            )
             if why and self.use_gate:
                 res["refusal"] = why
                 continue
@@ -119,11 +168,21 @@ class Pipeline:
             return out
         if self.severity is not None:
             rows = [todo.index(i) for i in keep]
-            for i, sev in zip(keep, self.severity.score(x[rows], [f[rows] for f in encoder], [out[i]["mask"] for i in keep])):
+            for i, sev in zip(
+                keep, self.severity.score(x[rows], [f[rows] for f in encoder], [out[i]["mask"] for i in keep])
+            ):
                 out[i].update(sev)
         views = [self.diagnoser.view(images[i], out[i]["mask"]) for i in keep]
-        facts = [finding_facts(out[i]["severity"], out[i]["lesions"], out[i]["zones"]) for i in keep] if self.severity is not None else None
-        batch = self.diagnoser.inputs(views, facts=facts) if getattr(self.diagnoser, "reads_facts", False) else self.diagnoser.inputs(views)
+        facts = (
+            [finding_facts(out[i]["severity"], out[i]["lesions"], out[i]["zones"]) for i in keep]
+            if self.severity is not None
+            else None
+        )
+        batch = (
+            self.diagnoser.inputs(views, facts=facts)
+            if getattr(self.diagnoser, "reads_facts", False)
+            else self.diagnoser.inputs(views)
+        )
         probs = self.diagnoser.probabilities(batch)
         maps = self.diagnoser.saliency(batch, probs.argmax(1).tolist()) if self.saliency else [None] * len(keep)
         targets = list(self.diagnoser.spec.targets)
@@ -135,9 +194,13 @@ class Pipeline:
                 res["findings"] = findings_summary(res["probabilities"], facts[j])
             if m is not None:
                 res["saliency_method"] = getattr(self.diagnoser, "saliency_method", "Grad-CAM")
-                res["heat"] = to_image(m, res["mask"], self.diagnoser.spec.margin, whole=self.diagnoser.spec.lung_input == "whole")
+                res["heat"] = to_image(
+                    m, res["mask"], self.diagnoser.spec.margin, whole=self.diagnoser.spec.lung_input == "whole"
+                )
                 res["saliency_in_lungs"] = lung_share(res["heat"], res["mask"])
-            elif self.saliency and "lesions" in res:  # a findings-only diagnosis: its evidence is the lesions it measured
+            elif (
+                self.saliency and "lesions" in res
+            ):  # a findings-only diagnosis: its evidence is the lesions it measured
                 res["saliency_method"] = "lesion evidence"
                 res["heat"] = lesion_evidence(res["lesions"], res["mask"])
                 res["saliency_in_lungs"] = lung_share(res["heat"], res["mask"])
@@ -152,7 +215,9 @@ def _warnings(image: np.ndarray, mask: np.ndarray) -> list[str]:
     out = []
     area = float(mask.mean())
     if not LUNG_AREA_RANGE[0] <= area <= LUNG_AREA_RANGE[1]:
-        out.append(f"the lungs found cover {area:.0%} of the image (expected {LUNG_AREA_RANGE[0]:.0%}-{LUNG_AREA_RANGE[1]:.0%}); check the lung outline before trusting the diagnosis")
+        out.append(
+            f"the lungs found cover {area:.0%} of the image (expected {LUNG_AREA_RANGE[0]:.0%}-{LUNG_AREA_RANGE[1]:.0%}); check the lung outline before trusting the diagnosis"
+        )
     if min(h, w) < MIN_SIDE_WARN:
         out.append(f"low resolution ({w}x{h} px); the models read lungs at 224-256 px, fine detail is lost")
     return out
@@ -207,8 +272,10 @@ def predict_files(
     done = Done() if overwrite else read_predictions(jsonl)
     models = pipeline.models
     if done.models - {json.dumps(models, sort_keys=True)}:
-        raise ValueError(f"{jsonl} holds rows made by other weights or options (--no-severity?) than this run's {sorted(models)}; "
-                         "pass the same ones to resume, or --overwrite to start afresh, or another --out")
+        raise ValueError(
+            f"{jsonl} holds rows made by other weights or options (--no-severity?) than this run's {sorted(models)}; "
+            "pass the same ones to resume, or --overwrite to start afresh, or another --out"
+        )
     if retry_errors and done.errors:
         retry = {p for p in chain(files, (raw for raw, _ in missing)) if p in done.errors}
         drop_error_rows(jsonl, retry)
@@ -219,8 +286,14 @@ def predict_files(
     counts.skipped = counts.inputs - len(todo) - sum(raw not in done for raw, _ in missing)
     counts.skipped_errors = sum(p in done.errors for p in chain(files, (raw for raw, _ in missing)))
     if counts.skipped:
-        log.info("%s: %d of %d inputs already done, skipped (%d with errors%s)", jsonl, counts.skipped, counts.inputs,
-                 counts.skipped_errors, "; --retry-errors runs them again" if counts.skipped_errors else "")
+        log.info(
+            "%s: %d of %d inputs already done, skipped (%d with errors%s)",
+            jsonl,
+            counts.skipped,
+            counts.inputs,
+            counts.skipped_errors,
+            "; --retry-errors runs them again" if counts.skipped_errors else "",
+        )
     bar = tqdm(total=len(files), initial=len(files) - len(todo), desc="predict", unit="image", disable=not progress)
     with open(jsonl, "w" if overwrite else "a") as fh, bar:
 
@@ -248,8 +321,11 @@ def predict_files(
                     row = _write_outputs(Path(files[i]), stems[i], image, res, out, models, report)
                 except Exception as err:  # one input's outputs (its name, a full disk) cost its row, not the batch
                     log.info("%s: writing the outputs failed", files[i], exc_info=True)  # the traceback with -v only
-                    row = {"path": files[i], "error": f"{files[i]}: could not write its outputs ({type(err).__name__}: {err}); "
-                                                      "fix the cause and run again with --retry-errors"}
+                    row = {
+                        "path": files[i],
+                        "error": f"{files[i]}: could not write its outputs ({type(err).__name__}: {err}); "
+                        "fix the cause and run again with --retry-errors",
+                    }
                 yield emit(row)
             bar.update(len(batch))
             del batch, good, results
@@ -258,7 +334,11 @@ def predict_files(
 
 def _write_outputs(path: Path, stem: str, image: np.ndarray, res: dict, out: Path, models: dict, report: bool) -> dict:
     if res.get("refusal"):
-        return {"path": str(path), "error": f"{path}: {res['refusal']}", "refusal_reason": refusal_reason(res["refusal"])}
+        return {
+            "path": str(path),
+            "error": f"{path}: {res['refusal']}",
+            "refusal_reason": refusal_reason(res["refusal"]),
+        }
     row = {"path": str(path), "probabilities": res["probabilities"], "prediction": res["prediction"]}
     row["lung_mask"] = str(out / f"{stem}_lungs.png")
     save_mask_png(res["mask"], row["lung_mask"])
@@ -273,9 +353,21 @@ def _write_outputs(path: Path, stem: str, image: np.ndarray, res: dict, out: Pat
     if report:
         row["report"] = str(out / f"{stem}_report.png")
         title = f"{path.name}: {res['prediction']} ({res['probabilities'][res['prediction']]:.0%})"
-        save_report(row["report"], image, res["mask"], res["probabilities"], heat, title=title, warnings=res["warnings"], lung_share=res.get("saliency_in_lungs"),
-                    severity=res.get("severity"), lesions=res.get("lesions"), zones=res.get("zones"), findings=res.get("findings"),
-                    saliency_name=res.get("saliency_method", "Grad-CAM"))
+        save_report(
+            row["report"],
+            image,
+            res["mask"],
+            res["probabilities"],
+            heat,
+            title=title,
+            warnings=res["warnings"],
+            lung_share=res.get("saliency_in_lungs"),
+            severity=res.get("severity"),
+            lesions=res.get("lesions"),
+            zones=res.get("zones"),
+            findings=res.get("findings"),
+            saliency_name=res.get("saliency_method", "Grad-CAM"),
+        )
     row["model"] = models
     row["warnings"] = res["warnings"]
     row["lung_area"] = round(float(res["mask"].mean()), 4)
@@ -287,4 +379,3 @@ def _write_outputs(path: Path, stem: str, image: np.ndarray, res: dict, out: Pat
     if "severity" in res:
         row["severity"] = res["severity"]
     return row
-

@@ -48,14 +48,19 @@ def _preview(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     f = min(1.0, max_side / max(h, w))
     if f == 1.0:
         return image, f
-    small = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR)
+    small = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).resize(
+        (max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR
+    )
     return np.asarray(small, np.float32) / 255, f
 
 
 def _shrink_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if mask.shape == shape:
         return mask
-    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.Resampling.NEAREST)) > 127
+    return (
+        np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.Resampling.NEAREST))
+        > 127
+    )
 
 
 def save_report(
@@ -84,6 +89,7 @@ def save_report(
         saliency_name: what the heat map is ("Grad-CAM", "class activation").
     """
     from matplotlib.figure import Figure
+
     small, _ = _preview(image, PREVIEW_SIDE)
     lungs = _shrink_mask(mask, small.shape)
     sev_panel = severity is not None and lesions is not None and zones is not None
@@ -91,13 +97,30 @@ def save_report(
     sev_line = []
     if severity is not None:
         b = severity["brixia"]
-        sev_line = [f"severity: geographic extent {severity['geographic_extent']:.1f}/8, opacity {severity['opacity']:.1f}/6, Brixia {b['global']:.1f}/18"]
-    notes = [DISCLAIMER, *sev_line] + ([findings_line(findings)] if findings else []) + [f"! {w}" for w in (warnings or [])][:3]
+        sev_line = [
+            f"severity: geographic extent {severity['geographic_extent']:.1f}/8, opacity {severity['opacity']:.1f}/6, Brixia {b['global']:.1f}/18"
+        ]
+    notes = (
+        [DISCLAIMER, *sev_line]
+        + ([findings_line(findings)] if findings else [])
+        + [f"! {w}" for w in (warnings or [])][:3]
+    )
     # Fixed margins instead of tight_layout, which measured every tick label and doubled the drawing time.
     # A Figure outside pyplot: nothing global keeps it, so it is freed even when drawing fails
     # (an unclosed pyplot figure cost about 5 MB per failed request of the server).
     fig = Figure(figsize=(3.3 * panels + 0.6, 3.9))
-    axes = fig.subplots(1, panels, gridspec_kw={"width_ratios": [1] * (panels - 1) + [1.2], "left": 0.01, "right": 0.99, "top": 0.86, "bottom": 0.08 + 0.035 * len(notes), "wspace": 0.06})
+    axes = fig.subplots(
+        1,
+        panels,
+        gridspec_kw={
+            "width_ratios": [1] * (panels - 1) + [1.2],
+            "left": 0.01,
+            "right": 0.99,
+            "top": 0.86,
+            "bottom": 0.08 + 0.035 * len(notes),
+            "wspace": 0.06,
+        },
+    )
     ax = axes[0]
     if sev_panel:  # lesions, Brixia zones and their scores drawn into the lung panel
         _severity_panel(ax, small, lungs, severity, lesions, zones, f"lungs ({mask.mean():.0%} of the image)")
@@ -110,7 +133,15 @@ def save_report(
     if heat is not None:
         ax = axes[1]
         ax.imshow(small, cmap="gray", vmin=0, vmax=1)
-        h_small = np.asarray(Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize((small.shape[1], small.shape[0]), Image.Resampling.BILINEAR), np.float32) / 255
+        h_small = (
+            np.asarray(
+                Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize(
+                    (small.shape[1], small.shape[0]), Image.Resampling.BILINEAR
+                ),
+                np.float32,
+            )
+            / 255
+        )
         ax.imshow(np.ma.masked_less(h_small, 0.15), cmap="jet", alpha=0.45, vmin=0, vmax=1)
         share = f", {lung_share:.0%} inside the lungs" if lung_share is not None and np.isfinite(lung_share) else ""
         ax.set_title(f"{saliency_name}{share}", fontsize=9)
@@ -128,7 +159,9 @@ def save_report(
     ax.set_title("diagnosis probabilities", fontsize=9)
     ax.spines[["top", "right", "left"]].set_visible(False)
     # File names reach the title (and may reach the notes): plain text, never math text ("a$x^{$.png").
-    fig.text(0.01, 0.01, "\n".join(plain_text(n, 200) for n in notes), fontsize=7, va="bottom", color="0.3", parse_math=False)
+    fig.text(
+        0.01, 0.01, "\n".join(plain_text(n, 200) for n in notes), fontsize=7, va="bottom", color="0.3", parse_math=False
+    )
     fig.suptitle(plain_text(title), fontsize=9, parse_math=False)
     fig.savefig(path, dpi=90, pil_kwargs={"compress_level": 1})  # fast PNG encoding; the report is small anyway
 
@@ -136,12 +169,16 @@ def save_report(
 def findings_line(findings: dict) -> str:
     """One line of the findings behind the diagnosis, for the report."""
     opacity, pattern = findings["airspace_opacity"], findings["covid_pattern"]
-    return (f"findings: airspace opacity {opacity['probability']:.0%} ({'present' if opacity['present'] else 'not found'}); "
-            f"COVID-19 pattern {pattern['score']:.0%} (lesions: bilateral {pattern['bilateral']:.0%}, "
-            f"peripheral {pattern['peripheral']:.0%}, lower zones {pattern['lower_zone']:.0%})")
+    return (
+        f"findings: airspace opacity {opacity['probability']:.0%} ({'present' if opacity['present'] else 'not found'}); "
+        f"COVID-19 pattern {pattern['score']:.0%} (lesions: bilateral {pattern['bilateral']:.0%}, "
+        f"peripheral {pattern['peripheral']:.0%}, lower zones {pattern['lower_zone']:.0%})"
+    )
 
 
-def _severity_panel(ax, small: np.ndarray, lungs: np.ndarray, severity: dict, lesions: np.ndarray, zones: np.ndarray, title: str) -> None:
+def _severity_panel(
+    ax, small: np.ndarray, lungs: np.ndarray, severity: dict, lesions: np.ndarray, zones: np.ndarray, title: str
+) -> None:
     """Lung outline, lesions tinted over the X-ray, Brixia zone borders and each zone's score."""
     from .data.severity import ZONES
     from .plots import lesion_overlay
@@ -157,8 +194,22 @@ def _severity_panel(ax, small: np.ndarray, lungs: np.ndarray, severity: dict, le
     for k, name in enumerate(ZONES, start=1):
         ys, xs = np.nonzero(z == k)
         if len(ys):
-            ax.text(xs.mean(), ys.mean(), f"{name} {severity['brixia'][name]:.1f}", color="white", fontsize=7, ha="center", va="center", fontweight="bold")
+            ax.text(
+                xs.mean(),
+                ys.mean(),
+                f"{name} {severity['brixia'][name]:.1f}",
+                color="white",
+                fontsize=7,
+                ha="center",
+                va="center",
+                fontweight="bold",
+            )
     shares = severity["lesions"]
     short = {"ground-glass": "GGO", "consolidation": "cons."}
-    ax.set_title(title + "\n" + "  ".join(f"{short.get(k, k)} R {v['right_lung']:.0%} L {v['left_lung']:.0%}" for k, v in shares.items()), fontsize=8)
+    ax.set_title(
+        title
+        + "\n"
+        + "  ".join(f"{short.get(k, k)} R {v['right_lung']:.0%} L {v['left_lung']:.0%}" for k, v in shares.items()),
+        fontsize=8,
+    )
     ax.axis("off")

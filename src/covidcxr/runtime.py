@@ -44,7 +44,9 @@ class OrtModel:
             raise RuntimeError("the onnxruntime backend needs the infer extra: pip install 'covidcxr[infer]'") from err
 
         if not spec_path.is_file():
-            raise FileNotFoundError(f"{spec_path}: ONNX weights spec not found; run `covidcxr export onnx --out {spec_path.parent}` first")
+            raise FileNotFoundError(
+                f"{spec_path}: ONNX weights spec not found; run `covidcxr export onnx --out {spec_path.parent}` first"
+            )
         self.spec = WeightSpec.from_json(spec_path)
         path = spec_path.parent / self.spec.file
         if not path.is_file():
@@ -52,7 +54,9 @@ class OrtModel:
         if sha256_file(path) != self.spec.sha256:
             raise ValueError(f"{path}: sha256 does not match its spec; export again")
         if self.spec.normalization != NORMALIZATION:
-            raise ValueError(f"{path}: expects normalization {self.spec.normalization!r}; this version implements {NORMALIZATION!r}")
+            raise ValueError(
+                f"{path}: expects normalization {self.spec.normalization!r}; this version implements {NORMALIZATION!r}"
+            )
         options = ort.SessionOptions()
         # No spin-waiting: each of the pipeline's five sessions has its own thread pool, and
         # threads that spin after a run take the cores from the NumPy work and the next
@@ -100,7 +104,9 @@ class OrtDiagnoser:
     def __init__(self, net: OrtModel) -> None:
         self.net, self.spec = net, net.spec
         if self.spec.lung_input not in LUNG_INPUTS:
-            raise ValueError(f"weights expect lung input {self.spec.lung_input!r}; this version implements {LUNG_INPUTS}")
+            raise ValueError(
+                f"weights expect lung input {self.spec.lung_input!r}; this version implements {LUNG_INPUTS}"
+            )
         self.size = int(self.spec.input_size[0])
         self._last: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -132,7 +138,9 @@ class OrtHeadsDiagnoser(OrtDiagnoser):
     saliency_method = "class activation"
 
     def inputs(self, views, mode: str | None = None, facts=None) -> dict:
-        return heads_inputs(views, mode or self.spec.lung_input, self.size // 32, facts, int(self.spec.model_kwargs.get("n_facts", 0)))
+        return heads_inputs(
+            views, mode or self.spec.lung_input, self.size // 32, facts, int(self.spec.model_kwargs.get("n_facts", 0))
+        )
 
     def probabilities(self, batch: dict) -> np.ndarray:
         logits, cam = self.net.named(x=batch["x"], weights=batch["weights"], facts=batch["facts"])
@@ -165,10 +173,14 @@ def load_components(onnx_dir: str | Path | None = None, severity: bool = True) -
     folder = Path(onnx_dir) if onnx_dir else default_onnx_dir()
     model = {kind: (lambda k=kind: OrtModel(folder / f"{SHIPPED[k]}.json")) for kind in SHIPPED}
     diagnosis = model["diagnosis"]()
-    diagnoser = (OrtHeadsDiagnoser if diagnosis.spec.architecture == "source_blind_mobilenet_v2" else OrtDiagnoser)(diagnosis)
+    diagnoser = (OrtHeadsDiagnoser if diagnosis.spec.architecture == "source_blind_mobilenet_v2" else OrtDiagnoser)(
+        diagnosis
+    )
     segmenter, gate = OrtLungSegmenter(model["lungs"]()), OrtGate(model["gate"]())
     scorer = None
     if severity:
         lesions, head = model["lesions"](), model["severity"]()
-        scorer = SeverityScorer(lambda enc: 1 / (1 + np.exp(-lesions(*enc)[0])), lesions.spec, lambda a, b: tuple(head(a, b)), head.spec)
+        scorer = SeverityScorer(
+            lambda enc: 1 / (1 + np.exp(-lesions(*enc)[0])), lesions.spec, lambda a, b: tuple(head(a, b)), head.spec
+        )
     return segmenter, diagnoser, gate, gate.spec, scorer

@@ -85,24 +85,38 @@ def _pooled(feature: np.ndarray, weights: np.ndarray) -> np.ndarray:
     w = _block_mean(weights, feature.shape[-2:])
     n, r = w.shape[:2]
     w = w.reshape(n, r, -1)
-    return np.matmul(w, feature.reshape(n, feature.shape[1], -1).transpose(0, 2, 1)) / np.maximum(w.sum(axis=2), 1e-6)[..., None]
+    return (
+        np.matmul(w, feature.reshape(n, feature.shape[1], -1).transpose(0, 2, 1))
+        / np.maximum(w.sum(axis=2), 1e-6)[..., None]
+    )
 
 
-def _region_stats(regions: np.ndarray, lesion_p: np.ndarray, image: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _region_stats(
+    regions: np.ndarray, lesion_p: np.ndarray, image: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lesion (N, R, 4), area (N, R) and intensity (N, R, 2) statistics of (N, R, H, W) regions."""
     n, r = regions.shape[:2]
     reg = regions.reshape(n, r, -1)
     area = reg.sum(axis=2)
     denom = np.maximum(area, 1)[..., None]
     les = lesion_p.reshape(n, lesion_p.shape[1], -1)
-    pix = np.concatenate([les, (les > threshold).astype(np.float32), image.reshape(n, 1, -1), image.reshape(n, 1, -1) ** 2], axis=1)
+    pix = np.concatenate(
+        [les, (les > threshold).astype(np.float32), image.reshape(n, 1, -1), image.reshape(n, 1, -1) ** 2], axis=1
+    )
     sums = np.matmul(reg, pix.transpose(0, 2, 1)) / denom  # (N, R, 2K + 2) region means, one matrix product
     k = les.shape[1]
     mu, sq = sums[..., 2 * k], sums[..., 2 * k + 1]
     return sums[..., : 2 * k], area, np.stack([mu, np.sqrt(np.maximum(sq - mu**2, 0))], axis=2)
 
 
-def severity_features(x: np.ndarray, encoder: list[np.ndarray], lungs: np.ndarray, lesion_p: np.ndarray, threshold: float = 0.5, zones: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def severity_features(
+    x: np.ndarray,
+    encoder: list[np.ndarray],
+    lungs: np.ndarray,
+    lesion_p: np.ndarray,
+    threshold: float = 0.5,
+    zones: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Image features (N, 12 + D) and zone features (N, 6, 13 + D) for the severity head (NumPy, float32).
 
     Args:
@@ -131,7 +145,9 @@ def severity_features(x: np.ndarray, encoder: list[np.ndarray], lungs: np.ndarra
     deep_z = np.concatenate([_pooled(encoder[k], zone_w) for k in DEEP_LEVELS], axis=2)
     deep_l = np.concatenate([_pooled(encoder[k], lungs[:, None].astype(np.float32)) for k in DEEP_LEVELS], axis=2)[:, 0]
     balance = 2 * l_area.min(1) / total[:, 0]
-    image_f = np.concatenate([l_les.reshape(n, -1), total / lungs[0].size, balance[:, None], all_int[:, 0], deep_l], axis=1)
+    image_f = np.concatenate(
+        [l_les.reshape(n, -1), total / lungs[0].size, balance[:, None], all_int[:, 0], deep_l], axis=1
+    )
     onehot = np.broadcast_to(np.eye(len(ZONES), dtype=np.float32)[None], (n, len(ZONES), len(ZONES)))
     zone_f = np.concatenate([z_les, (z_area / total)[..., None], z_int, onehot, deep_z], axis=2)
     return image_f.astype(np.float32), zone_f.astype(np.float32)
@@ -176,7 +192,9 @@ class SeverityScorer:
     def __init__(self, lesions: Callable, lesion_spec: WeightSpec, head: Callable, head_spec: WeightSpec) -> None:
         wanted = head_spec.training.get("lesion_weights")
         if wanted and wanted != source_sha256(lesion_spec):
-            raise ValueError(f"severity head {head_spec.name} was fitted on lesion weights {wanted[:12]}…, not on {lesion_spec.sha256[:12]}…; pass the matching pair")
+            raise ValueError(
+                f"severity head {head_spec.name} was fitted on lesion weights {wanted[:12]}…, not on {lesion_spec.sha256[:12]}…; pass the matching pair"
+            )
         self.lesions, self.lesion_spec = lesions, lesion_spec
         self.head, self.head_spec = head, head_spec
         self.image_cols = columns(head_spec.model_kwargs["image_groups"], zone=False)
@@ -223,12 +241,22 @@ class SeverityScorer:
         p = self.lesions(encoder)
         thr = self.lesion_spec.threshold
         image_f, zone_f = severity_features(x, encoder, lungs, p, thr, zones)
-        scores, zone_scores = self.head(np.ascontiguousarray(image_f[:, self.image_cols]), np.ascontiguousarray(zone_f[:, :, self.zone_cols]))
-        lo = IMAGE_GROUPS["lesions"][0]  # per lung (right, left): mean probability of each lesion, then share above threshold
+        scores, zone_scores = self.head(
+            np.ascontiguousarray(image_f[:, self.image_cols]), np.ascontiguousarray(zone_f[:, :, self.zone_cols])
+        )
+        lo = IMAGE_GROUPS["lesions"][
+            0
+        ]  # per lung (right, left): mean probability of each lesion, then share above threshold
         out = []
         for i in range(len(masks)):
             zs = np.clip(zone_scores[i], *RANGES["zone"])
-            shares = {name: {side: round(float(image_f[i, lo + 4 * j + len(LESIONS) + k]), 4) for j, side in enumerate(("right_lung", "left_lung"))} for k, name in enumerate(LESIONS)}
+            shares = {
+                name: {
+                    side: round(float(image_f[i, lo + 4 * j + len(LESIONS) + k]), 4)
+                    for j, side in enumerate(("right_lung", "left_lung"))
+                }
+                for k, name in enumerate(LESIONS)
+            }
             severity = {
                 "geographic_extent": round(float(np.clip(scores[i, 0], *RANGES["geographic_extent"])), 2),
                 "opacity": round(float(np.clip(scores[i, 1], *RANGES["opacity"])), 2),

@@ -47,7 +47,9 @@ class WeightSpec:
     margin: float = 0.0  # diagnosis: lung box grown by this fraction per side
     temperature: float = 1.0  # diagnosis: calibrated probabilities are softmax(logits / temperature)
     lung_weights: str = ""  # diagnosis, gate, lesions: sha256 of the lung model whose masks / encoder it was trained on
-    intensity_check: dict = field(default_factory=dict)  # gate: mean, precision and limit of the intensity-facts distance (empty: off)
+    intensity_check: dict = field(
+        default_factory=dict
+    )  # gate: mean, precision and limit of the intensity-facts distance (empty: off)
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 

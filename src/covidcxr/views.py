@@ -58,7 +58,9 @@ def lung_input(image: np.ndarray, mask: np.ndarray, mode: str = "crop", margin: 
     return out
 
 
-def lung_view(image: np.ndarray, mask: np.ndarray, size: int, whole: bool = False, margin: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def lung_view(
+    image: np.ndarray, mask: np.ndarray, size: int, whole: bool = False, margin: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
     """The lung region at the classifier's input size: the image and its lung mask.
 
     The bounding box of the lungs grown by ``margin`` (or, with ``whole``, the whole image) is
@@ -117,18 +119,30 @@ def lung_share(heat: np.ndarray, lungs: np.ndarray) -> float:
 def heads_inputs(views, mode: str, grid: int, facts, n_facts: int) -> dict:
     """NumPy inputs of the source-blind model (shared by the PyTorch and onnxruntime backends)."""
     x = normalize(np.stack([apply_view(v, lungs, mode) for v, lungs in views]))
-    weights = np.stack([np.clip(resize_aa(np.asarray(lungs[0], np.float32), (grid, grid)), 0, 1)[None] for _, lungs in views]).astype(np.float32)
+    weights = np.stack(
+        [np.clip(resize_aa(np.asarray(lungs[0], np.float32), (grid, grid)), 0, 1)[None] for _, lungs in views]
+    ).astype(np.float32)
     if facts is None:
         if n_facts:
-            raise ValueError("this diagnosis model reads the finding facts of the severity scorer; run it with severity scores on")
+            raise ValueError(
+                "this diagnosis model reads the finding facts of the severity scorer; run it with severity scores on"
+            )
         facts = np.zeros((len(views), 0), np.float32)
-    return {"x": x, "weights": weights, "facts": np.asarray(np.stack(list(facts)) if len(facts) else np.zeros((0, n_facts)), np.float32)}
+    return {
+        "x": x,
+        "weights": weights,
+        "facts": np.asarray(np.stack(list(facts)) if len(facts) else np.zeros((0, n_facts)), np.float32),
+    }
 
 
 def cam_maps(cam: np.ndarray, targets: list[int], size: int) -> np.ndarray:
     """Maps (N, size, size) in [0, 1] of each row's target class from (N, K, h, w) activations."""
     picked = np.asarray(cam, np.float32)[np.arange(len(targets)), targets]
-    maps = np.stack([np.maximum(resize_bilinear(m, (size, size)), 0) for m in picked]) if len(picked) else np.zeros((0, size, size), np.float32)
+    maps = (
+        np.stack([np.maximum(resize_bilinear(m, (size, size)), 0) for m in picked])
+        if len(picked)
+        else np.zeros((0, size, size), np.float32)
+    )
     return maps / np.maximum(maps.reshape(len(maps), -1).max(axis=1), 1e-12)[:, None, None]
 
 

@@ -65,7 +65,9 @@ class DiagnosisDataset(Dataset):
         transform: paired (image, mask) transform, e.g. :func:`diagnosis_augment`.
     """
 
-    def __init__(self, images: np.ndarray, lungs: np.ndarray, labels: np.ndarray, mode: str = "crop", transform=None) -> None:
+    def __init__(
+        self, images: np.ndarray, lungs: np.ndarray, labels: np.ndarray, mode: str = "crop", transform=None
+    ) -> None:
         if mode not in VIEW_MODES:
             raise ValueError(f"view mode must be one of {VIEW_MODES}, got {mode!r}")
         self.images, self.lungs, self.labels = images, lungs, np.asarray(labels)
@@ -83,4 +85,15 @@ class DiagnosisDataset(Dataset):
         return {"image": normalize(apply_view(image, lungs, self.mode)), "lungs": lungs, "label": int(self.labels[i])}
 
 
-__all__ = ["CLASSES", "LUNG_INPUTS", "VIEW_MODES", "DiagnosisDataset", "apply_view", "classification_samples", "first_per_group", "lung_box", "lung_input", "lung_view"]
+__all__ = [
+    "CLASSES",
+    "LUNG_INPUTS",
+    "VIEW_MODES",
+    "DiagnosisDataset",
+    "apply_view",
+    "classification_samples",
+    "first_per_group",
+    "lung_box",
+    "lung_input",
+    "lung_view",
+]

@@ -32,7 +32,9 @@ def mask_path(record: dict, sha256: str, cache_dir: str | Path | None = None) ->
     return root / sha256[:12] / record["dataset"] / f"{record['filename']}.png"
 
 
-def cached_lung_masks(records: list[dict], segmenter, cache_dir: str | Path | None = None, batch_size: int = 8, progress: bool = True) -> dict[str, Path]:
+def cached_lung_masks(
+    records: list[dict], segmenter, cache_dir: str | Path | None = None, batch_size: int = 8, progress: bool = True
+) -> dict[str, Path]:
     """Lung-mask PNG of every record, segmenting only those not cached yet.
 
     Args:
@@ -51,7 +53,9 @@ def cached_lung_masks(records: list[dict], segmenter, cache_dir: str | Path | No
         else:
             todo.append((rec, p))
     batches = read_batches([Path(rec["path"]) for rec, _ in todo], batch_size)
-    for batch in tqdm(batches, total=-(-len(todo) // batch_size), desc="lung masks", disable=not progress or not todo, unit="batch"):
+    for batch in tqdm(
+        batches, total=-(-len(todo) // batch_size), desc="lung masks", disable=not progress or not todo, unit="batch"
+    ):
         for err in (e for _, im, e in batch if im is None):
             log.warning("skipping %s", err)
         good = [(i, im) for i, im, _ in batch if im is not None]

@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 MANUAL_SOURCES = tuple(s for s, kind in MASK_SOURCES.items() if kind == "manual")
 
 
-def segmentation_samples(records: list[dict], split: str | None, sources: tuple[str, ...] = MANUAL_SOURCES) -> list[dict]:
+def segmentation_samples(
+    records: list[dict], split: str | None, sources: tuple[str, ...] = MANUAL_SOURCES
+) -> list[dict]:
     """One sample per (record, mask source): an image annotated twice gives two samples.
 
     Returns:
@@ -50,7 +52,9 @@ def load_pair(sample: dict) -> tuple[np.ndarray, np.ndarray]:
     image = read_image(sample["path"])
     mask = read_mask(sample["mask_path"], sample["mask_source"])
     if mask.shape != image.shape:
-        raise ValueError(f"{sample['mask_path']}: mask {mask.shape} does not match image {image.shape} of {sample['path']}")
+        raise ValueError(
+            f"{sample['mask_path']}: mask {mask.shape} does not match image {image.shape} of {sample['path']}"
+        )
     return image, mask
 
 
@@ -64,7 +68,14 @@ class SegmentationDataset(Dataset):
     ``mask_source``, ``patient_id``, ``path``.
     """
 
-    def __init__(self, samples: list[dict], size: tuple[int, int], transform=None, progress: bool = True, enhancement: str = "none") -> None:
+    def __init__(
+        self,
+        samples: list[dict],
+        size: tuple[int, int],
+        transform=None,
+        progress: bool = True,
+        enhancement: str = "none",
+    ) -> None:
         self.samples = samples
         self.size = tuple(size)
         self.transform = transform

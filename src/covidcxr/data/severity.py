@@ -55,7 +55,9 @@ def _join(rows: list[dict], records: list[dict], table: Path) -> list[dict]:
 
 def _read_table(path: Path) -> list[dict]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; severity labels come from covid-chestxray/annotations (see README, 'Data')")
+        raise FileNotFoundError(
+            f"{path}: not found; severity labels come from covid-chestxray/annotations (see README, 'Data')"
+        )
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(line for line in fh if not line.startswith("#")))
 
@@ -63,7 +65,14 @@ def _read_table(path: Path) -> list[dict]:
 def expert_scores(records: list[dict], root: str | Path | None = None) -> list[dict]:
     """Images with Cohen et al.'s ``geographic_extent`` (0-8) and ``opacity`` (0-6) means."""
     table = _annotations(root) / "covid-severity-scores.csv"
-    rows = [{"filename": r["filename"], "geographic_extent": float(r["geographic_mean"]), "opacity": float(r["opacity_mean"])} for r in _read_table(table)]
+    rows = [
+        {
+            "filename": r["filename"],
+            "geographic_extent": float(r["geographic_mean"]),
+            "opacity": float(r["opacity_mean"]),
+        }
+        for r in _read_table(table)
+    ]
     return _join(rows, records, table)
 
 

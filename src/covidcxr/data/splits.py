@@ -41,7 +41,9 @@ def assign_split(patient_id: str, fractions: tuple[float, float, float] = FRACTI
     return "test"
 
 
-def write_split_file(records: Iterable[dict], path: str | Path = SPLIT_FILE, previous: str | Path | None = None) -> Path:
+def write_split_file(
+    records: Iterable[dict], path: str | Path = SPLIT_FILE, previous: str | Path | None = None
+) -> Path:
     """Write ``dataset,filename,patient_id,split`` for every record, sorted.
 
     Args:
@@ -88,4 +90,8 @@ def _load_table(path: str) -> tuple[dict[tuple[str, str], str], dict[str, str]]:
 def split_of(record: dict, path: str | Path = SPLIT_FILE) -> str:
     """The record's split: from the split file, else its patient's split there, else :func:`assign_split`."""
     images, patients = _load_table(str(path))
-    return images.get((record["dataset"], record["filename"])) or patients.get(record["patient_id"]) or assign_split(record["patient_id"])
+    return (
+        images.get((record["dataset"], record["filename"]))
+        or patients.get(record["patient_id"])
+        or assign_split(record["patient_id"])
+    )

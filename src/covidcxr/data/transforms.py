@@ -70,7 +70,14 @@ class SimulatedOpacity(torch.nn.Module):
     learn from.
     """
 
-    def __init__(self, p: float = 0.5, strength: tuple[float, float] = (0.4, 1.0), grid: tuple[int, int] = (2, 6), edge: float = 0.03, tissue_quantile: float = 0.7) -> None:
+    def __init__(
+        self,
+        p: float = 0.5,
+        strength: tuple[float, float] = (0.4, 1.0),
+        grid: tuple[int, int] = (2, 6),
+        edge: float = 0.03,
+        tissue_quantile: float = 0.7,
+    ) -> None:
         super().__init__()
         self.p, self.strength, self.grid, self.edge, self.tissue_quantile = p, strength, grid, edge, tissue_quantile
 
@@ -93,7 +100,9 @@ class SimulatedOpacity(torch.nn.Module):
         return tv_tensors.wrap((out * (1 - weight) + tissue * weight).clamp(0, 1), like=image), mask
 
 
-def segmentation_augment(rotation: float = 10.0, translate: float = 0.06, scale: tuple[float, float] = (0.85, 1.15), opacity: float = 0.0) -> v2.Compose:
+def segmentation_augment(
+    rotation: float = 10.0, translate: float = 0.06, scale: tuple[float, float] = (0.85, 1.15), opacity: float = 0.0
+) -> v2.Compose:
     """Geometric (paired) then intensity (image only) augmentation for lung segmentation.
 
     No flips: left and right lungs differ (the heart), and a mirrored chest is not a
@@ -114,7 +123,14 @@ class AcquisitionJitter(torch.nn.Module):
     difference a weaker cue for the diagnosis.
     """
 
-    def __init__(self, p_downscale: float = 0.3, min_scale: float = 0.35, p_blur: float = 0.2, p_noise: float = 0.3, max_noise: float = 0.04) -> None:
+    def __init__(
+        self,
+        p_downscale: float = 0.3,
+        min_scale: float = 0.35,
+        p_blur: float = 0.2,
+        p_noise: float = 0.3,
+        max_noise: float = 0.04,
+    ) -> None:
         super().__init__()
         self.p_downscale, self.min_scale = p_downscale, min_scale
         self.p_blur, self.p_noise, self.max_noise = p_blur, p_noise, max_noise
@@ -126,7 +142,13 @@ class AcquisitionJitter(torch.nn.Module):
         if u[0] < self.p_downscale:
             h, w = out.shape[-2:]
             s = self.min_scale + float(u[3]) * (1 - self.min_scale)
-            small = F.interpolate(out[None], size=(max(8, int(h * s)), max(8, int(w * s))), mode="bilinear", antialias=True, align_corners=False)
+            small = F.interpolate(
+                out[None],
+                size=(max(8, int(h * s)), max(8, int(w * s))),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
             out = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
         if u[1] < self.p_blur:
             out = self.blur(out)
@@ -135,7 +157,9 @@ class AcquisitionJitter(torch.nn.Module):
         return tv_tensors.wrap(out.clamp(0, 1), like=image), mask
 
 
-def diagnosis_augment(rotation: float = 10.0, translate: float = 0.05, scale: tuple[float, float] = (0.9, 1.1)) -> v2.Compose:
+def diagnosis_augment(
+    rotation: float = 10.0, translate: float = 0.05, scale: tuple[float, float] = (0.9, 1.1)
+) -> v2.Compose:
     """Augmentation of lung views for the diagnosis: small affine, intensity, acquisition.
 
     No flips (a mirrored chest is not a plausible radiograph); geometric changes move the

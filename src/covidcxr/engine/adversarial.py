@@ -50,7 +50,9 @@ def build_discriminator(cfg: Any, device: torch.device) -> tuple[nn.Module, torc
         the discriminator (on ``device``, channels_last, not wrapped) and its optimizer; the
         learning rate is constant (the U-Net's one-cycle schedule is its own).
     """
-    disc = create_model("patchgan", in_chans=1, num_classes=1, base_channels=cfg.disc_channels, n_layers=cfg.disc_layers)
+    disc = create_model(
+        "patchgan", in_chans=1, num_classes=1, base_channels=cfg.disc_channels, n_layers=cfg.disc_layers
+    )
     disc = disc.to(device, memory_format=torch.channels_last)
     return disc, torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999))
 
@@ -173,4 +175,6 @@ def check_checkpoint(ckpt: dict, adversarial: bool, path: Any) -> None:
     if has_disc != adversarial:
         kind = "an adversarial" if has_disc else "a plain"
         fix = "with --adversarial" if has_disc else "without --adversarial (--set adversarial=false)"
-        raise ValueError(f"{path}: checkpoint of {kind} run but adversarial={adversarial}; resume it {fix}, or start a new run folder")
+        raise ValueError(
+            f"{path}: checkpoint of {kind} run but adversarial={adversarial}; resume it {fix}, or start a new run folder"
+        )

@@ -20,7 +20,15 @@ from ..data.labels import CLASSES
 from ..models import load_weights
 from ..models.weights import shipped_spec_path
 from . import loso
-from .evaluate_diagnosis import ALL_SOURCES, audit_markdown, by_source, covid_vs_other, plot_audit, source_probe, verdict
+from .evaluate_diagnosis import (
+    ALL_SOURCES,
+    audit_markdown,
+    by_source,
+    covid_vs_other,
+    plot_audit,
+    source_probe,
+    verdict,
+)
 from .train_heads import heads_probabilities
 
 
@@ -42,7 +50,9 @@ def _row(samples: list[dict], labels: np.ndarray, probs: np.ndarray, mode: str) 
     }
 
 
-def _probes(reps: dict[str, np.ndarray], labels: np.ndarray, sources: np.ndarray, splits: np.ndarray, split: str) -> dict:
+def _probes(
+    reps: dict[str, np.ndarray], labels: np.ndarray, sources: np.ndarray, splits: np.ndarray, split: str
+) -> dict:
     """Source probes trained on the train split, scored on ``split``: all classes, then within each class."""
     out = {}
     tr, te = splits == "train", splits == split
@@ -55,7 +65,13 @@ def _probes(reps: dict[str, np.ndarray], labels: np.ndarray, sources: np.ndarray
     return out
 
 
-def audit_heads(spec_path: str | Path | None = None, data_root: str | None = None, out_dir: str | Path = "eval/audit", split: str = "test", limit: int = 0) -> dict:
+def audit_heads(
+    spec_path: str | Path | None = None,
+    data_root: str | None = None,
+    out_dir: str | Path = "eval/audit",
+    split: str = "test",
+    limit: int = 0,
+) -> dict:
     """Audit a source-blind diagnosis model; writes audit.json/.md/.png (and loso/) into ``out_dir``.
 
     ``limit`` (quick checks) keeps at most that many images per source and split, and skips the
@@ -66,7 +82,9 @@ def audit_heads(spec_path: str | Path | None = None, data_root: str | None = Non
     out.mkdir(parents=True, exist_ok=True)
     model, spec = load_weights(spec_path, kind="diagnosis")
     init = spec.training.get("config", {}).get("init")
-    samples, features, (blacked, outside) = loso.stage2_inputs(data_root, init, blackout_split=split, outside_too=True, limit=limit)
+    samples, features, (blacked, outside) = loso.stage2_inputs(
+        data_root, init, blackout_split=split, outside_too=True, limit=limit
+    )
     rows_all = _rows_of(features, samples)
     labels_all = np.array([s["label"] for s in rows_all])
     sources, splits = (np.array([s[k] for s in rows_all]) for k in ("dataset", "split"))
@@ -77,8 +95,12 @@ def audit_heads(spec_path: str | Path | None = None, data_root: str | None = Non
     labels = labels_all[test_idx]
     inputs = {
         "intact": _row(test_samples, labels, probs_all[test_idx], spec.lung_input),
-        "lungs blacked out": _row(test_samples, labels, heads_probabilities(model, blacked), "lungs_blacked_out (pixels)"),
-        "all but the lungs blacked out": _row(test_samples, labels, heads_probabilities(model, outside), "outside_blacked_out (pixels)"),
+        "lungs blacked out": _row(
+            test_samples, labels, heads_probabilities(model, blacked), "lungs_blacked_out (pixels)"
+        ),
+        "all but the lungs blacked out": _row(
+            test_samples, labels, heads_probabilities(model, outside), "outside_blacked_out (pixels)"
+        ),
     }
     feature_set = spec.training.get("config", {}).get("features", "imagenet+findings")
     reps = {
@@ -101,6 +123,9 @@ def audit_heads(spec_path: str | Path | None = None, data_root: str | None = Non
         loso.write(summary["loso"], out / "loso")
     summary["verdict"] = verdict(summary)
     (out / "audit.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    (out / "audit.md").write_text(audit_markdown(summary) + ("\n## Leave-one-source-out\n\n" + loso.markdown(summary["loso"]) if with_loso else ""))
+    (out / "audit.md").write_text(
+        audit_markdown(summary)
+        + ("\n## Leave-one-source-out\n\n" + loso.markdown(summary["loso"]) if with_loso else "")
+    )
     plot_audit(summary, out / "audit.png")
     return summary

@@ -67,7 +67,9 @@ class DiagTrainConfig:
     out_dir: str = "runs/diagnosis"
     model: str = "mobilenet_v2"
     pretrained: str | None = None  # "imagenet" needs internet once
-    init: str | None = "lungs"  # start from: "lungs" (the stage-1 encoder), "imagenet-file:PATH[@SHA256]", a .pt state_dict or a weights spec; None: random
+    init: str | None = (
+        "lungs"  # start from: "lungs" (the stage-1 encoder), "imagenet-file:PATH[@SHA256]", a .pt state_dict or a weights spec; None: random
+    )
     lung_input: str = "crop"  # crop | masked
     margin: float = 0.1  # lung box grown by this fraction per side
     input_size: int = 224
@@ -79,7 +81,9 @@ class DiagTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     label_smoothing: float = 0.0
-    lung_attention: float = 0.0  # >0: weight of the penalty on class activation outside the lungs (losses.outside_lungs_share)
+    lung_attention: float = (
+        0.0  # >0: weight of the penalty on class activation outside the lungs (losses.outside_lungs_share)
+    )
     folds: int = 0  # >1: K-fold cross-validation over train+val patients (no export)
     seed: int = 0
     amp: str = "bf16"
@@ -101,7 +105,14 @@ def views_cache_dir() -> Path:
 
 
 def prepare_views(
-    samples: list[dict], segmenter, size: int, margin: float, whole: bool = False, enhancement: str = "none", cache: bool = True, progress: bool = True
+    samples: list[dict],
+    segmenter,
+    size: int,
+    margin: float,
+    whole: bool = False,
+    enhancement: str = "none",
+    cache: bool = True,
+    progress: bool = True,
 ) -> dict:
     """Lung views of ``samples`` at ``size``: stage-1 masks, then lung view and enhancement per image.
 
@@ -118,7 +129,9 @@ def prepare_views(
     check_enhancement(enhancement)
     # "none" leaves the key as it was before enhancements existed, so those caches stay valid.
     setting = [segmenter.spec.sha256, size, margin, whole] + ([enhancement] if enhancement != "none" else [])
-    key = hashlib.sha256(json.dumps([*setting, [(s["dataset"], s["filename"]) for s in samples]]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([*setting, [(s["dataset"], s["filename"]) for s in samples]]).encode()).hexdigest()[
+        :16
+    ]
     path = views_cache_dir() / f"{key}.npz"
     by_name = {f"{s['dataset']}/{s['filename']}": s for s in samples}
     if cache and path.is_file():
@@ -126,7 +139,13 @@ def prepare_views(
         # Stored by dataset/filename, not by path: the same cache serves any copy of the data.
         if "names" in data.files and all(n in by_name for n in data["names"]):
             kept = [by_name[n] for n in data["names"]]
-            return {"images": data["images"], "lungs": data["lungs"], "labels": np.array([s["label"] for s in kept], dtype=np.int64), "samples": kept, "lung_fraction": data["lungs"].mean(axis=(1, 2))}
+            return {
+                "images": data["images"],
+                "lungs": data["lungs"],
+                "labels": np.array([s["label"] for s in kept], dtype=np.int64),
+                "samples": kept,
+                "lung_fraction": data["lungs"].mean(axis=(1, 2)),
+            }
         log.info("rebuilding stale view cache %s", path)
     masks = cached_lung_masks(samples, segmenter, progress=progress)
     images, lungs, kept = [], [], []
@@ -149,7 +168,13 @@ def prepare_views(
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, images=images, lungs=lungs, names=np.array([f"{s['dataset']}/{s['filename']}" for s in kept]))
         os.replace(tmp, path)
-    return {"images": images, "lungs": lungs, "labels": np.array([s["label"] for s in kept], dtype=np.int64), "samples": kept, "lung_fraction": lungs.mean(axis=(1, 2))}
+    return {
+        "images": images,
+        "lungs": lungs,
+        "labels": np.array([s["label"] for s in kept], dtype=np.int64),
+        "samples": kept,
+        "lung_fraction": lungs.mean(axis=(1, 2)),
+    }
 
 
 def sample_weights(labels: np.ndarray, sources: list[str], sampling: str = "class_source") -> np.ndarray:
@@ -187,8 +212,16 @@ def sample_weights(labels: np.ndarray, sources: list[str], sampling: str = "clas
 
 
 @torch.inference_mode()
-def predict_logits(model, dataset, batch_size: int = 64, amp: str = "bf16", device: torch.device = torch.device("cpu"), features: bool = False):
+def predict_logits(
+    model,
+    dataset,
+    batch_size: int = 64,
+    amp: str = "bf16",
+    device: torch.device | None = None,
+    features: bool = False,
+):
     """Logits (N, K) float32 of a dataset, and with ``features`` the pooled features (N, D)."""
+    device = device or torch.device("cpu")
     logits, feats = [], []
     with eval_mode(model):
         for batch in DataLoader(dataset, batch_size=batch_size):
@@ -285,7 +318,9 @@ def _init_state(path: str) -> dict:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def fit(cfg: DiagTrainConfig, train: dict, val: dict, run: Path, resume: bool = False, device: torch.device | None = None) -> dict:
+def fit(
+    cfg: DiagTrainConfig, train: dict, val: dict, run: Path, resume: bool = False, device: torch.device | None = None
+) -> dict:
     """Train on ``train`` views, early-stop on ``val``; returns the best state and its history.
 
     Under torchrun every process calls it; ``state`` and ``model`` are the best ones on
@@ -300,12 +335,16 @@ def fit(cfg: DiagTrainConfig, train: dict, val: dict, run: Path, resume: bool = 
     ckpt_path = run / "checkpoint.pt"
     torch.manual_seed(cfg.seed)
     net = _build_model(cfg).to(device, memory_format=torch.channels_last)
-    train_ds = DiagnosisDataset(train["images"], train["lungs"], train["labels"], cfg.lung_input, transform=diagnosis_augment())
+    train_ds = DiagnosisDataset(
+        train["images"], train["lungs"], train["labels"], cfg.lung_input, transform=diagnosis_augment()
+    )
     val_ds = DiagnosisDataset(val["images"], val["lungs"], val["labels"], cfg.lung_input)
     weights = sample_weights(train["labels"], [s["dataset"] for s in train["samples"]], cfg.sampling)
     steps_per_epoch = max(1, len(train_ds) // (cfg.batch_size * distributed.world_size()))
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1
+    )
     history: list[dict] = []
     best = {"auroc": -1.0, "epoch": -1, "state": None}
     start, stale = 0, 0
@@ -328,12 +367,22 @@ def fit(cfg: DiagTrainConfig, train: dict, val: dict, run: Path, resume: bool = 
         torch.manual_seed(seed + 1_000_003 * distributed.rank())  # augmentation differs between ranks
         # The same weighted draw on every rank; each trains on its every-N-th share.
         indices = distributed.weighted_shard(weights, steps_per_epoch * cfg.batch_size, seed)
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=indices, num_workers=cfg.workers, drop_last=True)
+        loader = DataLoader(
+            train_ds, batch_size=cfg.batch_size, sampler=indices, num_workers=cfg.workers, drop_last=True
+        )
         train_stats = _train_epoch(model, loader, optimizer, scheduler, cfg, epoch, device, net)
         train_loss = train_stats["train_loss"]
         # Rank 0 validates; the others take its numbers, so early stopping agrees everywhere.
         val_stats = distributed.broadcast(_validate(net, val_ds, val["labels"], cfg, device) if main_rank else None)
-        history.append({"epoch": epoch + 1, **train_stats, **val_stats, "elapsed_s": time.time() - t0, "lr": scheduler.get_last_lr()[0]})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                **train_stats,
+                **val_stats,
+                "elapsed_s": time.time() - t0,
+                "lr": scheduler.get_last_lr()[0],
+            }
+        )
         if val_stats["val_auroc"] > best["auroc"]:
             state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()} if main_rank else None
             best, stale = {"auroc": val_stats["val_auroc"], "epoch": epoch + 1, "state": state}, 0
@@ -341,22 +390,52 @@ def fit(cfg: DiagTrainConfig, train: dict, val: dict, run: Path, resume: bool = 
             stale += 1
         bar.set_postfix(loss=f"{train_loss:.3f}", val_auroc=f"{val_stats['val_auroc']:.4f}")
         if main_rank:
-            _checkpoint(ckpt_path, model=net.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, history=history, best=best, stale=stale, config=asdict(cfg))
-            (run / "metrics.json").write_text(json.dumps({"history": history, "best_epoch": best["epoch"], "best_val_auroc": best["auroc"]}, indent=2))
+            _checkpoint(
+                ckpt_path,
+                model=net.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                epoch=epoch,
+                history=history,
+                best=best,
+                stale=stale,
+                config=asdict(cfg),
+            )
+            (run / "metrics.json").write_text(
+                json.dumps({"history": history, "best_epoch": best["epoch"], "best_val_auroc": best["auroc"]}, indent=2)
+            )
             plots.learning_curve(history, run / "learning_curve.png", metric="val_auroc")
 
     temperature = None
     if main_rank:
         if best["state"] is None:
-            raise RuntimeError("the validation macro AUROC was undefined in every epoch (the validation set holds one class); use more data (limit) or fewer folds")
+            raise RuntimeError(
+                "the validation macro AUROC was undefined in every epoch (the validation set holds one class); use more data (limit) or fewer folds"
+            )
         net.load_state_dict(best["state"])
         temperature = fit_temperature(predict_logits(net, val_ds, amp=cfg.amp, device=device), val["labels"])
         log.info("best epoch %d (val macro AUROC %.4f); temperature %.3f", best["epoch"], best["auroc"], temperature)
     temperature = distributed.broadcast(temperature)
-    return {"state": best["state"], "best_epoch": best["epoch"], "val_auroc": best["auroc"], "history": history, "temperature": temperature, "model": net.cpu()}
+    return {
+        "state": best["state"],
+        "best_epoch": best["epoch"],
+        "val_auroc": best["auroc"],
+        "history": history,
+        "temperature": temperature,
+        "model": net.cpu(),
+    }
 
 
-def _train_epoch(model, loader, optimizer, scheduler, cfg: DiagTrainConfig, epoch: int, device: torch.device, net: torch.nn.Module | None = None) -> dict:
+def _train_epoch(
+    model,
+    loader,
+    optimizer,
+    scheduler,
+    cfg: DiagTrainConfig,
+    epoch: int,
+    device: torch.device,
+    net: torch.nn.Module | None = None,
+) -> dict:
     """One pass over ``loader``.
 
     With ``cfg.lung_attention`` the loss adds that weight times the share of class activation
@@ -370,7 +449,11 @@ def _train_epoch(model, loader, optimizer, scheduler, cfg: DiagTrainConfig, epoc
     net = model if net is None else net
     model.train()
     features: list[torch.Tensor] = []
-    hook = net.get_submodule(CAM_LAYERS[cfg.model]).register_forward_hook(lambda m, i, o: features.append(o)) if cfg.lung_attention else None
+    hook = (
+        net.get_submodule(CAM_LAYERS[cfg.model]).register_forward_hook(lambda m, i, o: features.append(o))
+        if cfg.lung_attention
+        else None
+    )
     total, outside_sum, n = 0.0, 0.0, 0
     try:
         for batch in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not distributed.is_main()):
@@ -428,7 +511,15 @@ def load_views(cfg: DiagTrainConfig, split: str | None = None, progress: bool = 
     for reason, n in sorted(excluded.items()):
         log.info("excluded %d: %s", n, reason)
     segmenter = LungSegmenter.from_spec(cfg.lung_weights)
-    return prepare_views(samples, segmenter, cfg.input_size, cfg.margin, whole=cfg.lung_input == "whole", enhancement=cfg.enhancement, progress=progress)
+    return prepare_views(
+        samples,
+        segmenter,
+        cfg.input_size,
+        cfg.margin,
+        whole=cfg.lung_input == "whole",
+        enhancement=cfg.enhancement,
+        progress=progress,
+    )
 
 
 def main(cfg: DiagTrainConfig, resume: bool = False, export_dir: str | Path | None = None) -> Path:
@@ -461,7 +552,10 @@ def _train(cfg: DiagTrainConfig, device: torch.device, resume: bool, export_dir:
     train_idx, val_idx = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
     if cfg.limit:
         rng = np.random.default_rng(cfg.seed)
-        train_idx, val_idx = np.sort(rng.permutation(train_idx)[: cfg.limit]), np.sort(rng.permutation(val_idx)[: max(cfg.limit // 2, 6)])
+        train_idx, val_idx = (
+            np.sort(rng.permutation(train_idx)[: cfg.limit]),
+            np.sort(rng.permutation(val_idx)[: max(cfg.limit // 2, 6)]),
+        )
     if len(train_idx) == 0 or len(np.unique(views["labels"][train_idx])) < 2:
         raise RuntimeError("too few labelled training images; check --data-root")
     train, val = _subset(views, train_idx), _subset(views, val_idx)
@@ -473,7 +567,15 @@ def _train(cfg: DiagTrainConfig, device: torch.device, resume: bool, export_dir:
     return run
 
 
-def _export(cfg: DiagTrainConfig, result: dict, run: Path, export_dir: str | Path | None, train_samples: int, val_samples: int, t0: float) -> None:
+def _export(
+    cfg: DiagTrainConfig,
+    result: dict,
+    run: Path,
+    export_dir: str | Path | None,
+    train_samples: int,
+    val_samples: int,
+    t0: float,
+) -> None:
     """The best weights of ``fit`` and their spec (rank 0)."""
     spec = WeightSpec(
         name=cfg.export_name,
@@ -492,7 +594,12 @@ def _export(cfg: DiagTrainConfig, result: dict, run: Path, export_dir: str | Pat
         training={
             "command": "covidcxr train diagnosis --config configs/diagnosis.yaml --out runs/diag-v1 --export src/covidcxr/weights",
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("data_root", "out_dir", "lung_weights")},
-            "data": {"split_version": SPLIT_VERSION, "train_samples": train_samples, "val_samples": val_samples, "sampling": cfg.sampling},
+            "data": {
+                "split_version": SPLIT_VERSION,
+                "train_samples": train_samples,
+                "val_samples": val_samples,
+                "sampling": cfg.sampling,
+            },
             "best_epoch": result["best_epoch"],
             "epochs_run": len(result["history"]),
             "val_macro_auroc": round(result["val_auroc"], 4),
@@ -509,13 +616,17 @@ def _lung_sha(cfg: DiagTrainConfig) -> str:
     return WeightSpec.from_json(cfg.lung_weights or shipped_spec_path("lungs")).sha256
 
 
-def _cross_validate(cfg: DiagTrainConfig, views: dict, splits: np.ndarray, run: Path, resume: bool, device: torch.device | None = None) -> Path:
+def _cross_validate(
+    cfg: DiagTrainConfig, views: dict, splits: np.ndarray, run: Path, resume: bool, device: torch.device | None = None
+) -> Path:
     """K folds over train+val patients; each fold validates on its held-out patients.
 
     Under torchrun every process trains every fold together; rank 0 writes the files.
     """
     pool = np.flatnonzero(splits != "test")
-    folds = np.array([fold_of(f"{views['samples'][i]['dataset']}:{views['samples'][i]['patient_id']}", cfg.folds) for i in pool])
+    folds = np.array(
+        [fold_of(f"{views['samples'][i]['dataset']}:{views['samples'][i]['patient_id']}", cfg.folds) for i in pool]
+    )
     results = []
     for k in range(cfg.folds):
         fold_run = run / f"fold{k}"
@@ -525,11 +636,29 @@ def _cross_validate(cfg: DiagTrainConfig, views: dict, splits: np.ndarray, run: 
         if cfg.limit:
             train_idx, val_idx = train_idx[: cfg.limit], val_idx[: max(cfg.limit // 2, 6)]
         res = fit(cfg, _subset(views, train_idx), _subset(views, val_idx), fold_run, resume, device)
-        results.append({"fold": k, "train_samples": len(train_idx), "val_samples": len(val_idx), "best_epoch": res["best_epoch"], "val_macro_auroc": res["val_auroc"], "temperature": res["temperature"]})
+        results.append(
+            {
+                "fold": k,
+                "train_samples": len(train_idx),
+                "val_samples": len(val_idx),
+                "best_epoch": res["best_epoch"],
+                "val_macro_auroc": res["val_auroc"],
+                "temperature": res["temperature"],
+            }
+        )
         log.info("fold %d: val macro AUROC %.4f", k, res["val_auroc"])
     aurocs = np.array([r["val_macro_auroc"] for r in results])
-    summary = {"folds": results, "mean_val_macro_auroc": float(np.nanmean(aurocs)), "std_val_macro_auroc": float(np.nanstd(aurocs))}
+    summary = {
+        "folds": results,
+        "mean_val_macro_auroc": float(np.nanmean(aurocs)),
+        "std_val_macro_auroc": float(np.nanstd(aurocs)),
+    }
     if distributed.is_main():
         (run / "cross_validation.json").write_text(json.dumps(summary, indent=2))
-    log.info("cross-validation: macro AUROC %.4f ± %.4f over %d folds", summary["mean_val_macro_auroc"], summary["std_val_macro_auroc"], cfg.folds)
+    log.info(
+        "cross-validation: macro AUROC %.4f ± %.4f over %d folds",
+        summary["mean_val_macro_auroc"],
+        summary["std_val_macro_auroc"],
+        cfg.folds,
+    )
     return run

@@ -42,7 +42,9 @@ class LaunchEnv:
 
 def launch_env() -> LaunchEnv:
     """Read ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` as torchrun sets them."""
-    return LaunchEnv(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+    return LaunchEnv(
+        int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    )
 
 
 def init(device: torch.device, timeout_minutes: float = 60) -> torch.device:
@@ -188,7 +190,9 @@ def shard(indices: Sequence[int], rank: int, world_size: int) -> list[int]:
     return list(indices[rank::world_size])
 
 
-def weighted_shard(weights: np.ndarray, per_rank: int, seed: int, rank: int | None = None, world_size: int | None = None) -> list[int]:
+def weighted_shard(
+    weights: np.ndarray, per_rank: int, seed: int, rank: int | None = None, world_size: int | None = None
+) -> list[int]:
     """This rank's share of one epoch of weighted draws with replacement.
 
     Every rank draws the same ``per_rank x world_size`` indices from a generator seeded with
@@ -203,6 +207,7 @@ def weighted_shard(weights: np.ndarray, per_rank: int, seed: int, rank: int | No
     """
     rank = _group_rank() if rank is None else rank
     world_size = _group_size() if world_size is None else world_size
-    draws = WeightedRandomSampler(weights, per_rank * world_size, replacement=True, generator=torch.Generator().manual_seed(seed))
+    draws = WeightedRandomSampler(
+        weights, per_rank * world_size, replacement=True, generator=torch.Generator().manual_seed(seed)
+    )
     return shard(list(draws), rank, world_size)
-

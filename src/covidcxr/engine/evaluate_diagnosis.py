@@ -47,7 +47,9 @@ ALL_SOURCES = "all sources"
 # Model outputs over stored views
 
 
-def views_for(diagnoser: Diagnoser, data_root: str | None = None, split: str | None = None, limit: int = 0, progress: bool = True) -> dict:
+def views_for(
+    diagnoser: Diagnoser, data_root: str | None = None, split: str | None = None, limit: int = 0, progress: bool = True
+) -> dict:
     """Lung views of the labelled frontal samples of a split (``None``: all), made as the diagnoser's weights expect.
 
     ``limit`` keeps at most that many samples per source (quick checks).
@@ -55,12 +57,32 @@ def views_for(diagnoser: Diagnoser, data_root: str | None = None, split: str | N
     samples = first_per_group(classification_samples(load_records(data_root), split)[0], limit)
     segmenter = LungSegmenter.from_spec()
     if diagnoser.spec.lung_weights and diagnoser.spec.lung_weights != segmenter.spec.sha256:
-        log.warning("diagnosis weights were trained on masks of lung model %s…, the shipped lung model is %s…", diagnoser.spec.lung_weights[:12], segmenter.spec.sha256[:12])
+        log.warning(
+            "diagnosis weights were trained on masks of lung model %s…, the shipped lung model is %s…",
+            diagnoser.spec.lung_weights[:12],
+            segmenter.spec.sha256[:12],
+        )
     spec = diagnoser.spec
-    return prepare_views(samples, segmenter, diagnoser.size, spec.margin, whole=spec.lung_input == "whole", enhancement=spec.enhancement, progress=progress)
+    return prepare_views(
+        samples,
+        segmenter,
+        diagnoser.size,
+        spec.margin,
+        whole=spec.lung_input == "whole",
+        enhancement=spec.enhancement,
+        progress=progress,
+    )
 
 
-def model_outputs(diagnoser: Diagnoser, views: dict, mode: str | None = None, features: bool = False, saliency: bool = False, batch_size: int = 32, progress: bool = True) -> dict:
+def model_outputs(
+    diagnoser: Diagnoser,
+    views: dict,
+    mode: str | None = None,
+    features: bool = False,
+    saliency: bool = False,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict:
     """Calibrated probabilities (N, K) of stored views in ``mode``; optionally pooled features and saliency shares.
 
     Returns:
@@ -74,7 +96,9 @@ def model_outputs(diagnoser: Diagnoser, views: dict, mode: str | None = None, fe
     cam = GradCam(model, diagnoser.spec.architecture) if saliency else None
     probs, feats, shares = [], [], []
     start = 0
-    for batch in tqdm(DataLoader(ds, batch_size=batch_size), desc=f"diagnosis ({mode})", disable=not progress, leave=False):
+    for batch in tqdm(
+        DataLoader(ds, batch_size=batch_size), desc=f"diagnosis ({mode})", disable=not progress, leave=False
+    ):
         x = batch["image"]
         p = diagnoser.probabilities(x)
         probs.append(p)
@@ -93,7 +117,14 @@ def model_outputs(diagnoser: Diagnoser, views: dict, mode: str | None = None, fe
     return out
 
 
-def pipeline_outputs(spec_path: str | Path | None, data_root: str | None, split: str | None, limit: int = 0, saliency: bool = True, progress: bool = True) -> tuple[dict, dict]:
+def pipeline_outputs(
+    spec_path: str | Path | None,
+    data_root: str | None,
+    split: str | None,
+    limit: int = 0,
+    saliency: bool = True,
+    progress: bool = True,
+) -> tuple[dict, dict]:
     """(views-like dict, outputs) of a model that reads more than the lung view, run end to end.
 
     The source-blind diagnosis reads the severity scorer's findings, so it is evaluated the
@@ -108,7 +139,9 @@ def pipeline_outputs(spec_path: str | Path | None, data_root: str | None, split:
     from ..predict import Pipeline
 
     samples = first_per_group(classification_samples(load_records(data_root), split)[0], limit)
-    pipe = Pipeline.load(diagnosis=str(spec_path) if spec_path else None, use_gate=False, saliency=saliency, severity=False)
+    pipe = Pipeline.load(
+        diagnosis=str(spec_path) if spec_path else None, use_gate=False, saliency=saliency, severity=False
+    )
     kept, probs, shares = [], [], []
     for s in tqdm(samples, desc="diagnosis (end to end)", disable=not progress, unit="image"):
         try:
@@ -202,7 +235,11 @@ def covid_vs_each_finding(labels: np.ndarray, probs: np.ndarray, findings: list[
     out = {}
     for name in sorted(counts, key=lambda f: (-counts[f], f)):
         own = score[(findings == name) & (labels == OTHER)]
-        auroc = roc_auc_score(np.r_[np.ones(len(covid)), np.zeros(len(own))], np.r_[covid, own]) if len(covid) else float("nan")
+        auroc = (
+            roc_auc_score(np.r_[np.ones(len(covid)), np.zeros(len(own))], np.r_[covid, own])
+            if len(covid)
+            else float("nan")
+        )
         out[name] = {"n": len(own), "auroc": float(auroc), "median_covid_odds": float(np.median(own))}
     return out
 
@@ -221,7 +258,15 @@ def by_source(samples: list[dict], labels: np.ndarray, probs: np.ndarray, n_resa
 # Evaluation
 
 
-def evaluate_diagnosis(spec_path: str | Path | None = None, data_root: str | None = None, split: str = "test", out_dir: str | Path = "eval/diagnosis", limit: int = 0, update_spec: bool = False, saliency: bool = True) -> dict:
+def evaluate_diagnosis(
+    spec_path: str | Path | None = None,
+    data_root: str | None = None,
+    split: str = "test",
+    out_dir: str | Path = "eval/diagnosis",
+    limit: int = 0,
+    update_spec: bool = False,
+    saliency: bool = True,
+) -> dict:
     """Evaluate a diagnosis model on a split; writes JSON, Markdown and plots into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -255,7 +300,13 @@ def evaluate_diagnosis(spec_path: str | Path | None = None, data_root: str | Non
             "left_lung_mean": float(np.nanmean(left)),
         }
     rows = [
-        {"dataset": s["dataset"], "filename": s["filename"], "label": CLASSES[int(y)], **{c: round(float(p), 5) for c, p in zip(CLASSES, pr)}, **({"saliency_in_lungs": round(float(res["lung_share"][i, 0]), 4)} if saliency else {})}
+        {
+            "dataset": s["dataset"],
+            "filename": s["filename"],
+            "label": CLASSES[int(y)],
+            **{c: round(float(p), 5) for c, p in zip(CLASSES, pr)},
+            **({"saliency_in_lungs": round(float(res["lung_share"][i, 0]), 4)} if saliency else {}),
+        }
         for i, (s, y, pr) in enumerate(zip(views["samples"], views["labels"], res["probs"]))
     ]
     (out / "diagnosis_eval.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -314,22 +365,38 @@ def markdown_table(summary: dict) -> str:
     ]
     for src, res in summary["per_source"].items():
         for c, r in res["per_class"].items():
-            lines.append(f"| {src} | {c} | {res['n']} ({r['n_pos']}) | {_cell(r['auroc'])} | {_cell(r['auprc'])} | {_pct(r['sensitivity'])} | {_pct(r['specificity'])} | {_pct(r['ppv'])} |")
+            lines.append(
+                f"| {src} | {c} | {res['n']} ({r['n_pos']}) | {_cell(r['auroc'])} | {_cell(r['auprc'])} | {_pct(r['sensitivity'])} | {_pct(r['specificity'])} | {_pct(r['ppv'])} |"
+            )
     lines += ["", "| source | n | macro AUROC | accuracy | ECE |", "|---|---|---|---|---|"]
     for src, res in summary["per_source"].items():
         lines.append(f"| {src} | {res['n']} | {res['macro_auroc']:.3f} | {res['accuracy']:.3f} | {res['ece']:.3f} |")
     cvo = summary["covid_vs_other_in_covid_chestxray"]
-    lines += ["", f"COVID-19 vs other pneumonia inside covid-chestxray (one source): AUROC {_cell(cvo)}, n = {cvo['n']} ({cvo['n_pos']} COVID-19)."]
+    lines += [
+        "",
+        f"COVID-19 vs other pneumonia inside covid-chestxray (one source): AUROC {_cell(cvo)}, n = {cvo['n']} ({cvo['n_pos']} COVID-19).",
+    ]
     if summary.get("covid_vs_each_finding_in_covid_chestxray"):
-        lines += ["", "COVID-19 against each other-pneumonia finding inside covid-chestxray (tiny counts: read as a description, not an estimate):", "",
-                  "| finding | n | AUROC, COVID-19 vs this finding | median COVID-19 odds of its images |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "COVID-19 against each other-pneumonia finding inside covid-chestxray (tiny counts: read as a description, not an estimate):",
+            "",
+            "| finding | n | AUROC, COVID-19 vs this finding | median COVID-19 odds of its images |",
+            "|---|---|---|---|",
+        ]
         for name, r in summary["covid_vs_each_finding_in_covid_chestxray"].items():
             lines.append(f"| {name} | {r['n']} | {r['auroc']:.3f} | {r['median_covid_odds']:.3f} |")
         lines.append("")
     if "saliency_in_lungs" in summary:
         s = summary["saliency_in_lungs"]
-        lines.append(f"Grad-CAM saliency inside the lungs: mean {s['mean']:.1%}, median {s['median']:.1%} (n = {s['n']}); images with less than half inside: {s['share_below_0.5']:.1%}."
-                     + (f" Mean share in the patient's right lung {s['right_lung_mean']:.1%}, left lung {s['left_lung_mean']:.1%}." if "left_lung_mean" in s else ""))
+        lines.append(
+            f"Grad-CAM saliency inside the lungs: mean {s['mean']:.1%}, median {s['median']:.1%} (n = {s['n']}); images with less than half inside: {s['share_below_0.5']:.1%}."
+            + (
+                f" Mean share in the patient's right lung {s['right_lung_mean']:.1%}, left lung {s['left_lung_mean']:.1%}."
+                if "left_lung_mean" in s
+                else ""
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -372,7 +439,14 @@ def plot_calibration(per_source: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(per_source), figsize=(3.4 * len(per_source), 3.4), squeeze=False)
     for ax, (name, res) in zip(axes[0], per_source.items()):
         bins = res["reliability"]
-        ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=0.09, color="C0", alpha=0.7, label="accuracy")
+        ax.bar(
+            [(b["low"] + b["high"]) / 2 for b in bins],
+            [b["accuracy"] for b in bins],
+            width=0.09,
+            color="C0",
+            alpha=0.7,
+            label="accuracy",
+        )
         ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=0.8)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=f"{name}\nECE {res['ece']:.3f}")
     fig.tight_layout()
@@ -410,17 +484,34 @@ AUDIT_MODES = {
 }
 
 
-def source_probe(train_feats: np.ndarray, train_sources: list[str], test_feats: np.ndarray, test_sources: list[str]) -> dict:
+def source_probe(
+    train_feats: np.ndarray, train_sources: list[str], test_feats: np.ndarray, test_sources: list[str]
+) -> dict:
     """Balanced accuracy of a logistic-regression probe predicting the source from features."""
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.1, class_weight="balanced"))
     probe.fit(train_feats, train_sources)
     n = len(set(train_sources))
-    return {"balanced_accuracy": float(balanced_accuracy_score(test_sources, probe.predict(test_feats))), "chance": 1.0 / n, "sources": sorted(set(train_sources)), "n_train": len(train_sources), "n_test": len(test_sources)}
+    return {
+        "balanced_accuracy": float(balanced_accuracy_score(test_sources, probe.predict(test_feats))),
+        "chance": 1.0 / n,
+        "sources": sorted(set(train_sources)),
+        "n_train": len(train_sources),
+        "n_test": len(test_sources),
+    }
 
 
-def audit(spec_path: str | Path | None = None, data_root: str | None = None, out_dir: str | Path = "eval/audit", split: str = "test", limit: int = 0) -> dict:
+def audit(
+    spec_path: str | Path | None = None,
+    data_root: str | None = None,
+    out_dir: str | Path = "eval/audit",
+    split: str = "test",
+    limit: int = 0,
+) -> dict:
     """Shortcut audit of a diagnosis model (see the module docstring); writes JSON, Markdown, a plot."""
-    if WeightSpec.from_json(Path(spec_path) if spec_path else shipped_spec_path("diagnosis")).architecture == "source_blind_mobilenet_v2":
+    if (
+        WeightSpec.from_json(Path(spec_path) if spec_path else shipped_spec_path("diagnosis")).architecture
+        == "source_blind_mobilenet_v2"
+    ):
         from .audit_heads import audit_heads  # reads cached findings and features, not stored lung views
 
         return audit_heads(spec_path, data_root, out_dir, split, limit)
@@ -451,8 +542,20 @@ def audit(spec_path: str | Path | None = None, data_root: str | None = None, out
         k = CLASSES.index(c)
         tr, te = train["labels"] == k, test["labels"] == k
         if len({s for s, m in zip(src_train, tr) if m}) > 1 and te.sum() > 0:
-            probes[f"{c} only"] = source_probe(train_feats[tr], [s for s, m in zip(src_train, tr) if m], test_feats[te], [s for s, m in zip(src_test, te) if m])
-    summary = {"weights": str(spec_path or shipped_spec_path("diagnosis")), "sha256": diagnoser.spec.sha256, "split": split, "n": len(test["labels"]), "inputs": rows, "source_probe": probes}
+            probes[f"{c} only"] = source_probe(
+                train_feats[tr],
+                [s for s, m in zip(src_train, tr) if m],
+                test_feats[te],
+                [s for s, m in zip(src_test, te) if m],
+            )
+    summary = {
+        "weights": str(spec_path or shipped_spec_path("diagnosis")),
+        "sha256": diagnoser.spec.sha256,
+        "split": split,
+        "n": len(test["labels"]),
+        "inputs": rows,
+        "source_probe": probes,
+    }
     summary["verdict"] = verdict(summary)
     (out / "audit.json").write_text(json.dumps(summary, indent=2, default=float))
     (out / "audit.md").write_text(audit_markdown(summary))
@@ -468,14 +571,20 @@ def verdict(summary: dict) -> list[str]:
     lungs_only = rows["all but the lungs blacked out"]["covid_auroc"]["value"]
     out = []
     if 0.35 <= blacked <= 0.65:
-        out.append(f"PASS: with the lungs blacked out the model no longer tells COVID-19 apart (AUROC {blacked:.2f}, intact {intact:.2f}): what it reads is in the lungs.")
+        out.append(
+            f"PASS: with the lungs blacked out the model no longer tells COVID-19 apart (AUROC {blacked:.2f}, intact {intact:.2f}): what it reads is in the lungs."
+        )
     else:
-        out.append(f"WARN: with the lungs blacked out the model still ranks COVID-19 at AUROC {blacked:.2f} (intact {intact:.2f}): it reads something outside the lungs, a likely shortcut.")
+        out.append(
+            f"WARN: with the lungs blacked out the model still ranks COVID-19 at AUROC {blacked:.2f} (intact {intact:.2f}): it reads something outside the lungs, a likely shortcut."
+        )
     drop = intact - lungs_only
     if drop <= 0.05:
         out.append(f"PASS: the lungs alone keep the COVID-19 AUROC ({lungs_only:.2f} vs {intact:.2f} intact).")
     else:
-        out.append(f"WARN: showing only the lungs lowers the COVID-19 AUROC from {intact:.2f} to {lungs_only:.2f}: part of the decision comes from outside the lungs.")
+        out.append(
+            f"WARN: showing only the lungs lowers the COVID-19 AUROC from {intact:.2f} to {lungs_only:.2f}: part of the decision comes from outside the lungs."
+        )
     probe = summary["source_probe"]["all classes"]
     out.append(
         f"NOTE: a linear probe on the model's features names the image's source with balanced accuracy {probe['balanced_accuracy']:.2f} "
@@ -484,7 +593,9 @@ def verdict(summary: dict) -> list[str]:
     )
     within = rows["intact"]["covid_vs_other_in_covid_chestxray"]
     word = "PASS" if within["value"] >= 0.8 else "WARN"
-    out.append(f"{word}: inside covid-chestxray alone (one source, no source shortcut) COVID-19 vs other pneumonia AUROC {_cell(within)}, n = {within['n']} ({within['n_pos']} COVID-19).")
+    out.append(
+        f"{word}: inside covid-chestxray alone (one source, no source shortcut) COVID-19 vs other pneumonia AUROC {_cell(within)}, n = {within['n']} ({within['n_pos']} COVID-19)."
+    )
     return out
 
 
@@ -497,10 +608,18 @@ def audit_markdown(summary: dict) -> str:
     ]
     for name, r in summary["inputs"].items():
         per = ", ".join(f"{s} {v:.3f}" for s, v in r["per_source_macro_auroc"].items())
-        lines.append(f"| {name} | {_cell(r['covid_auroc'])} | {r['macro_auroc']:.3f} | {_cell(r['covid_vs_other_in_covid_chestxray'])} | {per} |")
-    lines += ["", "| source probe (logistic regression on pooled features) | balanced accuracy | chance | n train / test |", "|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {_cell(r['covid_auroc'])} | {r['macro_auroc']:.3f} | {_cell(r['covid_vs_other_in_covid_chestxray'])} | {per} |"
+        )
+    lines += [
+        "",
+        "| source probe (logistic regression on pooled features) | balanced accuracy | chance | n train / test |",
+        "|---|---|---|---|",
+    ]
     for name, p in summary["source_probe"].items():
-        lines.append(f"| {name} ({', '.join(p['sources'])}) | {p['balanced_accuracy']:.3f} | {p['chance']:.3f} | {p['n_train']} / {p['n_test']} |")
+        lines.append(
+            f"| {name} ({', '.join(p['sources'])}) | {p['balanced_accuracy']:.3f} | {p['chance']:.3f} | {p['n_train']} / {p['n_test']} |"
+        )
     lines += ["", "Verdict:", ""] + [f"- {v}" for v in summary["verdict"]]
     return "\n".join(lines) + "\n"
 
@@ -516,8 +635,19 @@ def plot_audit(summary: dict, path: Path) -> None:
         for j, (key, color) in enumerate((("covid_auroc", "C0"), ("covid_vs_other_in_covid_chestxray", "C1"))):
             r = summary["inputs"][n][key]
             if np.isfinite(r["value"]):
-                ax.errorbar(r["value"], i + (j - 0.5) * 0.25, xerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]], fmt="o", color=color, capsize=3,
-                            label=("COVID-19 vs rest, all sources" if j == 0 else "COVID-19 vs other pneumonia, covid-chestxray") if i == 0 else None)
+                ax.errorbar(
+                    r["value"],
+                    i + (j - 0.5) * 0.25,
+                    xerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]],
+                    fmt="o",
+                    color=color,
+                    capsize=3,
+                    label=(
+                        "COVID-19 vs rest, all sources" if j == 0 else "COVID-19 vs other pneumonia, covid-chestxray"
+                    )
+                    if i == 0
+                    else None,
+                )
     ax.axvspan(0.35, 0.65, color="0.9", zorder=0, label="no better than chance")
     ax.set_yticks(range(len(names)), names)
     ax.set(xlim=(0, 1.02), xlabel="AUROC", title="Shortcut audit")

@@ -43,7 +43,14 @@ def inter_annotator(records: list[dict]) -> dict:
             if a.shape != b.shape:
                 continue
             valid = a != IGNORE
-            rows.append({"filename": rec["filename"], "dice": dice(a == LUNG, b == LUNG, valid), "iou": iou(a == LUNG, b == LUNG, valid), "hd95": hd95(a == LUNG, b == LUNG)})
+            rows.append(
+                {
+                    "filename": rec["filename"],
+                    "dice": dice(a == LUNG, b == LUNG, valid),
+                    "iou": iou(a == LUNG, b == LUNG, valid),
+                    "hd95": hd95(a == LUNG, b == LUNG),
+                }
+            )
     return {"n_images": len(rows), **_summarise(rows), "per_image": rows}
 
 
@@ -120,9 +127,18 @@ def evaluate_segmentation(
     summary = {
         "weights": str(spec_path or shipped_spec_path("lungs")),
         "split": split,
-        "per_source": {s: _summarise([r for r in manual if r["source"] == s]) for s in sorted({r["source"] for r in manual})},
-        "agreement": {s: _summarise([r for r in rows if r["source"] == s]) for s in sorted({r["source"] for r in rows}) if MASK_SOURCES[s] == "generated"},
-        "human_ceiling": {split: {k: v for k, v in inter_annotator(chosen).items() if k != "per_image"}, "all": {k: v for k, v in inter_annotator(records).items() if k != "per_image"}},
+        "per_source": {
+            s: _summarise([r for r in manual if r["source"] == s]) for s in sorted({r["source"] for r in manual})
+        },
+        "agreement": {
+            s: _summarise([r for r in rows if r["source"] == s])
+            for s in sorted({r["source"] for r in rows})
+            if MASK_SOURCES[s] == "generated"
+        },
+        "human_ceiling": {
+            split: {k: v for k, v in inter_annotator(chosen).items() if k != "per_image"},
+            "all": {k: v for k, v in inter_annotator(records).items() if k != "per_image"},
+        },
     }
     summary["per_source"]["all_manual"] = _summarise(manual)
     (out / "segmentation_eval.json").write_text(json.dumps({**summary, "per_image": rows}, indent=2))
@@ -134,7 +150,10 @@ def evaluate_segmentation(
         spec.metrics = {
             "split": split,
             "command": f"covidcxr evaluate segmentation --weights {path.name} --split {split}",
-            "dice": {s: {k: round(v, 4) if isinstance(v, float) else v for k, v in res["dice"].items()} for s, res in summary["per_source"].items()},
+            "dice": {
+                s: {k: round(v, 4) if isinstance(v, float) else v for k, v in res["dice"].items()}
+                for s, res in summary["per_source"].items()
+            },
             "hd95_px": {s: round(res["hd95"]["value"], 2) for s, res in summary["per_source"].items()},
             "human_ceiling_dice": round(summary["human_ceiling"]["all"]["dice"]["value"], 4),
         }
@@ -154,12 +173,18 @@ def markdown_table(summary: dict) -> str:
         "| mask source | kind | n | Dice | IoU | HD95 (px) |",
         "|---|---|---|---|---|---|",
     ]
-    groups = [(s, "manual", r) for s, r in summary["per_source"].items()] + [(s, "model-generated (agreement)", r) for s, r in summary["agreement"].items()]
+    groups = [(s, "manual", r) for s, r in summary["per_source"].items()] + [
+        (s, "model-generated (agreement)", r) for s, r in summary["agreement"].items()
+    ]
     for source, kind, r in groups:
-        lines.append(f"| {source} | {kind} | {r['dice']['n']} | {cell(r['dice'], '.4f')} | {cell(r['iou'], '.4f')} | {cell(r['hd95'], '.1f')} |")
+        lines.append(
+            f"| {source} | {kind} | {r['dice']['n']} | {cell(r['dice'], '.4f')} | {cell(r['iou'], '.4f')} | {cell(r['hd95'], '.1f')} |"
+        )
     for name, r in summary["human_ceiling"].items():
         label = "all images" if name == "all" else f"{name} split"
-        lines.append(f"| human ceiling: v7labs vs GeneralBlockchain, {label} | manual vs manual | {r['n_images']} | {cell(r['dice'], '.4f')} | {cell(r['iou'], '.4f')} | {cell(r['hd95'], '.1f')} |")
+        lines.append(
+            f"| human ceiling: v7labs vs GeneralBlockchain, {label} | manual vs manual | {r['n_images']} | {cell(r['dice'], '.4f')} | {cell(r['iou'], '.4f')} | {cell(r['hd95'], '.1f')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -202,7 +227,9 @@ def _paired(rows: list[dict]) -> dict:
     """Means of A and B and of the per-row differences B - A, with bootstrap CIs (a pair is kept or dropped whole)."""
     res: dict = {"n": len(rows)}
     for m in ("dice", "hd95"):
-        both = [r for r in rows if np.isfinite(r[f"{m}_a"]) and np.isfinite(r[f"{m}_b"])]  # HD95 is NaN for an empty mask
+        both = [
+            r for r in rows if np.isfinite(r[f"{m}_a"]) and np.isfinite(r[f"{m}_b"])
+        ]  # HD95 is NaN for an empty mask
         res[f"{m}_a"] = bootstrap_ci([r[f"{m}_a"] for r in both])
         res[f"{m}_b"] = bootstrap_ci([r[f"{m}_b"] for r in both])
         res[f"{m}_diff"] = bootstrap_ci([r[f"{m}_b"] - r[f"{m}_a"] for r in both])
@@ -256,7 +283,10 @@ def compare_segmentation(
         "b": str(spec_b),
         "sha256": {"a": specs[0].sha256, "b": specs[1].sha256},
         "split": split,
-        "per_source": {**{s: _paired([r for r in rows if r["source"] == s]) for s in sources}, "all_manual": _paired(rows)},
+        "per_source": {
+            **{s: _paired([r for r in rows if r["source"] == s]) for s in sources},
+            "all_manual": _paired(rows),
+        },
     }
     (out / "comparison.json").write_text(json.dumps({**summary, "per_image": rows}, indent=2))
     (out / "comparison.md").write_text(comparison_table(summary))
@@ -292,7 +322,14 @@ def _plot_comparison(rows: list[dict], summary: dict, path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for i, source in enumerate(sorted({r["source"] for r in rows})):
         mine = [r for r in rows if r["source"] == source]
-        a.scatter([r["dice_a"] for r in mine], [r["dice_b"] for r in mine], s=10, alpha=0.7, color=f"C{i}", label=f"{source} (n={len(mine)})")
+        a.scatter(
+            [r["dice_a"] for r in mine],
+            [r["dice_b"] for r in mine],
+            s=10,
+            alpha=0.7,
+            color=f"C{i}",
+            label=f"{source} (n={len(mine)})",
+        )
     lo = min([r["dice_a"] for r in rows] + [r["dice_b"] for r in rows], default=0.0)
     a.plot([lo, 1], [lo, 1], color="0.5", lw=1, ls="--")
     a.set(xlabel="Dice A", ylabel="Dice B", title="Per image and mask (above the line: B better)")
@@ -301,10 +338,18 @@ def _plot_comparison(rows: list[dict], summary: dict, path: Path) -> None:
     b.hist(diffs, bins=40, color="C0")
     pooled = summary["per_source"]["all_manual"]["dice_diff"]
     b.axvline(0, color="0.5", lw=1, ls="--")
-    b.axvline(pooled["value"], color="C3", lw=1.5, label=f"mean {pooled['value']:+.4f} ({pooled['ci_low']:+.4f} to {pooled['ci_high']:+.4f})")
+    b.axvline(
+        pooled["value"],
+        color="C3",
+        lw=1.5,
+        label=f"mean {pooled['value']:+.4f} ({pooled['ci_low']:+.4f} to {pooled['ci_high']:+.4f})",
+    )
     b.set(xlabel="Dice B − A", ylabel="masks", title="Paired differences, all manual masks")
     b.legend(fontsize=8)
-    fig.suptitle(f"Lung segmentation, {summary['split']} split: B = {Path(summary['b']).name} vs A = {Path(summary['a']).name}", fontsize=10)
+    fig.suptitle(
+        f"Lung segmentation, {summary['split']} split: B = {Path(summary['b']).name} vs A = {Path(summary['a']).name}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

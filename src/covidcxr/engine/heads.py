@@ -40,7 +40,9 @@ def _group_weights(labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
     return w * len(w) / w.sum()
 
 
-def within_source_pairs(pos: np.ndarray, neg: np.ndarray, sources: np.ndarray, rng: np.random.Generator, per_source: int = PAIRS_PER_SOURCE) -> tuple[np.ndarray, np.ndarray]:
+def within_source_pairs(
+    pos: np.ndarray, neg: np.ndarray, sources: np.ndarray, rng: np.random.Generator, per_source: int = PAIRS_PER_SOURCE
+) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i positive, j negative) of the same source, at most ``per_source`` per source.
 
     Returns:
@@ -71,13 +73,19 @@ class RankingHead:
     def fit(self, x: np.ndarray, pos: np.ndarray, neg: np.ndarray, sources: np.ndarray, seed: int = 0) -> RankingHead:
         i, j = within_source_pairs(pos, neg, sources, np.random.default_rng(seed))
         if len(i) == 0:
-            raise ValueError("no source holds both a positive and a negative image: a within-source head cannot be fitted")
+            raise ValueError(
+                "no source holds both a positive and a negative image: a within-source head cannot be fitted"
+            )
         d = x[i] - x[j]
         src = sources[i]
         _, inv, counts = np.unique(src, return_inverse=True, return_counts=True)
         w = 1.0 / counts[inv]  # every source's pairs weigh the same
         lr = LogisticRegression(C=C, fit_intercept=False, max_iter=2000)
-        lr.fit(np.concatenate([d, -d]), np.r_[np.ones(len(d)), np.zeros(len(d))], sample_weight=np.r_[w, w] * len(w) / w.sum())
+        lr.fit(
+            np.concatenate([d, -d]),
+            np.r_[np.ones(len(d)), np.zeros(len(d))],
+            sample_weight=np.r_[w, w] * len(w) / w.sum(),
+        )
         self.coef_ = lr.coef_[0]
         keep = pos | neg
         s = x[keep] @ self.coef_

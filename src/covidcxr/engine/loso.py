@@ -42,11 +42,35 @@ FOLDS = {
 }
 #: comparison name -> (fold, sources scored, positive classes, negative classes, score).
 COMPARISONS = {
-    "covid19-radiography COVID-19 vs No finding": ("covid19-radiography", ("covid19-radiography",), (COVID,), (NORMAL,), "covid"),
-    "covid19-radiography COVID-19 vs No finding (NIH left out too)": ("covid19-radiography + NIH", ("covid19-radiography",), (COVID,), (NORMAL,), "covid"),
-    "covid-chestxray COVID-19 vs Other pneumonia": ("covid-chestxray", ("covid-chestxray",), (COVID,), (OTHER,), "covid_odds"),
+    "covid19-radiography COVID-19 vs No finding": (
+        "covid19-radiography",
+        ("covid19-radiography",),
+        (COVID,),
+        (NORMAL,),
+        "covid",
+    ),
+    "covid19-radiography COVID-19 vs No finding (NIH left out too)": (
+        "covid19-radiography + NIH",
+        ("covid19-radiography",),
+        (COVID,),
+        (NORMAL,),
+        "covid",
+    ),
+    "covid-chestxray COVID-19 vs Other pneumonia": (
+        "covid-chestxray",
+        ("covid-chestxray",),
+        (COVID,),
+        (OTHER,),
+        "covid_odds",
+    ),
     "NIH Other pneumonia vs No finding": ("NIH", NIH, (OTHER,), (NORMAL,), "abnormal"),
-    "kermany-pediatric pneumonia vs normal": ("kermany-pediatric", ("kermany-pediatric",), (OTHER,), (NORMAL,), "abnormal"),
+    "kermany-pediatric pneumonia vs normal": (
+        "kermany-pediatric",
+        ("kermany-pediatric",),
+        (OTHER,),
+        (NORMAL,),
+        "abnormal",
+    ),
 }
 #: The four AUROCs whose mean is the selection rule's primary score.
 PRIMARY = (
@@ -69,7 +93,9 @@ def scores(probs: np.ndarray, kind: str) -> np.ndarray:
     raise ValueError(f"unknown score {kind!r}")
 
 
-def fold_probabilities(design: str, x: np.ndarray, labels: np.ndarray, sources: np.ndarray, splits: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+def fold_probabilities(
+    design: str, x: np.ndarray, labels: np.ndarray, sources: np.ndarray, splits: np.ndarray, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Out-of-source probabilities (N, 3) of every fold: rows of the sources left out filled, others NaN."""
     out = {}
     for fold, left_out in FOLDS.items():
@@ -93,7 +119,12 @@ def score_folds(folds: dict[str, np.ndarray], labels: np.ndarray, sources: np.nd
     han = (sources == "hannover") & (labels == COVID)
     hit = folds["hannover"][han].argmax(1) == COVID
     lo, hi = _wilson(int(hit.sum()), int(han.sum()))
-    res[SENSITIVITY] = {"value": float(hit.mean()) if han.any() else float("nan"), "ci_low": lo, "ci_high": hi, "n": int(han.sum())}
+    res[SENSITIVITY] = {
+        "value": float(hit.mean()) if han.any() else float("nan"),
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": int(han.sum()),
+    }
     res["primary"] = float(np.mean([res[k]["value"] for k in PRIMARY]))
     return res
 
@@ -150,7 +181,10 @@ def write(results: dict[str, dict], out_dir: str | Path, extra: dict | None = No
     """``loso.json``, ``loso.md`` and ``loso.png`` in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "loso.json").write_text(json.dumps({"folds": {k: list(v) for k, v in FOLDS.items()}, "results": results, **(extra or {})}, indent=2) + "\n")
+    (out / "loso.json").write_text(
+        json.dumps({"folds": {k: list(v) for k, v in FOLDS.items()}, "results": results, **(extra or {})}, indent=2)
+        + "\n"
+    )
     (out / "loso.md").write_text(markdown(results))
     plot(results, out / "loso.png")
     return out
@@ -173,8 +207,14 @@ def feature_matrix(features: dict, name: str) -> np.ndarray:
     return np.concatenate([np.asarray(features[b], np.float64) for b in FEATURE_SETS[name]], axis=1)
 
 
-def run_loso(features: dict, samples: list[dict], designs: dict[str, tuple[str, str]], n_resamples: int = 1000, seed: int = 0,
-             out_dir: str | Path | None = None) -> dict[str, dict]:
+def run_loso(
+    features: dict,
+    samples: list[dict],
+    designs: dict[str, tuple[str, str]],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+) -> dict[str, dict]:
     """LOSO results of each named (design, feature set) on cached features of ``samples``.
 
     Args:
@@ -214,8 +254,14 @@ DEFAULT_ROWS = {
 }
 
 
-def stage2_inputs(data_root: str | None = None, imagenet: str | None = None, blackout_split: str | None = None, progress: bool = True,
-                  outside_too: bool = False, limit: int = 0) -> tuple[list[dict], dict, dict | None]:
+def stage2_inputs(
+    data_root: str | None = None,
+    imagenet: str | None = None,
+    blackout_split: str | None = None,
+    progress: bool = True,
+    outside_too: bool = False,
+    limit: int = 0,
+) -> tuple[list[dict], dict, dict | None]:
     """Classification samples of every source and their cached stage-2 features (shipped stage 1 and severity).
 
     ``limit`` keeps at most that many samples per source and split (quick checks).
@@ -235,13 +281,28 @@ def stage2_inputs(data_root: str | None = None, imagenet: str | None = None, bla
     samples = first_per_group(samples, limit, ("dataset", "split"))
     path, sha = parse_init(imagenet or default_imagenet_init())
     segmenter, scorer, backbone = LungSegmenter.from_spec(), SeverityScorer.from_spec(), imagenet_backbone(path, sha)
-    features = cached_features(samples, segmenter, scorer, backbone, sha or IMAGENET_MOBILENET_V2_SHA256, progress=progress)
+    features = cached_features(
+        samples, segmenter, scorer, backbone, sha or IMAGENET_MOBILENET_V2_SHA256, progress=progress
+    )
     blacked = None
     if blackout_split:
         part = [s for s in samples if s["split"] == blackout_split]
-        blacked = cached_features(part, segmenter, scorer, backbone, sha or IMAGENET_MOBILENET_V2_SHA256, blackout=True, progress=progress)
+        blacked = cached_features(
+            part, segmenter, scorer, backbone, sha or IMAGENET_MOBILENET_V2_SHA256, blackout=True, progress=progress
+        )
         if outside_too:
-            blacked = (blacked, cached_features(part, segmenter, scorer, backbone, sha or IMAGENET_MOBILENET_V2_SHA256, blackout="outside", progress=progress))
+            blacked = (
+                blacked,
+                cached_features(
+                    part,
+                    segmenter,
+                    scorer,
+                    backbone,
+                    sha or IMAGENET_MOBILENET_V2_SHA256,
+                    blackout="outside",
+                    progress=progress,
+                ),
+            )
     return samples, features, blacked
 
 
@@ -252,7 +313,12 @@ def default_imagenet_init() -> str:
     return f"imagenet-file:{resolve_data_root().parent / 'pretrained' / 'mobilenet_v2_imagenet_tv.pt'}"
 
 
-def evaluate_loso(data_root: str | None = None, out_dir: str | Path = "eval/loso", rows: dict[str, tuple[str, str]] | None = None, n_resamples: int = 1000) -> dict:
+def evaluate_loso(
+    data_root: str | None = None,
+    out_dir: str | Path = "eval/loso",
+    rows: dict[str, tuple[str, str]] | None = None,
+    n_resamples: int = 1000,
+) -> dict:
     """Every row of ``rows`` (default :data:`DEFAULT_ROWS`) under LOSO; writes loso.json/.md/.png."""
     samples, features, _ = stage2_inputs(data_root)
     results = run_loso(features, samples, rows or DEFAULT_ROWS, n_resamples=n_resamples, out_dir=out_dir)

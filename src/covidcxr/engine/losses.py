@@ -53,6 +53,8 @@ def outside_lungs_share(features: torch.Tensor, weight: torch.Tensor, lungs: tor
     Returns:
         scalar in [0, 1].
     """
-    cam = F.interpolate(class_activation(features, weight).abs(), size=lungs.shape[-2:], mode="bilinear", align_corners=False)
+    cam = F.interpolate(
+        class_activation(features, weight).abs(), size=lungs.shape[-2:], mode="bilinear", align_corners=False
+    )
     outside = (cam * (1 - lungs.float())).flatten(2).sum(2)
     return (outside / cam.flatten(2).sum(2).clamp_min(1e-6)).mean()

@@ -56,12 +56,16 @@ class SegTrainConfig:
     out_dir: str = "runs/segmentation"
     model: str = "unet_mobilenetv2"
     pretrained: str | None = None  # "imagenet" needs internet once
-    init: str | None = None  # "imagenet-file:PATH[@SHA256]": the encoder from a local ImageNet MobileNetV2 file (covidcxr.models.pretrained)
+    init: str | None = (
+        None  # "imagenet-file:PATH[@SHA256]": the encoder from a local ImageNet MobileNetV2 file (covidcxr.models.pretrained)
+    )
     init_bn: str = "folded"  # with init: "folded" fine-tunes the file's identity batch norms as they are; "reestimate" gives them X-ray statistics first
     input_size: int = 256  # images are resized to this; the model runs at it at inference
     enhancement: str = "none"  # none | clahe | dehaze before the resize (covidcxr.enhance); recorded in the spec
     crop_size: int = 0  # >0: train on random crops of this size (cheaper steps at a larger input_size)
-    opacity: float = 0.0  # share of training images with simulated airspace opacity in the lungs (data.transforms.SimulatedOpacity)
+    opacity: float = (
+        0.0  # share of training images with simulated airspace opacity in the lungs (data.transforms.SimulatedOpacity)
+    )
     epochs: int = 12
     batch_size: int = 16
     lr: float = 3e-3
@@ -92,7 +96,9 @@ def _init_from_file(net: torch.nn.Module, cfg: SegTrainConfig, train_ds: Segment
         raise ValueError(f"init_bn must be 'folded' or 'reestimate', got {cfg.init_bn!r}")
     report = load_imagenet(net, *parsed)
     if cfg.init_bn == "reestimate":
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(cfg.seed))
+        loader = DataLoader(
+            train_ds, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(cfg.seed)
+        )
         batches = (batch["image"] for _, batch in zip(range(8), loader))
         reestimate_batchnorm(net, batches, within=loaded_part(net, report["loaded"]))
 
@@ -133,8 +139,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, amp: str, epoch: int, d
 
 
 @torch.inference_mode()
-def evaluate(model, loader, amp: str = "none", device: torch.device = torch.device("cpu")) -> dict:
+def evaluate(model, loader, amp: str = "none", device: torch.device | None = None) -> dict:
     """Mean loss and mean per-image Dice (threshold 0.5) at the input size, ignore region excluded."""
+    device = device or torch.device("cpu")
     dices, losses = [], []
     with eval_mode(model):
         for batch in loader:
@@ -185,7 +192,9 @@ def start_run(cfg: Any, resume: bool) -> Path:
     """
     run = Path(cfg.out_dir)
     if run.exists() and any(run.iterdir()) and not resume:
-        raise FileExistsError(f"{run}: run folder exists and is not empty; use --resume to continue it or choose another --out")
+        raise FileExistsError(
+            f"{run}: run folder exists and is not empty; use --resume to continue it or choose another --out"
+        )
     distributed.barrier()  # every rank has looked before rank 0 writes
     if distributed.is_main():
         run.mkdir(parents=True, exist_ok=True)
@@ -203,13 +212,21 @@ def _train_loader(train_ds: SegmentationDataset, cfg: SegTrainConfig, epoch: int
     seed = _epoch_seed(cfg, epoch)
     if distributed.world_size() == 1:
         return DataLoader(
-            train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size, num_workers=cfg.workers,
+            train_ds,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=len(train_ds) > cfg.batch_size,
+            num_workers=cfg.workers,
             generator=torch.Generator().manual_seed(seed),
         )
     sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed)  # the same permutation on every rank
     sampler.set_epoch(epoch)
     return DataLoader(
-        train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(sampler) > cfg.batch_size, num_workers=cfg.workers,
+        train_ds,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        drop_last=len(sampler) > cfg.batch_size,
+        num_workers=cfg.workers,
         generator=torch.Generator().manual_seed(seed),
     )
 
@@ -249,7 +266,9 @@ def _train(cfg: SegTrainConfig, device: torch.device, resume: bool, export_dir: 
     per_rank = -(-len(train_ds) // distributed.world_size())
     steps = cfg.epochs * -(-per_rank // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
-    adv: dict[str, Any] = {}  # adversarial run: discriminator and its optimizer (built after the U-Net: the plain path draws nothing more)
+    adv: dict[
+        str, Any
+    ] = {}  # adversarial run: discriminator and its optimizer (built after the U-Net: the plain path draws nothing more)
     if cfg.adversarial:
         disc_net, disc_optimizer = adversarial.build_discriminator(cfg, device)
         adv = {"disc": disc_net, "disc_optimizer": disc_optimizer}
@@ -277,21 +296,59 @@ def _train(cfg: SegTrainConfig, device: torch.device, resume: bool, export_dir: 
         # Every epoch reseeds shuffling and augmentation, so a resumed run repeats it exactly.
         torch.manual_seed(_epoch_seed(cfg, epoch))
         if adv:
-            stats = adversarial.train_one_epoch(model, disc, _train_loader(train_ds, cfg, epoch), optimizer, adv["disc_optimizer"], scheduler, cfg.adv_weight, cfg.amp, epoch, device)
+            stats = adversarial.train_one_epoch(
+                model,
+                disc,
+                _train_loader(train_ds, cfg, epoch),
+                optimizer,
+                adv["disc_optimizer"],
+                scheduler,
+                cfg.adv_weight,
+                cfg.amp,
+                epoch,
+                device,
+            )
             train_loss, extra = stats["loss"], {"g_adv": stats["g_adv"], "d_loss": stats["d_loss"]}
         else:
-            train_loss, extra = train_one_epoch(model, _train_loader(train_ds, cfg, epoch), optimizer, scheduler, cfg.amp, epoch, device), {}
+            train_loss, extra = (
+                train_one_epoch(
+                    model, _train_loader(train_ds, cfg, epoch), optimizer, scheduler, cfg.amp, epoch, device
+                ),
+                {},
+            )
         # Rank 0 validates the plain module; the others wait for its numbers.
         val = distributed.broadcast(evaluate(net, val_loader, cfg.amp, device) if main_rank else None)
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"], "val_dice": val["dice"], "elapsed_s": time.time() - t0, "lr": scheduler.get_last_lr()[0], **extra})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": val["loss"],
+                "val_dice": val["dice"],
+                "elapsed_s": time.time() - t0,
+                "lr": scheduler.get_last_lr()[0],
+                **extra,
+            }
+        )
         if val["dice"] > best["dice"]:
             state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()} if main_rank else None
             best = {"dice": val["dice"], "epoch": epoch + 1, "state": state}
         bar.set_postfix(loss=f"{train_loss:.4f}", val_dice=f"{val['dice']:.4f}")
         if main_rank:
             adv_state = {k: v.state_dict() for k, v in adv.items()}  # empty on the plain path: no discriminator entries
-            _checkpoint(ckpt_path, model=net.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, history=history, best=best, config=asdict(cfg), **adv_state)
-            (run / "metrics.json").write_text(json.dumps({"history": history, "best_epoch": best["epoch"], "best_val_dice": best["dice"]}, indent=2))
+            _checkpoint(
+                ckpt_path,
+                model=net.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                epoch=epoch,
+                history=history,
+                best=best,
+                config=asdict(cfg),
+                **adv_state,
+            )
+            (run / "metrics.json").write_text(
+                json.dumps({"history": history, "best_epoch": best["epoch"], "best_val_dice": best["dice"]}, indent=2)
+            )
             plots.learning_curve(history, run / "learning_curve.png")
 
     if main_rank:
@@ -301,7 +358,16 @@ def _train(cfg: SegTrainConfig, device: torch.device, resume: bool, export_dir: 
     return run
 
 
-def _export(cfg: SegTrainConfig, model, val_ds: SegmentationDataset, run: Path, export_dir: str | Path | None, best: dict, history: list[dict], train_samples: int) -> None:
+def _export(
+    cfg: SegTrainConfig,
+    model,
+    val_ds: SegmentationDataset,
+    run: Path,
+    export_dir: str | Path | None,
+    best: dict,
+    history: list[dict],
+    train_samples: int,
+) -> None:
     """Validation overlays, then the best weights and their spec (rank 0)."""
     plots.segmentation_overlays(model, val_ds, run / "val_overlays.png")
     spec = WeightSpec(
@@ -314,9 +380,19 @@ def _export(cfg: SegTrainConfig, model, val_ds: SegmentationDataset, run: Path, 
         file=f"{cfg.export_name}.pt",
         enhancement=cfg.enhancement,
         training={
-            "command": "covidcxr train segmentation --config configs/segmentation.yaml --out runs/seg-v1 --export src/covidcxr/weights" + (" --adversarial" if cfg.adversarial else ""),
-            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in ("data_root", "out_dir")},
-            "data": {"mask_sources": list(MANUAL_SOURCES), "split_version": SPLIT_VERSION, "train_samples": train_samples, "val_samples": len(val_ds)},
+            "command": "covidcxr train segmentation --config configs/segmentation.yaml --out runs/seg-v1 --export src/covidcxr/weights"
+            + (" --adversarial" if cfg.adversarial else ""),
+            "config": {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in asdict(cfg).items()
+                if k not in ("data_root", "out_dir")
+            },
+            "data": {
+                "mask_sources": list(MANUAL_SOURCES),
+                "split_version": SPLIT_VERSION,
+                "train_samples": train_samples,
+                "val_samples": len(val_ds),
+            },
             "best_epoch": best["epoch"],
             "val_dice": round(best["dice"], 4),
             "train_minutes": round(history[-1]["elapsed_s"] / 60, 1),

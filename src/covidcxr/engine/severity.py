@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..config import save_config
 from ..data import load_records
 from ..data.classification import classification_samples
-from ..data.severity import LESIONS, ZONES, brixia_scores, expert_scores, lesion_samples, read_lesions
+from ..data.severity import LESIONS, brixia_scores, expert_scores, lesion_samples, read_lesions
 from ..data.splits import SPLIT_VERSION
 from ..data.transforms import resize_image, resize_mask, segmentation_augment, upsample_logits
 from ..enhance import enhance
@@ -83,12 +83,21 @@ class LesionDataset(Dataset):
     Items: ``image`` (1, S, S) normalised, ``target`` (len(LESIONS), S, S) float 0/1.
     """
 
-    def __init__(self, samples: list[dict], size: tuple[int, int], transform=None, progress: bool = True, enhancement: str = "none") -> None:
+    def __init__(
+        self,
+        samples: list[dict],
+        size: tuple[int, int],
+        transform=None,
+        progress: bool = True,
+        enhancement: str = "none",
+    ) -> None:
         self.samples, self.size, self.transform = samples, tuple(size), transform
         images, targets = [], []
         for s in tqdm(samples, desc="loading lesion masks", disable=not progress, leave=False):
             image = read_image(s["path"])
-            lesions = read_lesions(s, image.shape) if "lesion_masks" in s else np.zeros((len(LESIONS), *image.shape), bool)
+            lesions = (
+                read_lesions(s, image.shape) if "lesion_masks" in s else np.zeros((len(LESIONS), *image.shape), bool)
+            )
             # The decoder reads the lung model's encoder, which sees its own spec's enhancement.
             images.append(resize_image(torch.from_numpy(enhance(image, enhancement)), self.size))
             targets.append(torch.stack([resize_mask(torch.from_numpy(m.astype(np.uint8)), self.size) for m in lesions]))
@@ -120,7 +129,9 @@ def new_decoder(cfg: SeverityConfig) -> torch.nn.Module:
     return create_model("lesion_decoder", num_classes=len(LESIONS), decoder_channels=tuple(cfg.decoder_channels))
 
 
-def train_lesion_decoder(cfg: SeverityConfig, segmenter: LungSegmenter, samples: list[dict], run: Path, progress: bool = True) -> torch.nn.Module:
+def train_lesion_decoder(
+    cfg: SeverityConfig, segmenter: LungSegmenter, samples: list[dict], run: Path, progress: bool = True
+) -> torch.nn.Module:
     """Train a lesion decoder on the frozen encoder of ``segmenter``; resumes from ``run/checkpoint.pt``."""
     run.mkdir(parents=True, exist_ok=True)
     ckpt_path = run / "checkpoint.pt"
@@ -130,7 +141,13 @@ def train_lesion_decoder(cfg: SeverityConfig, segmenter: LungSegmenter, samples:
         p.requires_grad_(False)
     torch.manual_seed(cfg.seed)
     decoder = new_decoder(cfg).to(device, memory_format=torch.channels_last)
-    ds = LesionDataset(samples, segmenter.size, transform=segmentation_augment(), progress=progress, enhancement=segmenter.spec.enhancement)
+    ds = LesionDataset(
+        samples,
+        segmenter.size,
+        transform=segmentation_augment(),
+        progress=progress,
+        enhancement=segmenter.spec.enhancement,
+    )
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * -(-len(ds) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
@@ -142,13 +159,22 @@ def train_lesion_decoder(cfg: SeverityConfig, segmenter: LungSegmenter, samples:
         scheduler.load_state_dict(ckpt["scheduler"])
         history, start = ckpt["history"], ckpt["epoch"] + 1
     t0 = time.time() - (history[-1]["elapsed_s"] if history else 0.0)
-    bar = tqdm(range(start, cfg.epochs), desc=f"lesions {run.name}", initial=start, total=cfg.epochs, disable=not progress, leave=False)
+    bar = tqdm(
+        range(start, cfg.epochs),
+        desc=f"lesions {run.name}",
+        initial=start,
+        total=cfg.epochs,
+        disable=not progress,
+        leave=False,
+    )
     for epoch in bar:
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         decoder.train()
         total, n = 0.0, 0
-        for batch in DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(ds) > cfg.batch_size, generator=g):
+        for batch in DataLoader(
+            ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(ds) > cfg.batch_size, generator=g
+        ):
             x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
             with _autocast(cfg.amp, device):
                 with torch.no_grad():
@@ -162,7 +188,14 @@ def train_lesion_decoder(cfg: SeverityConfig, segmenter: LungSegmenter, samples:
             total, n = total + loss.item() * len(x), n + len(x)
         history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "elapsed_s": time.time() - t0})
         bar.set_postfix(loss=f"{total / max(n, 1):.4f}")
-        _checkpoint(ckpt_path, model=decoder.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, history=history)
+        _checkpoint(
+            ckpt_path,
+            model=decoder.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            epoch=epoch,
+            history=history,
+        )
     (run / "history.json").write_text(json.dumps(history, indent=2))
     return decoder.cpu().eval()
 
@@ -171,7 +204,14 @@ def train_lesion_decoder(cfg: SeverityConfig, segmenter: LungSegmenter, samples:
 
 
 @torch.inference_mode()
-def lesion_outputs(segmenter: LungSegmenter, decoders: dict[int, torch.nn.Module], samples: list[dict], fold_of_sample, threshold: float = 0.5, progress: bool = True) -> dict:
+def lesion_outputs(
+    segmenter: LungSegmenter,
+    decoders: dict[int, torch.nn.Module],
+    samples: list[dict],
+    fold_of_sample,
+    threshold: float = 0.5,
+    progress: bool = True,
+) -> dict:
     """Lung masks, lesion maps and severity features of ``samples``, each with its fold's decoder.
 
     Returns:
@@ -187,9 +227,16 @@ def lesion_outputs(segmenter: LungSegmenter, decoders: dict[int, torch.nn.Module
         with eval_mode(decoder):
             p = torch.sigmoid(decoder(encoder).float())
         lungs = resize_mask(torch.from_numpy(mask.astype(np.uint8)), tuple(x.shape[-2:])).bool()[None]
-        image_f, zone_f = severity_features(x.numpy(), [f.numpy() for f in encoder], lungs.numpy(), p.numpy(), threshold)
+        image_f, zone_f = severity_features(
+            x.numpy(), [f.numpy() for f in encoder], lungs.numpy(), p.numpy(), threshold
+        )
         lesions = (upsample_logits(p, mask.shape)[0].numpy() > threshold) & mask
-        out[s["filename"]] = {"image_features": image_f[0], "zone_features": zone_f[0], "lesions": lesions, "lungs": mask}
+        out[s["filename"]] = {
+            "image_features": image_f[0],
+            "zone_features": zone_f[0],
+            "lesions": lesions,
+            "lungs": mask,
+        }
     return out
 
 
@@ -236,7 +283,9 @@ def _scores(y: np.ndarray, pred: np.ndarray) -> dict:
     from scipy.stats import pearsonr
     from sklearn.metrics import mean_absolute_error, r2_score
 
-    r = pearsonr(y, pred).statistic if np.ptp(pred) > 1e-6 and np.ptp(y) > 1e-6 else float("nan")  # undefined for a constant
+    r = (
+        pearsonr(y, pred).statistic if np.ptp(pred) > 1e-6 and np.ptp(y) > 1e-6 else float("nan")
+    )  # undefined for a constant
     return {"mae": float(mean_absolute_error(y, pred)), "r2": float(r2_score(y, pred)), "pearson_r": float(r)}
 
 
@@ -248,7 +297,11 @@ def _summary(per_split: list[dict]) -> dict:
         if np.isnan(v).all():  # e.g. Pearson r of a constant baseline
             out[key] = {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
             continue
-        out[key] = {"mean": float(np.nanmean(v)), "ci_low": float(np.nanpercentile(v, 2.5)), "ci_high": float(np.nanpercentile(v, 97.5))}
+        out[key] = {
+            "mean": float(np.nanmean(v)),
+            "ci_low": float(np.nanpercentile(v, 2.5)),
+            "ci_high": float(np.nanpercentile(v, 97.5)),
+        }
     return out
 
 
@@ -256,10 +309,22 @@ def repeated_splits(groups: np.ndarray, repeats: int, seed: int) -> list[tuple[n
     """``repeats`` random 50/50 splits of the rows, no patient on both sides."""
     from sklearn.model_selection import GroupShuffleSplit
 
-    return list(GroupShuffleSplit(n_splits=repeats, test_size=0.5, random_state=seed).split(np.zeros(len(groups)), groups=groups))
+    return list(
+        GroupShuffleSplit(n_splits=repeats, test_size=0.5, random_state=seed).split(
+            np.zeros(len(groups)), groups=groups
+        )
+    )
 
 
-def evaluate_scores(features: np.ndarray, targets: dict[str, np.ndarray], groups: np.ndarray, repeats: int, seed: int, clip: dict[str, tuple[float, float]], extra: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+def evaluate_scores(
+    features: np.ndarray,
+    targets: dict[str, np.ndarray],
+    groups: np.ndarray,
+    repeats: int,
+    seed: int,
+    clip: dict[str, tuple[float, float]],
+    extra: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> dict:
     """Ridge regression vs the training-half mean on repeated patient-grouped 50/50 splits.
 
     ``extra(test)``, when given, returns (N, k) more feature columns for one split, computed
@@ -281,11 +346,18 @@ def evaluate_scores(features: np.ndarray, targets: dict[str, np.ndarray], groups
             base_s.append(_scores(y[test], np.full(len(test), y[train].mean())))
             pred_sum[test] += pred
             pred_n[test] += 1
-        out[name] = {"model": _summary(model_s), "mean_baseline": _summary(base_s), "predictions": (pred_sum / np.maximum(pred_n, 1)).tolist(), "n": len(y)}
+        out[name] = {
+            "model": _summary(model_s),
+            "mean_baseline": _summary(base_s),
+            "predictions": (pred_sum / np.maximum(pred_n, 1)).tolist(),
+            "n": len(y),
+        }
     return out
 
 
-def evaluate_brixia(zone_features: np.ndarray, senior: np.ndarray, junior: np.ndarray, groups: np.ndarray, repeats: int, seed: int) -> dict:
+def evaluate_brixia(
+    zone_features: np.ndarray, senior: np.ndarray, junior: np.ndarray, groups: np.ndarray, repeats: int, seed: int
+) -> dict:
     """Zone-level ridge (all six zones, one model) on repeated 50/50 splits; global = sum of zones.
 
     Args:
@@ -297,12 +369,24 @@ def evaluate_brixia(zone_features: np.ndarray, senior: np.ndarray, junior: np.nd
     for train, test in repeated_splits(groups, repeats, seed):
         zones = _zone_scores(_zone_ridge(zone_features[train], senior[train]), zone_features[test])
         mean_zone = senior[train].mean(axis=0)
-        for scores, pred in ((model_s, zones), (base_s, np.broadcast_to(mean_zone, zones.shape)), (junior_s, junior[test].astype(float))):
+        for scores, pred in (
+            (model_s, zones),
+            (base_s, np.broadcast_to(mean_zone, zones.shape)),
+            (junior_s, junior[test].astype(float)),
+        ):
             g = _scores(senior[test].sum(1).astype(float), pred.sum(1))
-            scores.append({"global_" + k: v for k, v in g.items()} | {"zone_mae": float(np.abs(pred - senior[test]).mean())})
+            scores.append(
+                {"global_" + k: v for k, v in g.items()} | {"zone_mae": float(np.abs(pred - senior[test]).mean())}
+            )
         pred_sum[test] += zones.sum(1)
         pred_n[test] += 1
-    return {"model": _summary(model_s), "mean_baseline": _summary(base_s), "junior_rater": _summary(junior_s), "predictions": (pred_sum / np.maximum(pred_n, 1)).tolist(), "n": n}
+    return {
+        "model": _summary(model_s),
+        "mean_baseline": _summary(base_s),
+        "junior_rater": _summary(junior_s),
+        "predictions": (pred_sum / np.maximum(pred_n, 1)).tolist(),
+        "n": n,
+    }
 
 
 def _zone_ridge(zone_features: np.ndarray, zone_targets: np.ndarray):
@@ -312,10 +396,21 @@ def _zone_ridge(zone_features: np.ndarray, zone_targets: np.ndarray):
 
 def _zone_scores(reg, zone_features: np.ndarray) -> np.ndarray:
     """(N, 6) zone scores of a :func:`_zone_ridge`, clipped to the zone scale (as the pipeline does)."""
-    return np.clip(reg.predict(zone_features.reshape(-1, zone_features.shape[2])).reshape(zone_features.shape[:2]), *RANGES["zone"])
+    return np.clip(
+        reg.predict(zone_features.reshape(-1, zone_features.shape[2])).reshape(zone_features.shape[:2]), *RANGES["zone"]
+    )
 
 
-def stacked_brixia(brixia_zones: np.ndarray, senior: np.ndarray, brixia_groups: np.ndarray, brixia_names: list[str], zone_features: np.ndarray, names: list[str], pool: np.ndarray, folds: int = 5) -> np.ndarray:
+def stacked_brixia(
+    brixia_zones: np.ndarray,
+    senior: np.ndarray,
+    brixia_groups: np.ndarray,
+    brixia_names: list[str],
+    zone_features: np.ndarray,
+    names: list[str],
+    pool: np.ndarray,
+    folds: int = 5,
+) -> np.ndarray:
     """Predicted Brixia global score of each of ``names`` (N,), from zone ridges fitted on Brixia images only.
 
     The zone ridge is fitted on the Brixia images in ``pool`` (a boolean mask). An image that is
@@ -347,19 +442,30 @@ def stacked_brixia(brixia_zones: np.ndarray, senior: np.ndarray, brixia_groups: 
 
 def _samples(cfg: SeverityConfig) -> dict[str, list[dict]]:
     records = load_records(cfg.data_root)
-    sets = {"experts": expert_scores(records, cfg.data_root), "brixia": brixia_scores(records, cfg.data_root), "lesions": lesion_samples(records, cfg.data_root)}
+    sets = {
+        "experts": expert_scores(records, cfg.data_root),
+        "brixia": brixia_scores(records, cfg.data_root),
+        "lesions": lesion_samples(records, cfg.data_root),
+    }
     if cfg.limit:
         sets = {k: v[: cfg.limit] for k, v in sets.items()}
     marked = {s["filename"] for s in sets["lesions"]}
     normals, _ = classification_samples([r for r in records if r["dataset"] != "kermany-pediatric"], "train")
-    normals = sorted((s for s in normals if s["label_name"] == "No finding" and s["filename"] not in marked), key=lambda s: fold_of(s["dataset"] + s["filename"], 1_000_003))
+    normals = sorted(
+        (s for s in normals if s["label_name"] == "No finding" and s["filename"] not in marked),
+        key=lambda s: fold_of(s["dataset"] + s["filename"], 1_000_003),
+    )
     sets["negatives"] = normals[: cfg.negatives]
     test_normals, _ = classification_samples(records, "test")
-    sets["test_normals"] = [s for s in test_normals if s["label_name"] == "No finding"][: max(cfg.limit, 90) if cfg.limit else None]
+    sets["test_normals"] = [s for s in test_normals if s["label_name"] == "No finding"][
+        : max(cfg.limit, 90) if cfg.limit else None
+    ]
     return sets
 
 
-def _fold_decoders(cfg: SeverityConfig, segmenter: LungSegmenter, sets: dict, run: Path, progress: bool) -> dict[int, torch.nn.Module]:
+def _fold_decoders(
+    cfg: SeverityConfig, segmenter: LungSegmenter, sets: dict, run: Path, progress: bool
+) -> dict[int, torch.nn.Module]:
     decoders = {}
     for k in range(cfg.folds):
         train = [s for s in sets["lesions"] if fold_of(s["patient_id"], cfg.folds) != k] + sets["negatives"]
@@ -368,7 +474,9 @@ def _fold_decoders(cfg: SeverityConfig, segmenter: LungSegmenter, sets: dict, ru
     return decoders
 
 
-def evaluate_severity(cfg: SeverityConfig, run: str | Path, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+def evaluate_severity(
+    cfg: SeverityConfig, run: str | Path, out_dir: str | Path | None = None, progress: bool = True
+) -> dict:
     """The evaluation protocol (module docstring, steps 1-3); fold decoders in ``run`` are reused.
 
     Writes ``severity_eval.json``, ``severity_eval.md``, ``severity_scatter.png`` and
@@ -382,13 +490,31 @@ def evaluate_severity(cfg: SeverityConfig, run: str | Path, out_dir: str | Path 
     segmenter = LungSegmenter.from_spec(cfg.lung_weights)
     decoders = _fold_decoders(cfg, segmenter, sets, run, progress)
     scored = list({s["filename"]: s for key in ("lesions", "experts", "brixia") for s in sets[key]}.values())
-    outputs = lesion_outputs(segmenter, decoders, scored, lambda s: fold_of(s["patient_id"], cfg.folds), cfg.threshold, progress)
-    np.savez(run / "features.npz", filenames=np.array([s["filename"] for s in scored]),
-             image_features=np.stack([outputs[s["filename"]]["image_features"] for s in scored]),
-             zone_features=np.stack([outputs[s["filename"]]["zone_features"] for s in scored]))
-    result = {"protocol": {"folds": cfg.folds, "repeats": cfg.repeats, "seed": cfg.seed, "split": "random patient-grouped 50/50 splits", "lesions": "out-of-fold lesion maps",
-                           "image_features": list(cfg.image_groups) + (["predicted Brixia global (zone ridges fitted without the test half's patients)"] if cfg.image_brixia else [])},
-              "lesions": lesion_metrics(sets["lesions"], outputs, seed=cfg.seed)}
+    outputs = lesion_outputs(
+        segmenter, decoders, scored, lambda s: fold_of(s["patient_id"], cfg.folds), cfg.threshold, progress
+    )
+    np.savez(
+        run / "features.npz",
+        filenames=np.array([s["filename"] for s in scored]),
+        image_features=np.stack([outputs[s["filename"]]["image_features"] for s in scored]),
+        zone_features=np.stack([outputs[s["filename"]]["zone_features"] for s in scored]),
+    )
+    result = {
+        "protocol": {
+            "folds": cfg.folds,
+            "repeats": cfg.repeats,
+            "seed": cfg.seed,
+            "split": "random patient-grouped 50/50 splits",
+            "lesions": "out-of-fold lesion maps",
+            "image_features": list(cfg.image_groups)
+            + (
+                ["predicted Brixia global (zone ridges fitted without the test half's patients)"]
+                if cfg.image_brixia
+                else []
+            ),
+        },
+        "lesions": lesion_metrics(sets["lesions"], outputs, seed=cfg.seed),
+    }
     result["lesions"]["n_images"] = len(sets["lesions"])
 
     ex, bx = sets["experts"], sets["brixia"]
@@ -407,25 +533,71 @@ def evaluate_severity(cfg: SeverityConfig, run: str | Path, out_dir: str | Path 
     def brixia_column(test: np.ndarray) -> np.ndarray:  # the test half's patients never reach a Brixia ridge
         return stacked_brixia(ZB, senior, bgroups, bnames, ZE, enames, ~np.isin(bgroups, groups[test]))[:, None]
 
-    result["scores"] = evaluate_scores(X[:, img_cols], targets, groups, cfg.repeats, cfg.seed, clip, extra=brixia_column if cfg.image_brixia else None)
+    result["scores"] = evaluate_scores(
+        X[:, img_cols], targets, groups, cfg.repeats, cfg.seed, clip, extra=brixia_column if cfg.image_brixia else None
+    )
     result["brixia"] = evaluate_brixia(ZB, senior, junior, bgroups, cfg.repeats, cfg.seed)
     result["ablation"] = {}
-    for groups_ in (("lesions",), ("lesions", "geometry", "intensity"), ("deep",), ("lesions", "geometry", "intensity", "deep")):
+    for groups_ in (
+        ("lesions",),
+        ("lesions", "geometry", "intensity"),
+        ("deep",),
+        ("lesions", "geometry", "intensity", "deep"),
+    ):
         zg = tuple(g for g in groups_ if g != "deep") + (("zone",) if groups_ != ("deep",) else ())
         s = evaluate_scores(X[:, columns(groups_, zone=False)], targets, groups, cfg.repeats, cfg.seed, clip)
-        b = evaluate_brixia(Z[:, :, columns(zg + (("deep",) if "deep" in groups_ else ()), zone=True)], senior, junior, bgroups, cfg.repeats, cfg.seed)
-        result["ablation"]["+".join(groups_)] = {k: s[k]["model"]["mae"]["mean"] for k in targets} | {"brixia_global": b["model"]["global_mae"]["mean"]}
+        b = evaluate_brixia(
+            Z[:, :, columns(zg + (("deep",) if "deep" in groups_ else ()), zone=True)],
+            senior,
+            junior,
+            bgroups,
+            cfg.repeats,
+            cfg.seed,
+        )
+        result["ablation"]["+".join(groups_)] = {k: s[k]["model"]["mae"]["mean"] for k in targets} | {
+            "brixia_global": b["model"]["global_mae"]["mean"]
+        }
 
     if sets["test_normals"]:
-        normal_out = lesion_outputs(segmenter, {0: _final_or_fold(cfg, run, decoders)}, sets["test_normals"], lambda s: 0, cfg.threshold, progress)
-        found = [any(o["lesions"][k].sum() >= 0.01 * max(o["lungs"].sum(), 1) for k in range(len(LESIONS))) for o in normal_out.values()]
+        normal_out = lesion_outputs(
+            segmenter,
+            {0: _final_or_fold(cfg, run, decoders)},
+            sets["test_normals"],
+            lambda s: 0,
+            cfg.threshold,
+            progress,
+        )
+        found = [
+            any(o["lesions"][k].sum() >= 0.01 * max(o["lungs"].sum(), 1) for k in range(len(LESIONS)))
+            for o in normal_out.values()
+        ]
         result["lesions"]["test_no_finding_with_lesions"] = {"rate": float(np.mean(found)), "n": len(found)}
     (out / "severity_eval.json").write_text(json.dumps(result, indent=2))
     (out / "severity_eval.md").write_text(markdown(result))
-    truth = {"geographic_extent": targets["geographic_extent"], "opacity": targets["opacity"], "brixia_global": senior.sum(1)}
-    preds = {"geographic_extent": result["scores"]["geographic_extent"]["predictions"], "opacity": result["scores"]["opacity"]["predictions"], "brixia_global": result["brixia"]["predictions"]}
+    truth = {
+        "geographic_extent": targets["geographic_extent"],
+        "opacity": targets["opacity"],
+        "brixia_global": senior.sum(1),
+    }
+    preds = {
+        "geographic_extent": result["scores"]["geographic_extent"]["predictions"],
+        "opacity": result["scores"]["opacity"]["predictions"],
+        "brixia_global": result["brixia"]["predictions"],
+    }
     plots.severity_scatter(truth, preds, out / "severity_scatter.png")
-    plots.lesion_examples([(read_image(s["path"]), read_lesions(s, outputs[s["filename"]]["lungs"].shape), outputs[s["filename"]]["lesions"], outputs[s["filename"]]["lungs"]) for s in sets["lesions"][:6]], LESIONS, out / "lesion_examples.png")
+    plots.lesion_examples(
+        [
+            (
+                read_image(s["path"]),
+                read_lesions(s, outputs[s["filename"]]["lungs"].shape),
+                outputs[s["filename"]]["lesions"],
+                outputs[s["filename"]]["lungs"],
+            )
+            for s in sets["lesions"][:6]
+        ],
+        LESIONS,
+        out / "lesion_examples.png",
+    )
     return result
 
 
@@ -441,36 +613,70 @@ def _final_or_fold(cfg: SeverityConfig, run: Path, decoders: dict) -> torch.nn.M
 
 def markdown(result: dict) -> str:
     """The evaluation as Markdown tables."""
+
     def fmt(d: dict) -> str:
         return f"{d['mean']:.2f} ({d['ci_low']:.2f}–{d['ci_high']:.2f})"
 
     p = result["protocol"]
-    lines = [f"Severity: {p['repeats']} {p['split']} (seed {p['seed']}); mean over splits (2.5–97.5 percentile). Lesion maps: out of fold ({p['folds']} patient folds). "
-             f"Extent and opacity read: {', '.join(p.get('image_features', [])) or 'see config'}.", "",
-             "| score | n | model MAE | mean-baseline MAE | model R² | model Pearson r |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Severity: {p['repeats']} {p['split']} (seed {p['seed']}); mean over splits (2.5–97.5 percentile). Lesion maps: out of fold ({p['folds']} patient folds). "
+        f"Extent and opacity read: {', '.join(p.get('image_features', [])) or 'see config'}.",
+        "",
+        "| score | n | model MAE | mean-baseline MAE | model R² | model Pearson r |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in result["scores"].items():
-        lines.append(f"| {name.replace('_', ' ')} | {r['n']} | {fmt(r['model']['mae'])} | {fmt(r['mean_baseline']['mae'])} | {fmt(r['model']['r2'])} | {fmt(r['model']['pearson_r'])} |")
+        lines.append(
+            f"| {name.replace('_', ' ')} | {r['n']} | {fmt(r['model']['mae'])} | {fmt(r['mean_baseline']['mae'])} | {fmt(r['model']['r2'])} | {fmt(r['model']['pearson_r'])} |"
+        )
     b = result["brixia"]
     lines += ["", "| Brixia vs senior rater | n | global MAE | zone MAE | global Pearson r |", "|---|---|---|---|---|"]
     for who in ("model", "junior_rater", "mean_baseline"):
-        lines.append(f"| {who.replace('_', ' ')} | {b['n']} | {fmt(b[who]['global_mae'])} | {fmt(b[who]['zone_mae'])} | {fmt(b[who]['global_pearson_r'])} |")
-    lines += ["", "| lesion | Dice (95% CI), marked images | model finds it, radiologists did not | radiologists marked it, model finds none |", "|---|---|---|---|"]
+        lines.append(
+            f"| {who.replace('_', ' ')} | {b['n']} | {fmt(b[who]['global_mae'])} | {fmt(b[who]['zone_mae'])} | {fmt(b[who]['global_pearson_r'])} |"
+        )
+    lines += [
+        "",
+        "| lesion | Dice (95% CI), marked images | model finds it, radiologists did not | radiologists marked it, model finds none |",
+        "|---|---|---|---|",
+    ]
     for name in LESIONS:
         r = result["lesions"][name]
-        d = f"{r['dice']['value']:.3f} ({r['dice']['ci_low']:.3f}–{r['dice']['ci_high']:.3f}), n = {r['dice']['n']}" if r["dice"] else "n/a"
-        lines.append(f"| {name} | {d} | {r['model_only']['rate']:.0%} of {r['model_only']['n']} | {r['radiologist_only']['rate']:.0%} of {r['radiologist_only']['n']} |")
+        d = (
+            f"{r['dice']['value']:.3f} ({r['dice']['ci_low']:.3f}–{r['dice']['ci_high']:.3f}), n = {r['dice']['n']}"
+            if r["dice"]
+            else "n/a"
+        )
+        lines.append(
+            f"| {name} | {d} | {r['model_only']['rate']:.0%} of {r['model_only']['n']} | {r['radiologist_only']['rate']:.0%} of {r['radiologist_only']['n']} |"
+        )
     if "test_no_finding_with_lesions" in result["lesions"]:
         t = result["lesions"]["test_no_finding_with_lesions"]
-        lines += ["", f"Test-split 'No finding' images where the shipped lesion model finds lesions (≥ 1% of the lungs): {t['rate']:.0%} of {t['n']}."]
+        lines += [
+            "",
+            f"Test-split 'No finding' images where the shipped lesion model finds lesions (≥ 1% of the lungs): {t['rate']:.0%} of {t['n']}.",
+        ]
     if result.get("ablation"):
-        lines += ["", "Ablation: the same ridges on one set of feature groups each (extent and opacity without the Brixia score).", "",
-                  "| feature groups | geographic extent MAE | opacity MAE | Brixia global MAE |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "Ablation: the same ridges on one set of feature groups each (extent and opacity without the Brixia score).",
+            "",
+            "| feature groups | geographic extent MAE | opacity MAE | Brixia global MAE |",
+            "|---|---|---|---|",
+        ]
         for name, r in result["ablation"].items():
             lines.append(f"| {name} | {r['geographic_extent']:.2f} | {r['opacity']:.2f} | {r['brixia_global']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
-def fit_heads(cfg: SeverityConfig, image_features: np.ndarray, targets: np.ndarray, zone_features: np.ndarray, zone_targets: np.ndarray, brixia_global: np.ndarray | None = None) -> torch.nn.Module:
+def fit_heads(
+    cfg: SeverityConfig,
+    image_features: np.ndarray,
+    targets: np.ndarray,
+    zone_features: np.ndarray,
+    zone_targets: np.ndarray,
+    brixia_global: np.ndarray | None = None,
+) -> torch.nn.Module:
     """The shipped severity head: ridge fits turned into a :class:`SeverityHead`.
 
     Args:
@@ -480,7 +686,15 @@ def fit_heads(cfg: SeverityConfig, image_features: np.ndarray, targets: np.ndarr
             Brixia global score (:func:`stacked_brixia`), appended to its image features.
     """
     img_cols, zone_cols = columns(cfg.image_groups, zone=False), columns(cfg.zone_groups, zone=True)
-    head = create_model("severity_linear", num_classes=3, image_groups=cfg.image_groups, zone_groups=cfg.zone_groups, image_in=len(img_cols), zone_in=len(zone_cols), image_brixia=cfg.image_brixia)
+    head = create_model(
+        "severity_linear",
+        num_classes=3,
+        image_groups=cfg.image_groups,
+        zone_groups=cfg.zone_groups,
+        image_in=len(img_cols),
+        zone_in=len(zone_cols),
+        image_brixia=cfg.image_brixia,
+    )
     x = image_features[:, img_cols]
     if cfg.image_brixia:
         if brixia_global is None:
@@ -500,13 +714,21 @@ def fit_heads(cfg: SeverityConfig, image_features: np.ndarray, targets: np.ndarr
     return head.eval()
 
 
-def main(cfg: SeverityConfig, out_dir: str | Path, resume: bool = False, export_dir: str | Path | None = None, progress: bool = True) -> Path:
+def main(
+    cfg: SeverityConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    export_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
     """Evaluate (steps 1-3), train the shipped lesion decoder and heads (step 4), export both with specs."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run = Path(out_dir)
     if run.exists() and any(run.iterdir()) and not resume:
-        raise FileExistsError(f"{run}: run folder exists and is not empty; use --resume to continue it or choose another --out")
+        raise FileExistsError(
+            f"{run}: run folder exists and is not empty; use --resume to continue it or choose another --out"
+        )
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
     t0 = time.time()
@@ -520,31 +742,98 @@ def main(cfg: SeverityConfig, out_dir: str | Path, resume: bool = False, export_
     ex, bx = sets["experts"], sets["brixia"]
     zone_cols = columns(cfg.zone_groups, zone=True)
     Z, senior = feats["zone_features"][[row[s["filename"]] for s in bx]], np.stack([s["senior"] for s in bx])
-    brixia_global = stacked_brixia(Z[:, :, zone_cols], senior, np.array([s["patient_id"] for s in bx]), [s["filename"] for s in bx],
-                                   feats["zone_features"][[row[s["filename"]] for s in ex]][:, :, zone_cols], [s["filename"] for s in ex], np.ones(len(bx), bool))
-    head = fit_heads(cfg, feats["image_features"][[row[s["filename"]] for s in ex]], np.array([[s["geographic_extent"], s["opacity"]] for s in ex]), Z, senior, brixia_global)
+    brixia_global = stacked_brixia(
+        Z[:, :, zone_cols],
+        senior,
+        np.array([s["patient_id"] for s in bx]),
+        [s["filename"] for s in bx],
+        feats["zone_features"][[row[s["filename"]] for s in ex]][:, :, zone_cols],
+        [s["filename"] for s in ex],
+        np.ones(len(bx), bool),
+    )
+    head = fit_heads(
+        cfg,
+        feats["image_features"][[row[s["filename"]] for s in ex]],
+        np.array([[s["geographic_extent"], s["opacity"]] for s in ex]),
+        Z,
+        senior,
+        brixia_global,
+    )
     size = tuple(segmenter.size)
-    common = {"split_version": SPLIT_VERSION, "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in ("data_root", "out_dir")},
-              "command": "covidcxr train severity --config configs/severity.yaml --out runs/severity --export src/covidcxr/weights", "train_minutes": round((time.time() - t0) / 60, 1)}
+    common = {
+        "split_version": SPLIT_VERSION,
+        "config": {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in asdict(cfg).items()
+            if k not in ("data_root", "out_dir")
+        },
+        "command": "covidcxr train severity --config configs/severity.yaml --out runs/severity --export src/covidcxr/weights",
+        "train_minutes": round((time.time() - t0) / 60, 1),
+    }
     lesion_spec = WeightSpec(
-        name="unet_mobilenetv2_lesions", architecture="lesion_decoder", task="lesions", targets=list(LESIONS), input_size=size,
-        normalization=NORMALIZATION, file="unet_mobilenetv2_lesions.pt", resize="stage-1 encoder features", threshold=cfg.threshold,
-        lung_weights=segmenter.spec.sha256, model_kwargs={"decoder_channels": list(cfg.decoder_channels)},
-        training={**common, "data": {"annotated_images": len(sets["lesions"]), "lesion_free_images": len(sets["negatives"])}},
-        metrics={"protocol": f"{cfg.folds}-fold patient cross-validation (out of fold)", **{k: v for k, v in result["lesions"].items()}},
+        name="unet_mobilenetv2_lesions",
+        architecture="lesion_decoder",
+        task="lesions",
+        targets=list(LESIONS),
+        input_size=size,
+        normalization=NORMALIZATION,
+        file="unet_mobilenetv2_lesions.pt",
+        resize="stage-1 encoder features",
+        threshold=cfg.threshold,
+        lung_weights=segmenter.spec.sha256,
+        model_kwargs={"decoder_channels": list(cfg.decoder_channels)},
+        training={
+            **common,
+            "data": {"annotated_images": len(sets["lesions"]), "lesion_free_images": len(sets["negatives"])},
+        },
+        metrics={
+            "protocol": f"{cfg.folds}-fold patient cross-validation (out of fold)",
+            **{k: v for k, v in result["lesions"].items()},
+        },
     )
     export = Path(export_dir or run / "export")
     lesion_path = save_weights(decoder, lesion_spec, export)
     head_spec = WeightSpec(
-        name="severity_linear", architecture="severity_linear", task="severity", targets=["geographic_extent", "opacity", "brixia_zone"], input_size=size,
-        normalization=NORMALIZATION, file="severity_linear.pt", resize="stage-1 encoder features", dtype="float32",
-        model_kwargs={"image_groups": list(cfg.image_groups), "zone_groups": list(cfg.zone_groups), "image_in": head.image_in, "zone_in": head.zone.in_features, "image_brixia": head.image_brixia},
+        name="severity_linear",
+        architecture="severity_linear",
+        task="severity",
+        targets=["geographic_extent", "opacity", "brixia_zone"],
+        input_size=size,
+        normalization=NORMALIZATION,
+        file="severity_linear.pt",
+        resize="stage-1 encoder features",
+        dtype="float32",
+        model_kwargs={
+            "image_groups": list(cfg.image_groups),
+            "zone_groups": list(cfg.zone_groups),
+            "image_in": head.image_in,
+            "zone_in": head.zone.in_features,
+            "image_brixia": head.image_brixia,
+        },
         lung_weights=segmenter.spec.sha256,
-        training={**common, "lesion_weights": WeightSpec.from_json(lesion_path).sha256, "data": {"expert_scored_images": len(ex), "brixia_scored_images": len(bx)},
-                  "fit": "sklearn StandardScaler + RidgeCV (leave-one-out alpha) on out-of-fold features of every scored image"
-                         + ("; extent and opacity also on each image's predicted Brixia global score from zone ridges fitted without its patient" if cfg.image_brixia else "")},
-        metrics={k: {t: {m: round(v["model"][m]["mean"], 4) for m in v["model"]} for t, v in result[k].items()} if k == "scores" else None for k in ("scores",)}
-        | {"brixia": {who: {m: round(v["mean"], 4) for m, v in result["brixia"][who].items()} for who in ("model", "junior_rater", "mean_baseline")}},
+        training={
+            **common,
+            "lesion_weights": WeightSpec.from_json(lesion_path).sha256,
+            "data": {"expert_scored_images": len(ex), "brixia_scored_images": len(bx)},
+            "fit": "sklearn StandardScaler + RidgeCV (leave-one-out alpha) on out-of-fold features of every scored image"
+            + (
+                "; extent and opacity also on each image's predicted Brixia global score from zone ridges fitted without its patient"
+                if cfg.image_brixia
+                else ""
+            ),
+        },
+        metrics={
+            k: {t: {m: round(v["model"][m]["mean"], 4) for m in v["model"]} for t, v in result[k].items()}
+            if k == "scores"
+            else None
+            for k in ("scores",)
+        }
+        | {
+            "brixia": {
+                who: {m: round(v["mean"], 4) for m, v in result["brixia"][who].items()}
+                for who in ("model", "junior_rater", "mean_baseline")
+            }
+        },
     )
     spec_path = save_weights(head, head_spec, export)
     log.info("exported %s and %s", lesion_path, spec_path)

@@ -74,7 +74,15 @@ def view_features(backbone: torch.nn.Module, images: list[np.ndarray], masks: li
     return lung_pooled(fmap, [lungs[0] for _, lungs in views])
 
 
-def compute_features(samples: list[dict], segmenter, scorer, backbone, blackout: bool | str = False, batch_size: int = 16, progress: bool = True) -> dict:
+def compute_features(
+    samples: list[dict],
+    segmenter,
+    scorer,
+    backbone,
+    blackout: bool | str = False,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
     """Findings and pooled features of ``samples`` (unreadable images are dropped and logged).
 
     Returns:
@@ -110,7 +118,9 @@ def compute_features(samples: list[dict], segmenter, scorer, backbone, blackout:
         cols["names"].extend(f"{s['dataset']}/{s['filename']}" for s in chunk)
     bar.close()
     return {
-        "findings": np.array(cols["findings"], np.float32).reshape(-1, len(cols["findings"][0]) if cols["findings"] else 0),
+        "findings": np.array(cols["findings"], np.float32).reshape(
+            -1, len(cols["findings"][0]) if cols["findings"] else 0
+        ),
         "lungenc": np.concatenate(cols["lungenc"]) if cols["lungenc"] else np.zeros((0, 0), np.float32),
         "imagenet": np.concatenate(cols["imagenet"]) if cols["imagenet"] else np.zeros((0, 0), np.float32),
         "lung_area": np.array(cols["lung_area"], np.float32),
@@ -118,10 +128,28 @@ def compute_features(samples: list[dict], segmenter, scorer, backbone, blackout:
     }
 
 
-def cached_features(samples: list[dict], segmenter, scorer, backbone, backbone_sha256: str, blackout: bool | str = False, progress: bool = True) -> dict:
+def cached_features(
+    samples: list[dict],
+    segmenter,
+    scorer,
+    backbone,
+    backbone_sha256: str,
+    blackout: bool | str = False,
+    progress: bool = True,
+) -> dict:
     """:func:`compute_features`, kept as one ``.npz`` per setting and sample list."""
-    setting = [segmenter.spec.sha256, scorer.lesion_spec.sha256, scorer.head_spec.sha256, backbone_sha256, blackout, VIEW_SIZE, MARGIN]
-    key = hashlib.sha256(json.dumps([*setting, sorted(f"{s['dataset']}/{s['filename']}" for s in samples)]).encode()).hexdigest()[:16]
+    setting = [
+        segmenter.spec.sha256,
+        scorer.lesion_spec.sha256,
+        scorer.head_spec.sha256,
+        backbone_sha256,
+        blackout,
+        VIEW_SIZE,
+        MARGIN,
+    ]
+    key = hashlib.sha256(
+        json.dumps([*setting, sorted(f"{s['dataset']}/{s['filename']}" for s in samples)]).encode()
+    ).hexdigest()[:16]
     path = views_cache_dir().parent / "stage2" / f"{key}.npz"
     if path.is_file():
         with np.load(path) as data:

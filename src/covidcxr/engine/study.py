@@ -40,7 +40,16 @@ from ..io import NORMALIZATION
 from ..models import WeightSpec, eval_mode
 from ..views import LUNG_INPUTS
 from . import distributed
-from .diagnosis import DiagTrainConfig, _build_model, _train_epoch, fold_of, macro_auroc, predict_logits, prepare_views, sample_weights
+from .diagnosis import (
+    DiagTrainConfig,
+    _build_model,
+    _train_epoch,
+    fold_of,
+    macro_auroc,
+    predict_logits,
+    prepare_views,
+    sample_weights,
+)
 from .segmentation import _device
 from .study_report import summarise, write_results
 
@@ -79,18 +88,34 @@ class StudyConfig:
 
 
 #: ``covidcxr study --quick``: every cell of the grid, on a few images at a small size, in minutes.
-QUICK = {"folds": 2, "input_size": 64, "epochs": 1, "draws_per_epoch": 64, "batch_size": 16, "saliency_images": 8, "latency_repeats": 5, "per_group": 12, "n_resamples": 200}
+QUICK = {
+    "folds": 2,
+    "input_size": 64,
+    "epochs": 1,
+    "draws_per_epoch": 64,
+    "batch_size": 16,
+    "saliency_images": 8,
+    "latency_repeats": 5,
+    "per_group": 12,
+    "n_resamples": 200,
+}
 
 
 def cells(cfg: StudyConfig) -> list[tuple[str, str, str]]:
     """The grid's (backbone, input, enhancement) cells, in run order."""
-    for name, values, known in (("backbone", cfg.backbones, BACKBONES), ("input", cfg.inputs, LUNG_INPUTS), ("enhancement", cfg.enhancements, ENHANCEMENTS)):
+    for name, values, known in (
+        ("backbone", cfg.backbones, BACKBONES),
+        ("input", cfg.inputs, LUNG_INPUTS),
+        ("enhancement", cfg.enhancements, ENHANCEMENTS),
+    ):
         unknown = sorted(set(values) - set(known))
         if unknown or not values:
             raise ValueError(f"study {name}s must be a non-empty subset of {known}, got {list(values)}")
     if cfg.folds < 2 or cfg.epochs < 1 or cfg.draws_per_epoch < cfg.batch_size or not cfg.seeds:
-        raise ValueError(f"the study needs folds >= 2, epochs >= 1, draws_per_epoch >= batch_size and a seed; got folds {cfg.folds}, "
-                         f"epochs {cfg.epochs}, draws_per_epoch {cfg.draws_per_epoch}, batch_size {cfg.batch_size}, seeds {list(cfg.seeds)}")
+        raise ValueError(
+            f"the study needs folds >= 2, epochs >= 1, draws_per_epoch >= batch_size and a seed; got folds {cfg.folds}, "
+            f"epochs {cfg.epochs}, draws_per_epoch {cfg.draws_per_epoch}, batch_size {cfg.batch_size}, seeds {list(cfg.seeds)}"
+        )
     return [(b, i, e) for e in cfg.enhancements for i in cfg.inputs for b in cfg.backbones]
 
 
@@ -122,29 +147,55 @@ def study_samples(cfg: StudyConfig) -> list[dict]:
 
 def _fold_config(cfg: StudyConfig, backbone: str, lung_input: str, seed: int) -> DiagTrainConfig:
     return DiagTrainConfig(
-        model=backbone, init=None, lung_input=lung_input, margin=cfg.margin, input_size=cfg.input_size, sampling=cfg.sampling,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=seed, amp=cfg.amp,
+        model=backbone,
+        init=None,
+        lung_input=lung_input,
+        margin=cfg.margin,
+        input_size=cfg.input_size,
+        sampling=cfg.sampling,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        seed=seed,
+        amp=cfg.amp,
     )
 
 
-def train_fold(dcfg: DiagTrainConfig, views: dict, idx: np.ndarray, draws_per_epoch: int, device: torch.device) -> torch.nn.Module:
+def train_fold(
+    dcfg: DiagTrainConfig, views: dict, idx: np.ndarray, draws_per_epoch: int, device: torch.device
+) -> torch.nn.Module:
     """A classifier trained from random weights on ``views[idx]`` for a fixed budget (no early stopping)."""
     torch.manual_seed(dcfg.seed)
     model = _build_model(dcfg).to(device, memory_format=torch.channels_last)
-    ds = DiagnosisDataset(views["images"][idx], views["lungs"][idx], views["labels"][idx], dcfg.lung_input, transform=diagnosis_augment())
+    ds = DiagnosisDataset(
+        views["images"][idx], views["lungs"][idx], views["labels"][idx], dcfg.lung_input, transform=diagnosis_augment()
+    )
     weights = sample_weights(views["labels"][idx], [views["samples"][i]["dataset"] for i in idx], dcfg.sampling)
     steps = max(1, draws_per_epoch // dcfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=dcfg.lr, weight_decay=dcfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=dcfg.lr, total_steps=dcfg.epochs * steps, pct_start=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=dcfg.lr, total_steps=dcfg.epochs * steps, pct_start=0.1
+    )
     for epoch in range(dcfg.epochs):
         seed = dcfg.seed * 100_003 + epoch
         torch.manual_seed(seed + 1)
         draws = distributed.weighted_shard(weights, steps * dcfg.batch_size, seed, rank=0, world_size=1)
-        _train_epoch(model, DataLoader(ds, batch_size=dcfg.batch_size, sampler=draws, drop_last=True), optimizer, scheduler, dcfg, epoch, device)
+        _train_epoch(
+            model,
+            DataLoader(ds, batch_size=dcfg.batch_size, sampler=draws, drop_last=True),
+            optimizer,
+            scheduler,
+            dcfg,
+            epoch,
+            device,
+        )
     return model.cpu()
 
 
-def score_fold(model: torch.nn.Module, dcfg: DiagTrainConfig, views: dict, idx: np.ndarray, saliency_images: int) -> dict:
+def score_fold(
+    model: torch.nn.Module, dcfg: DiagTrainConfig, views: dict, idx: np.ndarray, saliency_images: int
+) -> dict:
     """Held-out outputs: probabilities intact and with the lungs blacked out; Grad-CAM lung shares."""
     from ..saliency import GradCam, lung_share
 
@@ -154,22 +205,40 @@ def score_fold(model: torch.nn.Module, dcfg: DiagTrainConfig, views: dict, idx: 
 
     intact = probs(dcfg.lung_input)
     pick = np.sort(np.random.default_rng(dcfg.seed).permutation(len(idx))[:saliency_images])
-    ds = DiagnosisDataset(views["images"][idx[pick]], views["lungs"][idx[pick]], views["labels"][idx[pick]], dcfg.lung_input)
+    ds = DiagnosisDataset(
+        views["images"][idx[pick]], views["lungs"][idx[pick]], views["labels"][idx[pick]], dcfg.lung_input
+    )
     cam = GradCam(model, dcfg.model)
     shares = []
     for start, batch in zip(range(0, len(pick), 16), DataLoader(ds, batch_size=16)):
         maps = cam(batch["image"], intact[pick[start : start + len(batch["image"])]].argmax(1).tolist())
         shares.extend(lung_share(m, views["lungs"][idx[pick[start + j]]]) for j, m in enumerate(maps))
-    return {"probs": intact, "probs_blacked": probs("lungs_blacked_out"), "saliency_idx": pick, "saliency_share": np.array(shares, float)}
+    return {
+        "probs": intact,
+        "probs_blacked": probs("lungs_blacked_out"),
+        "saliency_idx": pick,
+        "saliency_share": np.array(shares, float),
+    }
 
 
-def stage2_latency(model: torch.nn.Module, dcfg: DiagTrainConfig, enhancement: str, image: np.ndarray, mask: np.ndarray, repeats: int) -> np.ndarray:
+def stage2_latency(
+    model: torch.nn.Module, dcfg: DiagTrainConfig, enhancement: str, image: np.ndarray, mask: np.ndarray, repeats: int
+) -> np.ndarray:
     """Seconds per image of stage 2 as ``predict`` runs it (lung view, enhancement, classifier), ``repeats`` times."""
     from ..pipeline import Diagnoser
 
     spec = WeightSpec(
-        name="study", architecture=dcfg.model, task="diagnosis", targets=list(CLASSES), input_size=(dcfg.input_size, dcfg.input_size),
-        normalization=NORMALIZATION, file="", resize="lung-box", lung_input=dcfg.lung_input, margin=dcfg.margin, enhancement=enhancement,
+        name="study",
+        architecture=dcfg.model,
+        task="diagnosis",
+        targets=list(CLASSES),
+        input_size=(dcfg.input_size, dcfg.input_size),
+        normalization=NORMALIZATION,
+        file="",
+        resize="lung-box",
+        lung_input=dcfg.lung_input,
+        margin=dcfg.margin,
+        enhancement=enhancement,
     )
     diagnoser = Diagnoser(model, spec)
     times = []
@@ -184,7 +253,9 @@ def stage2_latency(model: torch.nn.Module, dcfg: DiagTrainConfig, enhancement: s
 
 def model_megabytes(model: torch.nn.Module) -> float:
     """Size of the weights stored as float16 (as shipped), in MB."""
-    return sum(t.numel() * (2 if t.is_floating_point() else t.element_size()) for t in model.state_dict().values()) / 1e6
+    return (
+        sum(t.numel() * (2 if t.is_floating_point() else t.element_size()) for t in model.state_dict().values()) / 1e6
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -201,8 +272,17 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict:
     (out / "cells").mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     samples = study_samples(cfg)
-    todo = [(c, s, k) for c in grid for s in cfg.seeds for k in range(cfg.folds) if not _fold_path(out, c, s, k).is_file()]
-    log.info("study: %d cells x %d seeds x %d folds on %d images; %d folds to run", len(grid), len(cfg.seeds), cfg.folds, len(samples), len(todo))
+    todo = [
+        (c, s, k) for c in grid for s in cfg.seeds for k in range(cfg.folds) if not _fold_path(out, c, s, k).is_file()
+    ]
+    log.info(
+        "study: %d cells x %d seeds x %d folds on %d images; %d folds to run",
+        len(grid),
+        len(cfg.seeds),
+        cfg.folds,
+        len(samples),
+        len(todo),
+    )
     if todo:
         _run_folds(cfg, out, todo, samples, progress)
     summary = summarise(cfg, out, grid)
@@ -223,7 +303,9 @@ def _check_resume(cfg: StudyConfig, out: Path) -> None:
     new = json.loads(json.dumps(asdict(cfg)))
     changed = sorted(k for k in new if k not in _FREE and old.get(k) != new[k])
     if changed:
-        raise ValueError(f"{out} holds a study run with other settings ({', '.join(f'{k}: {old.get(k)} -> {new[k]}' for k in changed)}); choose another --out or the same settings")
+        raise ValueError(
+            f"{out} holds a study run with other settings ({', '.join(f'{k}: {old.get(k)} -> {new[k]}' for k in changed)}); choose another --out or the same settings"
+        )
 
 
 def _fold_path(out: Path, cell: tuple[str, str, str], seed: int, fold: int) -> Path:
@@ -241,26 +323,50 @@ def _run_folds(cfg: StudyConfig, out: Path, todo: list, samples: list[dict], pro
         backbone, lung_input, enhancement = cell
         key = (lung_input == "whole", enhancement)
         if key not in views_by_key:  # crop and masked share the stored views
-            views_by_key[key] = prepare_views(samples, segmenter, cfg.input_size, cfg.margin, whole=key[0], enhancement=enhancement, progress=progress)
+            views_by_key[key] = prepare_views(
+                samples, segmenter, cfg.input_size, cfg.margin, whole=key[0], enhancement=enhancement, progress=progress
+            )
         views = views_by_key[key]
         names = [f"{s['dataset']}/{s['filename']}" for s in views["samples"]]
-        folds = np.array([fold_of(f"{s['dataset']}:{s['patient_id']}", cfg.folds) for s in views["samples"]])  # by patient
+        folds = np.array(
+            [fold_of(f"{s['dataset']}:{s['patient_id']}", cfg.folds) for s in views["samples"]]
+        )  # by patient
         train_idx, test_idx = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
         dcfg = _fold_config(cfg, backbone, lung_input, seed)
         t0, c0 = time.perf_counter(), time.process_time()
         model = train_fold(dcfg, views, train_idx, cfg.draws_per_epoch, device)
-        train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0  # CPU time: immune to pauses and other processes
+        train_s, train_cpu_s = (
+            time.perf_counter() - t0,
+            time.process_time() - c0,
+        )  # CPU time: immune to pauses and other processes
         scores = score_fold(model, dcfg, views, test_idx, cfg.saliency_images)
-        latency = stage2_latency(model, dcfg, enhancement, *latency_image, cfg.latency_repeats) if k == 0 else np.zeros(0)
+        latency = (
+            stage2_latency(model, dcfg, enhancement, *latency_image, cfg.latency_repeats) if k == 0 else np.zeros(0)
+        )
         path = _fold_path(out, cell, seed, k)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(
-            tmp, names=np.array(names)[test_idx], labels=views["labels"][test_idx], sources=np.array([views["samples"][i]["dataset"] for i in test_idx]),
-            train_s=train_s, train_cpu_s=train_cpu_s, size_mb=model_megabytes(model), latency_s=latency, train_images=len(train_idx), **scores,
+            tmp,
+            names=np.array(names)[test_idx],
+            labels=views["labels"][test_idx],
+            sources=np.array([views["samples"][i]["dataset"] for i in test_idx]),
+            train_s=train_s,
+            train_cpu_s=train_cpu_s,
+            size_mb=model_megabytes(model),
+            latency_s=latency,
+            train_images=len(train_idx),
+            **scores,
         )
         tmp.replace(path)
-        log.info("%s seed %d fold %d: macro AUROC %.3f, %.0f s", cell_name(cell), seed, k, macro_auroc(views["labels"][test_idx], scores["probs"]), train_s)
+        log.info(
+            "%s seed %d fold %d: macro AUROC %.3f, %.0f s",
+            cell_name(cell),
+            seed,
+            k,
+            macro_auroc(views["labels"][test_idx], scores["probs"]),
+            train_s,
+        )
 
 
 def _latency_case(segmenter) -> tuple[np.ndarray, np.ndarray]:

@@ -51,7 +51,10 @@ def cell_metrics(folds: list[dict], n_resamples: int = 1000) -> dict:
 
 
 def _seed_metrics(folds: list[dict], n_resamples: int) -> dict:
-    cat = {k: np.concatenate([f[k] for f in folds]) for k in ("labels", "sources", "probs", "probs_blacked", "saliency_share")}
+    cat = {
+        k: np.concatenate([f[k] for f in folds])
+        for k in ("labels", "sources", "probs", "probs_blacked", "saliency_share")
+    }
     y, src = cat["labels"], cat["sources"]
     in_cc = src == "covid-chestxray"
     latency = np.concatenate([f["latency_s"] for f in folds]) * 1000
@@ -61,7 +64,9 @@ def _seed_metrics(folds: list[dict], n_resamples: int) -> dict:
     return {
         "macro_auroc": class_stratified_bootstrap_ci(y, cat["probs"], macro_auroc, n_resamples=n_resamples),
         "covid_vs_other_auroc": covid_vs_other(y[in_cc], cat["probs"][in_cc], n_resamples=n_resamples),
-        "blacked_out_macro_auroc": class_stratified_bootstrap_ci(y, cat["probs_blacked"], macro_auroc, n_resamples=n_resamples),
+        "blacked_out_macro_auroc": class_stratified_bootstrap_ci(
+            y, cat["probs_blacked"], macro_auroc, n_resamples=n_resamples
+        ),
         "saliency_in_lungs": bootstrap_ci(cat["saliency_share"], n_resamples=n_resamples),
         "train_minutes": bootstrap_ci(train_min, n_resamples=n_resamples),
         "train_cpu_minutes": bootstrap_ci(train_cpu, n_resamples=n_resamples),
@@ -90,7 +95,13 @@ def summarise(cfg, out: Path, grid: list[tuple[str, str, str]]) -> dict:
             metrics = cell_metrics(folds, cfg.n_resamples)
             cached.write_text(json.dumps({"files": stamp, "metrics": metrics}, indent=1))
         rows.append({"backbone": cell[0], "input": cell[1], "enhancement": cell[2], "metrics": metrics})
-    return {"out_dir": str(out), "config": {k: v for k, v in vars(cfg).items() if k not in ("data_root", "out_dir")}, "cells": rows, "complete": len(rows) == len(grid), **best_cells(rows)}
+    return {
+        "out_dir": str(out),
+        "config": {k: v for k, v in vars(cfg).items() if k not in ("data_root", "out_dir")},
+        "cells": rows,
+        "complete": len(rows) == len(grid),
+        **best_cells(rows),
+    }
 
 
 def best_cells(rows: list[dict]) -> dict:
@@ -113,9 +124,19 @@ def best_cells(rows: list[dict]) -> dict:
     dist = [round(abs(r["metrics"]["blacked_out_macro_auroc"]["value"] - 0.5), 3) for r in rows]
     internal = int(np.nanargmax(auc))
     shortcut = min(range(len(rows)), key=lambda i: (dist[i], -auc[i]))
-    blind = [i for i, r in enumerate(rows) if r["metrics"]["blacked_out_macro_auroc"]["ci_low"] <= 0.5 <= r["metrics"]["blacked_out_macro_auroc"]["ci_high"]]
+    blind = [
+        i
+        for i, r in enumerate(rows)
+        if r["metrics"]["blacked_out_macro_auroc"]["ci_low"]
+        <= 0.5
+        <= r["metrics"]["blacked_out_macro_auroc"]["ci_high"]
+    ]
     reading = max(blind, key=lambda i: auc[i]) if blind else None
-    return {"best_internal": name(rows[internal]), "best_shortcut_free": name(rows[shortcut]), "best_reading_lungs": None if reading is None else name(rows[reading])}
+    return {
+        "best_internal": name(rows[internal]),
+        "best_shortcut_free": name(rows[shortcut]),
+        "best_reading_lungs": None if reading is None else name(rows[reading]),
+    }
 
 
 def write_results(summary: dict, out: Path) -> None:
@@ -124,10 +145,16 @@ def write_results(summary: dict, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(summary, indent=1, default=float))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["backbone", "input", "enhancement", "n_images"] + [f"{k}{s}" for k, _, _ in METRICS for s in ("", "_ci_low", "_ci_high")])
+        w.writerow(
+            ["backbone", "input", "enhancement", "n_images"]
+            + [f"{k}{s}" for k, _, _ in METRICS for s in ("", "_ci_low", "_ci_high")]
+        )
         for r in rows:
             m = r["metrics"]
-            w.writerow([r["backbone"], r["input"], r["enhancement"], m["macro_auroc"]["n"]] + [f"{m[k][b]:.4g}" for k, _, _ in METRICS for b in ("value", "ci_low", "ci_high")])
+            w.writerow(
+                [r["backbone"], r["input"], r["enhancement"], m["macro_auroc"]["n"]]
+                + [f"{m[k][b]:.4g}" for k, _, _ in METRICS for b in ("value", "ci_low", "ci_high")]
+            )
     (out / "results.md").write_text(markdown(summary))
     if rows:
         plot_grid(rows, out / "study_grid.png")
@@ -157,11 +184,21 @@ def markdown(summary: dict) -> str:
     for r in summary["cells"]:
         m = r["metrics"]
         digits = {"train_minutes": 2, "train_cpu_minutes": 2, "size_mb": 1, "latency_ms": 1}
-        lines.append(f"| {r['backbone']} | {r['input']} | {r['enhancement']} | " + " | ".join(_ci(m[k], digits.get(k, 3)) for k, _, _ in METRICS) + " |")
-    lines += ["", f"Best by internal macro AUROC: **{summary['best_internal']}**.", f"Best by lungs-blacked-out AUROC closest to 0.5 (ties broken by macro AUROC): **{summary['best_shortcut_free']}**.",
-              f"Best internal macro AUROC among the cells whose lungs-blacked-out CI contains 0.5: **{summary.get('best_reading_lungs') or 'none'}**."]
+        lines.append(
+            f"| {r['backbone']} | {r['input']} | {r['enhancement']} | "
+            + " | ".join(_ci(m[k], digits.get(k, 3)) for k, _, _ in METRICS)
+            + " |"
+        )
+    lines += [
+        "",
+        f"Best by internal macro AUROC: **{summary['best_internal']}**.",
+        f"Best by lungs-blacked-out AUROC closest to 0.5 (ties broken by macro AUROC): **{summary['best_shortcut_free']}**.",
+        f"Best internal macro AUROC among the cells whose lungs-blacked-out CI contains 0.5: **{summary.get('best_reading_lungs') or 'none'}**.",
+    ]
     if not summary["complete"]:
-        lines.append("\nThe study is incomplete: cells with missing folds are left out (rerun `covidcxr study` to resume).")
+        lines.append(
+            "\nThe study is incomplete: cells with missing folds are left out (rerun `covidcxr study` to resume)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -172,14 +209,29 @@ def plot_grid(rows: list[dict], path: Path) -> None:
     backbones = list(dict.fromkeys(r["backbone"] for r in rows))
     columns = list(dict.fromkeys((r["input"], r["enhancement"]) for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(2 + 1.1 * len(columns) * 2, 1.5 + 0.5 * len(backbones)), squeeze=False)
-    for ax, key, title, cmap in zip(axes[0], ("macro_auroc", "blacked_out_macro_auroc"), ("macro AUROC (CV)", "lungs blacked out (0.5 = lungs only)"), ("viridis", "coolwarm")):
+    for ax, key, title, cmap in zip(
+        axes[0],
+        ("macro_auroc", "blacked_out_macro_auroc"),
+        ("macro AUROC (CV)", "lungs blacked out (0.5 = lungs only)"),
+        ("viridis", "coolwarm"),
+    ):
         grid = np.full((len(backbones), len(columns)), np.nan)
         for r in rows:
-            grid[backbones.index(r["backbone"]), columns.index((r["input"], r["enhancement"]))] = r["metrics"][key]["value"]
+            grid[backbones.index(r["backbone"]), columns.index((r["input"], r["enhancement"]))] = r["metrics"][key][
+                "value"
+            ]
         im = ax.imshow(grid, cmap=cmap, vmin=0.5 if key == "macro_auroc" else 0.0, vmax=1.0, aspect="auto")
         for (i, j), v in np.ndenumerate(grid):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if key == "macro_auroc" and v < 0.8 else "k")
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="w" if key == "macro_auroc" and v < 0.8 else "k",
+                )
         ax.set_xticks(range(len(columns)), [f"{i}\n{e}" for i, e in columns], fontsize=7)
         ax.set_yticks(range(len(backbones)), backbones, fontsize=8)
         ax.set_title(title, fontsize=9)
@@ -197,8 +249,17 @@ def plot_shortcut(rows: list[dict], path: Path) -> None:
     colors = {"none": "tab:blue", "clahe": "tab:orange", "dehaze": "tab:green"}
     for r in rows:
         a, b = r["metrics"]["blacked_out_macro_auroc"], r["metrics"]["macro_auroc"]
-        ax.errorbar(a["value"], b["value"], xerr=[[a["value"] - a["ci_low"]], [a["ci_high"] - a["value"]]], yerr=[[b["value"] - b["ci_low"]], [b["ci_high"] - b["value"]]],
-                    fmt=markers.get(r["input"], "o"), color=colors.get(r["enhancement"], "k"), ms=5, elinewidth=0.6, alpha=0.8)
+        ax.errorbar(
+            a["value"],
+            b["value"],
+            xerr=[[a["value"] - a["ci_low"]], [a["ci_high"] - a["value"]]],
+            yerr=[[b["value"] - b["ci_low"]], [b["ci_high"] - b["value"]]],
+            fmt=markers.get(r["input"], "o"),
+            color=colors.get(r["enhancement"], "k"),
+            ms=5,
+            elinewidth=0.6,
+            alpha=0.8,
+        )
     ax.axvline(0.5, color="grey", lw=0.8, ls="--")
     for label, m in markers.items():
         ax.plot([], [], m, color="grey", label=f"input: {label}")

@@ -55,18 +55,31 @@ def build_model(fitted, feature_set: str, init: str) -> torch.nn.Module:
     if set(loso.FEATURE_SETS[feature_set]) - {"imagenet", "findings"}:
         raise ValueError(f"feature set {feature_set!r}: the shipped model reads imagenet and/or findings features")
     head = "factorised" if isinstance(fitted, WithinSource) else "multinomial"
-    model = create_model("source_blind_mobilenet_v2", in_chans=1, num_classes=len(CLASSES), n_facts=n_facts, image=image, head=head)
+    model = create_model(
+        "source_blind_mobilenet_v2", in_chans=1, num_classes=len(CLASSES), n_facts=n_facts, image=image, head=head
+    )
     if image:
         load_imagenet(model.backbone, *parse_init(init))
     with torch.no_grad():
         if isinstance(fitted, WithinSource):
-            mean, scale = (torch.from_numpy(np.asarray(a, np.float64)) for a in (fitted.scaler.mean_, fitted.scaler.scale_))
-            rows = [fold_head(torch.from_numpy(h.coef_), mean, scale, h.a_, h.b_) for h in (fitted.abnormal, fitted.covid)]
+            mean, scale = (
+                torch.from_numpy(np.asarray(a, np.float64)) for a in (fitted.scaler.mean_, fitted.scaler.scale_)
+            )
+            rows = [
+                fold_head(torch.from_numpy(h.coef_), mean, scale, h.a_, h.b_) for h in (fitted.abnormal, fitted.covid)
+            ]
         elif type(fitted) is Pooled:
-            mean, scale = (torch.from_numpy(np.asarray(a, np.float64)) for a in (fitted.scaler.mean_, fitted.scaler.scale_))
-            rows = [fold_head(torch.from_numpy(fitted.lr.coef_[k]), mean, scale, 1.0, float(fitted.lr.intercept_[k])) for k in range(len(CLASSES))]
+            mean, scale = (
+                torch.from_numpy(np.asarray(a, np.float64)) for a in (fitted.scaler.mean_, fitted.scaler.scale_)
+            )
+            rows = [
+                fold_head(torch.from_numpy(fitted.lr.coef_[k]), mean, scale, 1.0, float(fitted.lr.intercept_[k]))
+                for k in range(len(CLASSES))
+            ]
         else:
-            raise ValueError(f"{type(fitted).__name__}: only within_source and pooled heads fold into the shipped model")
+            raise ValueError(
+                f"{type(fitted).__name__}: only within_source and pooled heads fold into the shipped model"
+            )
         model.linear.weight.copy_(torch.stack([w for w, _ in rows]).float())
         model.linear.bias.copy_(torch.stack([b for _, b in rows]).float())
     return model.eval()
@@ -91,14 +104,20 @@ def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None) -> dict:
     model = build_model(fitted, cfg.features, init)
     parity = check_parity(model, fitted, x, features)
     log.info("model vs heads on %d images: max |dp| %.2e", parity["n"], parity["max_abs_diff"])
-    summary = {"config": asdict(cfg), "parity": parity, "train": {src: int(((sources == src) & train).sum()) for src in np.unique(sources)}}
+    summary = {
+        "config": asdict(cfg),
+        "parity": parity,
+        "train": {src: int(((sources == src) & train).sum()) for src in np.unique(sources)},
+    }
     test = splits == "test"
     probs = fitted.predict_proba(x)
     summary["internal_test"] = internal_test(probs[test], labels[test], sources[test])
     if blacked is not None:
         summary["audit"] = audit_features(fitted, cfg.features, features, blacked, rows, probs)
     if cfg.loso:
-        summary["loso"] = loso.run_loso(features, samples, {f"{cfg.design} / {cfg.features}": (cfg.design, cfg.features)})
+        summary["loso"] = loso.run_loso(
+            features, samples, {f"{cfg.design} / {cfg.features}": (cfg.design, cfg.features)}
+        )
         loso.write(summary["loso"], run / "loso")
     # The stage-1 and severity weights stage2_inputs read (the shipped ones): their specs name them.
     lungs, lesions, severity = (WeightSpec.from_json(shipped_spec_path(k)) for k in ("lungs", "lesions", "severity"))
@@ -119,10 +138,19 @@ def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None) -> dict:
         temperature=1.0,
         lung_weights=lungs.sha256,
         training={
-            "command": " ".join(["covidcxr", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("covidcxr") else "covidcxr train diagnosis --config configs/diagnosis.yaml",
+            "command": " ".join(["covidcxr", *sys.argv[1:]])
+            if sys.argv and sys.argv[0].endswith("covidcxr")
+            else "covidcxr train diagnosis --config configs/diagnosis.yaml",
             "config": {**asdict(cfg), "init": init},
-            "initial_weights": ({"file": Path(parse_init(init)[0]).name, "sha256": parse_init(init)[1] or IMAGENET_MOBILENET_V2_SHA256,
-                                 "licence": "Apache-2.0 (TensorFlow-slim MobileNetV2, ImageNet)"} if model.backbone is not None else None),
+            "initial_weights": (
+                {
+                    "file": Path(parse_init(init)[0]).name,
+                    "sha256": parse_init(init)[1] or IMAGENET_MOBILENET_V2_SHA256,
+                    "licence": "Apache-2.0 (TensorFlow-slim MobileNetV2, ImageNet)",
+                }
+                if model.backbone is not None
+                else None
+            ),
             "lesion_weights": lesions.sha256,
             "severity_weights": severity.sha256,
             "facts": list(FACTS),
@@ -130,7 +158,20 @@ def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None) -> dict:
             "research_use": "trained on covid19-radiography images (BIMCV-COVID19+ research use agreement): research use only",
             "seconds": round(time.time() - start, 1),
         },
-        metrics={"internal_test": _headline(summary["internal_test"]), **({"loso": {k: round(v["value"], 4) for k, v in next(iter(summary["loso"].values())).items() if isinstance(v, dict)}} if cfg.loso else {})},
+        metrics={
+            "internal_test": _headline(summary["internal_test"]),
+            **(
+                {
+                    "loso": {
+                        k: round(v["value"], 4)
+                        for k, v in next(iter(summary["loso"].values())).items()
+                        if isinstance(v, dict)
+                    }
+                }
+                if cfg.loso
+                else {}
+            ),
+        },
     )
     spec_path = save_weights(model, spec, export_dir or run / "export")
     summary["spec"] = str(spec_path)
@@ -142,8 +183,16 @@ def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None) -> dict:
 def heads_probabilities(model: torch.nn.Module, features: dict, rows: np.ndarray | None = None) -> np.ndarray:
     """The exported model's probabilities (N, 3) from cached features (:meth:`SourceBlindDiagnoser.from_features`)."""
     idx = np.arange(len(features["names"])) if rows is None else rows
-    pooled = torch.from_numpy(np.asarray(features["imagenet"][idx], np.float32)) if model.backbone is not None else torch.zeros(len(idx), 0)
-    facts = torch.from_numpy(np.asarray(features["findings"][idx], np.float32)) if model.n_facts else torch.zeros(len(idx), 0)
+    pooled = (
+        torch.from_numpy(np.asarray(features["imagenet"][idx], np.float32))
+        if model.backbone is not None
+        else torch.zeros(len(idx), 0)
+    )
+    facts = (
+        torch.from_numpy(np.asarray(features["findings"][idx], np.float32))
+        if model.n_facts
+        else torch.zeros(len(idx), 0)
+    )
     with torch.no_grad():
         return torch.softmax(model.from_features(pooled, facts), dim=1).numpy()
 
@@ -159,11 +208,10 @@ def check_parity(model: torch.nn.Module, fitted, x: np.ndarray, features: dict, 
 
 def internal_test(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> dict:
     """Pooled macro AUROC (with CI) and per-source comparisons of the internal test split."""
-    from .evaluate_diagnosis import summarize
-
     from sklearn.metrics import roc_auc_score
 
     from ..metrics import class_stratified_bootstrap_ci
+    from .evaluate_diagnosis import summarize
 
     def macro(y, p):
         return float(np.mean([roc_auc_score(y == c, p[:, c]) for c in np.unique(y)]))
@@ -171,16 +219,29 @@ def internal_test(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray) ->
     out = {"pooled": summarize(labels, probs), "macro_auroc_ci": class_stratified_bootstrap_ci(labels, probs, macro)}
     for src in np.unique(sources):
         m = sources == src
-        out[src] = summarize(labels[m], probs[m]) if len(np.unique(labels[m])) > 1 else {"n": int(m.sum()), "predicted": {c: int((probs[m].argmax(1) == k).sum()) for k, c in enumerate(CLASSES)}}
+        out[src] = (
+            summarize(labels[m], probs[m])
+            if len(np.unique(labels[m])) > 1
+            else {
+                "n": int(m.sum()),
+                "predicted": {c: int((probs[m].argmax(1) == k).sum()) for k, c in enumerate(CLASSES)},
+            }
+        )
     return out
 
 
 def _headline(internal: dict) -> dict:
     macro = internal["macro_auroc_ci"]
-    return {"macro_auroc": round(macro["value"], 4), "ci": [round(macro["ci_low"], 4), round(macro["ci_high"], 4)], "n": macro["n"]}
+    return {
+        "macro_auroc": round(macro["value"], 4),
+        "ci": [round(macro["ci_low"], 4), round(macro["ci_high"], 4)],
+        "n": macro["n"],
+    }
 
 
-def audit_features(fitted, feature_set: str, features: dict, blacked: dict, rows: list[dict], probs: np.ndarray) -> dict:
+def audit_features(
+    fitted, feature_set: str, features: dict, blacked: dict, rows: list[dict], probs: np.ndarray
+) -> dict:
     """Lungs blacked out vs intact on the test split, and the source probe over all six sources."""
     from sklearn.metrics import roc_auc_score
 
@@ -198,6 +259,15 @@ def audit_features(fitted, feature_set: str, features: dict, blacked: dict, rows
     }
     sources = np.array([r["dataset"] for r in rows])
     splits = np.array([r["split"] for r in rows])
-    reps = {"decision (head scores)": np.log(np.clip(probs, 1e-9, 1)), "finding facts": np.asarray(features["findings"]), f"image features ({feature_set})": loso.feature_matrix(features, feature_set)}
-    out["source_probe"] = {name: source_probe(r[splits == "train"], list(sources[splits == "train"]), r[splits == "test"], list(sources[splits == "test"])) for name, r in reps.items()}
+    reps = {
+        "decision (head scores)": np.log(np.clip(probs, 1e-9, 1)),
+        "finding facts": np.asarray(features["findings"]),
+        f"image features ({feature_set})": loso.feature_matrix(features, feature_set),
+    }
+    out["source_probe"] = {
+        name: source_probe(
+            r[splits == "train"], list(sources[splits == "train"]), r[splits == "test"], list(sources[splits == "test"])
+        )
+        for name, r in reps.items()
+    }
     return out

@@ -30,12 +30,22 @@ CAM_LAYERS = {
 
 
 def _factory(name: str, timm_name: str):
-    def build(in_chans: int = 1, num_classes: int = 3, pretrained: str | None = None, drop_rate: float = 0.2) -> nn.Module:
+    def build(
+        in_chans: int = 1, num_classes: int = 3, pretrained: str | None = None, drop_rate: float = 0.2
+    ) -> nn.Module:
         import timm
 
         if pretrained not in (None, "imagenet"):
-            raise ValueError(f"{name}: pretrained must be None or 'imagenet' (or load a state_dict yourself); got {pretrained!r}")
-        return timm.create_model(timm_name, pretrained=pretrained == "imagenet", in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate)
+            raise ValueError(
+                f"{name}: pretrained must be None or 'imagenet' (or load a state_dict yourself); got {pretrained!r}"
+            )
+        return timm.create_model(
+            timm_name,
+            pretrained=pretrained == "imagenet",
+            in_chans=in_chans,
+            num_classes=num_classes,
+            drop_rate=drop_rate,
+        )
 
     build.__name__ = name
     build.__doc__ = f"timm ``{timm_name}`` classifier, logits (N, num_classes)."

@@ -49,9 +49,16 @@ class PatchDiscriminator(nn.Module):
         def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
             # No conv bias before a norm: the norm's own shift replaces it (a bias would be subtracted away).
             norm_layer = nn.InstanceNorm2d(cout, affine=True) if norm == "instance" else nn.BatchNorm2d(cout)
-            return [nn.Conv2d(cin, cout, 4, stride=stride, padding=1, bias=False), norm_layer, nn.LeakyReLU(0.2, inplace=True)]
+            return [
+                nn.Conv2d(cin, cout, 4, stride=stride, padding=1, bias=False),
+                norm_layer,
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
 
-        layers: list[nn.Module] = [nn.Conv2d(in_chans, base_channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_chans, base_channels, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
         width = base_channels
         for i in range(1, n_layers):
             out = base_channels * min(2**i, 8)
@@ -72,7 +79,9 @@ class PatchDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         min_side = 2 ** (self.n_layers + 2)
         if min(x.shape[-2:]) < min_side:
-            raise ValueError(f"PatchGAN with n_layers={self.n_layers} needs inputs of at least {min_side}x{min_side} px, got {tuple(x.shape[-2:])}; use fewer layers")
+            raise ValueError(
+                f"PatchGAN with n_layers={self.n_layers} needs inputs of at least {min_side}x{min_side} px, got {tuple(x.shape[-2:])}; use fewer layers"
+            )
         return self.net(x)
 
 

@@ -21,7 +21,9 @@ class FrontalGate(nn.Module):
     logits of "frontal chest X-ray".
     """
 
-    def __init__(self, in_chans: int = 1, num_classes: int = 1, pretrained: str | None = None, in_features: int = 1283) -> None:
+    def __init__(
+        self, in_chans: int = 1, num_classes: int = 1, pretrained: str | None = None, in_features: int = 1283
+    ) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(in_features))
         self.register_buffer("scale", torch.ones(in_features))

@@ -33,7 +33,9 @@ IMAGENET_MOBILENET_V2_SHA256 = "f6a1e29da524eaa5ca153ce6777ec17f71ba573c694edf05
 _FIRST_CONV = "features.0.0.weight"
 
 
-def imagenet_state(path: str | Path, sha256: str | None = IMAGENET_MOBILENET_V2_SHA256, in_chans: int = 1) -> dict[str, torch.Tensor]:
+def imagenet_state(
+    path: str | Path, sha256: str | None = IMAGENET_MOBILENET_V2_SHA256, in_chans: int = 1
+) -> dict[str, torch.Tensor]:
     """The ``features.*`` tensors of a torchvision MobileNetV2 state_dict file, float32, for ``in_chans`` inputs.
 
     Args:
@@ -46,7 +48,9 @@ def imagenet_state(path: str | Path, sha256: str | None = IMAGENET_MOBILENET_V2_
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: ImageNet weights not found (see ../shared/pretrained/README.md, or drop init=)")
+        raise FileNotFoundError(
+            f"{path}: ImageNet weights not found (see ../shared/pretrained/README.md, or drop init=)"
+        )
     if sha256 is not None and (digest := sha256_file(path)) != sha256:
         raise ValueError(f"{path}: sha256 {digest} is not the {sha256} the config records; is it the file you meant?")
     try:
@@ -55,7 +59,9 @@ def imagenet_state(path: str | Path, sha256: str | None = IMAGENET_MOBILENET_V2_
         raise ValueError(f"{path}: not a PyTorch state_dict ({type(err).__name__})") from err
     features = {k: v.float() for k, v in state.items() if k.startswith("features.")}
     if _FIRST_CONV not in features or len(features) < 300:
-        raise ValueError(f"{path}: not a torchvision mobilenet_v2 state_dict (no {_FIRST_CONV}; {len(features)} feature tensors)")
+        raise ValueError(
+            f"{path}: not a torchvision mobilenet_v2 state_dict (no {_FIRST_CONV}; {len(features)} feature tensors)"
+        )
     if in_chans == 1:
         features[_FIRST_CONV] = features[_FIRST_CONV].sum(dim=1, keepdim=True)
     elif in_chans != 3:
@@ -80,7 +86,9 @@ def _by_order(own: dict[str, torch.Tensor], src: dict[str, torch.Tensor]) -> dic
     return dict(zip(keys, src.values()))
 
 
-def load_imagenet(model: nn.Module, path: str | Path, sha256: str | None = IMAGENET_MOBILENET_V2_SHA256) -> dict[str, list[str]]:
+def load_imagenet(
+    model: nn.Module, path: str | Path, sha256: str | None = IMAGENET_MOBILENET_V2_SHA256
+) -> dict[str, list[str]]:
     """Load ImageNet MobileNetV2 weights into ``model``'s MobileNetV2 part.
 
     Returns:
@@ -97,10 +105,18 @@ def load_imagenet(model: nn.Module, path: str | Path, sha256: str | None = IMAGE
     src = imagenet_state(path, sha256, in_chans=in_chans)
     mapped = _by_suffix(own, src) or _by_order(own, src)
     if len(mapped) != len(src):
-        raise ValueError(f"{path}: {len(mapped)} of {len(src)} ImageNet tensors fit {type(model).__name__}; it holds no MobileNetV2 encoder")
+        raise ValueError(
+            f"{path}: {len(mapped)} of {len(src)} ImageNet tensors fit {type(model).__name__}; it holds no MobileNetV2 encoder"
+        )
     model.load_state_dict(mapped, strict=False)
     skipped = [k for k in own if k not in mapped]
-    log.info("ImageNet weights %s: %d tensors loaded, %d left as initialised (%s)", Path(path).name, len(mapped), len(skipped), ", ".join(skipped[:4]))
+    log.info(
+        "ImageNet weights %s: %d tensors loaded, %d left as initialised (%s)",
+        Path(path).name,
+        len(mapped),
+        len(skipped),
+        ", ".join(skipped[:4]),
+    )
     return {"loaded": list(mapped), "skipped": skipped}
 
 
@@ -114,7 +130,7 @@ def parse_init(init: str) -> tuple[str, str | None] | None:
     """``imagenet-file:PATH[@SHA256]`` -> (PATH, sha256 or the shipped file's); other values -> None."""
     if not init.startswith(PREFIX):
         return None
-    rest = init[len(PREFIX):]
+    rest = init[len(PREFIX) :]
     path, _, digest = rest.partition("@")
     return path, (digest or IMAGENET_MOBILENET_V2_SHA256)
 

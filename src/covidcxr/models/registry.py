@@ -42,7 +42,9 @@ def list_models(task: str | None = None) -> list[str]:
     return sorted(n for n, f in _MODELS.items() if task is None or f.task == task)  # type: ignore[attr-defined]
 
 
-def create_model(name: str, *, in_chans: int = 1, num_classes: int = 1, pretrained: str | None = None, **kwargs) -> nn.Module:
+def create_model(
+    name: str, *, in_chans: int = 1, num_classes: int = 1, pretrained: str | None = None, **kwargs
+) -> nn.Module:
     """Build a registered architecture.
 
     Args:

@@ -25,11 +25,23 @@ class LesionDecoder(nn.Module):
         -> logits (N, num_classes, H, W), one channel per lesion class.
     """
 
-    def __init__(self, in_chans: int = 1, num_classes: int = 2, pretrained: str | None = None, decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)) -> None:
+    def __init__(
+        self,
+        in_chans: int = 1,
+        num_classes: int = 2,
+        pretrained: str | None = None,
+        decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16),
+    ) -> None:
         super().__init__()
         import segmentation_models_pytorch as smp
 
-        unet = smp.Unet(encoder_name="mobilenet_v2", encoder_weights=None, in_channels=in_chans, classes=num_classes, decoder_channels=tuple(decoder_channels))
+        unet = smp.Unet(
+            encoder_name="mobilenet_v2",
+            encoder_weights=None,
+            in_channels=in_chans,
+            classes=num_classes,
+            decoder_channels=tuple(decoder_channels),
+        )
         self.decoder, self.head = unet.decoder, unet.segmentation_head
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:

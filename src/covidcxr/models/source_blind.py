@@ -45,7 +45,15 @@ class SourceBlindDiagnoser(nn.Module):
         backbone's last grid (h = S/32); facts: (N, n_facts) -> logits (N, 3), cam (N, 3, h, w).
     """
 
-    def __init__(self, in_chans: int = 1, num_classes: int = 3, pretrained: str | None = None, n_facts: int = 16, image: bool = True, head: str = "factorised") -> None:
+    def __init__(
+        self,
+        in_chans: int = 1,
+        num_classes: int = 3,
+        pretrained: str | None = None,
+        n_facts: int = 16,
+        image: bool = True,
+        head: str = "factorised",
+    ) -> None:
         super().__init__()
         import timm
 
@@ -54,7 +62,11 @@ class SourceBlindDiagnoser(nn.Module):
         if num_classes != 3:
             raise ValueError(f"the source-blind heads give the three classes; got num_classes={num_classes}")
         self.head_kind, self.n_facts = head, n_facts
-        self.backbone = timm.create_model("mobilenetv2_100", pretrained=pretrained == "imagenet", in_chans=in_chans, num_classes=0) if image else None
+        self.backbone = (
+            timm.create_model("mobilenetv2_100", pretrained=pretrained == "imagenet", in_chans=in_chans, num_classes=0)
+            if image
+            else None
+        )
         dim = (IMAGE_DIM if image else 0) + n_facts
         self.linear = nn.Linear(dim, 2 if head == "factorised" else 3)
 
@@ -69,7 +81,11 @@ class SourceBlindDiagnoser(nn.Module):
         fmap = self.backbone.forward_features(x).float()
         w = weights.float()
         total = w.sum(dim=(2, 3))
-        share = torch.where(total[..., None, None] > 1e-3, w / total.clamp_min(1e-3)[..., None, None], torch.full_like(w, 1.0 / (w.shape[-2] * w.shape[-1])))
+        share = torch.where(
+            total[..., None, None] > 1e-3,
+            w / total.clamp_min(1e-3)[..., None, None],
+            torch.full_like(w, 1.0 / (w.shape[-2] * w.shape[-1])),
+        )
         return (fmap * share).sum(dim=(2, 3)), fmap * share
 
     def _logits(self, z: torch.Tensor) -> torch.Tensor:
@@ -97,7 +113,9 @@ class SourceBlindDiagnoser(nn.Module):
         return logits, torch.relu(per_pos)
 
 
-def fold_head(coef: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, a: float = 1.0, b: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_head(
+    coef: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, a: float = 1.0, b: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of ``a * (coef . (x - mean) / scale) + b`` as one linear layer on raw x."""
     w = a * coef / scale
     return w, torch.as_tensor(b - float((w * mean).sum()), dtype=w.dtype)

@@ -59,7 +59,9 @@ def load_weights(spec_path: str | Path | None = None, kind: str = "lungs") -> tu
     spec = WeightSpec.from_json(spec_path)
     weights_path = spec_path.parent / spec.file
     if Path(spec.file).is_absolute() or ".." in Path(spec.file).parts:  # by name: a link beside the spec is fine
-        raise ValueError(f"{spec_path}: its 'file' {spec.file!r} lies outside the spec's folder; put the weights beside the spec and name them there")
+        raise ValueError(
+            f"{spec_path}: its 'file' {spec.file!r} lies outside the spec's folder; put the weights beside the spec and name them there"
+        )
     if not weights_path.is_file():
         raise FileNotFoundError(f"{weights_path}: weights file named by {spec_path.name} not found")
     digest = sha256_file(weights_path)
@@ -74,24 +76,34 @@ def load_weights(spec_path: str | Path | None = None, kind: str = "lungs") -> tu
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as err:
         log.info("%s: torch.load failed", weights_path, exc_info=True)
-        raise ValueError(f"{weights_path}: not a PyTorch state dict that loads safely ({type(err).__name__}); {fix}") from None
+        raise ValueError(
+            f"{weights_path}: not a PyTorch state dict that loads safely ({type(err).__name__}); {fix}"
+        ) from None
     for w in said:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not isinstance(state, Mapping):
         raise ValueError(f"{weights_path}: holds a {type(state).__name__}, not a state dict; {fix}")
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         keys = ", ".join(map(str, list(state)[:4]))
-        raise ValueError(f"{weights_path}: holds a dict of more than tensors (a training checkpoint? keys {keys}), not a state dict; {fix}")
+        raise ValueError(
+            f"{weights_path}: holds a dict of more than tensors (a training checkpoint? keys {keys}), not a state dict; {fix}"
+        )
     model = create_model(spec.architecture, in_chans=spec.in_chans, num_classes=len(spec.targets), **spec.model_kwargs)
     try:
-        fit = model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
+        fit = model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False
+        )
     except RuntimeError as err:  # a tensor of another shape
         log.info("%s: load_state_dict failed", weights_path, exc_info=True)
         detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))[:200]
-        raise ValueError(f"{weights_path}: its tensors do not fit a {spec.architecture} as {spec_path.name} describes it ({detail}); {fix}") from None
+        raise ValueError(
+            f"{weights_path}: its tensors do not fit a {spec.architecture} as {spec_path.name} describes it ({detail}); {fix}"
+        ) from None
     if fit.missing_keys or fit.unexpected_keys:
         example = (fit.missing_keys or fit.unexpected_keys)[0]
-        raise ValueError(f"{weights_path}: not the state dict of a {spec.architecture} as {spec_path.name} describes it ({len(fit.missing_keys)} tensors "
-                         f"missing, {len(fit.unexpected_keys)} unknown, e.g. {example}); {fix}")
+        raise ValueError(
+            f"{weights_path}: not the state dict of a {spec.architecture} as {spec_path.name} describes it ({len(fit.missing_keys)} tensors "
+            f"missing, {len(fit.unexpected_keys)} unknown, e.g. {example}); {fix}"
+        )
     model.eval()
     return model, spec

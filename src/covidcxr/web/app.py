@@ -82,9 +82,11 @@ SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
 }
 #: FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from jsDelivr and run inline scripts.
-_DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net "
-             "https://fonts.googleapis.com; font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
-             "worker-src blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+_DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net "
+    "https://fonts.googleapis.com; font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
+    "worker-src blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 _DOCS_PATHS = ("/docs", "/redoc")
 #: Room for the multipart boundary and part headers on top of the file itself.
 _MULTIPART_OVERHEAD = 64 * 1024
@@ -106,7 +108,9 @@ class ModelInfo(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
-    models: dict[str, ModelInfo] = Field(description="Name and sha256 of each weight file loaded (lungs, diagnosis, gate, lesions, severity).")
+    models: dict[str, ModelInfo] = Field(
+        description="Name and sha256 of each weight file loaded (lungs, diagnosis, gate, lesions, severity)."
+    )
 
 
 class PNG(BaseModel):
@@ -132,8 +136,12 @@ class LungShares(BaseModel):
 class Severity(BaseModel):
     geographic_extent: float = Field(description="0-8 (both lungs, 0-4 each).")
     opacity: float = Field(description="0-6 (both lungs, 0-3 each).")
-    brixia: Brixia = Field(description="Brixia score per zone, 0-3: A-C the patient's right lung top to bottom, D-F the left lung.")
-    lesions: dict[str, LungShares] = Field(description="Share of each lung covered by each lesion type (ground-glass, consolidation).")
+    brixia: Brixia = Field(
+        description="Brixia score per zone, 0-3: A-C the patient's right lung top to bottom, D-F the left lung."
+    )
+    lesions: dict[str, LungShares] = Field(
+        description="Share of each lung covered by each lesion type (ground-glass, consolidation)."
+    )
 
 
 class AirspaceOpacity(BaseModel):
@@ -158,26 +166,40 @@ class Findings(BaseModel):
 
 class Prediction(BaseModel):
     path: str = Field(description="The uploaded file's name.")
-    probabilities: dict[str, float] = Field(description="COVID-19, Other pneumonia, No finding: calibrated, summing to 1.")
+    probabilities: dict[str, float] = Field(
+        description="COVID-19, Other pneumonia, No finding: calibrated, summing to 1."
+    )
     prediction: str
     lung_mask: PNG = Field(description="0/255 lung mask at the input's pixel size.")
-    heatmap: PNG | None = Field(description="Grad-CAM of the predicted class; null when the server runs with --no-saliency.")
-    report: PNG | None = Field(description="The report: X-ray with lung outline, heat map, lesions and zones, probabilities.")
+    heatmap: PNG | None = Field(
+        description="Grad-CAM of the predicted class; null when the server runs with --no-saliency."
+    )
+    report: PNG | None = Field(
+        description="The report: X-ray with lung outline, heat map, lesions and zones, probabilities."
+    )
     model: dict[str, ModelInfo]
     warnings: list[str]
     lung_area: float
     gate_probability: float
     saliency_in_lungs: float | None = None
-    findings: Findings | None = Field(default=None, description="What the diagnosis rests on (source-blind diagnosis models only).")
+    findings: Findings | None = Field(
+        default=None, description="What the diagnosis rests on (source-blind diagnosis models only)."
+    )
     severity: Severity | None = None
 
 
 _ERRORS = {
-    400: {"model": Error, "description": "The body is not valid multipart/form-data, or the Host header names a host this server does not answer to."},
+    400: {
+        "model": Error,
+        "description": "The body is not valid multipart/form-data, or the Host header names a host this server does not answer to.",
+    },
     403: {"model": Error, "description": "Sent by a web page of another origin (the Origin header)."},
     408: {"model": Error, "description": "The upload stalled for longer than the server's read timeout."},
     413: {"model": Error, "description": "The upload, or the image's pixel count, is larger than the server's limit."},
-    422: {"model": Error, "description": "No file, several files, an unreadable file, or an image refused as not a frontal chest X-ray."},
+    422: {
+        "model": Error,
+        "description": "No file, several files, an unreadable file, or an image refused as not a frontal chest X-ray.",
+    },
     503: {"model": Error, "description": "The queue is full; try again after Retry-After seconds."},
 }
 
@@ -192,7 +214,10 @@ class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.headers = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
-        self.docs_headers = [(k.encode(), (_DOCS_CSP if k == "content-security-policy" else v).encode()) for k, v in SECURITY_HEADERS.items()]
+        self.docs_headers = [
+            (k.encode(), (_DOCS_CSP if k == "content-security-policy" else v).encode())
+            for k, v in SECURITY_HEADERS.items()
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -242,13 +267,17 @@ class HostCheck:
         headers = Headers(scope=scope)
         host = headers.get("host", "")
         if not self.any_host and _host_name(host) not in self.allowed:
-            message = (f"this server does not answer to the host name {_host_name(host) or host!r}; open it as http://localhost:PORT/, "
-                       f"or restart it with --allowed-host NAME")
+            message = (
+                f"this server does not answer to the host name {_host_name(host) or host!r}; open it as http://localhost:PORT/, "
+                f"or restart it with --allowed-host NAME"
+            )
             await JSONResponse({"error": message}, status_code=400)(scope, receive, send)
             return
         origin = headers.get("origin")
         if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
-            message = f"requests from web pages of another origin ({origin}) are refused; use this server's own page, or curl"
+            message = (
+                f"requests from web pages of another origin ({origin}) are refused; use this server's own page, or curl"
+            )
             await JSONResponse({"error": message}, status_code=403)(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -280,7 +309,9 @@ class Admission:
         q = self.queue
         if q.admitted >= q.limit:
             message = f"the server is busy ({q.admitted} requests queued); try again in {q.retry_after()} s"
-            await JSONResponse({"error": message}, status_code=503, headers={"Retry-After": str(q.retry_after())})(scope, receive, send)
+            await JSONResponse({"error": message}, status_code=503, headers={"Retry-After": str(q.retry_after())})(
+                scope, receive, send
+            )
             return
         q.admitted += 1
         try:
@@ -332,7 +363,11 @@ def _validation_message(exc: RequestValidationError) -> str:
     for err in exc.errors():
         field = ".".join(str(p) for p in err.get("loc", ())[1:]) or "body"
         if field == "file":
-            what = "no file uploaded" if err.get("type") == "missing" else "the field 'file' holds text, not a file with a name"
+            what = (
+                "no file uploaded"
+                if err.get("type") == "missing"
+                else "the field 'file' holds text, not a file with a name"
+            )
             return f"{what}: send the X-ray as multipart/form-data in the field 'file' (curl -F file=@scan.png URL/v1/predict)"
         problems.append(f"{field}: {err.get('msg', 'invalid')}")
     return "invalid request (" + "; ".join(problems) + "); send the X-ray as multipart/form-data in the field 'file'"
@@ -345,7 +380,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             message = f"no such page: {request.url.path}; the API is GET /health and POST /v1/predict (see /docs)"
         elif exc.status_code == 400:
-            message = f"malformed request body ({exc.detail}); send the X-ray as multipart/form-data in the field 'file'"
+            message = (
+                f"malformed request body ({exc.detail}); send the X-ray as multipart/form-data in the field 'file'"
+            )
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
         return JSONResponse({"error": str(message)}, status_code=exc.status_code, headers=exc.headers)
@@ -358,7 +395,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
         # Answered outside the other middleware: the security headers are added here.
-        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server log has the details"}, status_code=500, headers=SECURITY_HEADERS)
+        return JSONResponse(
+            {"error": f"internal error ({type(exc).__name__}); the server log has the details"},
+            status_code=500,
+            headers=SECURITY_HEADERS,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -387,9 +428,20 @@ def _png(path: str | None) -> dict | None:
     return None if path is None else {"png_base64": base64.b64encode(Path(path).read_bytes()).decode("ascii")}
 
 
-def create_app(pipeline: Pipeline | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, use_gate: bool = True, saliency: bool = True,
-               severity: bool = True, backend: str = "torch", onnx_dir: str | None = None, *, max_pixels: int = SERVE_MAX_PIXELS,
-               max_queue: int = DEFAULT_MAX_QUEUE, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS, read_timeout: float = DEFAULT_READ_TIMEOUT_S) -> FastAPI:
+def create_app(
+    pipeline: Pipeline | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    use_gate: bool = True,
+    saliency: bool = True,
+    severity: bool = True,
+    backend: str = "torch",
+    onnx_dir: str | None = None,
+    *,
+    max_pixels: int = SERVE_MAX_PIXELS,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+    read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+) -> FastAPI:
     """Build the app around one pipeline, loaded here once (or injected, as the tests do).
 
     Args:
@@ -410,7 +462,9 @@ def create_app(pipeline: Pipeline | None = None, max_upload_bytes: int = DEFAULT
         The FastAPI app, ready for uvicorn or ``fastapi.testclient.TestClient``.
     """
     if pipeline is None:
-        pipeline = Pipeline.load(use_gate=use_gate, saliency=saliency, severity=severity, backend=backend, onnx_dir=onnx_dir)
+        pipeline = Pipeline.load(
+            use_gate=use_gate, saliency=saliency, severity=severity, backend=backend, onnx_dir=onnx_dir
+        )
     models = pipeline.models
     limit_mb = f"{max_upload_bytes / 2**20:.3g} MB"
     too_large = f"upload larger than the server's limit of {limit_mb}; send a smaller file (e.g. PNG instead of uncompressed TIFF) or restart the server with a larger --max-upload-mb"
@@ -439,7 +493,9 @@ def create_app(pipeline: Pipeline | None = None, max_upload_bytes: int = DEFAULT
         lifespan=lifespan,
     )
     # Added innermost first: headers on every answer, then Host/Origin, the queue, the upload limit.
-    app.add_middleware(UploadLimit, max_body=max_upload_bytes + _MULTIPART_OVERHEAD, message=too_large, read_timeout=read_timeout)
+    app.add_middleware(
+        UploadLimit, max_body=max_upload_bytes + _MULTIPART_OVERHEAD, message=too_large, read_timeout=read_timeout
+    )
     app.add_middleware(Admission, queue=queue)
     app.add_middleware(HostCheck, allowed_hosts=list(allowed_hosts))
     app.add_middleware(SecurityHeaders)
@@ -463,13 +519,18 @@ def create_app(pipeline: Pipeline | None = None, max_upload_bytes: int = DEFAULT
         try:
             image = read_image(data, name=name, max_pixels=max_pixels)
         except ImageTooLargeError as err:
-            raise HTTPException(413, f"{err.path}: {err.problem.split(' (possible')[0]}; send a smaller export, or restart the server with a larger "
-                                     "--max-pixels for files you trust") from None
+            raise HTTPException(
+                413,
+                f"{err.path}: {err.problem.split(' (possible')[0]}; send a smaller export, or restart the server with a larger "
+                "--max-pixels for files you trust",
+            ) from None
         except ImageReadError as err:
             raise HTTPException(422, str(err)) from None
         del data
         try:
-            with tempfile.TemporaryDirectory(prefix=f"{_TMP_PREFIX}{os.getpid()}-") as tmp:  # removed here, or by the next server
+            with tempfile.TemporaryDirectory(
+                prefix=f"{_TMP_PREFIX}{os.getpid()}-"
+            ) as tmp:  # removed here, or by the next server
                 result = pipeline.run([image])[0]
                 row = _write_outputs(Path(name), "upload", image, result, Path(tmp), models, report=True)
                 if "error" in row:
@@ -481,12 +542,22 @@ def create_app(pipeline: Pipeline | None = None, max_upload_bytes: int = DEFAULT
             queue.seconds = 0.8 * queue.seconds + 0.2 * (time.perf_counter() - start)
         return row
 
-    @app.post("/v1/predict", response_model=Prediction, response_model_exclude_unset=True, responses=_ERRORS, summary="Read one chest X-ray")
-    async def predict(request: Request, file: Annotated[UploadFile, File(description="A PNG, JPEG, TIFF, BMP or DICOM chest X-ray.")]) -> dict:
+    @app.post(
+        "/v1/predict",
+        response_model=Prediction,
+        response_model_exclude_unset=True,
+        responses=_ERRORS,
+        summary="Read one chest X-ray",
+    )
+    async def predict(
+        request: Request, file: Annotated[UploadFile, File(description="A PNG, JPEG, TIFF, BMP or DICOM chest X-ray.")]
+    ) -> dict:
         # Async, the work in the model thread: the event loop stays free to answer /health and to send
         # finished answers at once, and no thread of the shared pool waits for the models.
         if len((await request.form()).getlist("file")) > 1:  # the form is parsed already; this reads the cache
-            raise HTTPException(422, "several parts named 'file'; send one X-ray per request (curl -F file=@scan.png URL/v1/predict)")
+            raise HTTPException(
+                422, "several parts named 'file'; send one X-ray per request (curl -F file=@scan.png URL/v1/predict)"
+            )
         name = Path(file.filename or "").name or "upload"
         return await asyncio.get_running_loop().run_in_executor(model_thread(), read, file.file, name)
 
