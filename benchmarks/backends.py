@@ -3,7 +3,7 @@
 Issue: "onnxruntime >= 1.5x faster than torch eager for the whole pipeline on 2 cores,
 outputs within 1e-4".
 
-Both backends run ``Pipeline.run`` (gate, lungs, lesions and severity, diagnosis and, for
+Both backends run ``Predictor.run`` (gate, lungs, lesions and severity, diagnosis and, for
 ``single``, saliency) on the same decoded images, interleaved (torch, onnx, torch, onnx, ...)
 so that background load hits both alike:
 
@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # the chec
 
 from covidcxr.data.paths import resolve_data_root  # noqa: E402
 from covidcxr.export import export_onnx  # noqa: E402
+from covidcxr.infer import Predictor  # noqa: E402
 from covidcxr.io import read_image  # noqa: E402
-from covidcxr.predict import Pipeline  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict import pick_files  # noqa: E402
@@ -59,10 +59,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         export_onnx(tmp)
         pipes = {
-            "torch": (Pipeline.load(saliency=True), Pipeline.load(saliency=False)),
+            "torch": (Predictor.load(saliency=True), Predictor.load(saliency=False)),
             "onnxruntime": (
-                Pipeline.load(backend="onnxruntime", onnx_dir=tmp, saliency=True),
-                Pipeline.load(backend="onnxruntime", onnx_dir=tmp, saliency=False),
+                Predictor.load(backend="onnxruntime", onnx_dir=tmp, saliency=True),
+                Predictor.load(backend="onnxruntime", onnx_dir=tmp, saliency=False),
             ),
         }
         for full, fast in pipes.values():  # warm-up
@@ -90,13 +90,13 @@ def main() -> int:
         if a.get("probabilities") and b.get("probabilities"):
             diffs["probabilities"] = max(
                 diffs["probabilities"],
-                max(abs(a["probabilities"][c] - b["probabilities"][c]) for c in a["probabilities"]),
+                max(abs(a.probabilities[c] - b.probabilities[c]) for c in a.probabilities),
             )
         if "gate_probability" in a:
             diffs["gate_probability"] = max(
                 diffs["gate_probability"], abs(a["gate_probability"] - b["gate_probability"])
             )
-            diffs["mask_pixels"] = max(diffs["mask_pixels"], float((a["mask"] != b["mask"]).mean()))
+            diffs["mask_pixels"] = max(diffs["mask_pixels"], float((a.lung_mask != b.lung_mask).mean()))
     res = {k: float(np.median(v)) for k, v in times.items()}
     res["speedup_single"] = res["torch_single"] / res["onnxruntime_single"]
     res["speedup_batch"] = res["onnxruntime_batch"] / res["torch_batch"]

@@ -43,10 +43,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # the checkout under test
 
-from covidcxr.batch import read_batches, save_mask_png  # noqa: E402
+from covidcxr.batch import read_batches  # noqa: E402
 from covidcxr.data.paths import resolve_data_root  # noqa: E402
-from covidcxr.io import is_supported_file  # noqa: E402
-from covidcxr.predict import Pipeline, predict_files  # noqa: E402
+from covidcxr.infer import Predictor
+from covidcxr.io import (
+    is_supported_file,  # noqa: E402
+    mask_png,  # noqa: E402
+)
+from covidcxr.predict import predict_files  # noqa: E402
 
 SOURCES = ("covid-chestxray", "nih-chestxray8", "kermany-pediatric")
 GOALS = {"single_s_per_image": 1.0, "batch_images_per_s": 10.0, "severity_overhead": 0.20}
@@ -61,11 +65,11 @@ def pick_files(root: Path, per_source: int) -> list[Path]:
     return files
 
 
-def segment_only(pipeline: Pipeline, files: list[Path], out: Path, batch_size: int) -> None:
+def segment_only(pipeline: Predictor, files: list[Path], out: Path, batch_size: int) -> None:
     for batch in read_batches(files, batch_size):
         good = [(i, im) for i, im, _ in batch if im is not None]
         for (i, _), mask in zip(good, pipeline.segmenter.segment([im for _, im in good])):
-            save_mask_png(mask, out / f"{files[i].stem}_lungs.png")
+            mask_png(mask, out / f"{files[i].stem}_lungs.png")
 
 
 def main() -> int:
@@ -89,10 +93,10 @@ def main() -> int:
 
         export_onnx(onnx_dir)
     load = {"backend": args.backend, "onnx_dir": onnx_dir}
-    full = Pipeline.load(saliency=True, **load)
-    no_severity = Pipeline.load(saliency=True, severity=False, **load)
-    fast = Pipeline.load(saliency=False, **load)
-    fastest = Pipeline.load(saliency=False, severity=False, **load)
+    full = Predictor.load(saliency=True, **load)
+    no_severity = Predictor.load(saliency=True, severity=False, **load)
+    fast = Predictor.load(saliency=False, **load)
+    fastest = Predictor.load(saliency=False, severity=False, **load)
     single_files = files[:: max(1, len(files) // args.single)][: args.single]
     times: dict[str, list[float]] = {
         "single": [],

@@ -57,10 +57,10 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=48)
     ap.add_argument("--json")
     args = ap.parse_args()
+    from covidcxr.infer import Predictor
     from covidcxr.io import read_image
-    from covidcxr.predict import Pipeline
 
-    pipeline = Pipeline.load()
+    pipeline = Predictor.load()
     files = [
         f for f in pick_frontal(args.data_root, 17) if pipeline.run([read_image(f)])[0]["refusal"] is None
     ]  # the gate refuses ~2% of frontal images

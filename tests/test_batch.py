@@ -11,20 +11,20 @@ from PIL import Image
 
 from covidcxr.batch import expand_inputs, read_batches, read_csv_paths, read_predictions, unique_stems
 from covidcxr.cli import main
-from covidcxr.predict import Pipeline
+from covidcxr.infer import Predictor
 
 XRAYS = ("nih_00000710_003.png", "kermany_IM-0117-0001.jpeg", "ieee8023_2cd63b76.jpg")
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    return Pipeline.load(saliency=False)
+    return Predictor.load(saliency=False)
 
 
 @pytest.fixture()
 def predict(monkeypatch, pipe):
     """``covidcxr predict ARGS -q --no-saliency --no-report`` with the module's models, loaded once."""
-    monkeypatch.setattr(Pipeline, "load", staticmethod(lambda **_: pipe))
+    monkeypatch.setattr(Predictor, "load", staticmethod(lambda **_: pipe))
 
     def run(*args) -> int:
         return main(["predict", *map(str, args), "-q", "--no-saliency", "--no-report"])

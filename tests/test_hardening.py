@@ -1,6 +1,6 @@
 """Issue 17: hostile file names, bad ``--out``, bad weights, two writers, symlink loops, server admission.
 
-The models are replaced by :class:`FakePipeline` (same interface, no weights), so that every
+The models are replaced by :class:`FakePredictor` (same interface, no weights), so that every
 test here runs in seconds; what is tested is the plumbing around them: reports, rows, locks,
 globs, the CLI's messages and the server's admission control. Subprocess tests run the real
 command line (``python -m covidcxr.cli``), whose stderr shows any traceback a user would see.
@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 from covidcxr import batch
 from covidcxr.batch import LOCK_NAME, OutputBusyError, expand_inputs, output_lock, unique_stems
 from covidcxr.cli import main
-from covidcxr.predict import Pipeline
+from covidcxr.infer import Predictor, Result
 from covidcxr.report import plain_text, save_report
 from covidcxr.web import create_app
 from covidcxr.web.app import UploadLimit
@@ -52,8 +52,8 @@ HOSTILE = [
 ]
 
 
-class FakePipeline:
-    """The :class:`covidcxr.predict.Pipeline` interface without models: a centred box as lungs, fixed probabilities.
+class FakePredictor:
+    """The :class:`covidcxr.infer.Predictor` interface without models: a centred box as lungs, fixed probabilities.
 
     Args:
         delay: seconds each ``run`` call sleeps (to make runs overlap).
@@ -65,7 +65,7 @@ class FakePipeline:
         self.delay = delay
         self.calls = 0
 
-    def run(self, images: list[np.ndarray]) -> list[dict]:
+    def run(self, images: list[np.ndarray]) -> list[Result]:
         self.calls += 1
         time.sleep(self.delay)
         out = []
@@ -73,16 +73,15 @@ class FakePipeline:
             mask = np.zeros(im.shape, bool)
             mask[im.shape[0] // 5 : -im.shape[0] // 5, im.shape[1] // 5 : -im.shape[1] // 5] = True
             out.append(
-                {
-                    "refusal": None,
-                    "mask": mask,
-                    "probabilities": {"COVID-19": 0.2, "Other pneumonia": 0.3, "No finding": 0.5},
-                    "prediction": "No finding",
-                    "warnings": [],
-                    "gate_probability": 0.9,
-                    "heat": im,
-                    "saliency_in_lungs": 0.5,
-                }
+                Result(
+                    probabilities={"COVID-19": 0.2, "Other pneumonia": 0.3, "No finding": 0.5},
+                    prediction="No finding",
+                    gate_probability=0.9,
+                    saliency_in_lungs=0.5,
+                    model=self.models,
+                    lung_mask=mask,
+                    heatmap=im,
+                )
             )
         return out
 
@@ -101,12 +100,12 @@ def _rows(out: Path) -> list[dict]:
 
 
 def _cli(*args: str, fake_delay: float | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    """``python -m covidcxr.cli ARGS``, with :class:`FakePipeline` as the models when ``fake_delay`` is given."""
+    """``python -m covidcxr.cli ARGS``, with :class:`FakePredictor` as the models when ``fake_delay`` is given."""
     code = "import sys; from covidcxr.cli import main; sys.exit(main(sys.argv[1:]))"
     if fake_delay is not None:
         code = (
-            f"import sys; sys.path.insert(0, {str(HERE)!r}); from test_hardening import FakePipeline; from covidcxr.predict import Pipeline; "
-            f"Pipeline.load = staticmethod(lambda **_: FakePipeline({fake_delay})); " + code
+            f"import sys; sys.path.insert(0, {str(HERE)!r}); from test_hardening import FakePredictor; from covidcxr.infer import Predictor; "
+            f"Predictor.load = staticmethod(lambda **_: FakePredictor({fake_delay})); " + code
         )
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=env)
@@ -167,7 +166,7 @@ def test_a_failure_writing_one_input_is_its_error_row_and_the_batch_goes_on(tmp_
         real(path, *args, **kwargs)
 
     monkeypatch.setattr("covidcxr.predict.save_report", flaky)
-    monkeypatch.setattr(Pipeline, "load", staticmethod(lambda **_: FakePipeline()))
+    monkeypatch.setattr(Predictor, "load", staticmethod(lambda **_: FakePredictor()))
     out = tmp_path / "out"
     assert (
         main(
@@ -196,7 +195,7 @@ def test_a_failure_writing_one_input_is_its_error_row_and_the_batch_goes_on(tmp_
 
 @pytest.fixture()
 def client():
-    with TestClient(create_app(FakePipeline(), allowed_hosts=["testserver"])) as c:
+    with TestClient(create_app(FakePredictor(), allowed_hosts=["testserver"])) as c:
         yield c
 
 
@@ -289,8 +288,8 @@ def test_two_concurrent_writers_lose_and_duplicate_no_row(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     code = (
-        f"import sys; sys.path.insert(0, {str(HERE)!r}); from test_hardening import FakePipeline; from covidcxr.predict import Pipeline; "
-        "Pipeline.load = staticmethod(lambda **_: FakePipeline(0.05)); from covidcxr.cli import main; sys.exit(main(sys.argv[1:]))"
+        f"import sys; sys.path.insert(0, {str(HERE)!r}); from test_hardening import FakePredictor; from covidcxr.infer import Predictor; "
+        "Predictor.load = staticmethod(lambda **_: FakePredictor(0.05)); from covidcxr.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     first = subprocess.Popen(
         [sys.executable, "-c", code, "predict", str(inp), "--out", str(out), "-q", "--batch-size", "1", "--no-report"],
@@ -366,20 +365,20 @@ def test_host_origin_security_headers_and_several_files(client):
 
 
 def test_default_hosts_are_the_loopback_names():
-    with TestClient(create_app(FakePipeline()), base_url="http://localhost:8000") as c:
+    with TestClient(create_app(FakePredictor()), base_url="http://localhost:8000") as c:
         assert c.get("/health").status_code == 200
-    with TestClient(create_app(FakePipeline())) as c:  # "testserver" is not a loopback name
+    with TestClient(create_app(FakePredictor())) as c:  # "testserver" is not a loopback name
         assert c.get("/health").status_code == 400
 
 
 def test_images_over_max_pixels_are_refused_from_the_header_with_413():
-    with TestClient(create_app(FakePipeline(), allowed_hosts=["testserver"], max_pixels=5000)) as c:
+    with TestClient(create_app(FakePredictor(), allowed_hosts=["testserver"], max_pixels=5000)) as c:
         r = c.post("/v1/predict", files={"file": ("big.png", XRAY)})
         assert r.status_code == 413 and "--max-pixels" in r.json()["error"]
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_the_rest_are_served():
-    fake = FakePipeline(delay=0.3)
+    fake = FakePredictor(delay=0.3)
     with TestClient(create_app(fake, allowed_hosts=["testserver"], max_queue=1)) as c, ThreadPoolExecutor(6) as pool:
         responses = list(pool.map(lambda i: c.post("/v1/predict", files={"file": (f"x{i}.png", XRAY)}), range(6)))
     codes = sorted(r.status_code for r in responses)
@@ -392,7 +391,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_rest_are_served():
 def test_predictions_run_one_at_a_time_in_one_thread():
     threads = set()
 
-    class Recording(FakePipeline):
+    class Recording(FakePredictor):
         def run(self, images):
             threads.add(threading.current_thread().name)
             return super().run(images)
@@ -441,15 +440,11 @@ def test_serve_allowed_hosts_are_loopback_plus_host_and_extras():
     assert "10.0.0.5" in allowed_hosts("10.0.0.5", None)
 
 
-def test_a_killed_servers_temporary_outputs_are_removed_by_the_next(tmp_path, monkeypatch):
+def test_an_upload_never_touches_the_disk(tmp_path, monkeypatch):
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    stale, alive = tmp_path / f"covidcxr-serve-{dead.pid}-abc", tmp_path / f"covidcxr-serve-{os.getppid()}-abc"
-    for folder in (stale, alive):
-        folder.mkdir()
-        (folder / "upload_lungs.png").write_bytes(b"x")
-    create_app(FakePipeline())
-    assert not stale.exists() and alive.exists()
+    with TestClient(create_app(FakePredictor(), allowed_hosts=["testserver"])) as c:
+        r = c.post("/v1/predict", files={"file": ("x.png", XRAY)})
+    assert r.status_code == 200 and r.json()["lung_mask"]["png_base64"]
+    assert list(tmp_path.iterdir()) == []

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from covidcxr.cli import SAMPLE, main
+from covidcxr.infer import Predictor
 from covidcxr.io import read_image
-from covidcxr.predict import Pipeline
 
 FIXTURES = ("ieee8023_2cd63b76.jpg", "kermany_IM-0117-0001.jpeg", "nih_00000710_003.png")
 
@@ -39,8 +39,8 @@ def runs(onnx_dir):
 
     fixtures = Path(__file__).parent / "fixtures"
     images = [read_image(fixtures / n) for n in FIXTURES] + [read_image(SAMPLE)]
-    torch_res = Pipeline.load().run(images)
-    ort_res = Pipeline.load(backend="onnxruntime", onnx_dir=str(onnx_dir)).run(images)
+    torch_res = Predictor.load().run(images)
+    ort_res = Predictor.load(backend="onnxruntime", onnx_dir=str(onnx_dir)).run(images)
     return torch_res, ort_res
 
 
@@ -56,14 +56,14 @@ def test_export_writes_every_model_with_a_verified_spec(onnx_dir):
 def test_onnxruntime_matches_pytorch_within_1e_4(runs):
     torch_res, ort_res = runs
     for a, b in zip(torch_res, ort_res):
-        assert a["refusal"] is None and b["refusal"] is None
-        assert max(abs(a["probabilities"][c] - b["probabilities"][c]) for c in a["probabilities"]) < 1e-4
-        assert abs(a["gate_probability"] - b["gate_probability"]) < 1e-4
-        assert (a["mask"] != b["mask"]).mean() < 1e-4
-        assert np.abs(a["heat"] - b["heat"]).max() < 1e-3  # Grad-CAM from the graph vs captum
-        for z, v in a["severity"]["brixia"].items():
-            assert abs(v - b["severity"]["brixia"][z]) <= 0.011  # rounded to 0.01
-        assert abs(a["severity"]["geographic_extent"] - b["severity"]["geographic_extent"]) <= 0.011
+        assert a.error is None and b.error is None
+        assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in a.probabilities) < 1e-4
+        assert abs(a.gate_probability - b.gate_probability) < 1e-4
+        assert (a.lung_mask != b.lung_mask).mean() < 1e-4
+        assert np.abs(a.heatmap - b.heatmap).max() < 1e-3  # Grad-CAM from the graph vs captum
+        for z, v in a.severity["brixia"].items():
+            assert abs(v - b.severity["brixia"][z]) <= 0.011  # rounded to 0.01
+        assert abs(a.severity["geographic_extent"] - b.severity["geographic_extent"]) <= 0.011
 
 
 def test_onnx_backend_needs_no_torch(onnx_dir, tmp_path):
@@ -102,8 +102,8 @@ def test_missing_onnx_dir_says_how_to_export(tmp_path, capsys):
 
 def test_sessions_do_not_spin_wait(onnx_dir):
     """Five sessions with spinning thread pools starve each other and the NumPy steps on 2 cores."""
-    from covidcxr.runtime import OrtModel
+    from covidcxr.infer import OrtRunner
     from covidcxr.specs import SHIPPED
 
-    model = OrtModel(onnx_dir / f"{SHIPPED['diagnosis']}.json")
+    model = OrtRunner(onnx_dir / f"{SHIPPED['diagnosis']}.json")
     assert model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"

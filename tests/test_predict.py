@@ -10,10 +10,10 @@ from PIL import Image
 
 from covidcxr.cli import SAMPLE, main
 from covidcxr.data.classification import CLASSES
+from covidcxr.infer import Predictor
 from covidcxr.io import read_image
 from covidcxr.models import load_weights
 from covidcxr.models.weights import sha256_file, shipped_spec_path
-from covidcxr.predict import Pipeline
 
 GOLDEN = "golden/diagnosis.json"
 KEYS = {"path", "probabilities", "prediction", "lung_mask", "heatmap", "report", "model", "warnings"}
@@ -91,13 +91,13 @@ def test_no_gate_reads_refused_images_with_a_warning(tmp_path):
 
 def test_gate_refuses_lateral_and_ct_and_accepts_frontal(records):
     from covidcxr.gate import gate_records
-    from covidcxr.predict import Pipeline
+    from covidcxr.infer import Predictor
 
     frontal, other = gate_records(records, "test")
-    pipe = Pipeline.load(saliency=False)
+    pipe = Predictor.load(saliency=False)
     images = [read_image(r["path"]) for r in other[:12]] + [read_image(r["path"]) for r in frontal[:12]]
     res = pipe.run(images)
-    refused = [r["refusal"] is not None for r in res]
+    refused = [r.error is not None for r in res]
     assert sum(refused[:12]) >= 11 and sum(refused[12:]) <= 1
 
 
@@ -113,11 +113,11 @@ def test_shipped_diagnosis_weights_golden(fixtures):
     assert golden["sha256"] == spec.sha256, (
         "shipped weights changed: regenerate tests/fixtures/golden/diagnosis.json (see SOURCES.md)"
     )
-    pipe = Pipeline.load(use_gate=False, saliency=False)
+    pipe = Predictor.load(use_gate=False, saliency=False)
     for name, expected in golden["probabilities"].items():
         (res,) = pipe.run([read_image(fixtures / name)])
-        probs = [res["probabilities"][c] for c in CLASSES]
+        probs = [res.probabilities[c] for c in CLASSES]
         assert np.allclose(probs, [expected[c] for c in CLASSES], atol=2e-3), (name, probs, expected)
-        assert res["findings"]["airspace_opacity"]["probability"] == pytest.approx(
+        assert res.findings["airspace_opacity"]["probability"] == pytest.approx(
             golden["findings"][name]["airspace_opacity"]["probability"], abs=2e-3
         )

@@ -17,7 +17,7 @@ from schemathesis import GenerationMode
 
 from covidcxr.cli import SAMPLE, build_parser, main
 from covidcxr.data.classification import CLASSES
-from covidcxr.predict import Pipeline
+from covidcxr.infer import Predictor
 from covidcxr.web import create_app
 
 KEYS = {
@@ -36,8 +36,8 @@ KEYS = {
 
 
 @pytest.fixture(scope="module")
-def pipeline() -> Pipeline:
-    return Pipeline.load()
+def pipeline() -> Predictor:
+    return Predictor.load()
 
 
 @pytest.fixture(scope="module")

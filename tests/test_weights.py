@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from covidcxr.infer import LungSegmenter
 from covidcxr.io import read_image
 from covidcxr.metrics import dice
 from covidcxr.models import create_model, load_weights, save_weights, shipped_spec_path
 from covidcxr.models.weights import WeightSpec, sha256_file
-from covidcxr.pipeline import LungSegmenter
 
 GOLDEN = "golden/ieee8023_2cd63b76_lungs.png"
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .io import ImageReadError, is_supported_file, read_image
 
@@ -491,16 +490,3 @@ class RunCounts:
     done: int = 0
     failed: int = 0
     refused: dict[str, int] = field(default_factory=dict)
-
-
-def save_mask_png(mask: np.ndarray, path: str | Path) -> None:
-    """A boolean mask as an 8-bit PNG with values 0 and 255, at the mask's own size."""
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(path, compress_level=1)
-
-
-def save_rgb_png(rgb: np.ndarray, path: str | Path, max_side: int = 1024) -> None:
-    """An RGB preview, shrunk so its longer side is at most ``max_side``."""
-    img = Image.fromarray(rgb)
-    if max(img.size) > max_side:
-        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    img.save(path, compress_level=1)

@@ -52,8 +52,9 @@ def writable_out(out: str | Path) -> Path:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .batch import collect_inputs, read_batches, save_mask_png, save_rgb_png, unique_stems
-    from .pipeline import LungSegmenter
+    from .batch import collect_inputs, read_batches, unique_stems
+    from .infer import LungSegmenter
+    from .io import mask_png, rgb_png
     from .plots import overlay
 
     files, errors = collect_inputs(args.inputs)
@@ -74,8 +75,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                     tqdm.write(f"error: {err}", file=sys.stderr)
                     continue
                 mask = results[i]
-                save_mask_png(mask, out / f"{stems[i]}_lungs.png")
-                save_rgb_png(overlay(image, mask), out / f"{stems[i]}_overlay.png")
+                mask_png(mask, out / f"{stems[i]}_lungs.png")
+                rgb_png(overlay(image, mask), out / f"{stems[i]}_overlay.png")
                 tqdm.write(
                     f"{files[i]}\tlung area {mask.mean():.1%}\t{image.shape[1]}x{image.shape[0]}\t-> {out / (stems[i] + '_lungs.png')}"
                 )
@@ -226,7 +227,7 @@ def _cmd_evaluate_gate(args: argparse.Namespace) -> int:
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
     from .export import export_onnx
-    from .runtime import default_onnx_dir
+    from .infer import default_onnx_dir
 
     out = args.out or default_onnx_dir()
     for path in export_onnx(
@@ -266,10 +267,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _predict_locked(args: argparse.Namespace) -> int:
     from .batch import RunCounts
-    from .predict import Pipeline, predict_files
+    from .infer import Predictor
+    from .predict import predict_files
 
     inputs = args.inputs or ([] if args.csv else [str(SAMPLE)])
-    pipeline = Pipeline.load(
+    predictor = Predictor.load(
         lungs=args.lung_weights,
         diagnosis=args.weights,
         gate=args.gate_weights,
@@ -285,7 +287,7 @@ def _predict_locked(args: argparse.Namespace) -> int:
     rows = predict_files(
         inputs,
         args.out,
-        pipeline,
+        predictor,
         batch_size=args.batch_size,
         report=not args.no_report,
         progress=not args.quiet,

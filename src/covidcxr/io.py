@@ -15,7 +15,7 @@ import logging
 import os
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import numpy as np
 import pydicom
@@ -448,3 +448,32 @@ def _apply_voi_scaled(arr: np.ndarray, ds: Dataset, label: str) -> np.ndarray | 
         logger.warning("%s: DICOM VOI LUT has a flat output range; using min-max", label)
         return None
     return ((out.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Writers: the PNGs of a reading, to a file or into memory (the web page's answers).
+
+
+def mask_png(mask: np.ndarray, path: str | Path | BinaryIO) -> None:
+    """A boolean mask as an 8-bit PNG with values 0 and 255, at the mask's own size."""
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(path, format="PNG", compress_level=1)
+
+
+def heatmap_png(heat: np.ndarray, path: str | Path | BinaryIO) -> None:
+    """A heat map in [0, 1] as an 8-bit grey PNG, at its own size."""
+    Image.fromarray((np.clip(heat, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path, format="PNG", compress_level=1)
+
+
+def rgb_png(rgb: np.ndarray, path: str | Path | BinaryIO, max_side: int = 1024) -> None:
+    """An RGB preview, shrunk so its longer side is at most ``max_side``."""
+    img = Image.fromarray(rgb)
+    if max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    img.save(path, format="PNG", compress_level=1)
+
+
+def png_bytes(write, *args, **kwargs) -> bytes:
+    """What a writer (``mask_png``, ``heatmap_png``, ``rgb_png``, a report) would write, as bytes."""
+    buf = BytesIO()
+    write(*args, buf, **kwargs)
+    return buf.getvalue()

@@ -163,7 +163,9 @@ def save_report(
         0.01, 0.01, "\n".join(plain_text(n, 200) for n in notes), fontsize=7, va="bottom", color="0.3", parse_math=False
     )
     fig.suptitle(plain_text(title), fontsize=9, parse_math=False)
-    fig.savefig(path, dpi=90, pil_kwargs={"compress_level": 1})  # fast PNG encoding; the report is small anyway
+    fig.savefig(
+        path, format="png", dpi=90, pil_kwargs={"compress_level": 1}
+    )  # fast PNG encoding; the report is small anyway
 
 
 def findings_line(findings: dict) -> str:

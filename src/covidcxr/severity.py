@@ -14,18 +14,11 @@ height, as BS-Net does); the severity head reads per-zone and per-image features
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import numpy as np
 from scipy import ndimage
 
-from .data.severity import LESIONS, ZONES
-from .resize import resize_nearest
-from .specs import WeightSpec, source_sha256
+from .data.severity import LESIONS, RANGES, ZONES  # noqa: F401  (RANGES: re-exported)
 
-#: Clip ranges of the scores: geographic extent 0-8, opacity 0-6, Brixia zone 0-3.
-RANGES = {"geographic_extent": (0.0, 8.0), "opacity": (0.0, 6.0), "zone": (0.0, 3.0)}
 DEEP_LEVELS = (4, 5)  # encoder outputs used: 96 channels at 1/16, 1280 at 1/32
 
 
@@ -177,91 +170,3 @@ def columns(groups: tuple[str, ...] | list[str], zone: bool) -> list[int]:
     if unknown:
         raise ValueError(f"unknown severity feature groups {sorted(unknown)}; known: {list(table)}")
     return [i for g in table if g in groups for i in range(*table[g])]
-
-
-class SeverityScorer:
-    """Lesions and severity scores from the stage-1 forward pass (NumPy; the models are callables).
-
-    Args:
-        lesions: encoder feature list (NumPy) -> lesion probabilities (N, len(LESIONS), S, S).
-        lesion_spec: the lesion decoder's spec (threshold; the lung model it reads).
-        head: (image features, zone features) -> (scores (N, 2), zone scores (N, 6)).
-        head_spec: the severity head's spec (``model_kwargs`` name the feature groups it reads).
-    """
-
-    def __init__(self, lesions: Callable, lesion_spec: WeightSpec, head: Callable, head_spec: WeightSpec) -> None:
-        wanted = head_spec.training.get("lesion_weights")
-        if wanted and wanted != source_sha256(lesion_spec):
-            raise ValueError(
-                f"severity head {head_spec.name} was fitted on lesion weights {wanted[:12]}…, not on {lesion_spec.sha256[:12]}…; pass the matching pair"
-            )
-        self.lesions, self.lesion_spec = lesions, lesion_spec
-        self.head, self.head_spec = head, head_spec
-        self.image_cols = columns(head_spec.model_kwargs["image_groups"], zone=False)
-        self.zone_cols = columns(head_spec.model_kwargs["zone_groups"], zone=True)
-
-    @classmethod
-    def from_spec(cls, lesions: str | Path | None = None, severity: str | Path | None = None) -> SeverityScorer:
-        """The PyTorch lesion decoder and severity head of two specs (default: shipped)."""
-        import torch
-
-        from .models import eval_mode, load_weights
-
-        lesion_model, lesion_spec = load_weights(lesions, kind="lesions")
-        lesion_model = lesion_model.to(memory_format=torch.channels_last)  # faster CPU convolutions
-        head, head_spec = load_weights(severity, kind="severity")
-
-        @torch.inference_mode()
-        def run_lesions(encoder: list[np.ndarray]) -> np.ndarray:
-            with eval_mode(lesion_model):
-                return torch.sigmoid(lesion_model([torch.as_tensor(f) for f in encoder]).float()).numpy()
-
-        @torch.inference_mode()
-        def run_head(image_f: np.ndarray, zone_f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            with eval_mode(head):
-                scores, zones = head(torch.from_numpy(image_f), torch.from_numpy(zone_f))
-            return scores.numpy(), zones.numpy()
-
-        return cls(run_lesions, lesion_spec, run_head, head_spec)
-
-    def score(self, x: np.ndarray, encoder: list[np.ndarray], masks: list[np.ndarray]) -> list[dict]:
-        """Severity of each image from the lung model's batch ``x``, its encoder features and the final lung masks.
-
-        Returns:
-            per image: ``severity`` (JSON-ready: ``geographic_extent``, ``opacity``, ``brixia``
-            with zones A-F and ``global``, ``lesions`` with the affected share of each lung),
-            ``lesions`` (len(LESIONS), S, S) bool inside the lungs and ``zones`` (S, S) uint8,
-            both on the lung model's input grid (stretch them to the image's size to draw them).
-        """
-        x = np.asarray(x, np.float32)
-        encoder = [np.asarray(f, np.float32) for f in encoder]
-        size = tuple(x.shape[-2:])
-        lungs = np.stack([resize_nearest(np.asarray(m, bool), size) for m in masks])
-        zones = np.stack([brixia_zones(m) for m in lungs])
-        p = self.lesions(encoder)
-        thr = self.lesion_spec.threshold
-        image_f, zone_f = severity_features(x, encoder, lungs, p, thr, zones)
-        scores, zone_scores = self.head(
-            np.ascontiguousarray(image_f[:, self.image_cols]), np.ascontiguousarray(zone_f[:, :, self.zone_cols])
-        )
-        lo = IMAGE_GROUPS["lesions"][
-            0
-        ]  # per lung (right, left): mean probability of each lesion, then share above threshold
-        out = []
-        for i in range(len(masks)):
-            zs = np.clip(zone_scores[i], *RANGES["zone"])
-            shares = {
-                name: {
-                    side: round(float(image_f[i, lo + 4 * j + len(LESIONS) + k]), 4)
-                    for j, side in enumerate(("right_lung", "left_lung"))
-                }
-                for k, name in enumerate(LESIONS)
-            }
-            severity = {
-                "geographic_extent": round(float(np.clip(scores[i, 0], *RANGES["geographic_extent"])), 2),
-                "opacity": round(float(np.clip(scores[i, 1], *RANGES["opacity"])), 2),
-                "brixia": {**{z: round(float(v), 2) for z, v in zip(ZONES, zs)}, "global": round(float(zs.sum()), 2)},
-                "lesions": shares,
-            }
-            out.append({"severity": severity, "lesions": (p[i] > thr) & lungs[i], "zones": zones[i]})
-        return out

@@ -24,6 +24,9 @@ SHIPPED = {
     "severity": "severity_linear",
 }
 
+#: Names of the lung encoder's feature maps in the inference graphs (coarser to the right).
+ENCODER_FEATURES = ("f1", "f2", "f3", "f4", "f5")
+
 
 @dataclass
 class WeightSpec:

@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..batch import read_batches, save_mask_png
+from ..batch import read_batches
+from ..io import mask_png
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def cached_lung_masks(
             rec, p = todo[i]
             p.parent.mkdir(parents=True, exist_ok=True)
             tmp = p.with_suffix(".tmp.png")
-            save_mask_png(mask, tmp)
+            mask_png(mask, tmp)
             os.replace(tmp, p)  # a killed run never leaves a half-written mask behind
             out[rec["path"]] = p
     return out

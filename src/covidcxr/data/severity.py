@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 ZONES = ("A", "B", "C", "D", "E", "F")
 #: Lesion classes of the GeneralBlockchain masks, in model output order.
 LESIONS = ("ground-glass", "consolidation")
+#: Ranges of the scores: geographic extent 0-8, opacity 0-6, Brixia zone 0-3 (predictions are clipped to them).
+RANGES = {"geographic_extent": (0.0, 8.0), "opacity": (0.0, 6.0), "zone": (0.0, 3.0)}
 
 
 def _annotations(root: str | Path | None) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..severity import RANGES
+from ..data.severity import RANGES
 from .registry import register_model
 
 

@@ -41,9 +41,6 @@ import asyncio
 import base64
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,8 +60,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..batch import trim_heap
-from ..io import SERVE_MAX_PIXELS, ImageReadError, ImageTooLargeError, read_image
-from ..predict import Pipeline, _write_outputs
+from ..infer import Predictor
+from ..io import SERVE_MAX_PIXELS, ImageReadError, ImageTooLargeError, heatmap_png, mask_png, png_bytes, read_image
+from ..predict import write_report
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +88,6 @@ _DOCS_CSP = (
 _DOCS_PATHS = ("/docs", "/redoc")
 #: Room for the multipart boundary and part headers on top of the file itself.
 _MULTIPART_OVERHEAD = 64 * 1024
-_IMAGE_KEYS = ("lung_mask", "heatmap", "report")
 
 
 # ---------------------------------------------------------------------------
@@ -406,30 +403,12 @@ def _add_error_handlers(app: FastAPI) -> None:
 # The app
 
 
-_TMP_PREFIX = "covidcxr-serve-"
-
-
-def _remove_stale_outputs() -> None:
-    """Delete the temporary folders of servers killed mid-request (named after their process id, which is gone)."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{_TMP_PREFIX}*-*"):
-        pid = folder.name.removeprefix(_TMP_PREFIX).split("-")[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-            log.info("removed %s, left by a server that was killed mid-request", folder)
-        except PermissionError:  # alive, another user's
-            pass
-
-
-def _png(path: str | None) -> dict | None:
-    return None if path is None else {"png_base64": base64.b64encode(Path(path).read_bytes()).decode("ascii")}
+def _png(data: bytes) -> dict:
+    return {"png_base64": base64.b64encode(data).decode("ascii")}
 
 
 def create_app(
-    pipeline: Pipeline | None = None,
+    pipeline: Predictor | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     use_gate: bool = True,
     saliency: bool = True,
@@ -446,7 +425,7 @@ def create_app(
 
     Args:
         pipeline: The models to serve; ``None`` loads the shipped weights with
-            ``Pipeline.load(use_gate=use_gate, saliency=saliency)``.
+            ``Predictor.load(use_gate=use_gate, saliency=saliency)``.
         max_upload_bytes: Largest file accepted by ``POST /v1/predict`` (413 above it).
         use_gate: Refuse images the input gate does not take for a frontal chest X-ray.
         saliency: Compute the Grad-CAM heat map.
@@ -462,14 +441,13 @@ def create_app(
         The FastAPI app, ready for uvicorn or ``fastapi.testclient.TestClient``.
     """
     if pipeline is None:
-        pipeline = Pipeline.load(
+        pipeline = Predictor.load(
             use_gate=use_gate, saliency=saliency, severity=severity, backend=backend, onnx_dir=onnx_dir
         )
     models = pipeline.models
     limit_mb = f"{max_upload_bytes / 2**20:.3g} MB"
     too_large = f"upload larger than the server's limit of {limit_mb}; send a smaller file (e.g. PNG instead of uncompressed TIFF) or restart the server with a larger --max-upload-mb"
     queue = _Queue(limit=max_queue + 1)
-    _remove_stale_outputs()
     # One thread for decoding, the models and the PNGs: the models and Grad-CAM hooks are not re-entrant,
     # and one image decoded at a time bounds memory (a 100 kB PNG can decode to gigabytes).
     pools: list[ThreadPoolExecutor] = []
@@ -528,14 +506,17 @@ def create_app(
             raise HTTPException(422, str(err)) from None
         del data
         try:
-            with tempfile.TemporaryDirectory(
-                prefix=f"{_TMP_PREFIX}{os.getpid()}-"
-            ) as tmp:  # removed here, or by the next server
-                result = pipeline.run([image])[0]
-                row = _write_outputs(Path(name), "upload", image, result, Path(tmp), models, report=True)
-                if "error" in row:
-                    raise HTTPException(422, row["error"])
-                row.update({key: _png(row[key]) for key in _IMAGE_KEYS})
+            result = pipeline.run([image])[0]
+            result.path = name
+            if not result.ok:
+                raise HTTPException(422, f"{name}: {result.error}")
+            # The PNGs are built in memory: nothing of an upload touches the disk.
+            files = {
+                "lung_mask": _png(png_bytes(mask_png, result.lung_mask)),
+                "heatmap": None if result.heatmap is None else _png(png_bytes(heatmap_png, result.heatmap)),
+                "report": _png(png_bytes(write_report, result, image)),
+            }
+            row = result.to_dict(files)
         finally:
             del image
             trim_heap()  # hand the image's pages back: resident memory stays flat between requests

@@ -1,0 +1,190 @@
+"""The reading of a batch of images, as one story: gate, lungs, severity, diagnosis, where it looked.
+
+:class:`Predictor` holds the four stages (:mod:`covidcxr.infer`), each on a runner of either
+backend, and turns images (H, W) float32 in [0, 1] into :class:`~covidcxr.infer.result.Result`
+objects: what ``covidcxr predict``, the web page and the Python API all return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..findings import finding_facts, findings_summary
+from ..gate import blank_reason, refusal_reason
+from ..specs import source_sha256
+from ..views import lesion_evidence, lung_share
+from .diagnosis import Diagnoser
+from .gate import Gate, GateDecision
+from .lungs import LungSegmenter
+from .result import Result
+from .runners import BACKENDS
+from .severity import SeverityScorer
+
+#: Lung masks covering less (more) of the image than this get a warning.
+LUNG_AREA_RANGE = (0.08, 0.75)
+MIN_SIDE_WARN = 256
+
+
+def image_warnings(image: np.ndarray, mask: np.ndarray) -> list[str]:
+    """What a reader should know before trusting this image's reading."""
+    h, w = image.shape
+    out = []
+    area = float(mask.mean())
+    lo, hi = LUNG_AREA_RANGE
+    if not lo <= area <= hi:
+        out.append(
+            f"the lungs found cover {area:.0%} of the image (expected {lo:.0%}-{hi:.0%}); "
+            "check the lung outline before trusting the diagnosis"
+        )
+    if min(h, w) < MIN_SIDE_WARN:
+        out.append(f"low resolution ({w}x{h} px); the models read lungs at 224-256 px, fine detail is lost")
+    return out
+
+
+class Predictor:
+    """Stage 1, the gate, severity, stage 2 and saliency.
+
+    Args:
+        segmenter, diagnoser: the two stages.
+        gate: the input gate (None: none); ``use_gate=False`` keeps it as a warning only.
+        saliency: compute the heat map of the predicted class.
+        severity: the severity scorer (needed by a diagnosis that reads the findings).
+        show_severity: report the severity scores (False: computed for the diagnosis only).
+    """
+
+    def __init__(
+        self,
+        segmenter: LungSegmenter,
+        diagnoser: Diagnoser,
+        gate: Gate | None = None,
+        use_gate: bool = True,
+        saliency: bool = True,
+        severity: SeverityScorer | None = None,
+        show_severity: bool = True,
+    ) -> None:
+        if diagnoser.reads_facts and severity is None:
+            raise ValueError(
+                f"diagnosis model {diagnoser.spec.name} reads the lesion and severity findings; "
+                "load a severity scorer with it"
+            )
+        if severity is not None and severity.lesion_spec.lung_weights != source_sha256(segmenter.spec):
+            raise ValueError(
+                f"the lesion weights read the encoder of lung model {severity.lesion_spec.lung_weights[:12]}…, "
+                f"not of {segmenter.spec.sha256[:12]}… (--lung-weights); pass matching --lesion-weights or --no-severity"
+            )
+        self.segmenter, self.diagnoser, self.gate, self.severity = segmenter, diagnoser, gate, severity
+        self.use_gate, self.saliency, self.show_severity = use_gate, saliency, show_severity
+
+    @classmethod
+    def load(
+        cls,
+        lungs: str | None = None,
+        diagnosis: str | None = None,
+        gate: str | None = None,
+        use_gate: bool = True,
+        saliency: bool = True,
+        severity: bool = True,
+        lesions: str | None = None,
+        severity_head: str | None = None,
+        backend: str = "torch",
+        onnx_dir: str | None = None,
+    ) -> Predictor:
+        """Every model from its spec (default: shipped) on ``backend``: ``torch`` (``.pt``) or ``onnxruntime``.
+
+        ``onnxruntime`` reads the ONNX files ``covidcxr export onnx`` wrote to ``onnx_dir`` and imports no PyTorch.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        where = {"backend": backend, "onnx_dir": onnx_dir}
+        try:
+            diagnoser = Diagnoser.from_spec(diagnosis, **where)
+            # A diagnosis that reads the findings needs the scorer; without severity only the scores are left out.
+            needs = severity or diagnoser.reads_facts
+            scorer = SeverityScorer.from_spec(lesions, severity_head, **where) if needs else None
+            parts = LungSegmenter.from_spec(lungs, **where), Gate.from_spec(gate, **where)
+        except ImportError as err:
+            raise RuntimeError(
+                f"the PyTorch backend needs the torch extra ({err.name} is missing): "
+                "pip install 'covidcxr[torch]', or use the onnxruntime backend"
+            ) from err
+        return cls(parts[0], diagnoser, parts[1], use_gate, saliency, scorer, show_severity=severity)
+
+    @property
+    def models(self) -> dict:
+        """Name and sha256 of every weight file used."""
+        specs = {"lungs": self.segmenter.spec, "diagnosis": self.diagnoser.spec}
+        if self.gate is not None:
+            specs["gate"] = self.gate.spec
+        if self.severity is not None and (self.show_severity or self.diagnoser.reads_facts):
+            specs |= {"lesions": self.severity.lesion_spec, "severity": self.severity.head_spec}
+        return {k: {"name": s.name, "sha256": s.sha256} for k, s in specs.items()}
+
+    def run(self, images: Sequence[np.ndarray]) -> list[Result]:
+        """One :class:`Result` per image (H, W) float32 in [0, 1], in order."""
+        models = self.models
+        blank = [blank_reason(im) for im in images]
+        results = [Result(error=b, refusal_reason=refusal_reason(b), model=models) for b in blank]
+        todo = [i for i, r in enumerate(results) if r.ok]
+        if not todo:
+            return results
+        lungs = self.segmenter.forward([images[i] for i in todo])
+        masks = self.segmenter.masks(lungs.maps)
+        decisions = (
+            self.gate.decide([images[i] for i in todo], lungs.encoder, masks)
+            if self.gate is not None
+            else [GateDecision(1.0, None)] * len(todo)
+        )
+        rows = []  # rows of the stage-1 batch that go on
+        for j, (i, decision) in enumerate(zip(todo, decisions, strict=True)):
+            res = results[i]
+            res.lung_mask, res.gate_probability = masks[j], decision.probability
+            if decision.refusal and self.use_gate:
+                res.error, res.refusal_reason = decision.refusal, refusal_reason(decision.refusal)
+                continue
+            if decision.refusal:
+                res.warnings.append(f"gate skipped (--no-gate): {decision.refusal.split(';')[0]}")
+            res.warnings.extend(image_warnings(images[i], masks[j]))
+            rows.append(j)
+        if rows:
+            read = [results[todo[j]] for j in rows]
+            facts = self._severity(read, lungs.x[rows], [f[rows] for f in lungs.encoder])
+            self._diagnose(read, [images[todo[j]] for j in rows], facts)
+        for res in results:
+            if not res.ok:
+                res.lung_mask = None
+        return results
+
+    def _severity(self, read: list[Result], x: np.ndarray, encoder: list[np.ndarray]) -> list[np.ndarray] | None:
+        """Lesions, zones and scores into each result; the finding facts stage 2 reads (None without a scorer)."""
+        if self.severity is None:
+            return None
+        scores = self.severity.score(x, encoder, [r.lung_mask for r in read])
+        for res, s in zip(read, scores, strict=True):
+            res.severity, res.lesions, res.zones = s["severity"], s["lesions"], s["zones"]
+        return [finding_facts(s["severity"], s["lesions"], s["zones"]) for s in scores]
+
+    def _diagnose(self, read: list[Result], images: list[np.ndarray], facts: list[np.ndarray] | None) -> None:
+        """Probabilities, findings and the heat map (image space) into each result."""
+        diagnoser = self.diagnoser
+        views = [diagnoser.view(im, r.lung_mask) for im, r in zip(images, read, strict=True)]
+        batch = diagnoser.inputs(views, facts=facts)
+        probs = diagnoser.probabilities(batch)
+        maps = diagnoser.saliency(batch, probs.argmax(1).tolist()) if self.saliency else [None] * len(read)
+        for j, (res, p, view_map) in enumerate(zip(read, probs, maps, strict=True)):
+            res.probabilities = {c: float(v) for c, v in zip(diagnoser.targets, p, strict=True)}
+            res.prediction = diagnoser.targets[int(p.argmax())]
+            if facts is not None:
+                res.findings = findings_summary(res.probabilities, facts[j])
+            if view_map is not None:
+                res.saliency_method, res.heatmap = (
+                    diagnoser.saliency_method,
+                    diagnoser.to_image(view_map, res.lung_mask),
+                )
+            elif self.saliency and res.lesions is not None:  # findings only: the evidence is the lesions it measured
+                res.saliency_method, res.heatmap = "lesion evidence", lesion_evidence(res.lesions, res.lung_mask)
+            if res.heatmap is not None:
+                res.saliency_in_lungs = lung_share(res.heatmap, res.lung_mask)
+            if not self.show_severity:  # computed for the diagnosis only
+                res.severity = res.lesions = res.zones = None

@@ -1,0 +1,66 @@
+"""What the reading of one image gives: the fields of a ``predictions.jsonl`` row, and the arrays behind its PNGs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Result:
+    """One image's reading; :meth:`to_dict` is its ``predictions.jsonl`` row.
+
+    A refused or unreadable image has ``error`` (a sentence) and, when the gate refused it,
+    ``refusal_reason`` (a code); the rest is then empty. Arrays: ``lung_mask`` (H, W) bool and
+    ``heatmap`` (H, W) float in [0, 1] at the image's own size; ``lesions`` (K, S, S) bool and
+    ``zones`` (S, S) uint8 on the lung model's input grid.
+    """
+
+    path: str | None = None
+    error: str | None = None
+    refusal_reason: str | None = None
+    probabilities: dict[str, float] | None = None
+    prediction: str | None = None
+    findings: dict | None = None
+    severity: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+    gate_probability: float | None = None
+    saliency_method: str | None = None
+    saliency_in_lungs: float | None = None
+    model: dict = field(default_factory=dict)
+    lung_mask: np.ndarray | None = field(default=None, repr=False)
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+    lesions: np.ndarray | None = field(default=None, repr=False)
+    zones: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when the image was read (not refused, not failed)."""
+        return self.error is None
+
+    @property
+    def lung_area(self) -> float | None:
+        return None if self.lung_mask is None else round(float(self.lung_mask.mean()), 4)
+
+    def to_dict(self, files: dict[str, str | None] | None = None) -> dict:
+        """The JSON row; ``files`` names the PNGs written for it (``lung_mask``, ``heatmap``, ``report``)."""
+        if not self.ok:
+            row = {"path": self.path, "error": self.error}
+            if self.refusal_reason is not None:
+                row["refusal_reason"] = self.refusal_reason
+            return row
+        files = files or {}
+        row = {"path": self.path, "probabilities": self.probabilities, "prediction": self.prediction}
+        row |= {key: files.get(key) for key in ("lung_mask", "heatmap", "report")}
+        row["model"] = self.model
+        row["warnings"] = self.warnings
+        row["lung_area"] = self.lung_area
+        row["gate_probability"] = round(self.gate_probability if self.gate_probability is not None else np.nan, 4)
+        if self.saliency_in_lungs is not None:
+            row["saliency_in_lungs"] = round(float(self.saliency_in_lungs), 4)
+        if self.findings is not None:
+            row["findings"] = self.findings
+        if self.severity is not None:
+            row["severity"] = self.severity
+        return row
