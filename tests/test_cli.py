@@ -90,8 +90,11 @@ def test_console_script_on_the_bundled_sample(tmp_path):
 def test_bad_arguments_exit_cleanly(tmp_path, capsys):
     assert main(["segment", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "holds no" in capsys.readouterr().err
-    assert main(["segment", "--out", str(tmp_path / "o"), "--weights", str(tmp_path / "nope.json")]) == 2
+    assert main(["segment", "--out", str(tmp_path / "o"), "--lung-weights", str(tmp_path / "nope.json")]) == 2
     assert "not found" in capsys.readouterr().err
+    assert main(["predict", "--out", str(tmp_path / "p"), "--workers", "-1"]) == 2  # said before any model loads
+    err = capsys.readouterr().err
+    assert err.startswith("error: need --batch-size >= 1") and "Traceback" not in err
 
 
 def test_train_resume_reuses_the_runs_config_and_evaluate_and_splits_run(tmp_path, capsys):
@@ -120,7 +123,7 @@ def test_train_resume_reuses_the_runs_config_and_evaluate_and_splits_run(tmp_pat
             [
                 "evaluate",
                 "segmentation",
-                "--weights",
+                "--lung-weights",
                 str(spec),
                 "--split",
                 "val",

@@ -12,7 +12,7 @@ from covidcxr.data.classification import DiagnosisDataset, apply_view, lung_view
 from covidcxr.data.transforms import diagnosis_augment
 from covidcxr.engine.diagnosis import (
     DiagTrainConfig,
-    _build_model,
+    build_model,
     fit,
     fit_temperature,
     fold_of,
@@ -121,7 +121,7 @@ def test_stage1_encoder_initialises_mobilenet_v2():
     assert n == len(model.state_dict()) - 2  # all but the classifier's weight and bias
     assert torch.equal(model.conv_stem.weight, lungs.state_dict()["net.encoder.features.0.0.weight"])
     with pytest.raises(ValueError, match="no parameter matches"):
-        _build_model(DiagTrainConfig(model="resnet18", init="lungs"))
+        build_model(DiagTrainConfig(model="resnet18", init="lungs"))
 
 
 def test_folds_are_stable_and_cover_all():
@@ -204,7 +204,7 @@ def test_torchxrayvision_densenet_state_dict_initialises_densenet121(tmp_path):
 
     path = tmp_path / "xrv_densenet121.pt"
     torch.save(xrv.models.DenseNet(weights=None).state_dict(), path)
-    model = _build_model(DiagTrainConfig(model="densenet121", init=str(path)))
+    model = build_model(DiagTrainConfig(model="densenet121", init=str(path)))
     assert torch.equal(model.features.conv0.weight, torch.load(path, weights_only=True)["features.conv0.weight"])
 
 

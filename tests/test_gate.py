@@ -8,31 +8,28 @@ import numpy as np
 import pytest
 import torch
 
-from covidcxr.gate import (
-    HOSPITAL_MARKS,
-    INTENSITY_FACTS,
-    KIND_LABELS,
-    PHOTOS,
-    REASONS,
-    augment_frontal,
-    blank_reason,
+from covidcxr.engine.gate import KIND_LABELS, decide, fit_intensity_check
+from covidcxr.engine.gate_images import HOSPITAL_MARKS, PHOTOS, augment_frontal, negative_images
+from covidcxr.engine.gate_report import (
     contact_sheet,
-    decide,
-    fit_intensity_check,
+    rate_with_ci,
+    refusal_rates,
+    refusal_table,
+    source_totals,
+    wilson_interval,
+)
+from covidcxr.gate import (
+    INTENSITY_FACTS,
+    REASONS,
+    blank_reason,
     gate_records,
     gate_refusal,
     intensity_distance,
     intensity_facts,
     intensity_refusal,
-    negative_images,
-    rate_with_ci,
     refusal,
-    refusal_rates,
     refusal_reason,
-    refusal_table,
     seen_kind,
-    source_totals,
-    wilson_interval,
 )
 from covidcxr.models import create_model, load_weights, save_weights
 from covidcxr.models.gate import geometry
@@ -306,14 +303,14 @@ def test_intensity_check_refuses_what_lies_far_from_the_frontal_facts():
 
 def test_shipped_gate_refuses_the_coronal_ct_reconstructions_it_once_let_through(records):
     """Validation coronal CTs the v1 linear gate scored frontal (p > 0.99) are refused, worded as CT slices."""
+    from covidcxr.infer import Predictor
     from covidcxr.io import read_image
-    from covidcxr.predict import Pipeline
 
     _, other = gate_records(records, "val")
     coronal = [r for r in other if r["modality"] == "CT" and r["filename"] in ("16751_3_1.jpg", "16751_3_2.jpg")]
     assert len(coronal) == 2
-    res = Pipeline.load(saliency=False, severity=False).run([read_image(r["path"]) for r in coronal])
-    assert all(refusal_reason(r["refusal"]) == "ct" for r in res), [r["refusal"] for r in res]
+    res = Predictor.load(saliency=False, severity=False).run([read_image(r["path"]) for r in coronal])
+    assert all(refusal_reason(r.error) == r.refusal_reason == "ct" for r in res), [r.error for r in res]
 
 
 def test_shipped_gate_spec_records_its_training_and_reason_head():
@@ -344,17 +341,17 @@ def test_shipped_gate_spec_records_its_training_and_reason_head():
 @pytest.mark.slow
 def test_shipped_gate_accepts_hospital_films_and_words_lateral_refusals(records):
     """Validation: hannover's ICU films and the other new folders' films pass; lateral views are refused as lateral views."""
+    from covidcxr.infer import Predictor
     from covidcxr.io import read_image
-    from covidcxr.predict import Pipeline
 
     frontal, other = gate_records(records, "val")
     films = [r for r in frontal if r["dataset"] == "hannover"] + [
         r for r in frontal if r["dataset"] in ("nih-chestxray14", "covid19-radiography")
     ][:20]
     lateral = [r for r in other if r["view"] == "L"]
-    res = Pipeline.load(saliency=False, severity=False).run([read_image(r["path"]) for r in films + lateral])
-    assert sum(r["refusal"] is not None for r in res[: len(films)]) == 0
-    assert [refusal_reason(r["refusal"]) for r in res[len(films) :]] == ["lateral"] * len(lateral)
+    res = Predictor.load(saliency=False, severity=False).run([read_image(r["path"]) for r in films + lateral])
+    assert sum(r.error is not None for r in res[: len(films)]) == 0
+    assert [refusal_reason(r.error) for r in res[len(films) :]] == ["lateral"] * len(lateral)
 
 
 def test_predict_counts_refusals_by_reason(tmp_path, capsys):

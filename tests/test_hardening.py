@@ -126,16 +126,9 @@ def test_plain_text_escapes_what_matplotlib_cannot_draw():
 @pytest.mark.parametrize("name", [*HOSTILE, "bad\udcff.png"], ids=range(len(HOSTILE) + 1))
 def test_report_draws_any_file_name(tmp_path, name):
     image = np.random.default_rng(1).random((120, 100)).astype(np.float32)
-    mask = image > 0.5
-    save_report(
-        tmp_path / "r.png",
-        image,
-        mask,
-        {"COVID-19": 0.2, "Other pneumonia": 0.3, "No finding": 0.5},
-        heat=image,
-        title=f"{name}: No finding (50%)",
-        warnings=[name],
-    )
+    result = FakePredictor().run([image])[0]
+    result.path, result.warnings = name, [name]
+    save_report(tmp_path / "r.png", image, result)
     assert Image.open(tmp_path / "r.png").size[0] > 400
 
 

@@ -7,15 +7,9 @@ import pytest
 import torch
 
 from covidcxr.data.severity import LESIONS, ZONES
-from covidcxr.engine.severity import (
-    SeverityConfig,
-    evaluate_brixia,
-    evaluate_scores,
-    fit_heads,
-    lesion_loss,
-    repeated_splits,
-    stacked_brixia,
-)
+from covidcxr.engine.lesions import lesion_loss
+from covidcxr.engine.severity_data import SeverityConfig
+from covidcxr.engine.severity_scores import evaluate_brixia, evaluate_scores, fit_heads, repeated_splits, stacked_brixia
 from covidcxr.severity import DEEP_DIM, IMAGE_GROUPS, ZONE_GROUPS, brixia_zones, columns, severity_features, split_lungs
 
 
@@ -182,10 +176,9 @@ def test_shipped_severity_weights_golden(fixtures):
     """The shipped lesion decoder and severity head, loaded from their specs, give the recorded scores on fixture X-rays."""
     import json
 
+    from covidcxr.infer import LungSegmenter, SeverityScorer
     from covidcxr.io import read_image
     from covidcxr.models import shipped_spec_path
-    from covidcxr.pipeline import LungSegmenter
-    from covidcxr.severity import SeverityScorer
 
     scorer = SeverityScorer.from_spec()
     golden = json.loads((fixtures / "golden" / "severity.json").read_text())

@@ -9,14 +9,20 @@ import re
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 import uvicorn
+from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
 from covidcxr.cli import SAMPLE
 from covidcxr.data.classification import CLASSES
+from covidcxr.infer import Result
+from covidcxr.infer.uncertainty import CAVEAT
 from covidcxr.web import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -36,12 +42,43 @@ TIMEOUT_MS = 60_000
 pytestmark = pytest.mark.browser  # CI installs Chromium and runs these with -m browser
 
 
-@pytest.fixture(scope="module")
-def server_url():
-    """The real app (shipped models) served by uvicorn from a background thread on a free localhost port."""
+UNSURE = "the top probability 41% is below 60%, under which validation readings were often wrong"
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+
+
+class UnsurePredictor:
+    """The :class:`covidcxr.infer.Predictor` interface without models: a box as lungs, an uncertain reading."""
+
+    models = {"lungs": {"name": "fake", "sha256": "0" * 64}}
+
+    def run(self, images: list[np.ndarray]) -> list[Result]:
+        out = []
+        for im in images:
+            mask = np.zeros(im.shape, bool)
+            mask[im.shape[0] // 5 : -im.shape[0] // 5, im.shape[1] // 5 : -im.shape[1] // 5] = True
+            out.append(
+                Result(
+                    probabilities={"COVID-19": 0.41, "Other pneumonia": 0.3, "No finding": 0.29},
+                    prediction="COVID-19",
+                    uncertain=True,
+                    uncertain_reason=UNSURE,
+                    gate_probability=0.9,
+                    saliency_method="Grad-CAM",
+                    saliency_in_lungs=0.5,
+                    model=self.models,
+                    lung_mask=mask,
+                    heatmap=im,
+                )
+            )
+        return out
+
+
+@contextmanager
+def _serving(app):
+    """``app`` served by uvicorn from a background thread on a free localhost port; yields its URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # handed to uvicorn already bound: no race for the port
-    server = uvicorn.Server(uvicorn.Config(create_app(), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -49,10 +86,26 @@ def server_url():
         if not thread.is_alive() or time.monotonic() > deadline:
             pytest.fail("uvicorn did not start; see the log above")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    """The real app (shipped models)."""
+    with _serving(create_app()) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def unsure_url():
+    """The app on :class:`UnsurePredictor`: every reading uncertain, no lesions."""
+    with _serving(create_app(UnsurePredictor())) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +128,35 @@ def page(browser, server_url) -> Page:
     page.goto(server_url)
     yield page
     context.close()
+
+
+@pytest.fixture()
+def narrow(browser, server_url) -> Page:
+    """The page at a phone's width: 375 x 740 CSS px."""
+    context = browser.new_context(viewport={"width": 375, "height": 740})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server_url)
+    yield page
+    context.close()
+
+
+def _local(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("data", "blob") or (parts.scheme in ("http", "ws") and parts.hostname in LOCAL_HOSTS)
+
+
+def _loaded(page: Page, selector: str) -> None:
+    page.wait_for_function(
+        "sel => { const i = document.querySelector(sel); return i.complete && i.naturalWidth > 0; }", arg=selector
+    )
+
+
+def _read_sample(page: Page) -> None:
+    page.set_input_files("#file", str(SAMPLE))
+    expect(page.locator("#result")).to_be_visible(timeout=TIMEOUT_MS)
+    for img in ("#xray", "#layer-lungs", "#layer-heatmap", "#report"):
+        _loaded(page, img)
 
 
 def test_page_reads_the_sample_xray(page):
@@ -106,3 +188,139 @@ def test_page_shows_a_refusal_as_a_message(page, tmp_path):
     expect(error).to_contain_text("notes.png")
     expect(error).to_contain_text("not an image but a text file")
     expect(page.locator("#result")).to_be_hidden()
+
+
+def test_overlays_stack_on_the_xray_and_toggle(page):
+    _read_sample(page)
+    _loaded(page, "#layer-lesions")
+    xray = page.locator("#xray").bounding_box()
+    # On by default: lungs and heat map; lesions and zones off until asked for.
+    for layer, shown in (("lungs", True), ("heatmap", True), ("lesions", False), ("zones", False)):
+        img, toggle = page.locator(f"#layer-{layer}"), page.locator(f"#show-{layer}")
+        expect(toggle).to_be_enabled()
+        if shown:
+            expect(toggle).to_be_checked()
+            expect(img).to_be_visible()
+        else:
+            expect(toggle).not_to_be_checked()
+            expect(img).to_be_hidden()
+        toggle.click()
+        (expect(img).to_be_hidden if shown else expect(img).to_be_visible)()
+        box = img.bounding_box()  # drawn over the X-ray, pixel for pixel
+        if box is not None:
+            assert box == pytest.approx(xray, abs=1), (layer, box, xray)
+        toggle.click()
+        (expect(img).to_be_visible if shown else expect(img).to_be_hidden)()
+    sizes = page.evaluate(
+        "['xray', 'layer-lungs', 'layer-heatmap', 'layer-lesions', 'layer-zones']"
+        ".map(id => { const i = document.getElementById(id); return [i.naturalWidth, i.naturalHeight]; })"
+    )
+    assert all(s == sizes[0] for s in sizes), sizes
+    legend = page.locator(".legend").inner_text()
+    for words in ("lungs", "ground-glass", "consolidation", "none → most", "lesion evidence"):
+        assert words in legend, legend
+    expect(page.locator("#title")).to_contain_text("sample_cxr.jpg")
+
+
+def test_page_at_375_px_has_no_sideways_scrolling(narrow):
+    _read_sample(narrow)
+    expect(narrow.locator("#probabilities tr.prob")).to_have_count(len(CLASSES))
+    expect(narrow.locator("#severity")).to_be_visible()
+    narrow.locator("details summary").click()  # the JSON too
+    width = narrow.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, width
+    assert narrow.locator("#xray").bounding_box()["width"] <= 375
+
+
+def test_page_shows_the_caveat_under_the_result(page):
+    _read_sample(page)
+    caveat = page.locator("#caveat")
+    expect(caveat).to_be_visible()
+    expect(caveat).to_have_text(CAVEAT)
+
+
+def test_uncertain_reading_gets_a_badge_with_its_reason(browser, unsure_url):
+    context = browser.new_context(viewport={"width": 375, "height": 740})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(unsure_url)
+        _read_sample(page)
+        badge = page.locator("#uncertain")
+        expect(badge).to_be_visible()
+        expect(badge.locator(".badge")).to_have_text("Uncertain")
+        expect(badge).to_contain_text(UNSURE)
+        # Near the title, above the X-ray.
+        assert badge.bounding_box()["y"] < page.locator("#xray").bounding_box()["y"]
+        # No lesions in this reading: their toggle is off and cannot be turned on.
+        expect(page.locator("#show-lesions")).to_be_disabled()
+        expect(page.locator("#layer-lesions")).to_be_hidden()
+        expect(page.locator("#heatmap-method")).to_contain_text("Grad-CAM")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    finally:
+        context.close()
+
+
+def test_a_certain_reading_has_no_badge(page):
+    def certain(route):  # the shipped model's readings are all uncertain: this one is made certain
+        response = route.fetch()
+        route.fulfill(response=response, json={**response.json(), "uncertain": False, "uncertain_reason": None})
+
+    page.route("**/v1/predict", certain)
+    _read_sample(page)
+    expect(page.locator("#uncertain")).to_be_hidden()
+    expect(page.locator("#caveat")).to_have_text(CAVEAT)
+
+
+def test_page_words_a_gate_refusal_for_its_user(page, tmp_path):
+    noise = tmp_path / "noise.png"
+    Image.fromarray((np.random.default_rng(0).random((300, 400)) * 255).astype(np.uint8)).save(noise)
+    page.set_input_files("#file", str(noise))
+    error = page.locator("#error")
+    expect(error).to_be_visible(timeout=TIMEOUT_MS)
+    expect(error).to_contain_text("noise.png")
+    expect(error).to_contain_text("frontal chest X-rays only")
+    expect(error).to_contain_text("covidcxr serve --no-gate")
+    assert "use --no-gate" not in error.inner_text()
+    expect(page.locator("#result")).to_be_hidden()
+
+
+def test_api_docs_render_from_this_server_only(browser, server_url):
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    requests, csp = [], []
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("console", lambda msg: csp.append(msg.text) if "Content Security Policy" in msg.text else None)
+    try:
+        page.goto(server_url + "docs")
+        expect(page.locator(".swagger-ui .info .title")).to_contain_text("covidcxr", timeout=TIMEOUT_MS)
+        expect(page.locator(".swagger-ui .opblock-summary-path").first).to_be_visible()
+        assert any(url.endswith("/openapi.json") for url in requests), requests
+        assert all(_local(url) for url in requests), [url for url in requests if not _local(url)]
+        assert not csp, csp
+    finally:
+        context.close()
+
+
+def test_api_docs_render_with_the_internet_blocked(browser, server_url):
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    blocked = []
+
+    def only_local(route):
+        if _local(route.request.url):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    page.route("**/*", only_local)
+    try:
+        page.goto(server_url + "docs")
+        expect(page.locator(".swagger-ui .info .title")).to_contain_text("covidcxr", timeout=TIMEOUT_MS)
+        expect(page.locator(".swagger-ui").get_by_text("/v1/predict", exact=True)).to_be_visible()
+        assert not blocked, blocked
+    finally:
+        context.close()

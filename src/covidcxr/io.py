@@ -451,6 +451,71 @@ def _apply_voi_scaled(arr: np.ndarray, ds: Dataset, label: str) -> np.ndarray | 
 
 
 # ---------------------------------------------------------------------------
+# Arrays and PIL images from Python (the Predictor's inputs)
+
+
+def image_from(x: Any, name: str = "array") -> np.ndarray:
+    """An X-ray given in Python as the (H, W) float32 image in [0, 1] the models read.
+
+    Accepts a file path (``str`` or ``Path``, read by :func:`read_image`), raw file bytes, a PIL
+    image, or a NumPy array: 2-D, or (H, W, 1|3|4) with RGB converted to luminance and RGBA
+    composited over black; uint8 is divided by 255, uint16 (and other integers within 0-65535)
+    by 65535, as for 16-bit PNGs; floats within [0, 1] are kept, other floats and integers
+    min-max scaled; bool is 0 or 1.
+
+    Raises:
+        ImageReadError: the input is not an image of a kind above, or it is blank; the message
+            says what was given and what is expected.
+    """
+    if isinstance(x, str | os.PathLike | bytes):
+        return read_image(x, name=None if not isinstance(x, bytes) else name)
+    if isinstance(x, Image.Image):
+        return _checked(_pil_pixels(x, name), name)
+    if not isinstance(x, np.ndarray):
+        raise ImageReadError(
+            name, f"got a {type(x).__name__}; give a file path, a PIL image or a NumPy array (H, W) or (H, W, 3)"
+        )
+    arr = x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        return _checked(_pixels(arr[..., :3], name, alpha=arr[..., 3] if arr.shape[-1] == 4 else None), name)
+    if arr.ndim != 2:
+        raise ImageReadError(
+            name, f"array of shape {x.shape}: expected one image, (H, W) grey or (H, W, 3|4) RGB(A), channels last"
+        )
+    return _checked(_pixels(arr, name), name)
+
+
+def _pixels(arr: np.ndarray, name: str, alpha: np.ndarray | None = None) -> np.ndarray:
+    """Pixel values in [0, 1] by the array's dtype; luminance for (H, W, 3)."""
+    if arr.dtype == bool:
+        out = arr.astype(np.float32)
+    elif arr.dtype == np.uint8:
+        out = arr.astype(np.float32) / 255.0
+    elif np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 65535:
+        out = arr.astype(np.float32) / 65535.0
+    elif np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ImageReadError(name, "array contains NaN or infinite values")
+        inside = np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0 and arr.max() <= 1
+        out = arr.astype(np.float32) if inside else _minmax(arr.astype(np.float64), name)
+    else:
+        raise ImageReadError(name, f"array of dtype {arr.dtype}: expected integers, floats or bool")
+    if out.ndim == 3:
+        if alpha is not None:
+            out = out * _pixels(alpha, name)[..., None]  # composited over black
+        out = _luminance(out)
+    return out
+
+
+def _checked(image: np.ndarray, name: str) -> np.ndarray:
+    if image.ndim != 2 or min(image.shape) < 2:
+        raise ImageReadError(name, f"image of shape {image.shape} is too small to be an X-ray")
+    if image.min() == image.max():
+        raise ImageReadError(name, "image is blank (every pixel has the same value); it holds no X-ray")
+    return np.ascontiguousarray(np.clip(image, 0.0, 1.0), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------
 # Writers: the PNGs of a reading, to a file or into memory (the web page's answers).
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _plt():
+def pyplot():
     """pyplot, headless (Agg) unless the session already chose a backend.
 
     A choice is ``MPLBACKEND`` or pyplot already imported: Jupyter's inline backend must
@@ -35,7 +35,7 @@ _METRIC_NAMES = {
 def learning_curve(history: list[dict], path: str | Path, metric: str = "val_dice") -> None:
     """Training/validation loss and a validation metric (``val_dice`` or ``val_auroc``) per epoch."""
     ylabel, title, loss_name = _METRIC_NAMES[metric]
-    plt = _plt()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     a.plot(epochs, [h["train_loss"] for h in history], label="train")
@@ -76,7 +76,7 @@ def segmentation_overlays(model, dataset, path: str | Path, n: int = 8) -> None:
 
     from .models import eval_mode
 
-    plt = _plt()
+    plt = pyplot()
     n = min(n, len(dataset))
     if n == 0:
         return
@@ -117,7 +117,7 @@ def lesion_overlay(image: np.ndarray, lesions: np.ndarray, lungs: np.ndarray | N
 
 def lesion_examples(examples: list[tuple], names: tuple[str, ...], path: str | Path) -> None:
     """Rows of (image, radiologists' lesions, model lesions, lungs): marked vs out-of-fold prediction."""
-    plt = _plt()
+    plt = pyplot()
     if not examples:
         return
     fig, axes = plt.subplots(len(examples), 2, figsize=(6, 3 * len(examples)), squeeze=False)
@@ -136,7 +136,7 @@ def lesion_examples(examples: list[tuple], names: tuple[str, ...], path: str | P
 
 def severity_scatter(truth: dict[str, np.ndarray], predicted: dict[str, np.ndarray], path: str | Path) -> None:
     """Predicted (mean over the splits an image was held out in) against the raters' score, one panel per score."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(truth), figsize=(3.6 * len(truth), 3.6), squeeze=False)
     for ax, name in zip(axes[0], truth):
         y, p = np.asarray(truth[name], float), np.asarray(predicted[name], float)

@@ -163,19 +163,4 @@ def write_outputs(result: Result, image: np.ndarray, stem: str, out: Path, repor
 
 def write_report(result: Result, image: np.ndarray, path) -> None:
     """The report PNG of a reading (a path or a binary file object)."""
-    name = Path(result.path or "image").name
-    save_report(
-        path,
-        image,
-        result.lung_mask,
-        result.probabilities,
-        result.heatmap,
-        title=f"{name}: {result.prediction} ({result.probabilities[result.prediction]:.0%})",
-        warnings=result.warnings,
-        lung_share=result.saliency_in_lungs,
-        severity=result.severity,
-        lesions=result.lesions,
-        zones=result.zones,
-        findings=result.findings,
-        saliency_name=result.saliency_method or "Grad-CAM",
-    )
+    save_report(path, image, result)

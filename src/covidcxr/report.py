@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import unicodedata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from .data.labels import CLASSES
+from .infer.uncertainty import CAVEAT
+
+if TYPE_CHECKING:
+    from .infer import Result
 
 DISCLAIMER = "Research and teaching only; not for clinical decisions."
-#: Panels show the X-ray at most this many pixels on its longer side (about their size at 90 dpi).
-PREVIEW_SIDE = 320
+#: Panels show the X-ray at most this many pixels on its longer side (about their size at REPORT_DPI).
+PREVIEW_SIDE = 560
+REPORT_DPI = 160
 _COLORS = {"COVID-19": "#d62728", "Other pneumonia": "#ff7f0e", "No finding": "#2ca02c"}
 #: Longest title drawn, in characters; a longer one keeps its start and end around an ellipsis.
 TITLE_CHARS = 110
@@ -63,109 +69,131 @@ def _shrink_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     )
 
 
-def save_report(
-    path: str | Path,
-    image: np.ndarray,
-    mask: np.ndarray,
-    probabilities: dict[str, float],
-    heat: np.ndarray | None = None,
-    title: str = "",
-    warnings: list[str] | None = None,
-    lung_share: float | None = None,
-    severity: dict | None = None,
-    lesions: np.ndarray | None = None,
-    zones: np.ndarray | None = None,
-    findings: dict | None = None,
-    saliency_name: str = "Grad-CAM",
-) -> None:
-    """Write a PNG: X-ray with lung outline (and lesions, Brixia zones) | heat map | probabilities, severity.
+def save_report(path, image: np.ndarray, result: Result) -> None:
+    """Write the report PNG of a reading: X-ray with lungs, lesions and zones | heat map | probabilities, notes.
 
     Args:
-        image: (H, W) in [0, 1]; mask: (H, W) bool lungs; heat: (H, W) in [0, 1] or None.
-        probabilities: class -> calibrated probability.
-        severity: the ``severity`` object of a prediction; lesions (K, H, W) bool and
-            zones (H, W) uint8 (0 outside, 1-6 = A-F) draw its panel.
-        findings: the ``findings`` object of a prediction (what the diagnosis rests on), or None.
-        saliency_name: what the heat map is ("Grad-CAM", "class activation").
+        path: a file path or a binary file object.
+        image: (H, W) in [0, 1], the image read.
+        result: its :class:`covidcxr.infer.Result` (read, not refused).
     """
     from matplotlib.figure import Figure
 
     small, _ = _preview(image, PREVIEW_SIDE)
-    lungs = _shrink_mask(mask, small.shape)
-    sev_panel = severity is not None and lesions is not None and zones is not None
+    lungs = _shrink_mask(result.lung_mask, small.shape)
+    heat = result.heatmap
     panels = 2 + (heat is not None)
-    sev_line = []
-    if severity is not None:
-        b = severity["brixia"]
-        sev_line = [
-            f"severity: geographic extent {severity['geographic_extent']:.1f}/8, opacity {severity['opacity']:.1f}/6, Brixia {b['global']:.1f}/18"
-        ]
-    notes = (
-        [DISCLAIMER, *sev_line]
-        + ([findings_line(findings)] if findings else [])
-        + [f"! {w}" for w in (warnings or [])][:3]
-    )
+    notes = report_notes(result)
+    # A Figure outside pyplot: nothing global keeps it, so it is freed even when drawing fails.
     # Fixed margins instead of tight_layout, which measured every tick label and doubled the drawing time.
-    # A Figure outside pyplot: nothing global keeps it, so it is freed even when drawing fails
-    # (an unclosed pyplot figure cost about 5 MB per failed request of the server).
-    fig = Figure(figsize=(3.3 * panels + 0.6, 3.9))
-    axes = fig.subplots(
-        1,
-        panels,
-        gridspec_kw={
-            "width_ratios": [1] * (panels - 1) + [1.2],
-            "left": 0.01,
-            "right": 0.99,
-            "top": 0.86,
-            "bottom": 0.08 + 0.035 * len(notes),
-            "wspace": 0.06,
-        },
-    )
-    ax = axes[0]
-    if sev_panel:  # lesions, Brixia zones and their scores drawn into the lung panel
-        _severity_panel(ax, small, lungs, severity, lesions, zones, f"lungs ({mask.mean():.0%} of the image)")
-    else:
-        ax.imshow(small, cmap="gray", vmin=0, vmax=1)
-        if lungs.any():
-            ax.contour(lungs, levels=[0.5], colors="#00e5ff", linewidths=1.0)
-        ax.set_title(f"lungs ({mask.mean():.0%} of the image)", fontsize=9)
-        ax.axis("off")
+    fig = Figure(figsize=(3.6 * panels + 0.8, 4.6 + 0.16 * len(notes)))
+    axes = fig.subplots(1, panels, gridspec_kw=_grid(panels, len(notes)))
+    _lung_panel(axes[0], small, lungs, result)
     if heat is not None:
-        ax = axes[1]
-        ax.imshow(small, cmap="gray", vmin=0, vmax=1)
-        h_small = (
-            np.asarray(
-                Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize(
-                    (small.shape[1], small.shape[0]), Image.Resampling.BILINEAR
-                ),
-                np.float32,
-            )
-            / 255
-        )
-        ax.imshow(np.ma.masked_less(h_small, 0.15), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        share = f", {lung_share:.0%} inside the lungs" if lung_share is not None and np.isfinite(lung_share) else ""
-        ax.set_title(f"{saliency_name}{share}", fontsize=9)
-        ax.axis("off")
-    ax = axes[-1]
-    names = list(CLASSES)
-    vals = [probabilities[c] for c in names]
-    ax.barh(range(len(names))[::-1], vals, color=[_COLORS[c] for c in names], alpha=0.85, height=0.6)
-    for i, (name, v) in zip(range(len(names))[::-1], zip(names, vals)):
-        ax.text(0.02, i + 0.38, f"{name}: {v:.0%}", va="bottom", fontsize=9)
-    ax.set_yticks([])
-    ax.set_xlim(0, 1)
-    ax.set_ylim(-0.5, len(names) - 0.1)
-    ax.set_xticks([0, 0.5, 1], ["0", "50%", "100%"], fontsize=8)
-    ax.set_title("diagnosis probabilities", fontsize=9)
-    ax.spines[["top", "right", "left"]].set_visible(False)
+        _heat_panel(fig, axes[1], small, heat, result)
+    _probability_panel(axes[-1], result.probabilities)
     # File names reach the title (and may reach the notes): plain text, never math text ("a$x^{$.png").
     fig.text(
-        0.01, 0.01, "\n".join(plain_text(n, 200) for n in notes), fontsize=7, va="bottom", color="0.3", parse_math=False
+        0.01,
+        0.01,
+        "\n".join(plain_text(n, 220) for n in notes),
+        fontsize=7.5,
+        va="bottom",
+        color="0.25",
+        parse_math=False,
     )
-    fig.suptitle(plain_text(title), fontsize=9, parse_math=False)
-    fig.savefig(
-        path, format="png", dpi=90, pil_kwargs={"compress_level": 1}
-    )  # fast PNG encoding; the report is small anyway
+    name = Path(result.path or "image").name
+    headline = f"{name}: {result.prediction} ({result.probabilities[result.prediction]:.0%})"
+    if result.uncertain:
+        headline += "  -  UNCERTAIN"
+    fig.suptitle(plain_text(headline), fontsize=11, parse_math=False, color="#b35900" if result.uncertain else "black")
+    fig.savefig(path, format="png", dpi=REPORT_DPI, pil_kwargs={"compress_level": 1})  # fast PNG encoding
+
+
+def _grid(panels: int, notes: int) -> dict:
+    bottom = 0.14 + 0.045 * notes  # room for the lesion legend under the lung panel
+    return {
+        "width_ratios": [1] * (panels - 1) + [1.1],
+        "left": 0.01,
+        "right": 0.98,
+        "top": 0.84,
+        "bottom": bottom,
+        "wspace": 0.12,
+    }
+
+
+def report_notes(result: Result) -> list[str]:
+    """The lines under the panels: uncertainty, severity and findings in words, warnings, models, caveat."""
+    notes = []
+    if result.uncertain:
+        notes.append(f"Uncertain: {result.uncertain_reason}.")
+    if result.severity is not None:
+        b = result.severity["brixia"]
+        notes.append(
+            f"Severity: geographic extent {result.severity['geographic_extent']:.1f} of 8, "
+            f"opacity {result.severity['opacity']:.1f} of 6, Brixia score {b['global']:.1f} of 18 (zones A-F, 0-3 each)."
+        )
+    if result.findings:
+        notes.append(findings_line(result.findings))
+    notes += [f"Warning: {w}" for w in result.warnings][:3]
+    models = ", ".join(f"{m['name']} ({m['sha256'][:8]})" for m in result.model.values())
+    notes.append(f"Models: {models}; covidcxr {_version()}.")
+    notes.append(f"{CAVEAT} {DISCLAIMER}")
+    return notes
+
+
+def _lung_panel(ax, small: np.ndarray, lungs: np.ndarray, result: Result) -> None:
+    title = f"Lungs: {result.lung_mask.mean():.0%} of the image"
+    if result.severity is not None and result.lesions is not None and result.zones is not None:
+        _severity_panel(ax, small, lungs, result.severity, result.lesions, result.zones, title)
+        return
+    ax.imshow(small, cmap="gray", vmin=0, vmax=1)
+    if lungs.any():
+        ax.contour(lungs, levels=[0.5], colors="#00e5ff", linewidths=1.0)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def _heat_panel(fig, ax, small: np.ndarray, heat: np.ndarray, result: Result) -> None:
+    ax.imshow(small, cmap="gray", vmin=0, vmax=1)
+    h_small = np.asarray(
+        Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize(
+            (small.shape[1], small.shape[0]), Image.Resampling.BILINEAR
+        ),
+        np.float32,
+    )
+    shown = ax.imshow(np.ma.masked_less(h_small / 255, 0.15), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    share = result.saliency_in_lungs
+    inside = f"\n{share:.0%} of it inside the lungs" if share is not None and np.isfinite(share) else ""
+    ax.set_title(f"Where the reading looked ({result.saliency_method or 'heat map'}){inside}", fontsize=9)
+    ax.axis("off")
+    bar = fig.colorbar(shown, ax=ax, orientation="horizontal", fraction=0.05, pad=0.02, ticks=[0, 0.5, 1])
+    bar.ax.set_xticklabels(["none", "", "most"], fontsize=7)
+    bar.set_label("share of the evidence (below 15% not drawn)", fontsize=7)
+
+
+def _probability_panel(ax, probabilities: dict[str, float]) -> None:
+    names = list(CLASSES)
+    vals = [probabilities[c] for c in names]
+    rows = range(len(names))[::-1]
+    ax.barh(rows, vals, color=[_COLORS[c] for c in names], alpha=0.85, height=0.55)
+    for i, name, v in zip(rows, names, vals, strict=True):
+        ax.text(0.01, i + 0.33, f"{name}: {v:.0%}", va="bottom", fontsize=9)
+    ax.set_yticks([])
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(-0.5, len(names) - 0.05)
+    ax.set_xticks([0, 0.5, 1], ["0%", "50%", "100%"], fontsize=8)
+    ax.set_title("Diagnosis probabilities", fontsize=9)
+    ax.spines[["top", "right", "left"]].set_visible(False)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("covidcxr")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def findings_line(findings: dict) -> str:
@@ -207,11 +235,25 @@ def _severity_panel(
                 fontweight="bold",
             )
     shares = severity["lesions"]
-    short = {"ground-glass": "GGO", "consolidation": "cons."}
     ax.set_title(
         title
         + "\n"
-        + "  ".join(f"{short.get(k, k)} R {v['right_lung']:.0%} L {v['left_lung']:.0%}" for k, v in shares.items()),
+        + "\n".join(
+            f"{k} opacity: right lung {v['right_lung']:.0%}, left {v['left_lung']:.0%}"
+            if k == "ground-glass"
+            else f"{k}: right lung {v['right_lung']:.0%}, left {v['left_lung']:.0%}"
+            for k, v in shares.items()
+        ),
         fontsize=8,
     )
     ax.axis("off")
+    from matplotlib.patches import Patch
+
+    from .plots import LESION_COLORS
+
+    handles = [
+        Patch(color=np.asarray(LESION_COLORS[k]) / 255, label=name.replace("ground-glass", "ground-glass opacity"))
+        for k, name in enumerate(shares)
+    ]
+    handles += [Patch(color="#00e5ff", label="lung outline"), Patch(fc="white", ec="0.4", label="zone A-F: score 0-3")]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=7, ncol=2, frameon=False)

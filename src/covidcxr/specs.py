@@ -53,6 +53,7 @@ class WeightSpec:
     intensity_check: dict = field(
         default_factory=dict
     )  # gate: mean, precision and limit of the intensity-facts distance (empty: off)
+    uncertainty: dict = field(default_factory=dict)  # diagnosis: thresholds of the "uncertain" rule (empty: never)
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 

@@ -48,16 +48,30 @@ def main() -> int:
             list(bench.predict_files([str(files[0])], Path(tmp) / f"warm-{name}", pipe, progress=False))
         for rep in range(args.reps):
             for i, f in enumerate(single):
-                order = (("gate", gated), ("no_gate", ungated)) if (rep + i) % 2 == 0 else (("no_gate", ungated), ("gate", gated))
+                order = (
+                    (("gate", gated), ("no_gate", ungated))
+                    if (rep + i) % 2 == 0
+                    else (("no_gate", ungated), ("gate", gated))
+                )
                 for name, pipe in order:
                     t = time.perf_counter()
                     list(bench.predict_files([str(f)], Path(tmp) / f"{name}{rep}", pipe, progress=False))
                     times[name].append(time.perf_counter() - t)
     g, n = np.median(times["gate"]), np.median(times["no_gate"])
     paired = np.array(times["gate"]) / np.array(times["no_gate"])
-    res = {"files": [str(f) for f in single], "reps": args.reps, "threads": args.threads, "median_s": {"gate": float(g), "no_gate": float(n)},
-           "gate_overhead": float(g / n - 1), "paired_ratio_median": float(np.median(paired)), "aim": 0.10, "times": times}
-    print(f"one image: {g:.3f} s with the gate, {n:.3f} s without: gate adds {g / n - 1:+.1%} (median of paired ratios {np.median(paired) - 1:+.1%}; aim <= 10%)")
+    res = {
+        "files": [str(f) for f in single],
+        "reps": args.reps,
+        "threads": args.threads,
+        "median_s": {"gate": float(g), "no_gate": float(n)},
+        "gate_overhead": float(g / n - 1),
+        "paired_ratio_median": float(np.median(paired)),
+        "aim": 0.10,
+        "times": times,
+    }
+    print(
+        f"one image: {g:.3f} s with the gate, {n:.3f} s without: gate adds {g / n - 1:+.1%} (median of paired ratios {np.median(paired) - 1:+.1%}; aim <= 10%)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0

@@ -34,7 +34,7 @@ from ..data.masks import IGNORE, LUNG
 from ..models import create_model
 from . import distributed
 from .losses import dice_bce_loss
-from .segmentation import _autocast
+from .runs import autocast
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def adversarial_step(
     """
     device = image.device
     x = image.contiguous(memory_format=torch.channels_last)
-    with _autocast(amp, device):
+    with autocast(amp, device):
         logits = model(x)
     prob = torch.sigmoid(logits[:, 0].float())
     ignore = target == IGNORE
@@ -109,7 +109,7 @@ def adversarial_step(
 
     # (1) discriminator: real and fake pairs in one batch (InstanceNorm keeps samples apart; one DDP forward).
     _set_requires_grad(disc, True)
-    with _autocast(amp, device):
+    with autocast(amp, device):
         d_out = disc(torch.cat([_pair(x, real), _pair(x, fake)]).contiguous(memory_format=torch.channels_last))
     d_real, d_fake = d_out.chunk(2)
     d_loss = 0.5 * (_lsgan(d_real, True) + _lsgan(d_fake, False))
@@ -119,7 +119,7 @@ def adversarial_step(
 
     # (2) U-Net: supervised loss + fool the (now updated, frozen) discriminator.
     _set_requires_grad(disc, False)
-    with _autocast(amp, device):
+    with autocast(amp, device):
         g_out = disc(_pair(x, torch.where(ignore, fake, prob)))
     g_adv = _lsgan(g_out, True)
     sup = dice_bce_loss(logits, target)

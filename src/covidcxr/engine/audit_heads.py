@@ -20,15 +20,8 @@ from ..data.labels import CLASSES
 from ..models import load_weights
 from ..models.weights import shipped_spec_path
 from . import loso
-from .evaluate_diagnosis import (
-    ALL_SOURCES,
-    audit_markdown,
-    by_source,
-    covid_vs_other,
-    plot_audit,
-    source_probe,
-    verdict,
-)
+from .diagnosis_metrics import ALL_SOURCES, by_source, covid_vs_other, source_probe
+from .diagnosis_report import audit_markdown, plot_audit, verdict
 from .train_heads import heads_probabilities
 
 

@@ -24,298 +24,57 @@ stopping ends every process at the same epoch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from .. import plots
 from ..data import load_records
-from ..data.classification import CLASSES, DiagnosisDataset, classification_samples, lung_view
-from ..data.lung_cache import cached_lung_masks, load_cached_mask
+from ..data.classification import CLASSES, DiagnosisDataset, classification_samples
 from ..data.splits import SPLIT_VERSION
 from ..data.transforms import diagnosis_augment
-from ..enhance import check_enhancement, enhance
-from ..io import NORMALIZATION, ImageReadError, read_image
-from ..models import WeightSpec, create_model, eval_mode, save_weights
-from ..models.classifier import CAM_LAYERS
-from ..models.pretrained import load_imagenet, parse_init
+from ..enhance import check_enhancement
+from ..io import NORMALIZATION
+from ..models import WeightSpec, save_weights
 from . import distributed
-from .losses import outside_lungs_share
-from .segmentation import _autocast, _checkpoint, _device, start_run
+from .diagnosis_model import (
+    DiagTrainConfig,
+    build_model,
+    fit_temperature,
+    load_matching,
+    macro_auroc,
+    predict_logits,
+    train_epoch,
+    validate,
+)
+from .diagnosis_views import SAMPLINGS, fold_of, prepare_views, sample_weights, views_cache_dir
+from .loop import Loop
+from .runs import device as device_of
+from .runs import epoch_seed, rank_seed, start_run
+
+__all__ = [  # the names this module always offered, some of them now defined next door
+    "SAMPLINGS",
+    "DiagTrainConfig",
+    "build_model",
+    "fit",
+    "fit_temperature",
+    "fold_of",
+    "load_matching",
+    "load_views",
+    "macro_auroc",
+    "main",
+    "predict_logits",
+    "prepare_views",
+    "sample_weights",
+    "views_cache_dir",
+]
 
 log = logging.getLogger(__name__)
-
-SAMPLINGS = ("class_source", "group", "class", "none")
-
-
-@dataclass
-class DiagTrainConfig:
-    """Diagnosis training settings (configs/diagnosis.yaml)."""
-
-    data_root: str | None = None
-    out_dir: str = "runs/diagnosis"
-    model: str = "mobilenet_v2"
-    pretrained: str | None = None  # "imagenet" needs internet once
-    init: str | None = (
-        "lungs"  # start from: "lungs" (the stage-1 encoder), "imagenet-file:PATH[@SHA256]", a .pt state_dict or a weights spec; None: random
-    )
-    lung_input: str = "crop"  # crop | masked
-    margin: float = 0.1  # lung box grown by this fraction per side
-    input_size: int = 224
-    enhancement: str = "none"  # none | clahe | dehaze, on each lung view (covidcxr.enhance); recorded in the spec
-    sampling: str = "class_source"  # class_source | group | class | none
-    epochs: int = 30
-    patience: int = 6  # stop after this many epochs without a better validation macro AUROC
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.0
-    lung_attention: float = (
-        0.0  # >0: weight of the penalty on class activation outside the lungs (losses.outside_lungs_share)
-    )
-    folds: int = 0  # >1: K-fold cross-validation over train+val patients (no export)
-    seed: int = 0
-    amp: str = "bf16"
-    device: str = "auto"
-    workers: int = 0
-    threads: int = 0
-    limit: int = 0  # >0: at most this many train and val samples (smoke tests)
-    lung_weights: str | None = None  # stage-1 spec; None = shipped
-    export_name: str = "mobilenet_v2_diagnosis"
-
-
-# ---------------------------------------------------------------------------
-# Lung views
-
-
-def views_cache_dir() -> Path:
-    base = os.environ.get("COVIDCXR_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "covidcxr") / "views"
-
-
-def prepare_views(
-    samples: list[dict],
-    segmenter,
-    size: int,
-    margin: float,
-    whole: bool = False,
-    enhancement: str = "none",
-    cache: bool = True,
-    progress: bool = True,
-) -> dict:
-    """Lung views of ``samples`` at ``size``: stage-1 masks, then lung view and enhancement per image.
-
-    Each view is :func:`lung_view` followed by :func:`covidcxr.enhance.enhance` with
-    ``enhancement``, as :meth:`covidcxr.pipeline.Diagnoser.view` does at inference. Kept as
-    one ``.npz`` per (lung weights, size, margin, enhancement, sample list), so evaluation
-    and audits after training read them in seconds.
-
-    Returns:
-        dict of ``images`` (N, S, S) uint8, ``lungs`` (N, S, S) bool, ``labels`` (N,),
-        ``samples`` (the N samples kept; unreadable images are dropped and logged),
-        ``lung_fraction`` (N,) share of each view that is lung.
-    """
-    check_enhancement(enhancement)
-    # "none" leaves the key as it was before enhancements existed, so those caches stay valid.
-    setting = [segmenter.spec.sha256, size, margin, whole] + ([enhancement] if enhancement != "none" else [])
-    key = hashlib.sha256(json.dumps([*setting, [(s["dataset"], s["filename"]) for s in samples]]).encode()).hexdigest()[
-        :16
-    ]
-    path = views_cache_dir() / f"{key}.npz"
-    by_name = {f"{s['dataset']}/{s['filename']}": s for s in samples}
-    if cache and path.is_file():
-        data = np.load(path)
-        # Stored by dataset/filename, not by path: the same cache serves any copy of the data.
-        if "names" in data.files and all(n in by_name for n in data["names"]):
-            kept = [by_name[n] for n in data["names"]]
-            return {
-                "images": data["images"],
-                "lungs": data["lungs"],
-                "labels": np.array([s["label"] for s in kept], dtype=np.int64),
-                "samples": kept,
-                "lung_fraction": data["lungs"].mean(axis=(1, 2)),
-            }
-        log.info("rebuilding stale view cache %s", path)
-    masks = cached_lung_masks(samples, segmenter, progress=progress)
-    images, lungs, kept = [], [], []
-    for s in tqdm(samples, desc="lung views", disable=not progress, unit="image"):
-        if s["path"] not in masks:
-            continue
-        try:
-            image = read_image(s["path"])
-        except ImageReadError as err:
-            log.warning("skipping %s", err)
-            continue
-        view, lung = lung_view(image, load_cached_mask(masks[s["path"]]), size, whole=whole, margin=margin)
-        images.append((enhance(view[0], enhancement) * 255 + 0.5).astype(np.uint8))
-        lungs.append(lung[0] > 0.5)
-        kept.append(s)
-    images = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
-    lungs = np.stack(lungs) if lungs else np.zeros((0, size, size), bool)
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, images=images, lungs=lungs, names=np.array([f"{s['dataset']}/{s['filename']}" for s in kept]))
-        os.replace(tmp, path)
-    return {
-        "images": images,
-        "lungs": lungs,
-        "labels": np.array([s["label"] for s in kept], dtype=np.int64),
-        "samples": kept,
-        "lung_fraction": lungs.mean(axis=(1, 2)),
-    }
-
-
-def sample_weights(labels: np.ndarray, sources: list[str], sampling: str = "class_source") -> np.ndarray:
-    """Per-sample draw weights: equal per class, and inside a class equal per source.
-
-    ``group`` draws every (source, class) pair present equally often, so inside a source
-    every class it holds is equally likely; ``class`` balances classes only; ``none`` draws
-    uniformly.
-    """
-    labels = np.asarray(labels)
-    if sampling == "none":
-        return np.ones(len(labels))
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-    w = np.zeros(len(labels))
-    if sampling == "group":
-        groups = [(src, int(c)) for src, c in zip(sources, labels)]
-        counts = {g: groups.count(g) for g in set(groups)}
-        w = np.array([1.0 / counts[g] for g in groups])
-        return w / w.sum()
-    for c in np.unique(labels):
-        in_class = labels == c
-        if sampling == "class":
-            w[in_class] = 1.0 / in_class.sum()
-            continue
-        srcs = sorted({sources[i] for i in np.flatnonzero(in_class)})
-        for src in srcs:
-            group = in_class & np.array([s == src for s in sources])
-            w[group] = 1.0 / (len(srcs) * group.sum())
-    return w / w.sum()
-
-
-# ---------------------------------------------------------------------------
-# Model outputs
-
-
-@torch.inference_mode()
-def predict_logits(
-    model,
-    dataset,
-    batch_size: int = 64,
-    amp: str = "bf16",
-    device: torch.device | None = None,
-    features: bool = False,
-):
-    """Logits (N, K) float32 of a dataset, and with ``features`` the pooled features (N, D)."""
-    device = device or torch.device("cpu")
-    logits, feats = [], []
-    with eval_mode(model):
-        for batch in DataLoader(dataset, batch_size=batch_size):
-            x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
-            with _autocast(amp, device):
-                f = model.forward_head(model.forward_features(x), pre_logits=True)
-                lg = model.get_classifier()(f)
-            logits.append(lg.float().cpu())
-            feats.append(f.float().cpu())
-    out = torch.cat(logits).numpy() if logits else np.zeros((0, 0), np.float32)
-    if features:
-        return out, (torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32))
-    return out
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature T minimising the NLL of ``softmax(logits / T)`` (LBFGS on log T)."""
-    lg = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.long)
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(lg / log_t.exp(), y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(np.clip(log_t.exp().item(), 0.05, 20.0))
-
-
-def macro_auroc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """One-vs-rest AUROC averaged over the classes present (NaN when fewer than two)."""
-    present = [c for c in range(probs.shape[1]) if 0 < (labels == c).sum() < len(labels)]
-    if len(present) < 2:
-        return float("nan")
-    return float(np.mean([roc_auc_score(labels == c, probs[:, c]) for c in present]))
-
-
-# ---------------------------------------------------------------------------
-# Training
-
-
-def _build_model(cfg: DiagTrainConfig) -> torch.nn.Module:
-    model = create_model(cfg.model, in_chans=1, num_classes=len(CLASSES), pretrained=cfg.pretrained)
-    if cfg.init and (imagenet := parse_init(cfg.init)):
-        load_imagenet(model, *imagenet)
-    elif cfg.init:
-        loaded = load_matching(model, _init_state(cfg.init))
-        if not loaded:
-            raise ValueError(f"{cfg.init}: no parameter matches {cfg.model}'s names and shapes")
-        log.info("initialised %d of %d tensors of %s from %s", loaded, len(model.state_dict()), cfg.model, cfg.init)
-    return model
-
-
-def load_matching(model: torch.nn.Module, state: dict) -> int:
-    """Load the tensors of ``state`` that fit ``model``; returns how many were loaded.
-
-    Tensors are matched by name; when no name matches and ``state`` holds a U-Net encoder
-    (keys with ``encoder.``), the encoder is matched to the classifier's feature extractor
-    in order, every pair of shapes checked. The stage-1 MobileNetV2 encoder and the
-    ``mobilenet_v2`` classifier line up this way, tensor for tensor.
-    """
-    own = model.state_dict()
-    by_name = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not by_name:
-        encoder = [v for k, v in state.items() if k.startswith("encoder.") or ".encoder." in k]
-        head = {f"{_head_name(model)}.{k}" for k in model.get_classifier().state_dict()}
-        body = [k for k in own if k not in head]
-        if encoder and len(encoder) == len(body) and all(own[k].shape == v.shape for k, v in zip(body, encoder)):
-            by_name = dict(zip(body, encoder))
-    model.load_state_dict(by_name, strict=False)
-    return len(by_name)
-
-
-def _head_name(model: torch.nn.Module) -> str:
-    """Name of the classifier module (``fc``, ``classifier``…)."""
-    head = model.get_classifier()
-    return next(n for n, m in model.named_modules() if m is head)
-
-
-def _init_state(path: str) -> dict:
-    """A state_dict from a ``.pt`` file, the file a weights spec (``.json``) names, or ``lungs`` (the shipped stage-1 model)."""
-    if path == "lungs":
-        from ..models.weights import shipped_spec_path
-
-        path = str(shipped_spec_path("lungs"))
-    p = Path(path)
-    if p.suffix == ".json":
-        p = p.parent / WeightSpec.from_json(p).file
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    state = state.get("model", state) if isinstance(state, dict) else state
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def fit(
@@ -330,11 +89,9 @@ def fit(
         dict with ``state`` (best weights), ``best_epoch``, ``val_auroc``, ``history``,
         ``temperature`` (fitted on the best model's validation logits), ``model``.
     """
-    device = device or _device(cfg.device)
-    main_rank = distributed.is_main()
-    ckpt_path = run / "checkpoint.pt"
+    device = device or device_of(cfg.device)
     torch.manual_seed(cfg.seed)
-    net = _build_model(cfg).to(device, memory_format=torch.channels_last)
+    net = build_model(cfg).to(device, memory_format=torch.channels_last)
     train_ds = DiagnosisDataset(
         train["images"], train["lungs"], train["labels"], cfg.lung_input, transform=diagnosis_augment()
     )
@@ -345,69 +102,34 @@ def fit(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1
     )
-    history: list[dict] = []
-    best = {"auroc": -1.0, "epoch": -1, "state": None}
-    start, stale = 0, 0
-    if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        history, best, start, stale = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1, ckpt["stale"]
-        log.info("resumed %s at epoch %d", run, start + 1)
-    distributed.check_same(start, "resume epoch")
+    loop = Loop(
+        run,
+        net,
+        optimizer,
+        scheduler,
+        cfg.epochs,
+        device,
+        metric="val_auroc",
+        best_key="auroc",
+        patience=cfg.patience,
+        config=asdict(cfg),
+    ).load(resume)
     model = distributed.wrap(net, device)
 
-    t0 = time.time() - (history[-1]["elapsed_s"] if history else 0.0)
-    bar = tqdm(range(start, cfg.epochs), desc="training", initial=start, total=cfg.epochs, disable=not main_rank)
-    for epoch in bar:
-        if stale >= cfg.patience:
-            break
-        seed = cfg.seed * 100_003 + epoch  # a resumed run repeats the epoch exactly
-        torch.manual_seed(seed + 1_000_003 * distributed.rank())  # augmentation differs between ranks
+    def step(epoch: int) -> dict:
+        torch.manual_seed(
+            rank_seed(cfg.seed, epoch)
+        )  # a resumed run repeats the epoch; augmentation differs between ranks
         # The same weighted draw on every rank; each trains on its every-N-th share.
-        indices = distributed.weighted_shard(weights, steps_per_epoch * cfg.batch_size, seed)
+        indices = distributed.weighted_shard(weights, steps_per_epoch * cfg.batch_size, epoch_seed(cfg.seed, epoch))
         loader = DataLoader(
             train_ds, batch_size=cfg.batch_size, sampler=indices, num_workers=cfg.workers, drop_last=True
         )
-        train_stats = _train_epoch(model, loader, optimizer, scheduler, cfg, epoch, device, net)
-        train_loss = train_stats["train_loss"]
-        # Rank 0 validates; the others take its numbers, so early stopping agrees everywhere.
-        val_stats = distributed.broadcast(_validate(net, val_ds, val["labels"], cfg, device) if main_rank else None)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                **train_stats,
-                **val_stats,
-                "elapsed_s": time.time() - t0,
-                "lr": scheduler.get_last_lr()[0],
-            }
-        )
-        if val_stats["val_auroc"] > best["auroc"]:
-            state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()} if main_rank else None
-            best, stale = {"auroc": val_stats["val_auroc"], "epoch": epoch + 1, "state": state}, 0
-        else:
-            stale += 1
-        bar.set_postfix(loss=f"{train_loss:.3f}", val_auroc=f"{val_stats['val_auroc']:.4f}")
-        if main_rank:
-            _checkpoint(
-                ckpt_path,
-                model=net.state_dict(),
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                epoch=epoch,
-                history=history,
-                best=best,
-                stale=stale,
-                config=asdict(cfg),
-            )
-            (run / "metrics.json").write_text(
-                json.dumps({"history": history, "best_epoch": best["epoch"], "best_val_auroc": best["auroc"]}, indent=2)
-            )
-            plots.learning_curve(history, run / "learning_curve.png", metric="val_auroc")
+        return train_epoch(model, loader, optimizer, scheduler, cfg, epoch, device, net)
 
-    temperature = None
-    if main_rank:
+    loop.run_epochs(step, lambda: validate(net, val_ds, val["labels"], cfg, device))
+    best, temperature = loop.best, None
+    if distributed.is_main():
         if best["state"] is None:
             raise RuntimeError(
                 "the validation macro AUROC was undefined in every epoch (the validation set holds one class); use more data (limit) or fewer folds"
@@ -420,72 +142,10 @@ def fit(
         "state": best["state"],
         "best_epoch": best["epoch"],
         "val_auroc": best["auroc"],
-        "history": history,
+        "history": loop.history,
         "temperature": temperature,
         "model": net.cpu(),
     }
-
-
-def _train_epoch(
-    model,
-    loader,
-    optimizer,
-    scheduler,
-    cfg: DiagTrainConfig,
-    epoch: int,
-    device: torch.device,
-    net: torch.nn.Module | None = None,
-) -> dict:
-    """One pass over ``loader``.
-
-    With ``cfg.lung_attention`` the loss adds that weight times the share of class activation
-    outside the lungs (the last feature map of ``net``, the plain module under a DDP wrapper;
-    default ``model``, read by a hook).
-
-    Returns:
-        dict with ``train_loss`` (mean over all processes under torchrun) and, with lung
-        attention, ``train_outside_lungs`` (the mean share outside the lungs).
-    """
-    net = model if net is None else net
-    model.train()
-    features: list[torch.Tensor] = []
-    hook = (
-        net.get_submodule(CAM_LAYERS[cfg.model]).register_forward_hook(lambda m, i, o: features.append(o))
-        if cfg.lung_attention
-        else None
-    )
-    total, outside_sum, n = 0.0, 0.0, 0
-    try:
-        for batch in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not distributed.is_main()):
-            x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
-            features.clear()
-            with _autocast(cfg.amp, device):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), batch["label"].to(device), label_smoothing=cfg.label_smoothing)
-            if hook is not None:
-                outside = outside_lungs_share(features[-1], net.get_classifier().weight, batch["lungs"].to(device))
-                loss = loss + cfg.lung_attention * outside
-                outside_sum += outside.item() * len(x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total, n = total + loss.item() * len(x), n + len(x)
-    finally:
-        if hook is not None:
-            hook.remove()
-    total, outside_sum, n = distributed.all_reduce_sum([total, outside_sum, n], device)
-    stats = {"train_loss": total / max(n, 1)}
-    if hook is not None:
-        stats["train_outside_lungs"] = outside_sum / max(n, 1)
-    return stats
-
-
-def _validate(model, val_ds: DiagnosisDataset, labels: np.ndarray, cfg: DiagTrainConfig, device: torch.device) -> dict:
-    """Validation loss and macro AUROC of ``model`` (the plain module, not its DDP wrapper)."""
-    logits = torch.from_numpy(predict_logits(model, val_ds, amp=cfg.amp, device=device))
-    val_loss = float(F.cross_entropy(logits, torch.from_numpy(labels)))
-    return {"val_loss": val_loss, "val_auroc": macro_auroc(labels, torch.softmax(logits, 1).numpy())}
 
 
 def _subset(views: dict, idx: np.ndarray) -> dict:
@@ -496,11 +156,6 @@ def _subset(views: dict, idx: np.ndarray) -> dict:
         "samples": [views["samples"][i] for i in idx],
         "lung_fraction": views["lung_fraction"][idx],
     }
-
-
-def fold_of(patient_key: str, folds: int) -> int:
-    """Fold of a patient: sha256 of ``dataset:patient_id`` mod ``folds`` (stable, stateless)."""
-    return int.from_bytes(hashlib.sha256(patient_key.encode()).digest()[:8], "big") % folds
 
 
 def load_views(cfg: DiagTrainConfig, split: str | None = None, progress: bool = True) -> dict:
@@ -529,7 +184,7 @@ def main(cfg: DiagTrainConfig, resume: bool = False, export_dir: str | Path | No
     group first and leaves it at the end.
     """
     check_enhancement(cfg.enhancement)  # before a run folder is made
-    device = distributed.init(_device(cfg.device))
+    device = distributed.init(device_of(cfg.device))
     try:
         return _train(cfg, device, resume, export_dir)
     finally:

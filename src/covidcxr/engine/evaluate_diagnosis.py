@@ -15,32 +15,68 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score, balanced_accuracy_score, confusion_matrix, roc_auc_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data import load_records
 from ..data.classification import CLASSES, DiagnosisDataset, classification_samples, first_per_group
-from ..metrics import calibration, operating_point, stratified_bootstrap_ci
 from ..models.weights import WeightSpec, shipped_spec_path
 from ..pipeline import Diagnoser, LungSegmenter, load_diagnoser
 from ..saliency import GradCam, lung_share
 from ..severity import split_lungs
-from .diagnosis import prepare_views
+from .diagnosis_metrics import (
+    ALL_SOURCES,
+    COVID,
+    OTHER,
+    by_source,
+    covid_odds,
+    covid_vs_each_finding,
+    covid_vs_other,
+    source_probe,
+    summarize,
+)
+from .diagnosis_report import (
+    audit_markdown,
+    markdown_table,
+    plot_audit,
+    plot_calibration,
+    plot_confusion,
+    plot_roc,
+    rounded,
+    verdict,
+)
+from .diagnosis_views import prepare_views
+
+__all__ = [  # the names this module always offered, some of them now defined next door
+    "ALL_SOURCES",
+    "AUDIT_MODES",
+    "COVID",
+    "OTHER",
+    "audit",
+    "audit_markdown",
+    "by_source",
+    "covid_odds",
+    "covid_vs_each_finding",
+    "covid_vs_other",
+    "evaluate_diagnosis",
+    "markdown_table",
+    "model_outputs",
+    "pipeline_outputs",
+    "plot_audit",
+    "plot_calibration",
+    "plot_confusion",
+    "plot_roc",
+    "source_probe",
+    "summarize",
+    "verdict",
+    "views_for",
+]
 
 log = logging.getLogger(__name__)
-
-COVID = CLASSES.index("COVID-19")
-OTHER = CLASSES.index("Other pneumonia")
-ALL_SOURCES = "all sources"
 
 
 # ---------------------------------------------------------------------------
@@ -128,18 +164,18 @@ def pipeline_outputs(
     """(views-like dict, outputs) of a model that reads more than the lung view, run end to end.
 
     The source-blind diagnosis reads the severity scorer's findings, so it is evaluated the
-    way a user runs it: every image through :class:`covidcxr.predict.Pipeline` (gate off:
+    way a user runs it: every image through :class:`covidcxr.infer.Predictor` (gate off:
     the labelled images are frontal X-rays by their metadata), at its own pixel size.
 
     Returns:
         (``samples``, ``labels`` of the images read; ``probs`` (N, K) and, with
         ``saliency``, ``lung_share`` (N, 3) as :func:`model_outputs` gives them).
     """
+    from ..infer import Predictor
     from ..io import ImageReadError, read_image
-    from ..predict import Pipeline
 
     samples = first_per_group(classification_samples(load_records(data_root), split)[0], limit)
-    pipe = Pipeline.load(
+    pipe = Predictor.load(
         diagnosis=str(spec_path) if spec_path else None, use_gate=False, saliency=saliency, severity=False
     )
     kept, probs, shares = [], [], []
@@ -150,13 +186,13 @@ def pipeline_outputs(
             log.warning("skipping %s", err)
             continue
         (res,) = pipe.run([image])
-        if res.get("refusal"):
-            log.warning("skipping %s: %s", s["path"], res["refusal"])
+        if res.error:
+            log.warning("skipping %s: %s", s["path"], res.error)
             continue
         kept.append(s)
-        probs.append([res["probabilities"][c] for c in CLASSES])
+        probs.append([res.probabilities[c] for c in CLASSES])
         if saliency:
-            shares.append(_lung_shares(res["heat"], res["mask"]))
+            shares.append(_lung_shares(res.heatmap, res.lung_mask))
     views = {"samples": kept, "labels": np.array([s["label"] for s in kept], dtype=np.int64)}
     out = {"probs": np.array(probs, float).reshape(-1, len(CLASSES))}
     if saliency:
@@ -168,90 +204,6 @@ def _lung_shares(heat: np.ndarray, lungs: np.ndarray) -> tuple[float, float, flo
     """Share of ``heat`` inside the lungs, inside the patient's right lung and inside the left one."""
     right, left = split_lungs(lungs)
     return lung_share(heat, lungs), lung_share(heat, right), lung_share(heat, left)
-
-
-# ---------------------------------------------------------------------------
-# Metrics
-
-
-def _auroc(y, s) -> float:
-    return roc_auc_score(y, s)
-
-
-def _auprc(y, s) -> float:
-    return average_precision_score(y, s)
-
-
-def summarize(labels: np.ndarray, probs: np.ndarray, n_resamples: int = 1000) -> dict:
-    """All metrics of one group of images (see the module docstring)."""
-    pred = probs.argmax(1)
-    per_class = {}
-    for c, name in enumerate(CLASSES):
-        y = labels == c
-        per_class[name] = {
-            "n_pos": int(y.sum()),
-            "auroc": stratified_bootstrap_ci(y, probs[:, c], _auroc, n_resamples=n_resamples),
-            "auprc": stratified_bootstrap_ci(y, probs[:, c], _auprc, n_resamples=n_resamples),
-            **operating_point(y, pred == c),
-        }
-    present = [name for name, r in per_class.items() if np.isfinite(r["auroc"]["value"])]
-    cal = calibration(labels, probs)
-    return {
-        "n": int(len(labels)),
-        "per_class": per_class,
-        "macro_auroc": float(np.mean([per_class[n]["auroc"]["value"] for n in present])) if present else float("nan"),
-        "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
-        "confusion": confusion_matrix(labels, pred, labels=list(range(len(CLASSES)))).tolist(),
-        "ece": cal["ece"],
-        "reliability": cal["bins"],
-    }
-
-
-def covid_vs_other(labels: np.ndarray, probs: np.ndarray, n_resamples: int = 1000) -> dict:
-    """AUROC of COVID-19 vs other pneumonia among images of those two classes.
-
-    Score: P(COVID-19) / (P(COVID-19) + P(other pneumonia)), the model's odds between the two.
-    """
-    keep = (labels == COVID) | (labels == OTHER)
-    return stratified_bootstrap_ci(labels[keep] == COVID, covid_odds(probs[keep]), _auroc, n_resamples=n_resamples)
-
-
-def covid_odds(probs: np.ndarray) -> np.ndarray:
-    """P(COVID-19) / (P(COVID-19) + P(other pneumonia)) per row of (N, K) probabilities: the model's odds between the two."""
-    return probs[:, COVID] / np.clip(probs[:, COVID] + probs[:, OTHER], 1e-12, None)
-
-
-def covid_vs_each_finding(labels: np.ndarray, probs: np.ndarray, findings: list[str]) -> dict:
-    """COVID-19 against each other-pneumonia finding separately: which ones the model takes for COVID-19.
-
-    Each entry holds the finding's image count ``n``, the AUROC of all COVID-19 images against
-    its images (the share of pairs the model ranks right; no CI, the counts are tiny) and the
-    median COVID-19 odds (:func:`covid_odds`) of its images. Sorted by ``n``.
-    """
-    findings = np.asarray(findings, dtype=object)
-    score = covid_odds(probs)
-    covid = score[labels == COVID]
-    counts = Counter(findings[labels == OTHER])
-    out = {}
-    for name in sorted(counts, key=lambda f: (-counts[f], f)):
-        own = score[(findings == name) & (labels == OTHER)]
-        auroc = (
-            roc_auc_score(np.r_[np.ones(len(covid)), np.zeros(len(own))], np.r_[covid, own])
-            if len(covid)
-            else float("nan")
-        )
-        out[name] = {"n": len(own), "auroc": float(auroc), "median_covid_odds": float(np.median(own))}
-    return out
-
-
-def by_source(samples: list[dict], labels: np.ndarray, probs: np.ndarray, n_resamples: int = 1000) -> dict:
-    """:func:`summarize` pooled and per source (``n_resamples`` bootstrap resamples for each CI)."""
-    sources = np.array([s["dataset"] for s in samples])
-    out = {ALL_SOURCES: summarize(labels, probs, n_resamples)}
-    for src in sorted(set(sources)):
-        m = sources == src
-        out[src] = summarize(labels[m], probs[m], n_resamples)
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -322,8 +274,8 @@ def evaluate_diagnosis(
         spec.metrics = {
             "split": split,
             "macro_auroc": round(pooled["macro_auroc"], 4),
-            **{f"auroc_{c}": _rounded(pooled["per_class"][c]["auroc"]) for c in CLASSES},
-            "covid_vs_other_in_covid_chestxray": _rounded(summary["covid_vs_other_in_covid_chestxray"]),
+            **{f"auroc_{c}": rounded(pooled["per_class"][c]["auroc"]) for c in CLASSES},
+            "covid_vs_other_in_covid_chestxray": rounded(summary["covid_vs_other_in_covid_chestxray"]),
             "ece": round(pooled["ece"], 4),
             "command": "covidcxr evaluate diagnosis --split test",
         }
@@ -340,140 +292,6 @@ def _covid_chestxray_findings(views: dict) -> list[str]:
     return [s.get("finding") or "?" for s in views["samples"] if s["dataset"] == "covid-chestxray"]
 
 
-def _rounded(ci: dict) -> dict:
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in ci.items()}
-
-
-def _cell(r: dict) -> str:
-    if not np.isfinite(r["value"]):
-        return "n/a"
-    return f"{r['value']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f})"
-
-
-def _pct(x: float) -> str:
-    return "n/a" if not np.isfinite(x) else f"{x:.1%}"
-
-
-def markdown_table(summary: dict) -> str:
-    """The evaluation as Markdown: per source and class, AUROC/AUPRC with CIs and the operating point."""
-    lines = [
-        f"Split: {summary['split']}; lung input: {summary['lung_input']}; probabilities calibrated with temperature {summary['temperature']:.3f}. "
-        "95% CIs: stratified bootstrap (1000 resamples). Operating point: the most probable class. n/a: the class is absent from that source.",
-        "",
-        "| source | class | n (pos) | AUROC | AUPRC | sensitivity | specificity | PPV |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for src, res in summary["per_source"].items():
-        for c, r in res["per_class"].items():
-            lines.append(
-                f"| {src} | {c} | {res['n']} ({r['n_pos']}) | {_cell(r['auroc'])} | {_cell(r['auprc'])} | {_pct(r['sensitivity'])} | {_pct(r['specificity'])} | {_pct(r['ppv'])} |"
-            )
-    lines += ["", "| source | n | macro AUROC | accuracy | ECE |", "|---|---|---|---|---|"]
-    for src, res in summary["per_source"].items():
-        lines.append(f"| {src} | {res['n']} | {res['macro_auroc']:.3f} | {res['accuracy']:.3f} | {res['ece']:.3f} |")
-    cvo = summary["covid_vs_other_in_covid_chestxray"]
-    lines += [
-        "",
-        f"COVID-19 vs other pneumonia inside covid-chestxray (one source): AUROC {_cell(cvo)}, n = {cvo['n']} ({cvo['n_pos']} COVID-19).",
-    ]
-    if summary.get("covid_vs_each_finding_in_covid_chestxray"):
-        lines += [
-            "",
-            "COVID-19 against each other-pneumonia finding inside covid-chestxray (tiny counts: read as a description, not an estimate):",
-            "",
-            "| finding | n | AUROC, COVID-19 vs this finding | median COVID-19 odds of its images |",
-            "|---|---|---|---|",
-        ]
-        for name, r in summary["covid_vs_each_finding_in_covid_chestxray"].items():
-            lines.append(f"| {name} | {r['n']} | {r['auroc']:.3f} | {r['median_covid_odds']:.3f} |")
-        lines.append("")
-    if "saliency_in_lungs" in summary:
-        s = summary["saliency_in_lungs"]
-        lines.append(
-            f"Grad-CAM saliency inside the lungs: mean {s['mean']:.1%}, median {s['median']:.1%} (n = {s['n']}); images with less than half inside: {s['share_below_0.5']:.1%}."
-            + (
-                f" Mean share in the patient's right lung {s['right_lung_mean']:.1%}, left lung {s['left_lung_mean']:.1%}."
-                if "left_lung_mean" in s
-                else ""
-            )
-        )
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------
-# Plots
-
-
-def plot_roc(views: dict, probs: np.ndarray, path: Path, title: str = "") -> None:
-    """One-vs-rest ROC curves per class, pooled and per source."""
-    from sklearn.metrics import roc_curve
-
-    from ..plots import _plt
-
-    plt = _plt()
-    sources = [ALL_SOURCES, *sorted({s["dataset"] for s in views["samples"]})]
-    src = np.array([s["dataset"] for s in views["samples"]])
-    fig, axes = plt.subplots(1, len(sources), figsize=(3.6 * len(sources), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], sources):
-        m = np.ones(len(src), bool) if name == ALL_SOURCES else src == name
-        for c, cls in enumerate(CLASSES):
-            y = views["labels"][m] == c
-            if 0 < y.sum() < len(y):
-                fpr, tpr, _ = roc_curve(y, probs[m, c])
-                ax.plot(fpr, tpr, label=f"{cls} {roc_auc_score(y, probs[m, c]):.3f}")
-        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-        ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"{name} (n={int(m.sum())})")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_calibration(per_source: dict, path: Path) -> None:
-    """Reliability diagrams (top-class confidence vs accuracy) per source and pooled."""
-    from ..plots import _plt
-
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(per_source), figsize=(3.4 * len(per_source), 3.4), squeeze=False)
-    for ax, (name, res) in zip(axes[0], per_source.items()):
-        bins = res["reliability"]
-        ax.bar(
-            [(b["low"] + b["high"]) / 2 for b in bins],
-            [b["accuracy"] for b in bins],
-            width=0.09,
-            color="C0",
-            alpha=0.7,
-            label="accuracy",
-        )
-        ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=0.8)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=f"{name}\nECE {res['ece']:.3f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_confusion(per_source: dict, path: Path) -> None:
-    """Confusion matrices (rows: truth, columns: prediction) per source and pooled."""
-    from ..plots import _plt
-
-    plt = _plt()
-    short = ["COVID", "Other pn.", "No find."]
-    fig, axes = plt.subplots(1, len(per_source), figsize=(3.4 * len(per_source), 3.4), squeeze=False)
-    for ax, (name, res) in zip(axes[0], per_source.items()):
-        cm = np.array(res["confusion"])
-        ax.imshow(cm, cmap="Blues")
-        for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > cm.max() / 2 else "black")
-        ax.set_xticks(range(3), short, fontsize=7)
-        ax.set_yticks(range(3), short, fontsize=7)
-        ax.set(xlabel="predicted", ylabel="true", title=name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # ---------------------------------------------------------------------------
 # Shortcut audit
 
@@ -482,22 +300,6 @@ AUDIT_MODES = {
     "lungs blacked out": "lungs_blacked_out",
     "all but the lungs blacked out": "masked",
 }
-
-
-def source_probe(
-    train_feats: np.ndarray, train_sources: list[str], test_feats: np.ndarray, test_sources: list[str]
-) -> dict:
-    """Balanced accuracy of a logistic-regression probe predicting the source from features."""
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.1, class_weight="balanced"))
-    probe.fit(train_feats, train_sources)
-    n = len(set(train_sources))
-    return {
-        "balanced_accuracy": float(balanced_accuracy_score(test_sources, probe.predict(test_feats))),
-        "chance": 1.0 / n,
-        "sources": sorted(set(train_sources)),
-        "n_train": len(train_sources),
-        "n_test": len(test_sources),
-    }
 
 
 def audit(
@@ -561,97 +363,3 @@ def audit(
     (out / "audit.md").write_text(audit_markdown(summary))
     plot_audit(summary, out / "audit.png")
     return summary
-
-
-def verdict(summary: dict) -> list[str]:
-    """Plain-language reading of the audit, one sentence per check."""
-    rows = summary["inputs"]
-    intact = rows["intact"]["covid_auroc"]["value"]
-    blacked = rows["lungs blacked out"]["covid_auroc"]["value"]
-    lungs_only = rows["all but the lungs blacked out"]["covid_auroc"]["value"]
-    out = []
-    if 0.35 <= blacked <= 0.65:
-        out.append(
-            f"PASS: with the lungs blacked out the model no longer tells COVID-19 apart (AUROC {blacked:.2f}, intact {intact:.2f}): what it reads is in the lungs."
-        )
-    else:
-        out.append(
-            f"WARN: with the lungs blacked out the model still ranks COVID-19 at AUROC {blacked:.2f} (intact {intact:.2f}): it reads something outside the lungs, a likely shortcut."
-        )
-    drop = intact - lungs_only
-    if drop <= 0.05:
-        out.append(f"PASS: the lungs alone keep the COVID-19 AUROC ({lungs_only:.2f} vs {intact:.2f} intact).")
-    else:
-        out.append(
-            f"WARN: showing only the lungs lowers the COVID-19 AUROC from {intact:.2f} to {lungs_only:.2f}: part of the decision comes from outside the lungs."
-        )
-    probe = summary["source_probe"]["all classes"]
-    out.append(
-        f"NOTE: a linear probe on the model's features names the image's source with balanced accuracy {probe['balanced_accuracy']:.2f} "
-        f"(chance {probe['chance']:.2f}). Source information is in the features, as it is in the pixels (age group, processing); "
-        "per-source results and the within-source test below are the numbers to trust, not the pooled AUROC."
-    )
-    within = rows["intact"]["covid_vs_other_in_covid_chestxray"]
-    word = "PASS" if within["value"] >= 0.8 else "WARN"
-    out.append(
-        f"{word}: inside covid-chestxray alone (one source, no source shortcut) COVID-19 vs other pneumonia AUROC {_cell(within)}, n = {within['n']} ({within['n_pos']} COVID-19)."
-    )
-    return out
-
-
-def audit_markdown(summary: dict) -> str:
-    lines = [
-        f"Shortcut audit, {summary['split']} split (n = {summary['n']}). AUROC with stratified bootstrap 95% CIs.",
-        "",
-        "| input | COVID-19 AUROC (one vs rest) | macro AUROC | COVID-19 vs other pneumonia, covid-chestxray only | macro AUROC per source |",
-        "|---|---|---|---|---|",
-    ]
-    for name, r in summary["inputs"].items():
-        per = ", ".join(f"{s} {v:.3f}" for s, v in r["per_source_macro_auroc"].items())
-        lines.append(
-            f"| {name} | {_cell(r['covid_auroc'])} | {r['macro_auroc']:.3f} | {_cell(r['covid_vs_other_in_covid_chestxray'])} | {per} |"
-        )
-    lines += [
-        "",
-        "| source probe (logistic regression on pooled features) | balanced accuracy | chance | n train / test |",
-        "|---|---|---|---|",
-    ]
-    for name, p in summary["source_probe"].items():
-        lines.append(
-            f"| {name} ({', '.join(p['sources'])}) | {p['balanced_accuracy']:.3f} | {p['chance']:.3f} | {p['n_train']} / {p['n_test']} |"
-        )
-    lines += ["", "Verdict:", ""] + [f"- {v}" for v in summary["verdict"]]
-    return "\n".join(lines) + "\n"
-
-
-def plot_audit(summary: dict, path: Path) -> None:
-    """COVID-19 AUROC with CIs for each input, beside chance."""
-    from ..plots import _plt
-
-    plt = _plt()
-    names = list(summary["inputs"])
-    fig, ax = plt.subplots(figsize=(7, 3))
-    for i, n in enumerate(names):
-        for j, (key, color) in enumerate((("covid_auroc", "C0"), ("covid_vs_other_in_covid_chestxray", "C1"))):
-            r = summary["inputs"][n][key]
-            if np.isfinite(r["value"]):
-                ax.errorbar(
-                    r["value"],
-                    i + (j - 0.5) * 0.25,
-                    xerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]],
-                    fmt="o",
-                    color=color,
-                    capsize=3,
-                    label=(
-                        "COVID-19 vs rest, all sources" if j == 0 else "COVID-19 vs other pneumonia, covid-chestxray"
-                    )
-                    if i == 0
-                    else None,
-                )
-    ax.axvspan(0.35, 0.65, color="0.9", zorder=0, label="no better than chance")
-    ax.set_yticks(range(len(names)), names)
-    ax.set(xlim=(0, 1.02), xlabel="AUROC", title="Shortcut audit")
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

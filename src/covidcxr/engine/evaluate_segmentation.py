@@ -189,9 +189,9 @@ def markdown_table(summary: dict) -> str:
 
 
 def _plot(rows: list[dict], summary: dict, path: Path) -> None:
-    from ..plots import _plt
+    from ..plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     sources = sorted({r["source"] for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric, label in ((axes[0], "dice", "Dice"), (axes[1], "hd95", "HD95 (px)")):
@@ -316,9 +316,9 @@ def comparison_table(summary: dict) -> str:
 
 
 def _plot_comparison(rows: list[dict], summary: dict, path: Path) -> None:
-    from ..plots import _plt
+    from ..plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for i, source in enumerate(sorted({r["source"] for r in rows})):
         mine = [r for r in rows if r["source"] == source]

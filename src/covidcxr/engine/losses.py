@@ -1,4 +1,7 @@
-"""Training losses: segmentation honouring an ignore label; the classifier's lung-attention penalty."""
+"""Training losses: segmentation honouring an ignore label; the classifier's lung-attention penalty.
+
+The penalty reads :func:`covidcxr.models.cam.class_activation`, the map inference shows.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.masks import IGNORE, LUNG
+from ..models.cam import class_activation
 
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
@@ -23,18 +27,6 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float
     inter = (p * y).sum(dim=(1, 2))
     dice = (2 * inter + 1) / (p.sum(dim=(1, 2)) + y.sum(dim=(1, 2)) + 1)
     return bce + dice_weight * (1 - dice.mean())
-
-
-def class_activation(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Class-activation maps ``CAM_c = sum_k W[c, k] A_k`` of a global-average-pooling + linear head.
-
-    The logit of class c is the mean of ``CAM_c`` over positions plus a bias, and Grad-CAM of
-    the pooled layer is ``relu(CAM_c)`` divided by the number of positions.
-
-    Shape:
-        features (N, K, h, w), weight (C, K) -> (N, C, h, w), float32.
-    """
-    return torch.einsum("nkhw,ck->nchw", features.float(), weight.float())
 
 
 def outside_lungs_share(features: torch.Tensor, weight: torch.Tensor, lungs: torch.Tensor) -> torch.Tensor:

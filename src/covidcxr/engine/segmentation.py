@@ -18,11 +18,7 @@ can resume or export them.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +29,6 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from .. import plots
-from ..config import save_config
 from ..data import load_records
 from ..data.masks import IGNORE, LUNG
 from ..data.segmentation import MANUAL_SOURCES, SegmentationDataset, segmentation_samples
@@ -42,8 +37,11 @@ from ..data.transforms import segmentation_augment
 from ..enhance import check_enhancement
 from ..io import NORMALIZATION
 from ..models import WeightSpec, create_model, eval_mode, save_weights
-from . import distributed
+from . import adversarial, distributed
+from .loop import Loop
 from .losses import dice_bce_loss
+from .runs import autocast, rank_seed, start_run
+from .runs import device as device_of
 
 log = logging.getLogger(__name__)
 
@@ -103,20 +101,6 @@ def _init_from_file(net: torch.nn.Module, cfg: SegTrainConfig, train_ds: Segment
         reestimate_batchnorm(net, batches, within=loaded_part(net, report["loaded"]))
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _autocast(amp: str, device: torch.device):
-    if amp == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if amp == "none":
-        return contextlib.nullcontext()
-    raise ValueError(f"amp must be 'bf16' or 'none', got {amp!r}")
-
-
 def train_one_epoch(model, loader, optimizer, scheduler, amp: str, epoch: int, device: torch.device) -> float:
     """One pass over ``loader``; returns the mean training loss (over all processes under torchrun)."""
     model.train()
@@ -124,7 +108,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, amp: str, epoch: int, d
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not distributed.is_main())
     for batch in bar:
         x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
-        with _autocast(amp, device):
+        with autocast(amp, device):
             logits = model(x)
         loss = dice_bce_loss(logits, batch["mask"].to(device))
         optimizer.zero_grad(set_to_none=True)
@@ -146,7 +130,7 @@ def evaluate(model, loader, amp: str = "none", device: torch.device | None = Non
     with eval_mode(model):
         for batch in loader:
             x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
-            with _autocast(amp, device):
+            with autocast(amp, device):
                 logits = model(x).float().cpu()
             losses.append(dice_bce_loss(logits, batch["mask"]).item() * len(x))
             pred = logits[:, 0] > 0
@@ -174,42 +158,9 @@ def _datasets(cfg: SegTrainConfig) -> tuple[SegmentationDataset, SegmentationDat
     return SegmentationDataset(train, size, transform=augment, **kw), SegmentationDataset(val, size, **kw)
 
 
-def _checkpoint(path: Path, **state) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def start_run(cfg: Any, resume: bool) -> Path:
-    """Check and create the run folder and write the resolved config (rank 0 writes).
-
-    Args:
-        cfg: a training config dataclass; its ``out_dir`` is the run folder.
-        resume: continue the run in the folder rather than refuse a non-empty one.
-
-    Raises:
-        FileExistsError: the folder holds a run and ``resume`` is off.
-    """
-    run = Path(cfg.out_dir)
-    if run.exists() and any(run.iterdir()) and not resume:
-        raise FileExistsError(
-            f"{run}: run folder exists and is not empty; use --resume to continue it or choose another --out"
-        )
-    distributed.barrier()  # every rank has looked before rank 0 writes
-    if distributed.is_main():
-        run.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run / "config.yaml")
-    return run
-
-
-def _epoch_seed(cfg: SegTrainConfig, epoch: int) -> int:
-    """Seed of an epoch's shuffling and augmentation: the same on a resume, different on each rank."""
-    return cfg.seed * 100_003 + epoch + 1_000_003 * distributed.rank()
-
-
 def _train_loader(train_ds: SegmentationDataset, cfg: SegTrainConfig, epoch: int) -> DataLoader:
     """The epoch's loader: shuffled with the epoch's seed; this rank's shard under torchrun."""
-    seed = _epoch_seed(cfg, epoch)
+    seed = rank_seed(cfg.seed, epoch)
     if distributed.world_size() == 1:
         return DataLoader(
             train_ds,
@@ -238,7 +189,7 @@ def main(cfg: SegTrainConfig, resume: bool = False, export_dir: str | Path | Non
     group first and leaves it at the end.
     """
     check_enhancement(cfg.enhancement)  # before a run folder is made
-    device = distributed.init(_device(cfg.device))
+    device = distributed.init(device_of(cfg.device))
     try:
         return _train(cfg, device, resume, export_dir)
     finally:
@@ -246,14 +197,9 @@ def main(cfg: SegTrainConfig, resume: bool = False, export_dir: str | Path | Non
 
 
 def _train(cfg: SegTrainConfig, device: torch.device, resume: bool, export_dir: str | Path | None) -> Path:
-    from . import adversarial  # it imports this module
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    main_rank = distributed.is_main()
     run = start_run(cfg, resume)
-    ckpt_path = run / "checkpoint.pt"
-
     torch.manual_seed(cfg.seed)
     train_ds, val_ds = _datasets(cfg)
     if len(train_ds) == 0:
@@ -266,94 +212,47 @@ def _train(cfg: SegTrainConfig, device: torch.device, resume: bool, export_dir: 
     per_rank = -(-len(train_ds) // distributed.world_size())
     steps = cfg.epochs * -(-per_rank // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
-    adv: dict[
-        str, Any
-    ] = {}  # adversarial run: discriminator and its optimizer (built after the U-Net: the plain path draws nothing more)
+    # Adversarial run: discriminator and its optimizer (built after the U-Net: the plain path draws nothing more).
+    adv: dict[str, Any] = {}
     if cfg.adversarial:
         disc_net, disc_optimizer = adversarial.build_discriminator(cfg, device)
         adv = {"disc": disc_net, "disc_optimizer": disc_optimizer}
-    history: list[dict] = []
-    best = {"dice": -1.0, "epoch": -1, "state": None}
-    start = 0
-    if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        adversarial.check_checkpoint(ckpt, cfg.adversarial, ckpt_path)
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        for key, obj in adv.items():
-            obj.load_state_dict(ckpt[key])
-        history, best, start = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
-        log.info("resumed %s at epoch %d", run, start + 1)
-    distributed.check_same(start, "resume epoch")
+    loop = Loop(
+        run,
+        net,
+        optimizer,
+        scheduler,
+        cfg.epochs,
+        device,
+        metric="val_dice",
+        best_key="dice",
+        config=asdict(cfg),
+        extra=adv,  # empty on the plain path: no discriminator entries in the checkpoint
+        check=lambda ckpt: adversarial.check_checkpoint(ckpt, cfg.adversarial, run / "checkpoint.pt"),
+    ).load(resume)
     model = distributed.wrap(net, device)
     disc = distributed.wrap(adv["disc"], device) if adv else None
-
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.workers)
-    t0 = time.time() - (history[-1]["elapsed_s"] if history else 0.0)
-    bar = tqdm(range(start, cfg.epochs), desc="training", initial=start, total=cfg.epochs, disable=not main_rank)
-    for epoch in bar:
-        # Every epoch reseeds shuffling and augmentation, so a resumed run repeats it exactly.
-        torch.manual_seed(_epoch_seed(cfg, epoch))
-        if adv:
-            stats = adversarial.train_one_epoch(
-                model,
-                disc,
-                _train_loader(train_ds, cfg, epoch),
-                optimizer,
-                adv["disc_optimizer"],
-                scheduler,
-                cfg.adv_weight,
-                cfg.amp,
-                epoch,
-                device,
-            )
-            train_loss, extra = stats["loss"], {"g_adv": stats["g_adv"], "d_loss": stats["d_loss"]}
-        else:
-            train_loss, extra = (
-                train_one_epoch(
-                    model, _train_loader(train_ds, cfg, epoch), optimizer, scheduler, cfg.amp, epoch, device
-                ),
-                {},
-            )
-        # Rank 0 validates the plain module; the others wait for its numbers.
-        val = distributed.broadcast(evaluate(net, val_loader, cfg.amp, device) if main_rank else None)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "val_loss": val["loss"],
-                "val_dice": val["dice"],
-                "elapsed_s": time.time() - t0,
-                "lr": scheduler.get_last_lr()[0],
-                **extra,
-            }
-        )
-        if val["dice"] > best["dice"]:
-            state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()} if main_rank else None
-            best = {"dice": val["dice"], "epoch": epoch + 1, "state": state}
-        bar.set_postfix(loss=f"{train_loss:.4f}", val_dice=f"{val['dice']:.4f}")
-        if main_rank:
-            adv_state = {k: v.state_dict() for k, v in adv.items()}  # empty on the plain path: no discriminator entries
-            _checkpoint(
-                ckpt_path,
-                model=net.state_dict(),
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                epoch=epoch,
-                history=history,
-                best=best,
-                config=asdict(cfg),
-                **adv_state,
-            )
-            (run / "metrics.json").write_text(
-                json.dumps({"history": history, "best_epoch": best["epoch"], "best_val_dice": best["dice"]}, indent=2)
-            )
-            plots.learning_curve(history, run / "learning_curve.png")
 
-    if main_rank:
-        net.load_state_dict(best["state"])
-        _export(cfg, net.cpu(), val_ds, run, export_dir, best, history, len(train_ds))
+    def step(epoch: int) -> dict:
+        # Every epoch reseeds shuffling and augmentation, so a resumed run repeats it exactly.
+        torch.manual_seed(rank_seed(cfg.seed, epoch))
+        loader = _train_loader(train_ds, cfg, epoch)
+        if not adv:
+            return {"train_loss": train_one_epoch(model, loader, optimizer, scheduler, cfg.amp, epoch, device)}
+        stats = adversarial.train_one_epoch(
+            model, disc, loader, optimizer, adv["disc_optimizer"], scheduler, cfg.adv_weight, cfg.amp, epoch, device
+        )
+        return {"train_loss": stats["loss"], "g_adv": stats["g_adv"], "d_loss": stats["d_loss"]}
+
+    def validate() -> dict:  # rank 0 validates the plain module
+        val = evaluate(net, val_loader, cfg.amp, device)
+        return {"val_loss": val["loss"], "val_dice": val["dice"]}
+
+    loop.run_epochs(step, validate)
+    if distributed.is_main():
+        net.load_state_dict(loop.best["state"])
+        _export(cfg, net.cpu(), val_ds, run, export_dir, loop.best, loop.history, len(train_ds))
     distributed.barrier()  # the weights exist when any rank returns
     return run
 

@@ -32,7 +32,7 @@ from ..findings import finding_facts
 from ..io import ImageReadError, normalize, read_image
 from ..resize import resize_aa
 from ..views import apply_view, lung_view
-from .diagnosis import views_cache_dir
+from .diagnosis_views import views_cache_dir
 
 log = logging.getLogger(__name__)
 

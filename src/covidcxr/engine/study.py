@@ -40,17 +40,10 @@ from ..io import NORMALIZATION
 from ..models import WeightSpec, eval_mode
 from ..views import LUNG_INPUTS
 from . import distributed
-from .diagnosis import (
-    DiagTrainConfig,
-    _build_model,
-    _train_epoch,
-    fold_of,
-    macro_auroc,
-    predict_logits,
-    prepare_views,
-    sample_weights,
-)
-from .segmentation import _device
+from .diagnosis_model import DiagTrainConfig, build_model, macro_auroc, predict_logits, train_epoch
+from .diagnosis_views import fold_of, prepare_views, sample_weights
+from .runs import device as device_of
+from .runs import epoch_seed
 from .study_report import summarise, write_results
 
 log = logging.getLogger(__name__)
@@ -167,7 +160,7 @@ def train_fold(
 ) -> torch.nn.Module:
     """A classifier trained from random weights on ``views[idx]`` for a fixed budget (no early stopping)."""
     torch.manual_seed(dcfg.seed)
-    model = _build_model(dcfg).to(device, memory_format=torch.channels_last)
+    model = build_model(dcfg).to(device, memory_format=torch.channels_last)
     ds = DiagnosisDataset(
         views["images"][idx], views["lungs"][idx], views["labels"][idx], dcfg.lung_input, transform=diagnosis_augment()
     )
@@ -178,10 +171,10 @@ def train_fold(
         optimizer, max_lr=dcfg.lr, total_steps=dcfg.epochs * steps, pct_start=0.1
     )
     for epoch in range(dcfg.epochs):
-        seed = dcfg.seed * 100_003 + epoch
+        seed = epoch_seed(dcfg.seed, epoch)
         torch.manual_seed(seed + 1)
         draws = distributed.weighted_shard(weights, steps * dcfg.batch_size, seed, rank=0, world_size=1)
-        _train_epoch(
+        train_epoch(
             model,
             DataLoader(ds, batch_size=dcfg.batch_size, sampler=draws, drop_last=True),
             optimizer,
@@ -315,7 +308,7 @@ def _fold_path(out: Path, cell: tuple[str, str, str], seed: int, fold: int) -> P
 def _run_folds(cfg: StudyConfig, out: Path, todo: list, samples: list[dict], progress: bool) -> None:
     from ..pipeline import LungSegmenter
 
-    device = _device(cfg.device)
+    device = device_of(cfg.device)
     segmenter = LungSegmenter.from_spec()
     views_by_key: dict[tuple[bool, str], dict] = {}
     latency_image = _latency_case(segmenter)

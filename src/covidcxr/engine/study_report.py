@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import bootstrap_ci, class_stratified_bootstrap_ci
-from .diagnosis import macro_auroc
+from .diagnosis_model import macro_auroc
 from .evaluate_diagnosis import covid_vs_other
 
 log = logging.getLogger(__name__)

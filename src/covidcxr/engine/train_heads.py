@@ -87,8 +87,6 @@ def build_model(fitted, feature_set: str, init: str) -> torch.nn.Module:
 
 def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None) -> dict:
     """Fit, check, evaluate and export the source-blind stage 2; returns the summary."""
-    from ..models.weights import shipped_spec_path
-
     start = time.time()
     run = Path(cfg.out_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -119,6 +117,20 @@ def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None) -> dict:
             features, samples, {f"{cfg.design} / {cfg.features}": (cfg.design, cfg.features)}
         )
         loso.write(summary["loso"], run / "loso")
+    spec = _spec(cfg, model, init, summary, int(train.sum()), start)
+    spec_path = save_weights(model, spec, export_dir or run / "export")
+    summary["spec"] = str(spec_path)
+    summary["seconds"] = round(time.time() - start, 1)
+    (run / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    return summary
+
+
+def _spec(
+    cfg: HeadsConfig, model: torch.nn.Module, init: str, summary: dict, train_samples: int, start: float
+) -> WeightSpec:
+    """The exported model's weights spec."""
+    from ..models.weights import shipped_spec_path
+
     # The stage-1 and severity weights stage2_inputs read (the shipped ones): their specs name them.
     lungs, lesions, severity = (WeightSpec.from_json(shipped_spec_path(k)) for k in ("lungs", "lesions", "severity"))
     spec = WeightSpec(
@@ -154,7 +166,7 @@ def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None) -> dict:
             "lesion_weights": lesions.sha256,
             "severity_weights": severity.sha256,
             "facts": list(FACTS),
-            "data": {"split_version": SPLIT_VERSION, "train_samples": int(train.sum()), "per_source": summary["train"]},
+            "data": {"split_version": SPLIT_VERSION, "train_samples": train_samples, "per_source": summary["train"]},
             "research_use": "trained on covid19-radiography images (BIMCV-COVID19+ research use agreement): research use only",
             "seconds": round(time.time() - start, 1),
         },
@@ -173,11 +185,7 @@ def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None) -> dict:
             ),
         },
     )
-    spec_path = save_weights(model, spec, export_dir or run / "export")
-    summary["spec"] = str(spec_path)
-    summary["seconds"] = round(time.time() - start, 1)
-    (run / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    return summary
+    return spec
 
 
 def heads_probabilities(model: torch.nn.Module, features: dict, rows: np.ndarray | None = None) -> np.ndarray:
@@ -211,7 +219,7 @@ def internal_test(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray) ->
     from sklearn.metrics import roc_auc_score
 
     from ..metrics import class_stratified_bootstrap_ci
-    from .evaluate_diagnosis import summarize
+    from .diagnosis_metrics import summarize
 
     def macro(y, p):
         return float(np.mean([roc_auc_score(y == c, p[:, c]) for c in np.unique(y)]))
@@ -245,7 +253,7 @@ def audit_features(
     """Lungs blacked out vs intact on the test split, and the source probe over all six sources."""
     from sklearn.metrics import roc_auc_score
 
-    from .evaluate_diagnosis import source_probe
+    from .diagnosis_metrics import source_probe
 
     index = {str(n): i for i, n in enumerate(features["names"])}
     test_rows = [index[str(n)] for n in blacked["names"]]

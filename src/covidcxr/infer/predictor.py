@@ -7,12 +7,16 @@ objects: what ``covidcxr predict``, the web page and the Python API all return.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from ..findings import finding_facts, findings_summary
+from ..gate import OVERRIDE as CLI_OVERRIDE
 from ..gate import blank_reason, refusal_reason
+from ..io import ImageReadError, image_from
 from ..specs import source_sha256
 from ..views import lesion_evidence, lung_share
 from .diagnosis import Diagnoser
@@ -21,10 +25,13 @@ from .lungs import LungSegmenter
 from .result import Result
 from .runners import BACKENDS
 from .severity import SeverityScorer
+from .uncertainty import uncertain_reason
 
 #: Lung masks covering less (more) of the image than this get a warning.
 LUNG_AREA_RANGE = (0.08, 0.75)
 MIN_SIDE_WARN = 256
+#: How to read an image the gate refused, said to a Python caller.
+PYTHON_OVERRIDE = "Predictor.load(use_gate=False) forces a reading (research use)"
 
 
 def image_warnings(image: np.ndarray, mask: np.ndarray) -> list[str]:
@@ -121,6 +128,33 @@ class Predictor:
             specs |= {"lesions": self.severity.lesion_spec, "severity": self.severity.head_spec}
         return {k: {"name": s.name, "sha256": s.sha256} for k, s in specs.items()}
 
+    def predict(self, x: Any) -> Result | list[Result]:
+        """Read one X-ray, or a list of them: paths, file bytes, PIL images or NumPy arrays.
+
+        Arrays may be uint8, uint16 or float, 2-D or RGB/RGBA (see :func:`covidcxr.io.image_from`).
+        An input that cannot be read, or that the gate refuses, gives a :class:`Result` whose
+        ``error`` says why; nothing is raised for bad images.
+
+        Returns:
+            A :class:`Result` for one input, a list of them (same order) for a list or tuple.
+        """
+        single = not isinstance(x, list | tuple)
+        items = [x] if single else list(x)
+        results: list[Result | None] = [None] * len(items)
+        good = []
+        for i, item in enumerate(items):
+            name = str(item) if isinstance(item, str | os.PathLike) else f"input {i}"
+            try:
+                good.append((i, name, image_from(item, name=name)))
+            except ImageReadError as err:
+                results[i] = Result(path=name, error=str(err), model=self.models)
+        for (i, name, _), res in zip(good, self.run([im for _, _, im in good]), strict=True):
+            res.path = name
+            if res.error:
+                res.error = f"{name}: {res.error.replace(CLI_OVERRIDE, PYTHON_OVERRIDE)}"
+            results[i] = res
+        return results[0] if single else results
+
     def run(self, images: Sequence[np.ndarray]) -> list[Result]:
         """One :class:`Result` per image (H, W) float32 in [0, 1], in order."""
         models = self.models
@@ -177,6 +211,14 @@ class Predictor:
             res.prediction = diagnoser.targets[int(p.argmax())]
             if facts is not None:
                 res.findings = findings_summary(res.probabilities, facts[j])
+                res.uncertain_reason = uncertain_reason(
+                    res.prediction,
+                    float(p.max()),
+                    res.findings["geographic_extent"],
+                    res.findings["lesion_share"],
+                    diagnoser.spec.uncertainty,
+                )
+            res.uncertain = res.uncertain_reason is not None
             if view_map is not None:
                 res.saliency_method, res.heatmap = (
                     diagnoser.saliency_method,

@@ -22,6 +22,8 @@ class Result:
     refusal_reason: str | None = None
     probabilities: dict[str, float] | None = None
     prediction: str | None = None
+    uncertain: bool | None = None
+    uncertain_reason: str | None = None
     findings: dict | None = None
     severity: dict | None = None
     warnings: list[str] = field(default_factory=list)
@@ -52,6 +54,7 @@ class Result:
             return row
         files = files or {}
         row = {"path": self.path, "probabilities": self.probabilities, "prediction": self.prediction}
+        row |= {"uncertain": self.uncertain, "uncertain_reason": self.uncertain_reason}
         row |= {key: files.get(key) for key in ("lung_mask", "heatmap", "report")}
         row["model"] = self.model
         row["warnings"] = self.warnings

@@ -2,7 +2,10 @@
 
 ``POST /v1/predict`` answers with the same object as one ``predictions.jsonl`` row of
 ``covidcxr predict``; the three PNGs it would write (lung mask, heat map, report) come
-inline as base64. Every refusal is ``{"error": "..."}``: 413 for an upload or an image over
+inline as base64. For the page it adds the image as read (grey PNG, longer side at most
+:data:`DISPLAY_SIDE`) and transparent overlays at that size (lung outline, heat map,
+lesions, Brixia zones), and ``saliency_method``, what the heat map shows. A gate refusal
+ends with :data:`WEB_OVERRIDE` instead of the command line's ``--no-gate`` hint. Every refusal is ``{"error": "..."}``: 413 for an upload or an image over
 the limits, 422 for a missing or repeated field, an unreadable file (the CLI's reader and its
 refusals) or an image the gate refuses, 503 (with ``Retry-After``) when the queue is full.
 
@@ -27,7 +30,8 @@ re-entrant, and two cores gain nothing from more), so one upload at a time is de
 held in memory; waiting requests hold only their spooled upload. The endpoint is async:
 finished answers are serialised on the event loop and leave at once instead of queueing
 behind predictions in the thread pool. Every answer carries ``X-Content-Type-Options``,
-``X-Frame-Options`` and ``Content-Security-Policy``. uvicorn's own limits (``covidcxr serve
+``X-Frame-Options`` and ``Content-Security-Policy``; nothing is loaded from another origin,
+the API docs at ``/docs`` included (Swagger UI is served from the ``swagger-ui-bundle`` package). uvicorn's own limits (``covidcxr serve
 --limit-concurrency``, ``--timeout-keep-alive``) bound open connections; uvicorn has no
 timeout for incomplete request headers, so a server reachable from untrusted networks belongs
 behind a reverse proxy. The PNGs of a reading are written to a temporary folder named after the
@@ -39,29 +43,46 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from io import BytesIO
 from pathlib import Path
 from typing import Annotated, BinaryIO, Literal
 from urllib.parse import urlsplit
 
 import anyio
+import numpy as np
+import swagger_ui_bundle
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..batch import trim_heap
-from ..infer import Predictor
-from ..io import SERVE_MAX_PIXELS, ImageReadError, ImageTooLargeError, heatmap_png, mask_png, png_bytes, read_image
+from ..gate import OVERRIDE
+from ..infer import Predictor, Result
+from ..io import (
+    SERVE_MAX_PIXELS,
+    ImageReadError,
+    ImageTooLargeError,
+    heatmap_png,
+    mask_png,
+    png_bytes,
+    read_image,
+    rgb_png,
+)
 from ..predict import write_report
 
 log = logging.getLogger(__name__)
@@ -79,13 +100,29 @@ SECURITY_HEADERS = {
     "referrer-policy": "no-referrer",
     "content-security-policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
 }
-#: FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from jsDelivr and run inline scripts.
+#: The /docs page: Swagger UI from this server only; its one inline script is allowed by its hash, its
+#: inline styles (set by Swagger UI's React components) by 'unsafe-inline'. No other origin at all.
 _DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net "
-    "https://fonts.googleapis.com; font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
-    "worker-src blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    "default-src 'self'; script-src 'self' {script_hash}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-_DOCS_PATHS = ("/docs", "/redoc")
+#: Where Swagger UI's files are served (from the swagger-ui-bundle package).
+SWAGGER_PATH = "/static/swagger"
+#: How to read a refused image anyway, said to a user of the page or the API (the gate says :data:`covidcxr.gate.OVERRIDE`).
+WEB_OVERRIDE = (
+    "this server reads frontal chest X-rays only (PA or AP); upload one, "
+    "or restart it as covidcxr serve --no-gate to read anyway (research use)"
+)
+#: Longer side of the image and overlays the page draws, at most.
+DISPLAY_SIDE = 1024
+#: Overlay colours (RGB): lung outline cyan, lesions ground-glass yellow and consolidation red, zone borders white.
+LUNG_COLOR = (0, 229, 255)
+LESION_COLORS = ((255, 200, 0), (230, 30, 30))
+ZONE_COLOR = (255, 255, 255)
+#: Heat map: values below this are not drawn; opacity grows with the value up to HEAT_ALPHA at 1.
+HEAT_MIN = 0.15
+HEAT_ALPHA = 0.75
+LESION_ALPHA = 0.55
 #: Room for the multipart boundary and part headers on top of the file itself.
 _MULTIPART_OVERHEAD = 64 * 1024
 
@@ -161,12 +198,30 @@ class Findings(BaseModel):
     covid_pattern: CovidPattern
 
 
+class Overlays(BaseModel):
+    lungs: PNG = Field(description="Lung outline in cyan (0, 229, 255), transparent elsewhere.")
+    heatmap: PNG | None = Field(
+        description="The heat map in the jet colour map, opacity growing with the value, transparent below 0.15; null without saliency."
+    )
+    lesions: PNG | None = Field(
+        description="Ground-glass opacity in yellow (255, 200, 0), consolidation in red (230, 30, 30); null without the severity models."
+    )
+    zones: PNG | None = Field(
+        description="Borders of the Brixia zones A-F inside the lungs, white; null without the severity models."
+    )
+
+
 class Prediction(BaseModel):
     path: str = Field(description="The uploaded file's name.")
     probabilities: dict[str, float] = Field(
         description="COVID-19, Other pneumonia, No finding: calibrated, summing to 1."
     )
     prediction: str
+    uncertain: bool | None = Field(
+        default=None,
+        description="True when the reading is unsure by the rule of docs/experiments/uncertainty.md; null when the model has no such rule.",
+    )
+    uncertain_reason: str | None = Field(default=None, description="Why the reading is uncertain, in words; else null.")
     lung_mask: PNG = Field(description="0/255 lung mask at the input's pixel size.")
     heatmap: PNG | None = Field(
         description="Grad-CAM of the predicted class; null when the server runs with --no-saliency."
@@ -174,10 +229,15 @@ class Prediction(BaseModel):
     report: PNG | None = Field(
         description="The report: X-ray with lung outline, heat map, lesions and zones, probabilities."
     )
+    image: PNG = Field(
+        description=f"The image as read, grey, its longer side shrunk to at most {DISPLAY_SIDE} px: what the overlays are drawn on."
+    )
+    overlays: Overlays = Field(description="Transparent RGBA PNGs at the size of `image`, to stack over it.")
     model: dict[str, ModelInfo]
     warnings: list[str]
     lung_area: float
     gate_probability: float
+    saliency_method: str | None = Field(default=None, description="What the heat map shows, e.g. Grad-CAM.")
     saliency_in_lungs: float | None = None
     findings: Findings | None = Field(
         default=None, description="What the diagnosis rests on (source-blind diagnosis models only)."
@@ -206,21 +266,17 @@ _ERRORS = {
 
 
 class SecurityHeaders:
-    """Add :data:`SECURITY_HEADERS` to every answer (a looser CSP on the API docs pages, which need their CDN)."""
+    """Add :data:`SECURITY_HEADERS` to every answer that does not set them itself (``/docs`` sets its own CSP)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.headers = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
-        self.docs_headers = [
-            (k.encode(), (_DOCS_CSP if k == "content-security-policy" else v).encode())
-            for k, v in SECURITY_HEADERS.items()
-        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = self.docs_headers if scope["path"] in _DOCS_PATHS else self.headers
+        extra = self.headers
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -407,6 +463,128 @@ def _png(data: bytes) -> dict:
     return {"png_base64": base64.b64encode(data).decode("ascii")}
 
 
+def web_message(error: str) -> str:
+    """A refusal worded for a user of the page or the API: the command line's ``--no-gate`` hint replaced."""
+    return error.replace(OVERRIDE, WEB_OVERRIDE)
+
+
+def _resized(array: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    """``array`` (H, W) stretched to ``size`` (width, height): bool and uint8 as uint8, floats as float32."""
+    if array.shape == (size[1], size[0]):
+        return array
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    img = Image.fromarray(array if array.dtype == np.uint8 else np.asarray(array, np.float32))
+    return np.asarray(img.resize(size, resample))
+
+
+def _edges(mask: np.ndarray, width: int) -> np.ndarray:
+    from scipy import ndimage
+
+    return mask & ~ndimage.binary_erosion(mask, iterations=width)
+
+
+def _rgba(shape: tuple[int, int]) -> np.ndarray:
+    return np.zeros((*shape, 4), np.uint8)
+
+
+def overlays(result: Result, size: tuple[int, int]) -> dict[str, np.ndarray | None]:
+    """The page's layers of a reading, RGBA (h, w, 4) uint8 at ``size`` (width, height): None where there is nothing to draw.
+
+    The lung mask and the heat map are at the image's size; lesions and zones on the lung
+    model's grid, stretched to the image (nearest neighbour), as the report draws them.
+    """
+    shape = (size[1], size[0])
+    line = max(1, max(size) // 400)  # about 2 px on a 1024-px image
+    out: dict[str, np.ndarray | None] = {"lungs": _rgba(shape), "heatmap": None, "lesions": None, "zones": None}
+    lungs = _resized(result.lung_mask, size, Image.Resampling.NEAREST) > 0
+    out["lungs"][_edges(lungs, line)] = (*LUNG_COLOR, 255)
+    if result.heatmap is not None:
+        from matplotlib import colormaps
+
+        heat = np.clip(_resized(result.heatmap, size, Image.Resampling.BILINEAR), 0, 1)
+        rgba = colormaps["jet"](heat, bytes=True)
+        rgba[..., 3] = np.where(heat < HEAT_MIN, 0, np.round(heat * HEAT_ALPHA * 255)).astype(np.uint8)
+        out["heatmap"] = rgba
+    if result.lesions is not None:
+        rgba = _rgba(shape)
+        for k, lesion in enumerate(result.lesions):  # later classes (consolidation) drawn over earlier ones
+            rgba[_resized(lesion, size, Image.Resampling.NEAREST) > 0] = (
+                *LESION_COLORS[k % len(LESION_COLORS)],
+                round(LESION_ALPHA * 255),
+            )
+        out["lesions"] = rgba
+    if result.zones is not None:
+        from scipy import ndimage
+
+        z = _resized(np.asarray(result.zones, np.uint8), size, Image.Resampling.NEAREST)
+        border = np.zeros(shape, bool)  # borders between two zones, inside the lungs
+        border[1:] |= (z[1:] != z[:-1]) & (z[1:] > 0) & (z[:-1] > 0)
+        border[:, 1:] |= (z[:, 1:] != z[:, :-1]) & (z[:, 1:] > 0) & (z[:, :-1] > 0)
+        if line > 1:
+            border = ndimage.binary_dilation(border, iterations=line // 2)
+        rgba = _rgba(shape)
+        rgba[border] = (*ZONE_COLOR, 255)
+        out["zones"] = rgba
+    return out
+
+
+def display_pngs(result: Result, image: np.ndarray) -> dict:
+    """``image`` (the grey X-ray as read, shrunk to :data:`DISPLAY_SIDE`) and ``overlays`` at its size, inline."""
+    grey = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    png = png_bytes(rgb_png, grey, max_side=DISPLAY_SIDE)
+    with Image.open(BytesIO(png)) as shown:  # the header only: the size rgb_png shrank it to
+        size = shown.size
+    layers = overlays(result, size)
+    return {
+        "image": _png(png),
+        "overlays": {k: None if v is None else _png(png_bytes(rgb_png, v, max_side=DISPLAY_SIDE)) for k, v in layers.items()},
+    }
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``GET /docs`` and Swagger UI's files under :data:`SWAGGER_PATH` (mounted before ``/static``, which would hide them)."""
+    app.mount(SWAGGER_PATH, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return docs_page(f"{root}{app.openapi_url}", f"{app.title} API", root)
+
+
+def answer(result: Result, image: np.ndarray) -> dict:
+    """The answer to ``POST /v1/predict`` for a reading: its ``predictions.jsonl`` row, the PNGs inline, the page's layers.
+
+    The PNGs are built in memory: nothing of an upload touches the disk.
+    """
+    files = {
+        "lung_mask": _png(png_bytes(mask_png, result.lung_mask)),
+        "heatmap": None if result.heatmap is None else _png(png_bytes(heatmap_png, result.heatmap)),
+        "report": _png(png_bytes(write_report, result, image)),
+    }
+    row = result.to_dict(files) | display_pngs(result, image)
+    row["saliency_method"] = result.saliency_method
+    return row
+
+
+def docs_page(openapi_url: str, title: str, root: str = "") -> HTMLResponse:
+    """Swagger UI on this server's own copy of its files, with a CSP that allows its inline script by hash."""
+    page = get_swagger_ui_html(
+        openapi_url=openapi_url,
+        title=title,
+        swagger_js_url=f"{root}{SWAGGER_PATH}/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}{SWAGGER_PATH}/swagger-ui.css",
+        swagger_favicon_url=f"{root}{SWAGGER_PATH}/favicon-32x32.png",
+        swagger_ui_parameters={"validatorUrl": None},  # the validator badge would call validator.swagger.io
+    )
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode("ascii") + "'"
+        for script in re.findall(r"<script>(.*?)</script>", page.body.decode(), flags=re.DOTALL)
+    )
+    page.headers["content-security-policy"] = _DOCS_CSP.format(script_hash=hashes)
+    return page
+
+
 def create_app(
     pipeline: Predictor | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
@@ -469,6 +647,8 @@ def create_app(
         description="Research and teaching only; not for clinical decisions.",
         version=_version(),
         lifespan=lifespan,
+        docs_url=None,  # served below from this server's own copy of Swagger UI, not from a CDN
+        redoc_url=None,
     )
     # Added innermost first: headers on every answer, then Host/Origin, the queue, the upload limit.
     app.add_middleware(
@@ -478,6 +658,7 @@ def create_app(
     app.add_middleware(HostCheck, allowed_hosts=list(allowed_hosts))
     app.add_middleware(SecurityHeaders)
     _add_error_handlers(app)
+    _add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -509,14 +690,8 @@ def create_app(
             result = pipeline.run([image])[0]
             result.path = name
             if not result.ok:
-                raise HTTPException(422, f"{name}: {result.error}")
-            # The PNGs are built in memory: nothing of an upload touches the disk.
-            files = {
-                "lung_mask": _png(png_bytes(mask_png, result.lung_mask)),
-                "heatmap": None if result.heatmap is None else _png(png_bytes(heatmap_png, result.heatmap)),
-                "report": _png(png_bytes(write_report, result, image)),
-            }
-            row = result.to_dict(files)
+                raise HTTPException(422, f"{name}: {web_message(result.error)}")
+            row = answer(result, image)
         finally:
             del image
             trim_heap()  # hand the image's pages back: resident memory stays flat between requests

@@ -9,8 +9,17 @@ function show(id, visible) {
   $(id).hidden = !visible;
 }
 
+// The command line's hint for a refused image, should an older server send it: said to a page user instead.
+const CLI_OVERRIDE = "use --no-gate to force a reading (research use)";
+const WEB_OVERRIDE =
+  "this page reads frontal chest X-rays only (PA or AP); upload one, or restart the server as covidcxr serve --no-gate to read anyway (research use)";
+
+function plainWords(message) {
+  return message.replace(CLI_OVERRIDE, WEB_OVERRIDE);
+}
+
 function setError(message) {
-  $("error").textContent = message;
+  $("error").textContent = plainWords(message);
   show("error", Boolean(message));
 }
 
@@ -18,6 +27,33 @@ function setImage(id, png) {
   const img = $(id);
   img.closest("figure").hidden = !png;
   img.src = png ? `data:image/png;base64,${png.png_base64}` : "";
+}
+
+function setLayer(id, png) {
+  const img = $(id);
+  img.src = png ? `data:image/png;base64,${png.png_base64}` : "";
+  const toggle = document.querySelector(`input[data-layer="${id}"]`);
+  toggle.disabled = !png;
+  toggle.closest("label").classList.toggle("unavailable", !png);
+  img.hidden = !png || !toggle.checked;
+}
+
+function showOverlays(row) {
+  const overlays = row.overlays || {};
+  $("xray").src = `data:image/png;base64,${row.image.png_base64}`;
+  setLayer("layer-lungs", overlays.lungs);
+  setLayer("layer-lesions", overlays.lesions);
+  setLayer("layer-zones", overlays.zones);
+  setLayer("layer-heatmap", overlays.heatmap);
+  show("legend-heatmap", Boolean(overlays.heatmap));
+  const method = row.saliency_method || "heat map";
+  const inside = typeof row.saliency_in_lungs === "number" ? `; ${percent(row.saliency_in_lungs)} of it inside the lungs` : "";
+  $("heatmap-method").textContent = `(${method}: where the reading looked${inside}; below 15% not drawn)`;
+}
+
+function showUncertain(row) {
+  show("uncertain", row.uncertain === true);
+  $("uncertain-reason").textContent = row.uncertain ? row.uncertain_reason || "" : "";
 }
 
 function cell(row, text, className) {
@@ -86,6 +122,8 @@ function showResult(row) {
     li.textContent = warning;
     warnings.appendChild(li);
   }
+  showUncertain(row);
+  showOverlays(row);
   showProbabilities(row.probabilities, row.prediction);
   showSeverity(row.severity);
   showFindings(row.findings);
@@ -93,7 +131,12 @@ function showResult(row) {
   setImage("heatmap", row.heatmap);
   setImage("lung-mask", row.lung_mask);
   const brief = { ...row };
-  for (const key of ["report", "heatmap", "lung_mask"]) if (brief[key]) brief[key] = "(PNG shown above)";
+  for (const key of ["report", "heatmap", "lung_mask", "image"]) if (brief[key]) brief[key] = "(PNG shown above)";
+  if (brief.overlays) {
+    brief.overlays = Object.fromEntries(
+      Object.entries(brief.overlays).map(([key, png]) => [key, png ? "(PNG shown above)" : null]),
+    );
+  }
   $("details").textContent = JSON.stringify(brief, null, 2);
   show("result", true);
 }
@@ -132,6 +175,13 @@ async function upload(file) {
 }
 
 $("file").addEventListener("change", (event) => upload(event.target.files[0]));
+
+for (const toggle of document.querySelectorAll("input[data-layer]")) {
+  toggle.addEventListener("change", () => {
+    const img = $(toggle.dataset.layer);
+    img.hidden = !toggle.checked || !img.getAttribute("src");
+  });
+}
 
 const drop = $("drop");
 for (const type of ["dragenter", "dragover"]) {

@@ -1,0 +1,188 @@
+"""``covidcxr evaluate ...``, ``audit``, ``export onnx``, ``study`` and ``splits``: measuring and shipping models."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import UserError
+
+
+def print_seg_summary(summary: dict) -> None:
+    for source, res in summary["per_source"].items():
+        d, h = res["dice"], res["hd95"]
+        print(
+            f"{source:>20}: Dice {d['value']:.4f} (95% CI {d['ci_low']:.4f}-{d['ci_high']:.4f}, n={d['n']})  HD95 {h['value']:.1f} px"
+        )
+    for source, res in summary["agreement"].items():
+        print(
+            f"{source:>20}: Dice {res['dice']['value']:.4f} (agreement with model-generated masks, n={res['dice']['n']})"
+        )
+    ceiling = summary["human_ceiling"]["all"]["dice"]
+    print(f"{'human ceiling':>20}: Dice {ceiling['value']:.4f} (v7labs vs GeneralBlockchain, n={ceiling['n']} images)")
+
+
+def cmd_evaluate_segmentation(args: argparse.Namespace) -> int:
+    from ..engine.evaluate_segmentation import compare_segmentation, evaluate_segmentation
+
+    if args.compare:
+        if args.lung_weights or args.update_spec:
+            raise UserError("--compare A B evaluates the two specs it names; drop --lung-weights and --update-spec")
+        compare_segmentation(
+            *args.compare, data_root=args.data_root, split=args.split, out_dir=args.out, limit=args.limit
+        )
+        print((Path(args.out) / "comparison.md").read_text())
+        print(f"results: {Path(args.out) / 'comparison.json'}")
+        return 0
+    summary = evaluate_segmentation(
+        spec_path=args.lung_weights,
+        data_root=args.data_root,
+        split=args.split,
+        out_dir=args.out,
+        update_spec=args.update_spec,
+        limit=args.limit,
+    )
+    print_seg_summary(summary)
+    print(f"results: {Path(args.out) / 'segmentation_eval.json'}")
+    return 0
+
+
+def cmd_evaluate_diagnosis(args: argparse.Namespace) -> int:
+    from ..engine.evaluate_diagnosis import evaluate_diagnosis
+
+    if args.protocol == "loso":
+        from ..engine.loso import evaluate_loso
+
+        evaluate_loso(data_root=args.data_root, out_dir=args.out)
+        print((Path(args.out) / "loso.md").read_text())
+        print(f"results: {Path(args.out) / 'loso.json'} and loso.png")
+        return 0
+
+    evaluate_diagnosis(
+        spec_path=args.diagnosis_weights,
+        data_root=args.data_root,
+        split=args.split,
+        out_dir=args.out,
+        limit=args.limit,
+        update_spec=args.update_spec,
+        saliency=not args.no_saliency,
+    )
+    print((Path(args.out) / "diagnosis_eval.md").read_text())
+    print(f"results: {Path(args.out) / 'diagnosis_eval.json'}")
+    return 0
+
+
+def cmd_evaluate_severity(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..engine.severity import SeverityConfig, evaluate_severity
+
+    run = Path(args.run)
+    config = run / "config.yaml" if (run / "config.yaml").is_file() else None
+    cfg = load_config(SeverityConfig, config, [f"data_root={args.data_root}"] if args.data_root else None)
+    evaluate_severity(cfg, run, args.out)
+    print((Path(args.out) / "severity_eval.md").read_text())
+    print(f"results: {Path(args.out) / 'severity_eval.json'}")
+    return 0
+
+
+def cmd_evaluate_uncertainty(args: argparse.Namespace) -> int:
+    from ..engine.uncertainty import evaluate
+
+    report = evaluate(args.data_root, args.out, args.spec)
+    t, v = report["thresholds"], report["validation"]
+    print(
+        f"min top probability {t['min_top_probability']:.3f}; No finding with extent > {t['no_finding_max_extent']:.2f}; "
+        f"pneumonia with no lesion and extent < {t['pneumonia_min_extent']:.2f}"
+    )
+    print(
+        f"validation: {v['uncertain']} of {v['n']} readings uncertain {v['by_rule']}; "
+        f"accuracy certain {v['accuracy_certain']}, uncertain {v['accuracy_uncertain']}"
+    )
+    print(
+        f"report: {Path(args.out) / 'uncertainty.json'}"
+        + (f"; thresholds written into {args.spec}" if args.spec else "")
+    )
+    return 0
+
+
+def cmd_evaluate_gate(args: argparse.Namespace) -> int:
+    from ..gate import evaluate_gate
+
+    splits = ("train", "val", "test") if args.split == "all" else (args.split,)
+    res = evaluate_gate(
+        spec_path=args.gate_weights, data_root=args.data_root, splits=splits, sources=args.source, out_dir=args.out
+    )
+    for src, row in sorted(res["all_splits"].items()):
+        print(
+            f"{src:>20}: frontal refused {row['refused']}/{row['n']} = {row['rate']:.1%} (95% CI {row['ci'][0]:.1%}-{row['ci'][1]:.1%}; {'+'.join(splits)})"
+        )
+    for split, r in res["results"].items():
+        lc = r["lateral_ct"]
+        if lc["n"]:
+            print(
+                f"{split:>20}: lateral/CT refused {lc['refused']}/{lc['n']} = {lc['rate']:.1%} (95% CI {lc['ci'][0]:.1%}-{lc['ci'][1]:.1%})"
+            )
+    print(f"table, JSON and contact sheet of refusals: {res['out']}/gate_eval.md, gate_eval.json, refused.png")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from ..engine.evaluate_diagnosis import audit
+
+    summary = audit(
+        spec_path=args.diagnosis_weights, data_root=args.data_root, out_dir=args.out, split=args.split, limit=args.limit
+    )
+    print((Path(args.out) / "audit.md").read_text())
+    return 0 if summary else 1
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from ..export import export_onnx
+    from ..infer import default_onnx_dir
+
+    out = args.out or default_onnx_dir()
+    for path in export_onnx(
+        out,
+        lungs=args.lung_weights,
+        diagnosis=args.diagnosis_weights,
+        gate=args.gate_weights,
+        lesions=args.lesion_weights,
+        severity=args.severity_weights,
+    ):
+        print(f"{path}\t{path.stat().st_size / 1e6:.1f} MB")
+    print(f"use with: covidcxr predict --backend onnxruntime --onnx-dir {out} ...")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..engine.study import QUICK, StudyConfig, run_study
+
+    overrides = [f"{k}={v}" for k, v in QUICK.items()] if args.quick else []
+    overrides += [f"out_dir={args.out or ('study-quick' if args.quick else 'study')}"]
+    overrides += [f"data_root={args.data_root}"] if args.data_root else []
+    summary = run_study(load_config(StudyConfig, args.config, overrides + list(args.set or [])))
+    out = Path(summary["out_dir"])
+    print(f"{len(summary['cells'])} cells -> {out / 'results.csv'}, {out / 'results.md'}")
+    print(
+        f"best by internal macro AUROC: {summary['best_internal']}; best by lungs-blacked-out AUROC closest to 0.5: {summary['best_shortcut_free']}; "
+        f"best among those not reading outside the lungs: {summary['best_reading_lungs']}"
+    )
+    return 0 if summary["complete"] else 1
+
+
+def cmd_splits(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from ..data import load_records
+
+    records = load_records(args.data_root)
+    counts = Counter((r["dataset"], r["split"]) for r in records)
+    by_patient: dict[str, set] = {}
+    for r in records:
+        by_patient.setdefault(r["patient_id"], set()).add(r["split"])
+    leaks = [p for p, s in by_patient.items() if len(s) > 1]
+    for ds in sorted({d for d, _ in counts}):
+        print(f"{ds:>20}: " + "  ".join(f"{s} {counts[(ds, s)]}" for s in ("train", "val", "test")))
+    print(f"patients in more than one split: {len(leaks)}")
+    return 1 if leaks else 0

@@ -1,0 +1,317 @@
+"""Fitting and evaluating the input gate: ``covidcxr train gate`` and ``covidcxr evaluate gate``.
+
+The gate (:mod:`covidcxr.gate`) is a logistic regression on stage-1 features and mask geometry,
+an intensity check and a reason head, all fitted with scikit-learn in one pass over cached
+examples (:mod:`covidcxr.engine.gate_data`): no epochs, so no training loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..gate import (
+    INTENSITY_FACTS,
+    INTENSITY_PERCENTILE,
+    NO_CHEST_LUNG_SHARE,
+    intensity_distance,
+    kind_inputs,
+    kind_probabilities,
+)
+from .gate_data import AUGMENTED_PER_SOURCE, MAX_FRONTAL_PER_SOURCE, cached, concat, gate_data, split_data, subset
+from .gate_images import HOSPITAL_MARKS
+from .gate_report import rate_with_ci, refusal_rates, refused_list, source_totals, write_report
+
+__all__ = ["KIND_LABELS", "cached", "decide", "evaluate_gate", "fit_all", "fit_intensity_check", "score", "train_gate"]
+
+KIND_LABELS = ("frontal", "lateral", "CT", "other")
+
+
+def fit_intensity_check(facts: np.ndarray, percentile: float = INTENSITY_PERCENTILE) -> dict:
+    """Mean, precision (Ledoit-Wolf) and limit (``percentile`` of their own distances) of frontal X-rays' facts (N, 10)."""
+    from sklearn.covariance import LedoitWolf
+
+    lw = LedoitWolf().fit(facts)
+    check = {
+        "facts": list(INTENSITY_FACTS),
+        "mean": lw.location_.tolist(),
+        "precision": lw.precision_.tolist(),
+        "percentile": percentile,
+    }
+    check["limit"] = float(np.percentile(intensity_distance(facts, check), percentile))
+    return check
+
+
+def _codes(probs: np.ndarray, labels: list[str], lung_share: np.ndarray) -> list[str]:
+    kinds = [labels[i] for i in np.asarray(probs).argmax(axis=1)]
+    return [
+        ("no_chest" if share < NO_CHEST_LUNG_SHARE else "photo")
+        if k == "other"
+        else {"lateral": "lateral", "CT": "ct"}.get(k, "unsure")
+        for k, share in zip(kinds, lung_share)
+    ]
+
+
+def decide(p: np.ndarray, data: dict, spec) -> dict:
+    """The gate's decisions on cached examples (``data``: x, facts), as :func:`gate_refusal` takes them one by one.
+
+    Returns:
+        by_gate, by_intensity (each check's own verdict, (N,) bool), refused (either) and
+        reason (a key of :data:`REASONS` per example, the wording a refusal would carry).
+    """
+    check = spec.intensity_check or {}
+    by_gate = np.asarray(p) < spec.threshold
+    by_intensity = intensity_distance(data["facts"], check) > check["limit"] if check else np.zeros(len(by_gate), bool)
+    head = check.get("kinds")
+    geo = np.asarray(data["x"])[:, -3:]
+    reason = (
+        _codes(kind_probabilities(kind_inputs(p, geo, data["facts"]), head), head["labels"], geo[:, 0])
+        if head
+        else ["unsure"] * len(by_gate)
+    )
+    reason = [("ct" if r == "unsure" else r) if (i and not g) else r for r, g, i in zip(reason, by_gate, by_intensity)]
+    return {"by_gate": by_gate, "by_intensity": by_intensity, "refused": by_gate | by_intensity, "reason": reason}
+
+
+def fit_gate(x: np.ndarray, y: np.ndarray, C: float = 0.05):
+    """The gate model: class-balanced logistic regression on standardised features, as a FrontalGate."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from ..models import create_model
+
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    clf = LogisticRegression(C=C, max_iter=5000, class_weight="balanced").fit((x - mean) / scale, y)
+    gate = create_model("frontal_gate", in_features=x.shape[1])
+    with torch.no_grad():
+        gate.mean.copy_(torch.from_numpy(mean))
+        gate.scale.copy_(torch.from_numpy(scale))
+        gate.linear.weight.copy_(torch.from_numpy(clf.coef_).float())
+        gate.linear.bias.copy_(torch.from_numpy(clf.intercept_).float())
+    return gate
+
+
+def gate_probability(gate, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return torch.sigmoid(gate(torch.from_numpy(np.asarray(x, np.float32)))).numpy()
+
+
+def fit_threshold(p_frontal_val: np.ndarray, max_false_refusal: float = 0.01) -> float:
+    """The highest threshold (at most 0.5) that refuses no more than ``max_false_refusal`` of frontal validation images."""
+    p = np.sort(p_frontal_val)
+    return float(min(0.5, p[int(np.floor(max_false_refusal * len(p)))])) if len(p) else 0.5
+
+
+def fit_kind_head(p: np.ndarray, data: dict) -> dict:
+    """The reason head: class-balanced multinomial logistic regression (frontal / lateral / CT / other) on :func:`kind_inputs`."""
+    from sklearn.linear_model import LogisticRegression
+
+    kinds = np.array(data["kind"])
+    label = np.where(data["y"] == 1, "frontal", np.where(np.isin(kinds, ["lateral", "CT"]), kinds, "other"))
+    z = kind_inputs(p, data["x"][:, -3:], data["facts"])
+    mean, scale = z.mean(0), z.std(0) + 1e-6
+    clf = LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced").fit((z - mean) / scale, label)
+    order = [list(clf.classes_).index(k) for k in KIND_LABELS]
+    return {
+        "labels": list(KIND_LABELS),
+        "inputs": ["gate logit", "lung share", "left/right balance", "aspect", *INTENSITY_FACTS],
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "coef": clf.coef_[order].tolist(),
+        "intercept": clf.intercept_[order].tolist(),
+    }
+
+
+class _Spec:  # the two fields :func:`decide` reads, before the WeightSpec exists
+    def __init__(self, threshold: float, intensity_check: dict) -> None:
+        self.threshold, self.intensity_check = threshold, intensity_check
+
+
+def fit_all(
+    data: dict[str, dict],
+    C: float = 0.2,
+    augmented: bool = True,
+    percentile: float = INTENSITY_PERCENTILE,
+    max_false_refusal: float = 0.01,
+):
+    """(gate, threshold, intensity check with its reason head) from cached examples; validation sets the threshold only."""
+    train = concat(data["train"], data["train_augmented"]) if augmented and "train_augmented" in data else data["train"]
+    gate = fit_gate(train["x"], train["y"], C)
+    threshold = fit_threshold(gate_probability(gate, data["val"]["x"][data["val"]["y"] == 1]), max_false_refusal)
+    check = fit_intensity_check(data["train"]["facts"][data["train"]["y"] == 1], percentile)
+    check["kinds"] = fit_kind_head(gate_probability(gate, train["x"]), train)
+    return gate, threshold, check
+
+
+def score(gate, spec, data: dict[str, dict]) -> tuple[dict, list[dict]]:
+    """Refusal rates per split (:func:`refusal_rates`) and the list of wrong decisions (:func:`refused_list`)."""
+    results, wrong = {}, []
+    for s, d in data.items():
+        p = gate_probability(gate, d["x"])
+        dec = decide(p, d, spec)
+        results[s] = refusal_rates(p, d["y"], d["kind"], spec.threshold, dec["by_intensity"], dec["reason"])
+        wrong += refused_list(d, p, dec, s)
+    return results, wrong
+
+
+def out_of_fold(data: dict[str, dict], records: list[dict], source: str = "hannover", folds: int = 5, **fit_kw) -> dict:
+    """Refusals of one source's frontal training films by gates refitted without their patients (patient-grouped folds).
+
+    Each fold drops every training example (augmented copies and other folders included) of
+    its patients, refits gate, threshold and intensity check (:func:`fit_all`) and scores the
+    fold's films: an estimate of how the gate treats that source's films it was not trained on.
+    """
+    patient = {str(r["path"]): r["patient_id"] for r in records}
+    pid = lambda name: patient.get(str(name).split("#")[0])  # noqa: E731
+    train = data["train"]
+    mine = np.array([k == f"{source}:frontal" for k in train["kind"]])
+    patients = sorted({pid(n) for n, m in zip(train["name"], mine) if m})
+    fold_of = {p: i % folds for i, p in enumerate(np.random.default_rng(0).permutation(patients))}
+    refused = np.zeros(int(mine.sum()), bool)
+    where = np.flatnonzero(mine)
+    for f in range(folds):
+        held = lambda d, f=f: np.array([fold_of.get(pid(n), -1) == f for n in d["name"]], bool)  # noqa: E731
+        fold = {
+            s: (subset(d, ~held(d)) if s.startswith("train") else d)
+            for s, d in data.items()
+            if s in ("train", "train_augmented", "val")
+        }
+        gate, threshold, check = fit_all(fold, **fit_kw)
+        test = held(train) & mine
+        d = subset(train, test)
+        refused[np.isin(where, np.flatnonzero(test))] = decide(
+            gate_probability(gate, d["x"]), d, _Spec(threshold, check)
+        )["refused"]
+    return {"source": source, "folds": folds, "patients": len(patients), **rate_with_ci(refused)}
+
+
+def _test_metrics(results: dict, totals: dict, oof: dict) -> dict:
+    """The headline refusal rates a gate spec records: test split, every split per source, out of fold."""
+    return {
+        "split": "test",
+        "false_refusal_frontal": round(results["test"]["false_refusal_frontal"], 4),
+        "refusal_lateral_ct": round(results["test"]["refusal_lateral_ct"], 4),
+        "refusal_non_xray": round(results["test"]["refusal_non_xray"], 4),
+        "n_frontal": results["test"]["n_frontal"],
+        "n_lateral_ct": results["test"]["n_lateral_ct"],
+        "frontal_refused_per_source": {
+            k.split(":")[0]: round(r["rate"], 4)
+            for k, r in results["test"]["per_kind"].items()
+            if k.endswith(":frontal")
+        },
+        "frontal_refused_all_splits": {src: round(r["rate"], 4) for src, r in totals.items()},
+        "hannover_train_out_of_fold": round(oof["rate"], 4),
+    }
+
+
+def train_gate(
+    data_root: str | None = None,
+    out_dir: str = "runs/gate",
+    export_dir: str | None = None,
+    max_false_refusal: float = 0.01,
+    C: float = 0.2,
+    augmented: bool = True,
+    percentile: float = INTENSITY_PERCENTILE,
+) -> dict:
+    """Fit the gate on the train split (all sources, with augmented frontal copies), pick its threshold on validation, measure it on test, export it."""
+    from ..data import load_records
+    from ..data.splits import SPLIT_VERSION
+    from ..io import NORMALIZATION
+    from ..models import WeightSpec, save_weights
+    from ..pipeline import LungSegmenter
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_records(data_root)
+    segmenter = LungSegmenter.from_spec()
+    data = gate_data(records, segmenter, out, augmented=augmented)
+    gate, threshold, check = fit_all(data, C, augmented, percentile, max_false_refusal)
+    results, wrong = score(gate, _Spec(threshold, check), data)
+    totals = source_totals(results)
+    oof = out_of_fold(
+        data, records, "hannover", C=C, augmented=augmented, percentile=percentile, max_false_refusal=max_false_refusal
+    )
+    sizes = {s: {"n": len(d["y"]), "positives": int(d["y"].sum())} for s, d in data.items()}
+    spec = WeightSpec(
+        name="frontal_cxr_gate",
+        architecture="frontal_gate",
+        task="gate",
+        targets=["frontal chest X-ray"],
+        input_size=tuple(segmenter.spec.input_size),
+        normalization=NORMALIZATION,
+        file="frontal_cxr_gate.pt",
+        resize="stage-1 encoder features",
+        threshold=round(threshold, 4),
+        dtype="float32",
+        model_kwargs={"in_features": int(data["train"]["x"].shape[1])},
+        lung_weights=segmenter.spec.sha256,
+        intensity_check=check,
+        training={
+            "command": "covidcxr train gate --out runs/gate --export src/covidcxr/weights",
+            "data": {
+                "split_version": SPLIT_VERSION,
+                "max_frontal_per_source": MAX_FRONTAL_PER_SOURCE,
+                "augmented_per_source": AUGMENTED_PER_SOURCE if augmented else {},
+                **sizes,
+            },
+            "augmentation": f"augment_frontal copies of frontal training films: {', '.join(HOSPITAL_MARKS)} (each p = 0.5)"
+            if augmented
+            else "none",
+            "classifier": f"sklearn LogisticRegression(C={C}, class_weight='balanced') on standardised features",
+            "threshold_rule": f"highest threshold <= 0.5 refusing at most {max_false_refusal:.0%} of frontal validation images",
+            "intensity_rule": f"refuse when the intensity-facts distance exceeds its {percentile} percentile over frontal training images",
+            "reason_head": "intensity_check.kinds: multinomial logistic regression (frontal / lateral / CT / other) on the gate logit, mask geometry and intensity facts; words refusals only",
+        },
+        metrics=_test_metrics(results, totals, oof),
+    )
+    spec_path = save_weights(gate, spec, export_dir or out / "export")
+    write_report(
+        out,
+        results,
+        wrong,
+        {"threshold": threshold, "all_splits": totals, "out_of_fold": oof, "spec": str(spec_path)},
+        "Input gate, split " + SPLIT_VERSION,
+    )
+    return {"spec": str(spec_path), "threshold": threshold, "results": results, "all_splits": totals}
+
+
+def evaluate_gate(
+    spec_path: str | None = None,
+    data_root: str | None = None,
+    splits=("test",),
+    sources: list[str] | None = None,
+    out_dir: str = "eval/gate",
+) -> dict:
+    """Refusals of a gate spec (default: shipped) per source and split, with CIs, table and contact sheet in ``out_dir``.
+
+    Features are recomputed from the images (nothing cached); ``sources`` keeps only those
+    folders' films (and leaves out photographs and synthetic images).
+    """
+    from ..data import load_records
+    from ..models import load_weights
+    from ..pipeline import LungSegmenter
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    gate, spec = load_weights(spec_path, kind="gate")
+    records = load_records(data_root)
+    if sources:
+        unknown = set(sources) - {r["dataset"] for r in records}
+        if unknown:
+            raise ValueError(f"unknown source(s) {sorted(unknown)}; known: {sorted({r['dataset'] for r in records})}")
+        records = [r for r in records if r["dataset"] in sources]
+    segmenter = LungSegmenter.from_spec()
+    data = {s: split_data(records, s, segmenter, negatives=not sources) for s in splits}
+    results, wrong = score(gate, spec, data)
+    totals = source_totals(results, splits)
+    write_report(
+        out,
+        results,
+        wrong,
+        {"threshold": spec.threshold, "gate_sha256": spec.sha256, "all_splits": totals},
+        f"Input gate {spec.sha256[:12]}",
+    )
+    return {"results": results, "all_splits": totals, "out": str(out)}
