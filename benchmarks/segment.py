@@ -49,9 +49,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # the checkout under test
 
 from covidcxr.data.paths import resolve_data_root  # noqa: E402
+from covidcxr.infer import LungSegmenter  # noqa: E402
 from covidcxr.io import is_supported_file, read_image  # noqa: E402
 from covidcxr.models import eval_mode  # noqa: E402
-from covidcxr.pipeline import LungSegmenter  # noqa: E402
 
 SOURCES = ("covid-chestxray", "nih-chestxray8", "kermany-pediatric")
 PSPNET_SIZE = 512  # ChestX-Det PSPNet's native resolution (xrv.utils.fix_resolution(x, 512, ...))

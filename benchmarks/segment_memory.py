@@ -103,7 +103,7 @@ def run_cli(files: list[Path], out_dir: Path, weights: str | None, batch_size: i
         str(batch_size),
     ]
     if weights:
-        cmd += ["--weights", weights]
+        cmd += ["--lung-weights", weights]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
     # stderr to a file, not a pipe: nothing reads a pipe while wait4 blocks, and a full pipe would hang the child.
     with tempfile.TemporaryFile() as err:

@@ -232,7 +232,7 @@ def test_view_cache_serves_any_copy_of_the_data(tmp_path, monkeypatch):
     from pathlib import Path
 
     from covidcxr.engine.diagnosis import prepare_views
-    from covidcxr.pipeline import LungSegmenter
+    from covidcxr.infer import LungSegmenter
 
     monkeypatch.setenv("COVIDCXR_CACHE", str(tmp_path / "cache"))
     fixtures = Path(__file__).parent / "fixtures"

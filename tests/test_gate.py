@@ -391,4 +391,4 @@ def test_predict_counts_refusals_by_reason(tmp_path, capsys):
         and REASONS[noise["refusal_reason"]] in noise["error"]
         and "--no-gate" in noise["error"]
     )
-    assert f"refused: 1 blank, 1 {noise['refusal_reason']}" in capsys.readouterr().err
+    assert f"2 refused (1 blank, 1 {noise['refusal_reason']})" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from covidcxr.data.lung_cache import cached_lung_masks, load_cached_mask, mask_path
-from covidcxr.pipeline import LungSegmenter
+from covidcxr.infer import LungSegmenter
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import torch
 
 from covidcxr.models import create_model
 from covidcxr.models.classifier import CAM_LAYERS
-from covidcxr.saliency import GradCam, lung_share, to_image
+from covidcxr.saliency import GradCam
+from covidcxr.views import lung_share, to_image
 
 
 @pytest.mark.parametrize("name", sorted(CAM_LAYERS))
@@ -20,6 +21,25 @@ def test_gradcam_every_backbone(name):
     assert maps.min() >= 0 and maps.max() <= 1
     assert all(m.max() in (0.0, 1.0) or np.isclose(m.max(), 1.0) for m in maps)
     assert not model.training  # eval mode restored
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_closed_form_gradcam_is_captums(name):
+    """The map inference shows (one forward pass, no gradients) is captum's Grad-CAM of the same layer."""
+    import torch.nn.functional as F
+    from captum.attr import LayerGradCam
+
+    torch.manual_seed(0)
+    model = create_model(name, in_chans=1, num_classes=3).eval()
+    for p in model.get_classifier().parameters():  # a trained-looking head, so the maps are not all zero
+        torch.nn.init.normal_(p, std=1.0)
+    x, targets = torch.randn(3, 1, 64, 64), [0, 1, 2]
+    attr = LayerGradCam(model, model.get_submodule(CAM_LAYERS[name])).attribute(
+        x.clone().requires_grad_(True), target=torch.tensor(targets), relu_attributions=True
+    )
+    ref = F.interpolate(attr.detach(), size=(64, 64), mode="bilinear", align_corners=False)[:, 0].clamp_min(0)
+    ref = (ref / ref.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]).numpy()
+    np.testing.assert_allclose(GradCam(model, name)(x, targets), ref, atol=1e-4)
 
 
 def test_gradcam_unknown_architecture():

@@ -220,16 +220,3 @@ def gate_records(records: list[dict], split: str) -> tuple[list[dict], list[dict
     frontal = [r for r in records if r["split"] == split and is_frontal_xray(r)]
     other = [r for r in records if r["split"] == split and (r["modality"] == "CT" or r["view"] == "L")]
     return frontal, other
-
-
-def __getattr__(name: str):
-    """``train_gate`` and ``evaluate_gate`` moved to :mod:`covidcxr.engine.gate`.
-
-    Transitional: ``from covidcxr.gate import train_gate`` keeps working (loading the trainer
-    only when asked) until its callers import it from the engine; remove this then.
-    """
-    if name in ("train_gate", "evaluate_gate"):
-        import importlib
-
-        return getattr(importlib.import_module("covidcxr.engine.gate"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,14 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-from covidcxr import gate as G
+from covidcxr.engine import gate as G
 from covidcxr.models import load_weights
 
 out = Path("runs/gate")
 
 
 def load(name):
-    return G._cached(out / f"features_{name}.npz", lambda: (_ for _ in ()).throw(FileNotFoundError(name)))
+    return G.cached(out / f"features_{name}.npz", lambda: (_ for _ in ()).throw(FileNotFoundError(name)))
 
 
 data = {s: load(s) for s in ("train", "train_augmented", "val", "val_augmented")}
@@ -51,7 +51,7 @@ for aug in (True, False):
         for pct in (99.8, 99.9, 100.0):
             check = G.fit_intensity_check(data["train"]["facts"][data["train"]["y"] == 1], pct)
             check["kinds"] = check0["kinds"]
-            worst, r, a, wrong = summary(gate, G._Spec(thr, check), f"C={C} aug={aug} pct={pct}")
+            worst, r, a, wrong = summary(gate, G.ThresholdSpec(thr, check), f"C={C} aug={aug} pct={pct}")
             ok = (
                 worst <= 0.02
                 and r["lateral_ct"]["refused"] == r["lateral_ct"]["n"]

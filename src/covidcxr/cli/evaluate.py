@@ -106,7 +106,7 @@ def cmd_evaluate_uncertainty(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_gate(args: argparse.Namespace) -> int:
-    from ..gate import evaluate_gate
+    from ..engine.gate import evaluate_gate
 
     splits = ("train", "val", "test") if args.split == "all" else (args.split,)
     res = evaluate_gate(

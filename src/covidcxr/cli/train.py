@@ -98,7 +98,7 @@ def cmd_train_severity(args: argparse.Namespace) -> int:
 
 
 def cmd_train_gate(args: argparse.Namespace) -> int:
-    from ..gate import train_gate
+    from ..engine.gate import train_gate
 
     res = train_gate(data_root=args.data_root, out_dir=args.out, export_dir=args.export)
     for split, r in res["results"].items():

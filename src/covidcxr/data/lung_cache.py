@@ -40,7 +40,7 @@ def cached_lung_masks(
 
     Args:
         records: dataset records (``path``, ``dataset``, ``filename``).
-        segmenter: a :class:`covidcxr.pipeline.LungSegmenter`.
+        segmenter: a :class:`covidcxr.infer.LungSegmenter`.
 
     Returns:
         record path -> mask PNG path; unreadable images are left out (logged).

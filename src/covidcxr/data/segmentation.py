@@ -62,7 +62,7 @@ class SegmentationDataset(Dataset):
     """Images and masks resized once to ``size`` and kept in memory; augmentation per item.
 
     Each image is enhanced (``enhancement``, see :mod:`covidcxr.enhance`) at its own size
-    before the resize, as :meth:`covidcxr.pipeline.LungSegmenter.preprocess` does at inference.
+    before the resize, as :meth:`covidcxr.infer.LungSegmenter.preprocess` does at inference.
 
     Items are dicts: ``image`` (1, H, W) float normalized, ``mask`` (H, W) int64 0/1/2,
     ``mask_source``, ``patient_id``, ``path``.

@@ -160,7 +160,7 @@ def _subset(views: dict, idx: np.ndarray) -> dict:
 
 def load_views(cfg: DiagTrainConfig, split: str | None = None, progress: bool = True) -> dict:
     """Views of the labelled frontal samples of a split (``None``: all), for ``cfg``."""
-    from ..pipeline import LungSegmenter
+    from ..infer import LungSegmenter
 
     samples, excluded = classification_samples(load_records(cfg.data_root), split)
     for reason, n in sorted(excluded.items()):
@@ -212,7 +212,7 @@ def _train(cfg: DiagTrainConfig, device: torch.device, resume: bool, export_dir:
             np.sort(rng.permutation(val_idx)[: max(cfg.limit // 2, 6)]),
         )
     if len(train_idx) == 0 or len(np.unique(views["labels"][train_idx])) < 2:
-        raise RuntimeError("too few labelled training images; check --data-root")
+        raise ValueError("too few labelled training images; check --data-root")
     train, val = _subset(views, train_idx), _subset(views, val_idx)
     log.info("diagnosis samples: %d train, %d val", len(train_idx), len(val_idx))
     result = fit(cfg, train, val, run, resume, device)

@@ -42,7 +42,7 @@ def prepare_views(
     """Lung views of ``samples`` at ``size``: stage-1 masks, then lung view and enhancement per image.
 
     Each view is :func:`lung_view` followed by :func:`covidcxr.enhance.enhance` with
-    ``enhancement``, as :meth:`covidcxr.pipeline.Diagnoser.view` does at inference. Kept as
+    ``enhancement``, as :meth:`covidcxr.infer.Diagnoser.view` does at inference. Kept as
     one ``.npz`` per (lung weights, size, margin, enhancement, sample list), so evaluation
     and audits after training read them in seconds.
 

@@ -24,10 +24,11 @@ from tqdm.auto import tqdm
 
 from ..data import load_records
 from ..data.classification import CLASSES, DiagnosisDataset, classification_samples, first_per_group
+from ..infer import Diagnoser, LungSegmenter
 from ..models.weights import WeightSpec, shipped_spec_path
-from ..pipeline import Diagnoser, LungSegmenter, load_diagnoser
-from ..saliency import GradCam, lung_share
+from ..saliency import GradCam
 from ..severity import split_lungs
+from ..views import lung_share
 from .diagnosis_metrics import (
     ALL_SOURCES,
     COVID,
@@ -222,14 +223,14 @@ def evaluate_diagnosis(
     """Evaluate a diagnosis model on a split; writes JSON, Markdown and plots into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    diagnoser = load_diagnoser(spec_path)
+    diagnoser = Diagnoser.from_spec(spec_path)
     if getattr(diagnoser, "reads_facts", False):
         views, res = pipeline_outputs(spec_path, data_root, split, limit, saliency=saliency)
     else:
         views = views_for(diagnoser, data_root, split, limit)
         res = model_outputs(diagnoser, views, saliency=saliency)
     if len(views["labels"]) == 0:
-        raise RuntimeError(f"no labelled frontal images in the {split} split; check --data-root")
+        raise ValueError(f"no labelled frontal images in the {split} split; check --data-root")
     within = _covid_chestxray(views, res["probs"])  # labels and probabilities of the covid-chestxray images
     summary = {
         "weights": str(spec_path or shipped_spec_path("diagnosis")),

@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 
 from ..data import load_records
 from ..data.masks import IGNORE, LUNG, MASK_SOURCES, read_mask
+from ..infer import LungSegmenter
 from ..io import read_image
 from ..metrics import bootstrap_ci, dice, hd95, iou
 from ..models.weights import WeightSpec, shipped_spec_path
-from ..pipeline import LungSegmenter
 
 log = logging.getLogger(__name__)
 

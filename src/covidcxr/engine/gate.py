@@ -125,7 +125,7 @@ def fit_kind_head(p: np.ndarray, data: dict) -> dict:
     }
 
 
-class _Spec:  # the two fields :func:`decide` reads, before the WeightSpec exists
+class ThresholdSpec:  # the two fields :func:`decide` reads, before the WeightSpec exists
     def __init__(self, threshold: float, intensity_check: dict) -> None:
         self.threshold, self.intensity_check = threshold, intensity_check
 
@@ -183,7 +183,7 @@ def out_of_fold(data: dict[str, dict], records: list[dict], source: str = "hanno
         test = held(train) & mine
         d = subset(train, test)
         refused[np.isin(where, np.flatnonzero(test))] = decide(
-            gate_probability(gate, d["x"]), d, _Spec(threshold, check)
+            gate_probability(gate, d["x"]), d, ThresholdSpec(threshold, check)
         )["refused"]
     return {"source": source, "folds": folds, "patients": len(patients), **rate_with_ci(refused)}
 
@@ -219,9 +219,9 @@ def train_gate(
     """Fit the gate on the train split (all sources, with augmented frontal copies), pick its threshold on validation, measure it on test, export it."""
     from ..data import load_records
     from ..data.splits import SPLIT_VERSION
+    from ..infer import LungSegmenter
     from ..io import NORMALIZATION
     from ..models import WeightSpec, save_weights
-    from ..pipeline import LungSegmenter
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,7 +229,7 @@ def train_gate(
     segmenter = LungSegmenter.from_spec()
     data = gate_data(records, segmenter, out, augmented=augmented)
     gate, threshold, check = fit_all(data, C, augmented, percentile, max_false_refusal)
-    results, wrong = score(gate, _Spec(threshold, check), data)
+    results, wrong = score(gate, ThresholdSpec(threshold, check), data)
     totals = source_totals(results)
     oof = out_of_fold(
         data, records, "hannover", C=C, augmented=augmented, percentile=percentile, max_false_refusal=max_false_refusal
@@ -291,8 +291,8 @@ def evaluate_gate(
     folders' films (and leaves out photographs and synthetic images).
     """
     from ..data import load_records
+    from ..infer import LungSegmenter
     from ..models import load_weights
-    from ..pipeline import LungSegmenter
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 
 from ..data.severity import LESIONS, read_lesions
 from ..data.transforms import resize_mask, segmentation_augment, upsample_logits
+from ..infer import LungSegmenter
 from ..io import read_image
 from ..models import create_model, eval_mode
-from ..pipeline import LungSegmenter
 from ..severity import severity_features
 from .diagnosis_views import fold_of
 from .loop import Loop
@@ -123,12 +123,10 @@ def lesion_outputs(
         maps, x, encoder = segmenter.forward([image])
         mask = segmenter.masks(maps)[0]
         decoder = decoders[fold_of_sample(s)]
-        with eval_mode(decoder):
-            p = torch.sigmoid(decoder(encoder).float())
+        with eval_mode(decoder), torch.inference_mode():
+            p = torch.sigmoid(decoder([torch.from_numpy(f) for f in encoder]).float())
         lungs = resize_mask(torch.from_numpy(mask.astype(np.uint8)), tuple(x.shape[-2:])).bool()[None]
-        image_f, zone_f = severity_features(
-            x.numpy(), [f.numpy() for f in encoder], lungs.numpy(), p.numpy(), threshold
-        )
+        image_f, zone_f = severity_features(x, encoder, lungs.numpy(), p.numpy(), threshold)
         lesions = (upsample_logits(p, mask.shape)[0].numpy() > threshold) & mask
         out[s["filename"]] = {
             "image_features": image_f[0],

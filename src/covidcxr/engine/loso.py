@@ -272,9 +272,9 @@ def stage2_inputs(
     """
     from ..data import load_records
     from ..data.classification import classification_samples, first_per_group
+    from ..infer import LungSegmenter
     from ..infer.severity import SeverityScorer
     from ..models.pretrained import IMAGENET_MOBILENET_V2_SHA256, parse_init
-    from ..pipeline import LungSegmenter
     from .stage2_features import cached_features, imagenet_backbone
 
     samples, _ = classification_samples(load_records(data_root))

@@ -203,7 +203,7 @@ def _train(cfg: SegTrainConfig, device: torch.device, resume: bool, export_dir: 
     torch.manual_seed(cfg.seed)
     train_ds, val_ds = _datasets(cfg)
     if len(train_ds) == 0:
-        raise RuntimeError("no training samples with manual lung masks were found; check --data-root")
+        raise ValueError("no training samples with manual lung masks were found; check --data-root")
     net = create_model(cfg.model, in_chans=1, num_classes=1, pretrained=cfg.pretrained)
     if cfg.init:
         _init_from_file(net, cfg, train_ds)

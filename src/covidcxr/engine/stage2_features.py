@@ -110,9 +110,9 @@ def compute_features(
         if blackout:
             images = [im * (1 - m) if blackout is True else im * m for im, m in zip(images, masks)]
             _, x, encoder = segmenter.forward(images)
-        sev = scorer.score(x.numpy(), [f.numpy() for f in encoder], masks)
+        sev = scorer.score(x, encoder, masks)
         cols["findings"].extend(finding_facts(r["severity"], r["lesions"], r["zones"]) for r in sev)
-        cols["lungenc"].append(lung_pooled(encoder[-1].numpy(), masks))
+        cols["lungenc"].append(lung_pooled(encoder[-1], masks))
         cols["imagenet"].append(view_features(backbone, images, masks))
         cols["lung_area"].extend(float(m.mean()) for m in masks)
         cols["names"].extend(f"{s['dataset']}/{s['filename']}" for s in chunk)

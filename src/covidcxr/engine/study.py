@@ -130,7 +130,7 @@ def study_samples(cfg: StudyConfig) -> list[dict]:
                 kept.append(s)
         samples = kept
     if len({s["label"] for s in samples}) < len(CLASSES):
-        raise RuntimeError("the study needs images of all three classes; check --data-root")
+        raise ValueError("the study needs images of all three classes; check --data-root")
     return samples
 
 
@@ -190,7 +190,8 @@ def score_fold(
     model: torch.nn.Module, dcfg: DiagTrainConfig, views: dict, idx: np.ndarray, saliency_images: int
 ) -> dict:
     """Held-out outputs: probabilities intact and with the lungs blacked out; Grad-CAM lung shares."""
-    from ..saliency import GradCam, lung_share
+    from ..saliency import GradCam
+    from ..views import lung_share
 
     def probs(mode: str) -> np.ndarray:
         ds = DiagnosisDataset(views["images"][idx], views["lungs"][idx], views["labels"][idx], mode)
@@ -218,7 +219,7 @@ def stage2_latency(
     model: torch.nn.Module, dcfg: DiagTrainConfig, enhancement: str, image: np.ndarray, mask: np.ndarray, repeats: int
 ) -> np.ndarray:
     """Seconds per image of stage 2 as ``predict`` runs it (lung view, enhancement, classifier), ``repeats`` times."""
-    from ..pipeline import Diagnoser
+    from ..infer import Diagnoser
 
     spec = WeightSpec(
         name="study",
@@ -306,7 +307,7 @@ def _fold_path(out: Path, cell: tuple[str, str, str], seed: int, fold: int) -> P
 
 
 def _run_folds(cfg: StudyConfig, out: Path, todo: list, samples: list[dict], progress: bool) -> None:
-    from ..pipeline import LungSegmenter
+    from ..infer import LungSegmenter
 
     device = device_of(cfg.device)
     segmenter = LungSegmenter.from_spec()

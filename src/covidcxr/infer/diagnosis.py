@@ -9,8 +9,7 @@ import numpy as np
 
 from ..enhance import enhance
 from ..io import normalize
-from ..resize import resize_aa
-from ..views import LUNG_INPUTS, apply_view, cam_maps, lung_view, to_image
+from ..views import LUNG_INPUTS, apply_view, cam_maps, heads_inputs, lung_view, to_image
 from .lungs import check_normalization
 from .runners import Runner, load_runner
 
@@ -74,18 +73,9 @@ class Diagnoser:
     def inputs(self, views: Sequence[tuple[np.ndarray, np.ndarray]], mode: str | None = None, facts=None) -> dict:
         """The graph's inputs: ``x`` (N, 1, S, S); the source-blind design also ``weights`` and ``facts``."""
         mode = mode or self.spec.lung_input
-        x = normalize(np.stack([apply_view(v, lungs, mode) for v, lungs in views]))
         if not self.reads_facts:
-            return {"x": x}
-        grid = self.size // 32
-        weights = np.stack(
-            [np.clip(resize_aa(np.asarray(lungs[0], np.float32), (grid, grid)), 0, 1)[None] for _, lungs in views]
-        ).astype(np.float32)
-        n_facts = int(self.spec.model_kwargs.get("n_facts", 0))
-        if facts is None and n_facts:
-            raise ValueError(f"{self.spec.name} reads the severity scorer's finding facts; run it with severity on")
-        facts = np.asarray(np.stack(list(facts)) if facts is not None and len(facts) else np.zeros((len(x), 0)))
-        return {"x": x, "weights": weights, "facts": facts.astype(np.float32).reshape(len(x), -1)}
+            return {"x": normalize(np.stack([apply_view(v, lungs, mode) for v, lungs in views]))}
+        return heads_inputs(views, mode, self.size // 32, facts, int(self.spec.model_kwargs.get("n_facts", 0)))
 
     def probabilities(self, batch) -> np.ndarray:
         """Calibrated probabilities (N, K): softmax of the logits over the spec's temperature.

@@ -538,7 +538,9 @@ def display_pngs(result: Result, image: np.ndarray) -> dict:
     layers = overlays(result, size)
     return {
         "image": _png(png),
-        "overlays": {k: None if v is None else _png(png_bytes(rgb_png, v, max_side=DISPLAY_SIDE)) for k, v in layers.items()},
+        "overlays": {
+            k: None if v is None else _png(png_bytes(rgb_png, v, max_side=DISPLAY_SIDE)) for k, v in layers.items()
+        },
     }
 
 

@@ -15,7 +15,7 @@ import logging
 import os
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pydicom
@@ -23,6 +23,16 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from .errors import ImageReadError, ImageTooLargeError
+from .pixels import image_from, luminance, minmax, pil_pixels
+from .writers import heatmap_png, mask_png, png_bytes, rgb_png
+
+__all__ = [
+    "MAX_PIXELS", "NORMALIZATION", "SERVE_MAX_PIXELS", "SUPPORTED_EXTENSIONS", "ImageReadError",
+    "ImageTooLargeError", "heatmap_png", "image_from", "is_supported_file", "mask_png", "normalize",
+    "png_bytes", "read_image", "rgb_png",
+]  # fmt: skip
 
 if TYPE_CHECKING:
     import torch
@@ -64,31 +74,6 @@ _EPS = 1e-6
 _DICOM_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm)"
 _FIX_EXPORT = "re-export or re-download the file"
 # 16-bit single-channel modes that Pillow gives for 16-bit PNG and TIFF.
-_MODES_16BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-
-
-class ImageReadError(ValueError):
-    """A file could not be read as a chest X-ray image.
-
-    ``str(err)`` is one line: ``'<path or name>: <problem and how to fix it>'``.
-
-    Attributes:
-        path: The file path, or the name given for raw bytes.
-        problem: What was wrong, and where useful how to fix it.
-    """
-
-    def __init__(self, path: str, problem: str) -> None:
-        self.path = str(path)
-        self.problem = " ".join(str(problem).split())  # keep the message on one line
-        super().__init__(f"{self.path}: {self.problem}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # The default reduce would call __init__ with the formatted message only.
-        return (type(self), (self.path, self.problem))
-
-
-class ImageTooLargeError(ImageReadError):
-    """The image has more pixels than allowed (``max_pixels`` or Pillow's decompression-bomb limit), found from its header."""
 
 
 def is_supported_file(path: str | os.PathLike[str]) -> bool:
@@ -250,19 +235,6 @@ def _check_size(width: int, height: int, label: str, max_pixels: int) -> None:
         )
 
 
-def _minmax(arr: np.ndarray, label: str) -> np.ndarray:
-    lo, hi = float(np.min(arr)), float(np.max(arr))
-    if lo == hi:
-        raise ImageReadError(label, "image is blank (every pixel has the same value); it holds no X-ray")
-    return ((arr - lo) / (hi - lo)).astype(np.float32)
-
-
-def _luminance(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R 601 luma, the weights Pillow uses for RGB -> L."""
-    rgb = rgb.astype(np.float32, copy=False)
-    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-
-
 @functools.lru_cache(maxsize=1)
 def _warn_truncated_allowed() -> None:
     logger.warning(
@@ -315,35 +287,7 @@ def _pil_to_array(img: Image.Image, label: str, max_pixels: int) -> np.ndarray:
         img = ImageOps.exif_transpose(img)
     except Exception as err:  # a broken EXIF block should not cost a readable image
         logger.warning("%s: ignoring unreadable EXIF orientation (%s)", label, err)
-    return _pil_pixels(img, label)
-
-
-def _pil_pixels(img: Image.Image, label: str) -> np.ndarray:
-    """Pixels of a loaded PIL image as float32 in [0, 1]."""
-    mode = img.mode
-    if mode in _MODES_16BIT:
-        return np.asarray(img).astype(np.float32) / 65535.0
-    if mode == "I":
-        arr = np.asarray(img)
-        if arr.min() >= 0 and arr.max() <= 65535:  # 16-bit data held in 32-bit ints
-            return arr.astype(np.float32) / 65535.0
-        return _minmax(arr.astype(np.float64), label)
-    if mode == "F":
-        arr = np.asarray(img, dtype=np.float32)
-        if not np.isfinite(arr).all():
-            raise ImageReadError(label, "floating-point image contains NaN or infinite values")
-        return _minmax(arr, label)
-    if mode in ("1", "L"):
-        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-    if mode in ("LA", "La", "RGBA", "RGBa", "PA") or "transparency" in img.info:
-        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
-        # Composite over black: fully opaque pixels are unchanged.
-        return _luminance(rgba[..., :3] * rgba[..., 3:])
-    try:
-        rgb = img.convert("RGB")
-    except (ValueError, OSError) as err:
-        raise ImageReadError(label, f"unsupported pixel mode {mode!r}; save the image as grayscale PNG") from err
-    return _luminance(np.asarray(rgb)) / 255.0
+    return pil_pixels(img, label)
 
 
 # ---------------------------------------------------------------------------
@@ -403,7 +347,7 @@ def _dicom_display(arr: np.ndarray, ds: Dataset, label: str) -> np.ndarray:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if arr.ndim == 3:  # colour; pydicom has already converted YBR to RGB
         bits = int(ds.get("BitsStored") or 8)
-        return np.clip(_luminance(arr) / (2**bits - 1), 0.0, 1.0)
+        return np.clip(luminance(arr) / (2**bits - 1), 0.0, 1.0)
     if arr.ndim != 2:
         raise ImageReadError(label, f"DICOM pixel data has unexpected shape {arr.shape}")
     if not photometric.startswith("MONOCHROME"):
@@ -411,7 +355,7 @@ def _dicom_display(arr: np.ndarray, ds: Dataset, label: str) -> np.ndarray:
     arr = apply_modality_lut(arr, ds)
     image = _apply_voi_scaled(arr, ds, label)
     if image is None:  # no usable VOI LUT or window: show the full range
-        image = _minmax(arr.astype(np.float64), label)
+        image = minmax(arr.astype(np.float64), label)
     if photometric == "MONOCHROME1":
         image = 1.0 - image
     return np.clip(image, 0.0, 1.0).astype(np.float32)
@@ -448,97 +392,3 @@ def _apply_voi_scaled(arr: np.ndarray, ds: Dataset, label: str) -> np.ndarray | 
         logger.warning("%s: DICOM VOI LUT has a flat output range; using min-max", label)
         return None
     return ((out.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------
-# Arrays and PIL images from Python (the Predictor's inputs)
-
-
-def image_from(x: Any, name: str = "array") -> np.ndarray:
-    """An X-ray given in Python as the (H, W) float32 image in [0, 1] the models read.
-
-    Accepts a file path (``str`` or ``Path``, read by :func:`read_image`), raw file bytes, a PIL
-    image, or a NumPy array: 2-D, or (H, W, 1|3|4) with RGB converted to luminance and RGBA
-    composited over black; uint8 is divided by 255, uint16 (and other integers within 0-65535)
-    by 65535, as for 16-bit PNGs; floats within [0, 1] are kept, other floats and integers
-    min-max scaled; bool is 0 or 1.
-
-    Raises:
-        ImageReadError: the input is not an image of a kind above, or it is blank; the message
-            says what was given and what is expected.
-    """
-    if isinstance(x, str | os.PathLike | bytes):
-        return read_image(x, name=None if not isinstance(x, bytes) else name)
-    if isinstance(x, Image.Image):
-        return _checked(_pil_pixels(x, name), name)
-    if not isinstance(x, np.ndarray):
-        raise ImageReadError(
-            name, f"got a {type(x).__name__}; give a file path, a PIL image or a NumPy array (H, W) or (H, W, 3)"
-        )
-    arr = x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        return _checked(_pixels(arr[..., :3], name, alpha=arr[..., 3] if arr.shape[-1] == 4 else None), name)
-    if arr.ndim != 2:
-        raise ImageReadError(
-            name, f"array of shape {x.shape}: expected one image, (H, W) grey or (H, W, 3|4) RGB(A), channels last"
-        )
-    return _checked(_pixels(arr, name), name)
-
-
-def _pixels(arr: np.ndarray, name: str, alpha: np.ndarray | None = None) -> np.ndarray:
-    """Pixel values in [0, 1] by the array's dtype; luminance for (H, W, 3)."""
-    if arr.dtype == bool:
-        out = arr.astype(np.float32)
-    elif arr.dtype == np.uint8:
-        out = arr.astype(np.float32) / 255.0
-    elif np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 65535:
-        out = arr.astype(np.float32) / 65535.0
-    elif np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise ImageReadError(name, "array contains NaN or infinite values")
-        inside = np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0 and arr.max() <= 1
-        out = arr.astype(np.float32) if inside else _minmax(arr.astype(np.float64), name)
-    else:
-        raise ImageReadError(name, f"array of dtype {arr.dtype}: expected integers, floats or bool")
-    if out.ndim == 3:
-        if alpha is not None:
-            out = out * _pixels(alpha, name)[..., None]  # composited over black
-        out = _luminance(out)
-    return out
-
-
-def _checked(image: np.ndarray, name: str) -> np.ndarray:
-    if image.ndim != 2 or min(image.shape) < 2:
-        raise ImageReadError(name, f"image of shape {image.shape} is too small to be an X-ray")
-    if image.min() == image.max():
-        raise ImageReadError(name, "image is blank (every pixel has the same value); it holds no X-ray")
-    return np.ascontiguousarray(np.clip(image, 0.0, 1.0), dtype=np.float32)
-
-
-# ---------------------------------------------------------------------------
-# Writers: the PNGs of a reading, to a file or into memory (the web page's answers).
-
-
-def mask_png(mask: np.ndarray, path: str | Path | BinaryIO) -> None:
-    """A boolean mask as an 8-bit PNG with values 0 and 255, at the mask's own size."""
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(path, format="PNG", compress_level=1)
-
-
-def heatmap_png(heat: np.ndarray, path: str | Path | BinaryIO) -> None:
-    """A heat map in [0, 1] as an 8-bit grey PNG, at its own size."""
-    Image.fromarray((np.clip(heat, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path, format="PNG", compress_level=1)
-
-
-def rgb_png(rgb: np.ndarray, path: str | Path | BinaryIO, max_side: int = 1024) -> None:
-    """An RGB preview, shrunk so its longer side is at most ``max_side``."""
-    img = Image.fromarray(rgb)
-    if max(img.size) > max_side:
-        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    img.save(path, format="PNG", compress_level=1)
-
-
-def png_bytes(write, *args, **kwargs) -> bytes:
-    """What a writer (``mask_png``, ``heatmap_png``, ``rgb_png``, a report) would write, as bytes."""
-    buf = BytesIO()
-    write(*args, buf, **kwargs)
-    return buf.getvalue()
