@@ -45,11 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # the chec
 
 from covidcxr.batch import read_batches  # noqa: E402
 from covidcxr.data.paths import resolve_data_root  # noqa: E402
-from covidcxr.infer import Predictor
-from covidcxr.io import (
-    is_supported_file,  # noqa: E402
-    mask_png,  # noqa: E402
-)
+from covidcxr.infer import Predictor  # noqa: E402
+from covidcxr.io import is_supported_file, mask_png  # noqa: E402
 from covidcxr.predict import predict_files  # noqa: E402
 
 SOURCES = ("covid-chestxray", "nih-chestxray8", "kermany-pediatric")

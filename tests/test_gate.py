@@ -18,7 +18,7 @@ from covidcxr.engine.gate_report import (
     source_totals,
     wilson_interval,
 )
-from covidcxr.gate import (
+from covidcxr.infer.gate import (
     INTENSITY_FACTS,
     REASONS,
     blank_reason,

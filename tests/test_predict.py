@@ -90,8 +90,8 @@ def test_no_gate_reads_refused_images_with_a_warning(tmp_path):
 
 
 def test_gate_refuses_lateral_and_ct_and_accepts_frontal(records):
-    from covidcxr.gate import gate_records
     from covidcxr.infer import Predictor
+    from covidcxr.infer.gate import gate_records
 
     frontal, other = gate_records(records, "test")
     pipe = Predictor.load(saliency=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,8 +18,11 @@ from schemathesis import GenerationMode
 
 from covidcxr.cli import SAMPLE, build_parser, main
 from covidcxr.data.classification import CLASSES
-from covidcxr.infer import Predictor
+from covidcxr.infer import Predictor, Result
+from covidcxr.infer.gate import OVERRIDE
+from covidcxr.infer.uncertainty import CAVEAT
 from covidcxr.web import create_app
+from covidcxr.web.app import DISPLAY_SIDE, Prediction
 
 KEYS = {
     "path",
@@ -32,6 +36,11 @@ KEYS = {
     "lung_area",
     "gate_probability",
     "severity",
+    "uncertain",
+    "uncertain_reason",
+    "image",
+    "overlays",
+    "saliency_method",
 }
 
 
@@ -94,6 +103,18 @@ def test_predict_sample_is_a_predictions_row_with_inline_pngs(client):
     assert set(sev["brixia"]) == {"A", "B", "C", "D", "E", "F", "global"}
     assert all(0 <= v <= 1 for lesion in sev["lesions"].values() for v in lesion.values())
     assert 0 <= row["saliency_in_lungs"] <= 1
+    # What the page draws: the image as read and its layers, all at one size.
+    assert isinstance(row["uncertain"], bool) and (row["uncertain_reason"] is None) is not row["uncertain"]
+    image = _decode(row["image"])
+    assert image.mode == "L" and image.size == size
+    assert set(row["overlays"]) == {"lungs", "heatmap", "lesions", "zones"}
+    for name, png in row["overlays"].items():
+        layer = _decode(png)
+        assert layer.mode == "RGBA" and layer.size == size, name
+        alpha = np.asarray(layer)[..., 3]
+        assert 0 < (alpha > 0).mean() < 0.5, name  # something drawn, most of it transparent
+    assert row["saliency_method"]
+    Prediction.model_validate(row)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +204,9 @@ def test_openapi_documents_both_endpoints(client):
     for status in ("413", "422"):
         assert responses[status]["content"]["application/json"]["schema"]["$ref"].endswith("/Error")
     assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
-    assert {"severity", "probabilities", "report"} <= set(spec["components"]["schemas"]["Prediction"]["properties"])
+    assert {"severity", "probabilities", "report", "uncertain", "uncertain_reason", "image", "overlays"} <= set(
+        spec["components"]["schemas"]["Prediction"]["properties"]
+    )
 
 
 def test_page_and_static_files_are_served(client):
@@ -237,3 +260,104 @@ def test_api_conforms_to_its_openapi_schema(api_schema, method, path, mode):
         case.call_and_validate(excluded_checks=[schemathesis.checks.positive_data_acceptance])
 
     check()
+
+
+class FakePredictor:
+    """The :class:`covidcxr.infer.Predictor` interface without models: a box as lungs, lesions and zones on a 256 grid."""
+
+    models = {"lungs": {"name": "fake", "sha256": "0" * 64}}
+
+    def run(self, images: list[np.ndarray]) -> list[Result]:
+        out = []
+        for im in images:
+            h, w = im.shape
+            mask = np.zeros(im.shape, bool)
+            mask[h // 5 : -h // 5, w // 5 : -w // 5] = True
+            lesions = np.zeros((2, 256, 256), bool)
+            lesions[0, 100:140, 60:100] = True  # ground-glass
+            lesions[1, 150:170, 160:200] = True  # consolidation
+            zones = np.zeros((256, 256), np.uint8)
+            zones[52:204, 52:128], zones[52:204, 128:204] = 1, 4
+            zones[104:204, 52:128], zones[104:204, 128:204] = 2, 5
+            out.append(
+                Result(
+                    probabilities={"COVID-19": 0.2, "Other pneumonia": 0.3, "No finding": 0.5},
+                    prediction="No finding",
+                    uncertain=False,
+                    gate_probability=0.9,
+                    saliency_method="Grad-CAM",
+                    saliency_in_lungs=0.5,
+                    model=self.models,
+                    lung_mask=mask,
+                    heatmap=np.tile(np.linspace(0, 1, w, dtype=np.float32), (h, 1)),  # 0 at the left, 1 at the right
+                    lesions=lesions,
+                    zones=zones,
+                )
+            )
+        return out
+
+
+def test_large_image_is_shrunk_for_the_page_and_its_overlays_drawn_to_scale():
+    with TestClient(create_app(FakePredictor(), allowed_hosts=["testserver"])) as fake:
+        big = (np.indices((1500, 2000)).sum(0) % 251).astype(np.uint8)
+        r = fake.post("/v1/predict", files={"file": ("big.png", _png(big), "image/png")})
+    assert r.status_code == 200, r.text
+    row = r.json()
+    assert _decode(row["lung_mask"]).size == (2000, 1500)  # the API's own PNGs stay at the image's size
+    image = _decode(row["image"])
+    assert image.mode == "L" and image.size == (DISPLAY_SIDE, 768)
+    layers = {name: np.asarray(_decode(png)) for name, png in row["overlays"].items()}
+    assert all(a.shape == (768, DISPLAY_SIDE, 4) for a in layers.values()), {k: a.shape for k, a in layers.items()}
+    lungs = layers["lungs"]
+    drawn = lungs[..., 3] > 0
+    assert (lungs[drawn][:, :3] == (0, 229, 255)).all()  # cyan outline only
+    assert drawn[768 // 5 - 1 : 768 // 5 + 3, 400].any() and not drawn[384, 400]  # on the border, not inside
+    heat = layers["heatmap"]
+    assert (heat[:, : int(0.14 * DISPLAY_SIDE), 3] == 0).all()  # below 0.15: transparent
+    assert heat[:, -5:, 3].min() > heat[:, DISPLAY_SIDE // 2, 3].max() > 0  # opacity grows with the value
+    lesions = layers["lesions"]
+    # Ground-glass at rows 100-140, columns 60-100 of the 256 grid: stretched to the image, 4 px a cell here.
+    assert tuple(lesions[120 * 3, 80 * 4, :3]) == (255, 200, 0) and lesions[120 * 3, 80 * 4, 3] > 0
+    assert tuple(lesions[160 * 3, 180 * 4, :3]) == (230, 30, 30)
+    assert lesions[20, 20, 3] == 0
+    zones = layers["zones"]
+    assert zones[104 * 3, 90 * 4, 3] == 255 and zones[80 * 3, 90 * 4, 3] == 0  # the border between zones A and B
+    assert row["uncertain"] is False and row["uncertain_reason"] is None and row["saliency_method"] == "Grad-CAM"
+    Prediction.model_validate(row)
+
+
+def test_gate_refusal_is_worded_for_a_web_user(client):
+    noise = _png((np.random.default_rng(0).random((300, 400)) * 255).astype(np.uint8))
+    message = _assert_error(
+        client.post("/v1/predict", files={"file": ("noise.png", noise, "image/png")}), 422, "noise.png"
+    )
+    assert OVERRIDE not in message
+    assert "frontal chest X-rays only" in message
+    # Every mention of --no-gate says it is an option of covidcxr serve.
+    assert "--no-gate" in message
+    assert all("serve" in message[max(0, m.start() - 20) : m.start()] for m in re.finditer("--no-gate", message))
+
+
+def test_docs_are_served_from_the_app_itself(client):
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    urls = re.findall(r"https?://[^\s\"'<>)]+", r.text)
+    assert all(u.startswith("http://testserver/") for u in urls), urls
+    refs = re.findall(r"(?:src|href|url)\s*[=:]\s*['\"]([^'\"]+)['\"]", r.text)
+    assert refs and all(ref.startswith("/") for ref in refs), refs
+    for ref in refs:
+        assert client.get(ref).status_code == 200, ref
+    csp = r.headers["content-security-policy"]
+    assert "http" not in csp and "cdn" not in csp and "*" not in csp, csp
+    assert "script-src 'self' 'sha256-" in csp and "'unsafe-eval'" not in csp
+    # The page's own CSP allows no other origin either.
+    assert "http" not in client.get("/").headers["content-security-policy"]
+    spec = client.get(re.search(r"url: '([^']+)'", r.text).group(1)).json()
+    assert spec["openapi"].startswith("3.0") and spec["info"]["title"] == "covidcxr"
+    assert "anyOf" not in str(spec) and "/v1/predict" in spec["paths"]
+    assert client.get("/openapi.json").json()["openapi"].startswith("3.1")  # the API's own document unchanged
+    assert client.get("/redoc").status_code == 404
+
+
+def test_page_carries_the_models_caveat(client):
+    assert CAVEAT in client.get("/").text

@@ -10,7 +10,15 @@ from covidcxr.data.severity import LESIONS, ZONES
 from covidcxr.engine.lesions import lesion_loss
 from covidcxr.engine.severity_data import SeverityConfig
 from covidcxr.engine.severity_scores import evaluate_brixia, evaluate_scores, fit_heads, repeated_splits, stacked_brixia
-from covidcxr.severity import DEEP_DIM, IMAGE_GROUPS, ZONE_GROUPS, brixia_zones, columns, severity_features, split_lungs
+from covidcxr.infer.zones import (
+    DEEP_DIM,
+    IMAGE_GROUPS,
+    ZONE_GROUPS,
+    brixia_zones,
+    columns,
+    severity_features,
+    split_lungs,
+)
 
 
 def _two_lungs(h=120, w=100):

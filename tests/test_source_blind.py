@@ -8,7 +8,7 @@ import torch
 
 from covidcxr.engine.heads import WithinSource
 from covidcxr.engine.stage2_features import lung_pooled
-from covidcxr.findings import FACTS, finding_facts, findings_summary
+from covidcxr.infer.findings import FACTS, finding_facts, findings_summary
 from covidcxr.models import create_model
 from covidcxr.models.source_blind import fold_head
 from covidcxr.views import cam_maps, heads_inputs

@@ -46,10 +46,13 @@ UNSURE = "the top probability 41% is below 60%, under which validation readings 
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
 
-class UnsurePredictor:
-    """The :class:`covidcxr.infer.Predictor` interface without models: a box as lungs, an uncertain reading."""
+class FakePredictor:
+    """The :class:`covidcxr.infer.Predictor` interface without models: a box as lungs, a reading uncertain or not, no lesions."""
 
     models = {"lungs": {"name": "fake", "sha256": "0" * 64}}
+
+    def __init__(self) -> None:
+        self.uncertain = True
 
     def run(self, images: list[np.ndarray]) -> list[Result]:
         out = []
@@ -60,8 +63,8 @@ class UnsurePredictor:
                 Result(
                     probabilities={"COVID-19": 0.41, "Other pneumonia": 0.3, "No finding": 0.29},
                     prediction="COVID-19",
-                    uncertain=True,
-                    uncertain_reason=UNSURE,
+                    uncertain=self.uncertain,
+                    uncertain_reason=UNSURE if self.uncertain else None,
                     gate_probability=0.9,
                     saliency_method="Grad-CAM",
                     saliency_in_lungs=0.5,
@@ -102,10 +105,25 @@ def server_url():
 
 
 @pytest.fixture(scope="module")
-def unsure_url():
-    """The app on :class:`UnsurePredictor`: every reading uncertain, no lesions."""
-    with _serving(create_app(UnsurePredictor())) as url:
-        yield url
+def fake_server():
+    """The app on a :class:`FakePredictor` (same process: a test may change its answers); yields (URL, predictor)."""
+    predictor = FakePredictor()
+    with _serving(create_app(predictor)) as url:
+        yield url, predictor
+
+
+@pytest.fixture()
+def fake_page(browser, fake_server) -> tuple[Page, FakePredictor]:
+    """The page of :func:`fake_server` at 375 x 740 CSS px, its predictor's readings uncertain."""
+    url, predictor = fake_server
+    predictor.uncertain = True
+    context = browser.new_context(viewport={"width": 375, "height": 740})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    yield page, predictor
+    predictor.uncertain = True
+    context.close()
 
 
 @pytest.fixture(scope="module")
@@ -239,35 +257,30 @@ def test_page_shows_the_caveat_under_the_result(page):
     expect(caveat).to_have_text(CAVEAT)
 
 
-def test_uncertain_reading_gets_a_badge_with_its_reason(browser, unsure_url):
-    context = browser.new_context(viewport={"width": 375, "height": 740})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
-        page.goto(unsure_url)
-        _read_sample(page)
-        badge = page.locator("#uncertain")
-        expect(badge).to_be_visible()
-        expect(badge.locator(".badge")).to_have_text("Uncertain")
-        expect(badge).to_contain_text(UNSURE)
-        # Near the title, above the X-ray.
-        assert badge.bounding_box()["y"] < page.locator("#xray").bounding_box()["y"]
-        # No lesions in this reading: their toggle is off and cannot be turned on.
-        expect(page.locator("#show-lesions")).to_be_disabled()
-        expect(page.locator("#layer-lesions")).to_be_hidden()
-        expect(page.locator("#heatmap-method")).to_contain_text("Grad-CAM")
-        assert page.evaluate("document.documentElement.scrollWidth") <= 375
-    finally:
-        context.close()
-
-
-def test_a_certain_reading_has_no_badge(page):
-    def certain(route):  # the shipped model's readings are all uncertain: this one is made certain
-        response = route.fetch()
-        route.fulfill(response=response, json={**response.json(), "uncertain": False, "uncertain_reason": None})
-
-    page.route("**/v1/predict", certain)
+def test_uncertain_reading_gets_a_badge_with_its_reason(fake_page):
+    page, _ = fake_page
     _read_sample(page)
+    badge = page.locator("#uncertain")
+    expect(badge).to_be_visible()
+    expect(badge.locator(".badge")).to_have_text("Uncertain")
+    expect(badge).to_contain_text(UNSURE)
+    # Near the title, above the X-ray.
+    title = page.locator("#title").bounding_box()
+    assert title["y"] <= badge.bounding_box()["y"] < page.locator("#xray").bounding_box()["y"]
+    # No lesions in this reading: their toggles are off and cannot be turned on.
+    for layer in ("lesions", "zones"):
+        expect(page.locator(f"#show-{layer}")).to_be_disabled()
+        expect(page.locator(f"#layer-{layer}")).to_be_hidden()
+    expect(page.locator("#heatmap-method")).to_contain_text("Grad-CAM")
+    expect(page.locator("#caveat")).to_have_text(CAVEAT)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+
+
+def test_a_certain_reading_has_no_badge(fake_page):
+    page, predictor = fake_page
+    predictor.uncertain = False
+    _read_sample(page)
+    expect(page.locator("#title")).to_contain_text("COVID-19")
     expect(page.locator("#uncertain")).to_be_hidden()
     expect(page.locator("#caveat")).to_have_text(CAVEAT)
 
@@ -296,7 +309,7 @@ def test_api_docs_render_from_this_server_only(browser, server_url):
         page.goto(server_url + "docs")
         expect(page.locator(".swagger-ui .info .title")).to_contain_text("covidcxr", timeout=TIMEOUT_MS)
         expect(page.locator(".swagger-ui .opblock-summary-path").first).to_be_visible()
-        assert any(url.endswith("/openapi.json") for url in requests), requests
+        assert any(url.endswith("/openapi-3.0.json") for url in requests), requests
         assert all(_local(url) for url in requests), [url for url in requests if not _local(url)]
         assert not csp, csp
     finally:

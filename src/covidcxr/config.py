@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from pathlib import Path
@@ -11,6 +13,30 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+#: The shipped training recipes, inside the package (``configs/*.yaml`` at the repository root are copies
+#: kept identical by a test), so a fresh install finds them.
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+#: ``covidcxr train <task>`` without ``--config`` reads ``CONFIGS_DIR / DEFAULT_CONFIGS[task]``.
+DEFAULT_CONFIGS = {
+    "segmentation": "segmentation.yaml",
+    "diagnosis": "diagnosis.yaml",
+    "severity": "severity.yaml",
+}
+
+
+def default_config_path(task: str) -> Path:
+    """The shipped recipe of a training task (``segmentation``, ``diagnosis``, ``severity``)."""
+    if task not in DEFAULT_CONFIGS:
+        raise KeyError(f"no shipped config for {task!r}; known: {', '.join(DEFAULT_CONFIGS)}")
+    return CONFIGS_DIR / DEFAULT_CONFIGS[task]
+
+
+def config_hash(config: Any) -> str:
+    """sha256 of a config (a dataclass or a dict) written as JSON with sorted keys (tuples as lists)."""
+    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=list)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _coerce(value: str, typ: Any) -> Any:

@@ -81,7 +81,39 @@ def predict_files(
     counts = counts if counts is not None else RunCounts()
     files, missing = expand_inputs(inputs, csv_files)
     done = Done() if overwrite else read_predictions(jsonl)
-    models = predictor.models
+    stems, todo = _plan(jsonl, files, missing, done, predictor.models, retry_errors, counts)
+    bar = tqdm(total=len(files), initial=len(files) - len(todo), desc="predict", unit="image", disable=not progress)
+    with open(jsonl, "w" if overwrite else "a") as fh, bar:
+
+        def emit(row: dict) -> dict:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()  # a killed run loses at most the row being written
+            if "error" in row:
+                counts.failed += 1
+            else:
+                counts.done += 1
+            bar.set_postfix(done=counts.done, failed=counts.failed, refresh=False)
+            return row
+
+        for raw, msg in missing:
+            if raw not in done:
+                yield emit({"path": raw, "error": f"{raw}: {msg}"})
+        for batch in read_batches([files[i] for i in todo], batch_size, workers):
+            for j, _, err in batch:
+                if err is not None:
+                    yield emit({"path": files[todo[j]], "error": err})
+            good = [(todo[j], im) for j, im, _ in batch if im is not None]
+            for row in _read_batch(predictor, good, files, stems, out, report):
+                yield emit(row)
+            bar.update(len(batch))
+            del batch, good
+            trim_heap()  # memory stays flat over thousands of batches (see covidcxr.batch.trim_heap)
+
+
+def _plan(
+    jsonl: Path, files: list[str], missing: list, done: Done, models: dict, retry_errors: bool, counts: RunCounts
+):
+    """Output stems of every input and the indices still to read; errors to run again are dropped from the file."""
     if done.models - {json.dumps(models, sort_keys=True)}:
         raise ValueError(
             f"{jsonl} holds rows made by other weights or options (--no-severity?) than this run's {sorted(models)}; "
@@ -105,45 +137,25 @@ def predict_files(
             counts.skipped_errors,
             "; --retry-errors runs them again" if counts.skipped_errors else "",
         )
-    bar = tqdm(total=len(files), initial=len(files) - len(todo), desc="predict", unit="image", disable=not progress)
-    with open(jsonl, "w" if overwrite else "a") as fh, bar:
+    return stems, todo
 
-        def emit(row: dict) -> dict:
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()  # a killed run loses at most the row being written
-            if "error" in row:
-                counts.failed += 1
-            else:
-                counts.done += 1
-            bar.set_postfix(done=counts.done, failed=counts.failed, refresh=False)
-            return row
 
-        for raw, msg in missing:
-            if raw not in done:
-                yield emit({"path": raw, "error": f"{raw}: {msg}"})
-        for batch in read_batches([files[i] for i in todo], batch_size, workers):
-            for j, _, err in batch:
-                if err is not None:
-                    yield emit({"path": files[todo[j]], "error": err})
-            good = [(todo[j], im) for j, im, _ in batch if im is not None]
-            results = predictor.run([im for _, im in good]) if good else []
-            for (i, image), res in zip(good, results, strict=True):
-                res.path = files[i]
-                if not res.ok:
-                    res.error = f"{files[i]}: {res.error}"
-                try:
-                    row = write_outputs(res, image, stems[i], out, report)
-                except Exception as err:  # one input's outputs (its name, a full disk) cost its row, not the batch
-                    log.info("%s: writing the outputs failed", files[i], exc_info=True)  # the traceback with -v only
-                    row = {
-                        "path": files[i],
-                        "error": f"{files[i]}: could not write its outputs ({type(err).__name__}: {err}); "
-                        "fix the cause and run again with --retry-errors",
-                    }
-                yield emit(row)
-            bar.update(len(batch))
-            del batch, good, results
-            trim_heap()  # memory stays flat over thousands of batches (see covidcxr.batch.trim_heap)
+def _read_batch(predictor: Predictor, good: list, files: list[str], stems: list[str], out: Path, report: bool):
+    """The rows of one decoded batch, its PNGs written; a failure to write one input costs its row only."""
+    results = predictor.run([im for _, im in good]) if good else []
+    for (i, image), res in zip(good, results, strict=True):
+        res.path = files[i]
+        if not res.ok:
+            res.error = f"{files[i]}: {res.error}"
+        try:
+            yield write_outputs(res, image, stems[i], out, report)
+        except Exception as err:  # its name, a full disk: the batch goes on
+            log.info("%s: writing the outputs failed", files[i], exc_info=True)  # the traceback with -v only
+            yield {
+                "path": files[i],
+                "error": f"{files[i]}: could not write its outputs ({type(err).__name__}: {err}); "
+                "fix the cause and run again with --retry-errors",
+            }
 
 
 def write_outputs(result: Result, image: np.ndarray, stem: str, out: Path, report: bool = True) -> dict:

@@ -210,32 +210,43 @@ def add_serve(sub) -> None:
 
 TRAIN_TASKS = {
     "segmentation": (
-        "train the lung-segmentation U-Net (configs/segmentation.yaml)",
+        "train the lung-segmentation U-Net (default config: the shipped configs/segmentation.yaml)",
         cmd_train_segmentation,
         (
-            "covidcxr train segmentation --config configs/segmentation.yaml --out runs/segmentation",
+            "covidcxr train segmentation --out runs/segmentation",
             "covidcxr train segmentation --out runs/segmentation --resume",
-            "covidcxr train segmentation --out runs/seg-smoke --set epochs=1 --set limit=4 --set input_size=64",
+            "covidcxr train segmentation --quick",
+            "covidcxr train segmentation --out runs/seg-v1 --export src/covidcxr/weights --force",
         ),
     ),
     "diagnosis": (
-        "train the diagnosis classifier on stage-1 lung views (configs/diagnosis.yaml); --set folds=K cross-validates",
+        "train the diagnosis model (default config: the shipped source-blind heads, configs/diagnosis.yaml; "
+        "configs/diagnosis_cnn.yaml: the CNN recipe, --set folds=K cross-validates)",
         cmd_train_diagnosis,
         (
-            "covidcxr train diagnosis --config configs/diagnosis.yaml --out runs/diagnosis",
+            "covidcxr train diagnosis --out runs/diagnosis",
+            "covidcxr train diagnosis --quick",
             "covidcxr train diagnosis --config configs/diagnosis_cnn.yaml --out runs/diag-cnn",
             "covidcxr train diagnosis --config configs/diagnosis_cnn.yaml --out runs/diag-cv --set folds=5",
         ),
     ),
     "severity": (
-        "train and evaluate the lesion decoder and severity heads (configs/severity.yaml; ~25 min on 2 cores)",
+        "train and evaluate the lesion decoder and severity heads (default config: the shipped "
+        "configs/severity.yaml; ~25 min on 2 cores)",
         cmd_train_severity,
         (
-            "covidcxr train severity --config configs/severity.yaml --out runs/severity",
+            "covidcxr train severity --out runs/severity",
             "covidcxr train severity --out runs/severity --resume",
+            "covidcxr train severity --quick",
         ),
     ),
 }
+
+QUICK_HELP = (
+    "smoke run: a few dozen images, tiny inputs, one epoch; the same kinds of files in the run folder "
+    "(default RUN runs/<task>-quick), each marked smoke, the model named <name>-quick"
+)
+FORCE_HELP = "allow --export into the package's weights folder or over a shipped model's spec (reproducing the shipped files)"
 
 
 def add_train(sub) -> None:
@@ -243,8 +254,8 @@ def add_train(sub) -> None:
         sub,
         "train",
         "train a model",
-        "covidcxr train segmentation --config configs/segmentation.yaml --out runs/segmentation",
-        "covidcxr train diagnosis --config configs/diagnosis.yaml --out runs/diagnosis",
+        "covidcxr train segmentation --out runs/segmentation",
+        "covidcxr train diagnosis --quick",
         "covidcxr train gate --out runs/gate",
     ).add_subparsers(dest="task", required=True)
     for task, (summary, func, lines) in TRAIN_TASKS.items():
@@ -252,13 +263,13 @@ def add_train(sub) -> None:
         t.add_argument(
             "--config",
             metavar="YAML",
-            help=f"YAML config, e.g. configs/{task}.yaml (default: the built-in settings, or with --resume the run's own config.yaml)",
+            help=f"YAML config (default: the shipped configs/{task}.yaml, or with --resume the run's own config.yaml)",
         )
         t.add_argument(
             "--set",
             action="append",
             metavar="KEY=VALUE",
-            help="override a config key, after --config (repeatable; default: none)",
+            help="override a config key, after --config and --quick (repeatable; default: none)",
         )
         t.add_argument("--out", metavar="RUN", help="run folder (config key out_dir; default: the config's out_dir)")
         add_data_root(t)
@@ -266,6 +277,8 @@ def add_train(sub) -> None:
         t.add_argument(
             "--export", metavar="DIR", help="write the best weights + spec into this folder (default RUN/export)"
         )
+        t.add_argument("--force", action="store_true", help=FORCE_HELP)
+        t.add_argument("--quick", action="store_true", help=QUICK_HELP)
         if task == "segmentation":
             t.add_argument(
                 "--adversarial",
@@ -283,13 +296,16 @@ def add_train_gate(train) -> None:
         "gate",
         "fit the frontal-chest-X-ray input gate on stage-1 features (a few minutes)",
         "covidcxr train gate --out runs/gate",
+        "covidcxr train gate --quick",
         "covidcxr train gate --data-root /data/cxr --out runs/gate --export runs/gate/export",
     )
     add_data_root(tg)
-    tg.add_argument("--out", default="runs/gate", metavar="RUN", help="run folder")
+    tg.add_argument("--out", metavar="RUN", help="run folder (default runs/gate; with --quick runs/gate-quick)")
     tg.add_argument(
         "--export", metavar="DIR", help="write the gate weights + spec into this folder (default RUN/export)"
     )
+    tg.add_argument("--force", action="store_true", help=FORCE_HELP)
+    tg.add_argument("--quick", action="store_true", help=QUICK_HELP)
     tg.set_defaults(func=cmd_train_gate)
 
 

@@ -1,57 +1,119 @@
-"""``covidcxr train segmentation|diagnosis|severity|gate``."""
+"""``covidcxr train segmentation|diagnosis|severity|gate``.
+
+Without ``--config`` a task trains its shipped recipe (``covidcxr/configs/<task>.yaml``, the same
+files as ``configs/`` in the repository); with ``--resume`` and no ``--config`` the run's own
+``config.yaml``. ``--quick`` is a smoke run (a few dozen images, one epoch; every file marked
+``smoke``). Exports go to ``RUN/export`` unless ``--export DIR``; the package's weights folder
+and the specs of shipped models elsewhere need ``--force`` (docs/training.md).
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
 from .common import UserError
 from .evaluate import print_seg_summary
 
 
-def train_config(args: argparse.Namespace, cls):
-    """Config of a training command: defaults, then --config (or a resumed run's own), then --set."""
+def command_of(args: argparse.Namespace) -> str:
+    """The command line of this run: the process's own when it is ``covidcxr train``, else rebuilt from ``args``."""
+    argv = sys.argv[1:]
+    started_here = Path(sys.argv[0]).name == "covidcxr" or sys.argv[0].endswith("cli/__main__.py")
+    if started_here and "train" in argv and argv[argv.index("train") + 1 : argv.index("train") + 2] == [args.task]:
+        return shlex.join(["covidcxr", *argv])
+    words = ["covidcxr", "train", args.task]
+    for flag, key in (("--config", "config"), ("--data-root", "data_root"), ("--out", "out"), ("--export", "export")):
+        if getattr(args, key, None):
+            words += [flag, str(getattr(args, key))]
+    for item in getattr(args, "set", None) or []:
+        words += ["--set", item]
+    for flag in ("adversarial", "resume", "quick", "force"):
+        if getattr(args, flag, False):
+            words.append(f"--{flag}")
+    return shlex.join(words)
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    """The YAML a training command reads: --config, else a resumed run's own config.yaml, else the shipped recipe."""
+    from ..config import default_config_path
+
+    if args.config is not None:
+        return Path(args.config)
+    if args.resume:
+        if not args.out:
+            raise UserError("--resume needs --out RUN_DIR, the run folder to continue")
+        if (Path(args.out) / "config.yaml").is_file():
+            return Path(args.out) / "config.yaml"  # the killed run's own resolved config
+    return default_config_path(args.task)
+
+
+def train_config(args: argparse.Namespace, cls, path: Path | None = None):
+    """Config of a training command: defaults, the YAML (:func:`config_path`), --quick, --out/--data-root, then --set."""
     from ..config import load_config
 
-    overrides = list(args.set or [])
+    if args.resume and not args.out:
+        raise UserError("--resume needs --out RUN_DIR, the run folder to continue")
+    overrides = []
+    if getattr(args, "quick", False):
+        overrides += [f"{k}={v}" for k, v in cls.QUICK.items()] + ["quick=true"]
+        if not args.out:
+            overrides.append(f"out_dir=runs/{args.task}-quick")
     if args.out:
         overrides.append(f"out_dir={args.out}")
     if args.data_root:
         overrides.append(f"data_root={args.data_root}")
-    config = args.config
-    if args.resume:
-        if not args.out:
-            raise UserError("--resume needs --out RUN_DIR, the run folder to continue")
-        if config is None and (Path(args.out) / "config.yaml").is_file():
-            config = Path(args.out) / "config.yaml"  # the killed run's own resolved config
-    return load_config(cls, config, overrides)
+    overrides += list(args.set or [])
+    return load_config(cls, path or config_path(args), overrides)
+
+
+def export_dir(args: argparse.Namespace, run: str | Path, names: list[str]) -> Path:
+    """Where the weights go (``--export`` or ``RUN/export``), refused into the package's weights or over a
+    shipped model's spec elsewhere unless ``--force``."""
+    from ..engine.runs import check_export
+
+    target = Path(args.export) if args.export else Path(run) / "export"
+    try:
+        return check_export(target, names, run, force=getattr(args, "force", False))
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def cmd_train_segmentation(args: argparse.Namespace) -> int:
     from ..engine import distributed
+    from ..engine.runs import export_name
     from ..engine.segmentation import SegTrainConfig, main
 
     if args.adversarial:  # the flag is the config key, set last
         args.set = [*(args.set or []), "adversarial=true"]
     cfg = train_config(args, SegTrainConfig)
-    run = main(cfg, resume=args.resume, export_dir=args.export)
+    name = export_name(cfg.export_name, cfg.model, cfg.out_dir, cfg.quick)
+    export = export_dir(args, cfg.out_dir, [name])
+    run = main(cfg, resume=args.resume, export_dir=export, command=command_of(args))
     if not distributed.is_main():  # under torchrun, rank 0 alone evaluates and writes
         return 0
     print(f"run folder: {run}")
-    if args.export:
-        # Shipping weights: record their test-split metrics in the spec they travel with.
-        from ..engine.evaluate_segmentation import evaluate_segmentation
+    # The exported weights' test-split metrics go into the spec they travel with (a smoke run: a few images).
+    from ..engine.evaluate_segmentation import evaluate_segmentation
 
-        spec = Path(args.export) / f"{cfg.export_name}.json"
-        summary = evaluate_segmentation(
-            spec_path=spec, data_root=cfg.data_root, split="test", out_dir=run / "eval", update_spec=True
-        )
-        print_seg_summary(summary)
-        print(f"weights: {spec}")
+    spec = export / f"{name}.json"
+    summary = evaluate_segmentation(
+        spec_path=spec,
+        data_root=cfg.data_root,
+        split="test",
+        out_dir=run / "eval",
+        update_spec=True,
+        limit=cfg.limit,
+        smoke=cfg.quick,
+    )
+    print_seg_summary(summary)
+    print(f"weights: {spec}")
     return 0
 
 
-def is_heads_config(path: str | None) -> bool:
+def is_heads_config(path: str | Path | None) -> bool:
     """A diagnosis config naming a ``design`` is the source-blind heads recipe; otherwise the CNN's."""
     import yaml
 
@@ -61,46 +123,61 @@ def is_heads_config(path: str | None) -> bool:
 def cmd_train_diagnosis(args: argparse.Namespace) -> int:
     from ..engine import distributed
     from ..engine.diagnosis import DiagTrainConfig, main
+    from ..engine.runs import export_name
 
-    if is_heads_config(args.config) or any(o.startswith("design=") for o in args.set or []):
-        from ..engine.train_heads import HeadsConfig, train_heads
+    path = config_path(args)
+    if is_heads_config(path) or any(o.startswith("design=") for o in args.set or []):
+        from ..engine.train_heads import MODEL, HeadsConfig, train_heads
 
-        cfg = train_config(args, HeadsConfig)
-        summary = train_heads(cfg, export_dir=args.export)
+        cfg = train_config(args, HeadsConfig, path)
+        export = export_dir(args, cfg.out_dir, [export_name(cfg.export_name, MODEL, cfg.out_dir, cfg.quick)])
+        summary = train_heads(cfg, export_dir=export, command=command_of(args))
         print(
             f"run folder: {cfg.out_dir}\nweights: {summary['spec']}\ninternal test macro AUROC: {summary['internal_test']['macro_auroc_ci']['value']:.3f}"
         )
         if "loso" in summary:
             print((Path(cfg.out_dir) / "loso" / "loso.md").read_text())
         return 0
-    cfg = train_config(args, DiagTrainConfig)
-    run = main(cfg, resume=args.resume, export_dir=args.export)
+    cfg = train_config(args, DiagTrainConfig, path)
+    name = export_name(cfg.export_name, cfg.model, cfg.out_dir, cfg.quick)
+    export = export_dir(args, cfg.out_dir, [name])
+    run = main(cfg, resume=args.resume, export_dir=export, command=command_of(args))
     if not distributed.is_main():
         return 0
     print(f"run folder: {run}")
-    if args.export and cfg.folds <= 1:
-        print(f"weights: {Path(args.export) / (cfg.export_name + '.json')}")
+    if cfg.folds <= 1:
+        print(f"weights: {export / (name + '.json')}")
     return 0
 
 
 def cmd_train_severity(args: argparse.Namespace) -> int:
-    from ..engine.severity import SeverityConfig, main
+    from ..engine.severity import SeverityConfig, export_names, main
 
     cfg = train_config(args, SeverityConfig)
-    run = main(cfg, cfg.out_dir, resume=args.resume, export_dir=args.export)
+    names = export_names(cfg)
+    export = export_dir(args, cfg.out_dir, list(names))
+    run = main(cfg, cfg.out_dir, resume=args.resume, export_dir=export, command=command_of(args))
     print((run / "severity_eval.md").read_text())
     print(f"run folder: {run}")
-    if args.export:
-        print(
-            f"weights: {Path(args.export) / 'unet_mobilenetv2_lesions.json'}, {Path(args.export) / 'severity_linear.json'}"
-        )
+    print(f"weights: {', '.join(str(export / (n + '.json')) for n in names)}")
     return 0
 
 
 def cmd_train_gate(args: argparse.Namespace) -> int:
-    from ..engine.gate import train_gate
+    from ..engine.gate import GATE_NAME, QUICK_LIMIT, train_gate
+    from ..engine.runs import export_name
 
-    res = train_gate(data_root=args.data_root, out_dir=args.out, export_dir=args.export)
+    quick = getattr(args, "quick", False)
+    out = args.out or ("runs/gate-quick" if quick else "runs/gate")
+    export = export_dir(args, out, [export_name(GATE_NAME, GATE_NAME, out, quick)])
+    res = train_gate(
+        data_root=args.data_root,
+        out_dir=out,
+        export_dir=export,
+        limit=QUICK_LIMIT if quick else 0,
+        quick=quick,
+        command=command_of(args),
+    )
     for split, r in res["results"].items():
         print(
             f"{split:>5}: frontal X-rays refused {r['false_refusal_frontal']:.1%} (n={r['n_frontal']}); lateral/CT refused {r['refusal_lateral_ct']:.1%} (n={r['n_lateral_ct']}); other images refused {r['refusal_non_xray']:.1%}"

@@ -104,6 +104,7 @@ def audit_heads(
     summary = {
         "weights": str(spec_path or shipped_spec_path("diagnosis")),
         "sha256": spec.sha256,
+        "evaluated_weights": {"name": spec.name, "sha256": spec.sha256},
         "split": split,
         "n": len(labels),
         "inputs": inputs,

@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 from ..data import load_records
 from ..data.classification import CLASSES, DiagnosisDataset, classification_samples, first_per_group
 from ..infer import Diagnoser, LungSegmenter
+from ..infer.zones import split_lungs
 from ..models.weights import WeightSpec, shipped_spec_path
 from ..saliency import GradCam
-from ..severity import split_lungs
 from ..views import lung_share
 from .diagnosis_metrics import (
     ALL_SOURCES,
@@ -235,6 +235,11 @@ def evaluate_diagnosis(
     summary = {
         "weights": str(spec_path or shipped_spec_path("diagnosis")),
         "sha256": diagnoser.spec.sha256,
+        "evaluated_weights": {
+            "name": diagnoser.spec.name,
+            "sha256": diagnoser.spec.sha256,
+            "spec": str(spec_path or shipped_spec_path("diagnosis")),
+        },
         "split": split,
         "lung_input": diagnoser.spec.lung_input,
         "temperature": diagnoser.spec.temperature,
@@ -354,6 +359,7 @@ def audit(
     summary = {
         "weights": str(spec_path or shipped_spec_path("diagnosis")),
         "sha256": diagnoser.spec.sha256,
+        "evaluated_weights": {"name": diagnoser.spec.name, "sha256": diagnoser.spec.sha256},
         "split": split,
         "n": len(test["labels"]),
         "inputs": rows,

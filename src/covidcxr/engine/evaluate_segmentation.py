@@ -25,6 +25,7 @@ from ..infer import LungSegmenter
 from ..io import read_image
 from ..metrics import bootstrap_ci, dice, hd95, iou
 from ..models.weights import WeightSpec, shipped_spec_path
+from .runs import weights_record
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,12 @@ def evaluate_segmentation(
     out_dir: str | Path = "eval/segmentation",
     update_spec: bool = False,
     limit: int = 0,
+    smoke: bool = False,
 ) -> dict:
     """Evaluate on ``split``; writes ``segmentation_eval.json`` and plots into ``out_dir``.
+
+    The JSON names the weights it evaluated (``evaluated_weights``: name, sha256); ``smoke``
+    marks it (and the spec's metrics) as a smoke run's.
 
     Returns:
         summary dict: ``per_source`` (manual sources and ``all_manual``), ``agreement``
@@ -126,6 +131,8 @@ def evaluate_segmentation(
     manual = [r for r in rows if MASK_SOURCES[r["source"]] == "manual"]
     summary = {
         "weights": str(spec_path or shipped_spec_path("lungs")),
+        "evaluated_weights": weights_record(segmenter.spec, spec_path or shipped_spec_path("lungs")),
+        **({"smoke": True} if smoke else {}),
         "split": split,
         "per_source": {
             s: _summarise([r for r in manual if r["source"] == s]) for s in sorted({r["source"] for r in manual})
@@ -156,6 +163,7 @@ def evaluate_segmentation(
             },
             "hd95_px": {s: round(res["hd95"]["value"], 2) for s, res in summary["per_source"].items()},
             "human_ceiling_dice": round(summary["human_ceiling"]["all"]["dice"]["value"], 4),
+            **({"smoke": True, "limit": limit} if smoke else {}),
         }
         spec.to_json(path)
     return summary

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..gate import (
+from ..infer.gate import (
     INTENSITY_FACTS,
     INTENSITY_PERCENTILE,
     NO_CHEST_LUNG_SHARE,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..gate import blank_reason, gate_records, intensity_facts
+from ..infer.gate import blank_reason, gate_records, intensity_facts
 from ..io import ImageReadError, read_image
 from ..postprocess import geometry
 from .gate_images import augment_frontal, negative_images, variant_images

@@ -15,9 +15,9 @@ from tqdm.auto import tqdm
 from ..data.severity import LESIONS, read_lesions
 from ..data.transforms import resize_mask, segmentation_augment, upsample_logits
 from ..infer import LungSegmenter
+from ..infer.zones import severity_features
 from ..io import read_image
 from ..models import create_model, eval_mode
-from ..severity import severity_features
 from .diagnosis_views import fold_of
 from .loop import Loop
 from .runs import autocast, epoch_seed

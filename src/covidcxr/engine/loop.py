@@ -165,5 +165,7 @@ class Loop:
                 "best_epoch": self.best["epoch"],
                 f"best_{self.metric}": self.best[self.best_key],
             }
+            if (self.config or {}).get("quick"):
+                summary["smoke"] = True  # a --quick run: its numbers say nothing about the recipe
             (self.run / "metrics.json").write_text(json.dumps(summary, indent=2))
             plots.learning_curve(self.history, self.run / "learning_curve.png", metric=self.metric)

@@ -71,3 +71,62 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def rank_seed(seed: int, epoch: int) -> int:
     """:func:`epoch_seed`, different on each rank under torchrun (augmentation differs between ranks)."""
     return epoch_seed(seed, epoch) + 1_000_003 * distributed.rank()
+
+
+# ---------------------------------------------------------------------------
+# What a run records and where it exports
+
+
+def command_line(command: str | None = None) -> str:
+    """The command that started a run: ``command`` as the cli passes it, else this process's ``sys.argv``."""
+    import shlex
+    import sys
+
+    return command or shlex.join(sys.argv)
+
+
+def provenance(config: dict, command: str | None = None, quick: bool = False) -> dict:
+    """The ``training`` entries every spec carries: command line, config hash (sorted JSON), smoke marker."""
+    from ..config import config_hash
+
+    out = {"command": command_line(command), "config_sha256": config_hash(config)}
+    if quick:
+        out["smoke"] = True
+    return out
+
+
+def export_name(configured: str, prefix: str, run: str | Path, quick: bool = False) -> str:
+    """The name of an exported model: the config's ``export_name``, else ``<prefix>-<run folder name>``; ``-quick`` for a smoke run."""
+    name = configured or f"{prefix}-{Path(run).name}"
+    return f"{name}-quick" if quick and not name.endswith("-quick") else name
+
+
+def check_export(export_dir: str | Path, names: list[str], run: str | Path, force: bool = False) -> Path:
+    """Refuse (ValueError) an export into the installed package's weights folder, or over the spec of a
+    shipped model name outside this run's own ``export`` folder, unless ``force``; returns the folder."""
+    from ..specs import SHIPPED, WEIGHTS_DIR
+
+    target = Path(export_dir).resolve()
+    if force:
+        return Path(export_dir)
+    if target == WEIGHTS_DIR.resolve():
+        raise ValueError(
+            f"--export {export_dir} is the installed package's weights folder: the export would replace the shipped "
+            "models; add --force to do that on purpose (e.g. to reproduce them), or leave --export out to write into the run folder"
+        )
+    own = (Path(run) / "export").resolve()
+    for name in names:
+        if name in SHIPPED.values() and (target / f"{name}.json").is_file() and target != own:
+            raise ValueError(
+                f"{target / (name + '.json')} is the spec of the shipped model {name}: the export would replace it; "
+                "add --force to do that on purpose, or choose another --export"
+            )
+    return Path(export_dir)
+
+
+def weights_record(spec: Any, path: str | Path | None = None) -> dict:
+    """Which weights an evaluation read: the spec's name and sha256 (and its file, when known)."""
+    out = {"name": spec.name, "sha256": spec.sha256}
+    if path is not None:
+        out["spec"] = str(path)
+    return out

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -40,7 +40,7 @@ from ..models import WeightSpec, create_model, eval_mode, save_weights
 from . import adversarial, distributed
 from .loop import Loop
 from .losses import dice_bce_loss
-from .runs import autocast, rank_seed, start_run
+from .runs import autocast, export_name, provenance, rank_seed, start_run
 from .runs import device as device_of
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,17 @@ class SegTrainConfig:
     workers: int = 0  # DataLoader worker processes (0 on 2-core machines)
     threads: int = 0  # 0: all cores
     limit: int = 0  # >0: use at most this many train/val samples (smoke tests)
-    export_name: str = "unet_mobilenetv2_lungs"
+    export_name: str = ""  # "": <model>-<run folder name> (configs/segmentation.yaml: the shipped name)
+    quick: bool = False  # a smoke run (--quick): every file it writes says so; the exported name ends in -quick
     # Adversarial (pix2pix-style) option, see covidcxr.engine.adversarial; off: the plain loop, unchanged.
     adversarial: bool = False
     adv_weight: float = 0.05  # x LSGAN term (0.25 at equilibrium) beside Dice + BCE (~0.1 once trained)
     disc_lr: float = 2e-4  # PatchGAN's Adam, constant (pix2pix)
     disc_channels: int = 32  # PatchGAN width (pix2pix: 64)
     disc_layers: int = 3  # stride-2 layers: 3 -> 70x70 receptive field
+
+    #: ``--quick``: a few dozen images at 64 px, one epoch (docs/training.md).
+    QUICK: ClassVar[dict] = {"limit": 24, "input_size": 64, "epochs": 1, "batch_size": 8}
 
 
 def _init_from_file(net: torch.nn.Module, cfg: SegTrainConfig, train_ds: SegmentationDataset) -> None:
@@ -182,21 +186,26 @@ def _train_loader(train_ds: SegmentationDataset, cfg: SegTrainConfig, epoch: int
     )
 
 
-def main(cfg: SegTrainConfig, resume: bool = False, export_dir: str | Path | None = None) -> Path:
+def main(
+    cfg: SegTrainConfig, resume: bool = False, export_dir: str | Path | None = None, command: str | None = None
+) -> Path:
     """Train, checkpoint every epoch, export the best weights; returns the run folder.
 
+    ``command`` is the command line the spec records (default: this process's ``sys.argv``).
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; it joins the process
     group first and leaves it at the end.
     """
     check_enhancement(cfg.enhancement)  # before a run folder is made
     device = distributed.init(device_of(cfg.device))
     try:
-        return _train(cfg, device, resume, export_dir)
+        return _train(cfg, device, resume, export_dir, command)
     finally:
         distributed.cleanup()
 
 
-def _train(cfg: SegTrainConfig, device: torch.device, resume: bool, export_dir: str | Path | None) -> Path:
+def _train(
+    cfg: SegTrainConfig, device: torch.device, resume: bool, export_dir: str | Path | None, command: str | None = None
+) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run = start_run(cfg, resume)
@@ -252,7 +261,7 @@ def _train(cfg: SegTrainConfig, device: torch.device, resume: bool, export_dir: 
     loop.run_epochs(step, validate)
     if distributed.is_main():
         net.load_state_dict(loop.best["state"])
-        _export(cfg, net.cpu(), val_ds, run, export_dir, loop.best, loop.history, len(train_ds))
+        _export(cfg, net.cpu(), val_ds, run, export_dir, loop.best, loop.history, len(train_ds), command)
     distributed.barrier()  # the weights exist when any rank returns
     return run
 
@@ -266,26 +275,24 @@ def _export(
     best: dict,
     history: list[dict],
     train_samples: int,
+    command: str | None = None,
 ) -> None:
     """Validation overlays, then the best weights and their spec (rank 0)."""
     plots.segmentation_overlays(model, val_ds, run / "val_overlays.png")
+    name = export_name(cfg.export_name, cfg.model, run, cfg.quick)
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in ("data_root", "out_dir")}
     spec = WeightSpec(
-        name=cfg.export_name,
+        name=name,
         architecture=cfg.model,
         task="lung-segmentation",
         targets=["lungs"],
         input_size=(cfg.input_size, cfg.input_size),
         normalization=NORMALIZATION,
-        file=f"{cfg.export_name}.pt",
+        file=f"{name}.pt",
         enhancement=cfg.enhancement,
         training={
-            "command": "covidcxr train segmentation --config configs/segmentation.yaml --out runs/seg-v1 --export src/covidcxr/weights"
-            + (" --adversarial" if cfg.adversarial else ""),
-            "config": {
-                k: list(v) if isinstance(v, tuple) else v
-                for k, v in asdict(cfg).items()
-                if k not in ("data_root", "out_dir")
-            },
+            **provenance(config, command, cfg.quick),
+            "config": config,
             "data": {
                 "mask_sources": list(MANUAL_SOURCES),
                 "split_version": SPLIT_VERSION,

@@ -31,9 +31,9 @@ from ..config import save_config
 from ..data.severity import LESIONS, read_lesions
 from ..data.splits import SPLIT_VERSION
 from ..infer import LungSegmenter
+from ..infer.zones import columns
 from ..io import NORMALIZATION, read_image
 from ..models import WeightSpec, save_weights
-from ..severity import columns
 from .diagnosis_views import fold_of
 from .lesions import final_or_fold, fold_decoders, lesion_loss, lesion_metrics, lesion_outputs, train_lesion_decoder
 from .runs import check_run_folder

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from ..data.severity import LESIONS
+from ..infer.zones import RANGES, columns
 from ..models import create_model
-from ..severity import RANGES, columns
 from .severity_data import SeverityConfig
 
 

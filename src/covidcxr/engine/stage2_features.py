@@ -2,7 +2,7 @@
 
 Path of the data: frontal, labelled X-rays of every source -> stage 1 (lung mask and the
 encoder's feature maps, one pass) -> severity scorer (lesion maps, extent, opacity, Brixia
-zones) -> findings (:func:`covidcxr.findings.finding_facts`) and lung-pooled features:
+zones) -> findings (:func:`covidcxr.infer.findings.finding_facts`) and lung-pooled features:
 
 - ``lungenc``: the stage-1 encoder's deepest map averaged inside the lungs (1280);
 - ``imagenet``: an ImageNet MobileNetV2 (``../shared/pretrained``, frozen) on the masked lung
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..findings import finding_facts
+from ..infer.findings import finding_facts
 from ..io import ImageReadError, normalize, read_image
 from ..resize import resize_aa
 from ..views import apply_view, lung_view

@@ -22,7 +22,7 @@ import torch
 
 from ..data.labels import CLASSES
 from ..data.splits import SPLIT_VERSION
-from ..findings import FACTS
+from ..infer.findings import FACTS
 from ..io import NORMALIZATION
 from ..models import WeightSpec, create_model, save_weights
 from ..models.pretrained import IMAGENET_MOBILENET_V2_SHA256, load_imagenet, parse_init

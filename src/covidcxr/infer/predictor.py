@@ -13,14 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from ..findings import finding_facts, findings_summary
-from ..gate import OVERRIDE as CLI_OVERRIDE
-from ..gate import blank_reason, refusal_reason
 from ..io import ImageReadError, image_from
 from ..specs import source_sha256
 from ..views import lesion_evidence, lung_share
 from .diagnosis import Diagnoser
-from .gate import Gate, GateDecision
+from .findings import finding_facts, findings_summary
+from .gate import OVERRIDE as CLI_OVERRIDE
+from .gate import Gate, GateDecision, blank_reason, refusal_reason
 from .lungs import LungSegmenter
 from .result import Result
 from .runners import BACKENDS

@@ -13,10 +13,10 @@ import numpy as np
 
 from ..data.severity import LESIONS, RANGES, ZONES
 from ..resize import resize_nearest
-from ..severity import IMAGE_GROUPS, brixia_zones, columns, severity_features
 from ..specs import ENCODER_FEATURES, source_sha256
 from .lungs import sigmoid
 from .runners import Runner, load_runner
+from .zones import IMAGE_GROUPS, brixia_zones, columns, severity_features
 
 
 class SeverityScorer:

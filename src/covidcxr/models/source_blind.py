@@ -55,18 +55,18 @@ class SourceBlindDiagnoser(nn.Module):
         head: str = "factorised",
     ) -> None:
         super().__init__()
-        import timm
-
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if num_classes != 3:
             raise ValueError(f"the source-blind heads give the three classes; got num_classes={num_classes}")
         self.head_kind, self.n_facts = head, n_facts
-        self.backbone = (
-            timm.create_model("mobilenetv2_100", pretrained=pretrained == "imagenet", in_chans=in_chans, num_classes=0)
-            if image
-            else None
-        )
+        self.backbone = None  # findings only: no image model, and no timm import (a faster start)
+        if image:
+            import timm
+
+            self.backbone = timm.create_model(
+                "mobilenetv2_100", pretrained=pretrained == "imagenet", in_chans=in_chans, num_classes=0
+            )
         dim = (IMAGE_DIM if image else 0) + n_facts
         self.linear = nn.Linear(dim, 2 if head == "factorised" else 3)
 

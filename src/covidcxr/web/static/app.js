@@ -49,6 +49,7 @@ function showOverlays(row) {
   const method = row.saliency_method || "heat map";
   const inside = typeof row.saliency_in_lungs === "number" ? `; ${percent(row.saliency_in_lungs)} of it inside the lungs` : "";
   $("heatmap-method").textContent = `(${method}: where the reading looked${inside}; below 15% not drawn)`;
+  $("heatmap-caption").textContent = `Heat map (${method}): bright where the reading looked`;
 }
 
 function showUncertain(row) {

@@ -1,4 +1,4 @@
-"""Severity from the lungs: lesions, Brixia zones, geographic extent and opacity.
+"""Brixia zones of a lung mask, and the features the severity head reads inside them (NumPy).
 
 Everything is read at the lung model's input grid (256 x 256), from the same forward pass
 that found the lungs: the lesion decoder reads the stage-1 encoder's feature maps; the
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .data.severity import LESIONS, RANGES, ZONES  # noqa: F401  (RANGES: re-exported)
+from ..data.severity import LESIONS, RANGES, ZONES  # noqa: F401  (RANGES: re-exported)
 
 DEEP_LEVELS = (4, 5)  # encoder outputs used: 96 channels at 1/16, 1280 at 1/32
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data.severity import LESIONS, ZONES
-from .severity import split_lungs
+from ..data.severity import LESIONS, ZONES
+from .zones import split_lungs
 
 #: The severity outputs read, then the pattern facts computed here. Zones A-C: right lung.
 FACTS = (
@@ -52,7 +52,7 @@ def finding_facts(severity: dict, lesions: np.ndarray, zones: np.ndarray) -> np.
     """The :data:`FACTS` of one image, float32 (len(FACTS),).
 
     Args:
-        severity: the ``severity`` dict of :meth:`covidcxr.severity.SeverityScorer.score`.
+        severity: the ``severity`` dict of :meth:`covidcxr.infer.SeverityScorer.score`.
         lesions: its ``lesions`` (len(LESIONS), S, S) bool inside the lungs.
         zones: its ``zones`` (S, S) uint8 (0 outside the lungs, 1-6 for zones A-F).
     """
