@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,9 @@ if TYPE_CHECKING:
 DISCLAIMER = "Research and teaching only; not for clinical decisions."
 #: Panels show the X-ray at most this many pixels on its longer side (about their size at REPORT_DPI).
 PREVIEW_SIDE = 560
-REPORT_DPI = 160
+REPORT_DPI = 170
+#: Notes under the panels: characters per line, and the height of a line in inches (7.5 pt and leading).
+NOTE_CHARS, NOTE_INCHES = 170, 0.145
 _COLORS = {"COVID-19": "#d62728", "Other pneumonia": "#ff7f0e", "No finding": "#2ca02c"}
 #: Longest title drawn, in characters; a longer one keeps its start and end around an ellipsis.
 TITLE_CHARS = 110
@@ -83,11 +86,12 @@ def save_report(path, image: np.ndarray, result: Result) -> None:
     lungs = _shrink_mask(result.lung_mask, small.shape)
     heat = result.heatmap
     panels = 2 + (heat is not None)
-    notes = report_notes(result)
+    notes = [line for note in report_notes(result) for line in textwrap.wrap(plain_text(note, 400), NOTE_CHARS)]
     # A Figure outside pyplot: nothing global keeps it, so it is freed even when drawing fails.
     # Fixed margins instead of tight_layout, which measured every tick label and doubled the drawing time.
-    fig = Figure(figsize=(3.6 * panels + 0.8, 4.6 + 0.16 * len(notes)))
-    axes = fig.subplots(1, panels, gridspec_kw=_grid(panels, len(notes)))
+    height = 4.6 + NOTE_INCHES * len(notes)
+    fig = Figure(figsize=(3.6 * panels + 0.8, height))
+    axes = fig.subplots(1, panels, gridspec_kw=_grid(panels, len(notes), height))
     _lung_panel(axes[0], small, lungs, result)
     if heat is not None:
         _heat_panel(fig, axes[1], small, heat, result)
@@ -110,13 +114,14 @@ def save_report(path, image: np.ndarray, result: Result) -> None:
     fig.savefig(path, format="png", dpi=REPORT_DPI, pil_kwargs={"compress_level": 1})  # fast PNG encoding
 
 
-def _grid(panels: int, notes: int) -> dict:
-    bottom = 0.14 + 0.045 * notes  # room for the lesion legend under the lung panel
+def _grid(panels: int, notes: int, height: float) -> dict:
+    bottom = (0.75 + NOTE_INCHES * notes) / height  # the lesion legend, then the notes
+    top = 1 - 1.0 / height  # the headline, then panel titles of up to three lines
     return {
         "width_ratios": [1] * (panels - 1) + [1.1],
         "left": 0.01,
         "right": 0.98,
-        "top": 0.84,
+        "top": top,
         "bottom": bottom,
         "wspace": 0.12,
     }
@@ -200,7 +205,7 @@ def findings_line(findings: dict) -> str:
     """One line of the findings behind the diagnosis, for the report."""
     opacity, pattern = findings["airspace_opacity"], findings["covid_pattern"]
     return (
-        f"findings: airspace opacity {opacity['probability']:.0%} ({'present' if opacity['present'] else 'not found'}); "
+        f"Findings: airspace opacity {opacity['probability']:.0%} ({'present' if opacity['present'] else 'not found'}); "
         f"COVID-19 pattern {pattern['score']:.0%} (lesions: bilateral {pattern['bilateral']:.0%}, "
         f"peripheral {pattern['peripheral']:.0%}, lower zones {pattern['lower_zone']:.0%})"
     )

@@ -107,12 +107,15 @@ def split_data(
     variants: int = 0,
     seed: int = 0,
     negatives: bool = True,
+    limit: int = 0,
 ) -> dict:
     """Features, targets, kinds and names of one split's gate examples (cached in ``cache`` when given).
 
     Options for the train split: at most ``max_frontal`` frontal X-rays per source (0: all),
     and ``variants`` altered copies of every lateral view and CT slice (tried with 6 on split
-    v1: no better on validation). Validation and test: every image as it is.
+    v1: no better on validation). Validation and test: every image as it is. ``limit`` (a
+    smoke run) keeps at most that many frontal and that many other images per source, and
+    that many non-X-ray images, before any image is read.
     """
 
     def build() -> dict:
@@ -120,11 +123,16 @@ def split_data(
         frontal, other = gate_records(records, split)
         if split == "train" and max_frontal:
             frontal = _subsample(frontal, max_frontal, rng)
+        if limit:
+            frontal, other = _subsample(frontal, limit, rng), _subsample(other, limit, rng)
         items = [(k, n, 1, im) for k, n, im in _read_group(frontal, 1)]
         for k, n, im in _read_group(other, 0):
             extra = variant_images(im, variants, rng) if split == "train" else []
             items += [(k, n if i == 0 else f"{n}#variant{i}", 0, v) for i, v in enumerate([im, *extra])]
-        items += [(name.split(":")[0], name, 0, img) for name, img in (negative_images(split) if negatives else [])]
+        shown = negative_images(split) if negatives else []
+        if limit and len(shown) > limit:
+            shown = shown[:: -(-len(shown) // limit)]
+        items += [(name.split(":")[0], name, 0, img) for name, img in shown]
         return _featurise(items, segmenter, f"gate features ({split})")
 
     return cached(cache, build)
@@ -147,9 +155,17 @@ def augmented_data(
 
 
 def gate_data(
-    records: list[dict], segmenter, out: Path, splits=("train", "val", "test"), augmented: bool = True
+    records: list[dict],
+    segmenter,
+    out: Path,
+    splits=("train", "val", "test"),
+    augmented: bool = True,
+    limit: int = 0,
 ) -> dict[str, dict]:
-    """Cached gate examples per split, plus ``<split>_augmented`` (augmented frontal copies) for train and validation."""
+    """Cached gate examples per split, plus ``<split>_augmented`` (augmented frontal copies) for train and validation.
+
+    ``limit`` (a smoke run): at most that many images of each kind per source and split (:func:`split_data`).
+    """
     data = {
         s: split_data(
             records,
@@ -157,13 +173,15 @@ def gate_data(
             segmenter,
             cache=out / f"features_{s}.npz",
             max_frontal=MAX_FRONTAL_PER_SOURCE if s == "train" else 0,
+            limit=limit,
         )
         for s in splits
     }
     if augmented:
         for s in [s for s in ("train", "val") if s in splits]:
+            per_source = min(AUGMENTED_PER_SOURCE[s], limit) if limit else AUGMENTED_PER_SOURCE[s]
             data[f"{s}_augmented"] = augmented_data(
-                records, s, segmenter, AUGMENTED_PER_SOURCE[s], cache=out / f"features_{s}_augmented.npz"
+                records, s, segmenter, per_source, cache=out / f"features_{s}_augmented.npz"
             )
     return data
 
