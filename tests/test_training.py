@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from covidcxr.config import load_config
+from covidcxr.config import config_hash, load_config
 from covidcxr.data.masks import read_mask
 from covidcxr.data.segmentation import SegmentationDataset
 from covidcxr.data.splits import SPLIT_VERSION
@@ -89,12 +89,19 @@ def test_resume_continues_a_killed_run_to_the_same_result(tmp_path, monkeypatch)
         "metrics.json",
         "learning_curve.png",
         "val_overlays.png",
-        "export/unet_mobilenetv2_lungs.json",
+        "export/unet_mobilenetv2-full.json",  # no export_name in the config: <model>-<run folder name>
     ):
         assert (full / name).is_file(), name
-    model, spec = load_weights(full / "export" / "unet_mobilenetv2_lungs.json")
+    model, spec = load_weights(full / "export" / "unet_mobilenetv2-full.json")
     assert spec.input_size == (64, 64) and spec.training["data"]["split_version"] == SPLIT_VERSION == "v2"
     assert np.isfinite(spec.training["val_dice"])
+    assert spec.name == "unet_mobilenetv2-full" and "smoke" not in spec.training
+    assert spec.training["config_sha256"] == config_hash(spec.training["config"])
+    assert spec.training["command"]  # this process's command line (the cli passes its own)
+    # resumed: the same weights (the files' sha256 differ: torch.save writes the file's name into it)
+    resumed, _ = load_weights(part / "export" / "unet_mobilenetv2-part.json")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, resumed.state_dict()[k], rtol=0, atol=0, msg=k)
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):

@@ -246,7 +246,9 @@ QUICK_HELP = (
     "smoke run: a few dozen images, tiny inputs, one epoch; the same kinds of files in the run folder "
     "(default RUN runs/<task>-quick), each marked smoke, the model named <name>-quick"
 )
-FORCE_HELP = "allow --export into the package's weights folder or over a shipped model's spec (reproducing the shipped files)"
+FORCE_HELP = (
+    "allow --export into the package's weights folder or over a shipped model's spec (reproducing the shipped files)"
+)
 
 
 def add_train(sub) -> None:

@@ -49,13 +49,14 @@ from .diagnosis_model import (
     load_matching,
     macro_auroc,
     predict_logits,
+    temperature_at_bound,
     train_epoch,
     validate,
 )
 from .diagnosis_views import SAMPLINGS, fold_of, prepare_views, sample_weights, views_cache_dir
 from .loop import Loop
 from .runs import device as device_of
-from .runs import epoch_seed, rank_seed, start_run
+from .runs import epoch_seed, export_name, provenance, rank_seed, start_run
 
 __all__ = [  # the names this module always offered, some of them now defined next door
     "SAMPLINGS",
@@ -144,6 +145,7 @@ def fit(
         "val_auroc": best["auroc"],
         "history": loop.history,
         "temperature": temperature,
+        "temperature_at_bound": temperature_at_bound(temperature),
         "model": net.cpu(),
     }
 
@@ -158,13 +160,43 @@ def _subset(views: dict, idx: np.ndarray) -> dict:
     }
 
 
+def limited_samples(cfg: DiagTrainConfig, samples: list[dict]) -> list[dict]:
+    """The samples a run with ``cfg.limit`` trains and validates on, chosen before any mask or view is made.
+
+    The same choice as the run makes on the views (:func:`_train`, :func:`_cross_validate`):
+    ``limit`` training and ``max(limit // 2, 6)`` validation samples, at random (seed) for one
+    model, the first ones of each fold for cross-validation; the test split is left out.
+    """
+    if not cfg.limit:
+        return samples
+    splits = np.array([s["split"] for s in samples])
+    n_val = max(cfg.limit // 2, 6)
+    if cfg.folds > 1:
+        pool = np.flatnonzero(splits != "test")
+        folds = np.array([fold_of(f"{samples[i]['dataset']}:{samples[i]['patient_id']}", cfg.folds) for i in pool])
+        keep = set()
+        for k in range(cfg.folds):
+            keep |= set(pool[folds != k][: cfg.limit]) | set(pool[folds == k][:n_val])
+    else:
+        rng = np.random.default_rng(cfg.seed)
+        train_idx, val_idx = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
+        keep = set(rng.permutation(train_idx)[: cfg.limit]) | set(rng.permutation(val_idx)[:n_val])
+    return [s for i, s in enumerate(samples) if i in keep]
+
+
 def load_views(cfg: DiagTrainConfig, split: str | None = None, progress: bool = True) -> dict:
-    """Views of the labelled frontal samples of a split (``None``: all), for ``cfg``."""
+    """Views of the labelled frontal samples of a split (``None``: all), for ``cfg``.
+
+    With ``cfg.limit`` and no ``split`` only the samples the run uses (:func:`limited_samples`)
+    get lung masks and views: a smoke run on a fresh machine does not segment every image first.
+    """
     from ..infer import LungSegmenter
 
     samples, excluded = classification_samples(load_records(cfg.data_root), split)
     for reason, n in sorted(excluded.items()):
         log.info("excluded %d: %s", n, reason)
+    if split is None:
+        samples = limited_samples(cfg, samples)
     segmenter = LungSegmenter.from_spec(cfg.lung_weights)
     return prepare_views(
         samples,
@@ -177,21 +209,26 @@ def load_views(cfg: DiagTrainConfig, split: str | None = None, progress: bool = 
     )
 
 
-def main(cfg: DiagTrainConfig, resume: bool = False, export_dir: str | Path | None = None) -> Path:
+def main(
+    cfg: DiagTrainConfig, resume: bool = False, export_dir: str | Path | None = None, command: str | None = None
+) -> Path:
     """Train (or cross-validate with ``folds``) and export the best weights; returns the run folder.
 
+    ``command`` is the command line the spec records (default: this process's ``sys.argv``).
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; it joins the process
     group first and leaves it at the end.
     """
     check_enhancement(cfg.enhancement)  # before a run folder is made
     device = distributed.init(device_of(cfg.device))
     try:
-        return _train(cfg, device, resume, export_dir)
+        return _train(cfg, device, resume, export_dir, command)
     finally:
         distributed.cleanup()
 
 
-def _train(cfg: DiagTrainConfig, device: torch.device, resume: bool, export_dir: str | Path | None) -> Path:
+def _train(
+    cfg: DiagTrainConfig, device: torch.device, resume: bool, export_dir: str | Path | None, command: str | None = None
+) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run = start_run(cfg, resume)
@@ -217,7 +254,7 @@ def _train(cfg: DiagTrainConfig, device: torch.device, resume: bool, export_dir:
     log.info("diagnosis samples: %d train, %d val", len(train_idx), len(val_idx))
     result = fit(cfg, train, val, run, resume, device)
     if distributed.is_main():
-        _export(cfg, result, run, export_dir, len(train_idx), len(val_idx), t0)
+        _export(cfg, result, run, export_dir, len(train_idx), len(val_idx), t0, command)
     distributed.barrier()  # the weights exist when any rank returns
     return run
 
@@ -230,16 +267,19 @@ def _export(
     train_samples: int,
     val_samples: int,
     t0: float,
+    command: str | None = None,
 ) -> None:
     """The best weights of ``fit`` and their spec (rank 0)."""
+    name = export_name(cfg.export_name, cfg.model, run, cfg.quick)
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("data_root", "out_dir", "lung_weights")}
     spec = WeightSpec(
-        name=cfg.export_name,
+        name=name,
         architecture=cfg.model,
         task="diagnosis",
         targets=list(CLASSES),
         input_size=(cfg.input_size, cfg.input_size),
         normalization=NORMALIZATION,
-        file=f"{cfg.export_name}.pt",
+        file=f"{name}.pt",
         resize="lung-box",
         enhancement=cfg.enhancement,
         lung_input=cfg.lung_input,
@@ -247,8 +287,8 @@ def _export(
         temperature=round(result["temperature"], 4),
         lung_weights=_lung_sha(cfg),
         training={
-            "command": "covidcxr train diagnosis --config configs/diagnosis.yaml --out runs/diag-v1 --export src/covidcxr/weights",
-            "config": {k: v for k, v in asdict(cfg).items() if k not in ("data_root", "out_dir", "lung_weights")},
+            **provenance(config, command, cfg.quick),
+            "config": config,
             "data": {
                 "split_version": SPLIT_VERSION,
                 "train_samples": train_samples,
@@ -258,6 +298,7 @@ def _export(
             "best_epoch": result["best_epoch"],
             "epochs_run": len(result["history"]),
             "val_macro_auroc": round(result["val_auroc"], 4),
+            "temperature_at_bound": result["temperature_at_bound"],
             "train_minutes": round((time.time() - t0) / 60, 1),
         },
     )
@@ -299,11 +340,13 @@ def _cross_validate(
                 "best_epoch": res["best_epoch"],
                 "val_macro_auroc": res["val_auroc"],
                 "temperature": res["temperature"],
+                "temperature_at_bound": res["temperature_at_bound"],
             }
         )
         log.info("fold %d: val macro AUROC %.4f", k, res["val_auroc"])
     aurocs = np.array([r["val_macro_auroc"] for r in results])
     summary = {
+        **({"smoke": True} if cfg.quick else {}),
         "folds": results,
         "mean_val_macro_auroc": float(np.nanmean(aurocs)),
         "std_val_macro_auroc": float(np.nanstd(aurocs)),

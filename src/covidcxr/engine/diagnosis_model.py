@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -57,7 +58,11 @@ class DiagTrainConfig:
     threads: int = 0
     limit: int = 0  # >0: at most this many train and val samples (smoke tests)
     lung_weights: str | None = None  # stage-1 spec; None = shipped
-    export_name: str = "mobilenet_v2_diagnosis"
+    export_name: str = ""  # "": <model>-<run folder name> (configs/diagnosis_cnn.yaml: mobilenet_v2_diagnosis)
+    quick: bool = False  # a smoke run (--quick): every file it writes says so; the exported name ends in -quick
+
+    #: ``--quick``: a few dozen images at 64 px, one epoch (docs/training.md).
+    QUICK: ClassVar[dict] = {"limit": 24, "input_size": 64, "epochs": 1, "batch_size": 8}
 
 
 def build_model(cfg: DiagTrainConfig) -> torch.nn.Module:
@@ -204,8 +209,21 @@ def predict_logits(
     return out
 
 
+#: The range a fitted temperature is clipped to.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def temperature_at_bound(temperature: float, rel: float = 0.01) -> bool:
+    """Whether a fitted temperature ended within ``rel`` (1%) of a bound of :data:`TEMPERATURE_BOUNDS`."""
+    return any(abs(temperature - b) <= rel * b for b in TEMPERATURE_BOUNDS)
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature T minimising the NLL of ``softmax(logits / T)`` (LBFGS on log T)."""
+    """Temperature T minimising the NLL of ``softmax(logits / T)`` (LBFGS on log T), clipped to :data:`TEMPERATURE_BOUNDS`.
+
+    Logs a WARNING when T ends within 1% of a bound (the fit found no interior optimum:
+    separable or degenerate validation logits, too few images); :func:`temperature_at_bound` says it.
+    """
     lg = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.long)
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
@@ -218,7 +236,16 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         return loss
 
     opt.step(closure)
-    return float(np.clip(log_t.exp().item(), 0.05, 20.0))
+    temperature = float(np.clip(log_t.exp().item(), *TEMPERATURE_BOUNDS))
+    if temperature_at_bound(temperature):
+        log.warning(
+            "calibration temperature %.3g sits at its bound %s (fitted on %d validation images): the probabilities "
+            "are not calibrated; use more validation images",
+            temperature,
+            TEMPERATURE_BOUNDS,
+            len(y),
+        )
+    return temperature
 
 
 def macro_auroc(labels: np.ndarray, probs: np.ndarray) -> float:

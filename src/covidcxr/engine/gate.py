@@ -26,6 +26,10 @@ from .gate_report import rate_with_ci, refusal_rates, refused_list, source_total
 __all__ = ["KIND_LABELS", "cached", "decide", "evaluate_gate", "fit_all", "fit_intensity_check", "score", "train_gate"]
 
 KIND_LABELS = ("frontal", "lateral", "CT", "other")
+#: The gate's exported name (no config: the shipped recipe; ``-quick`` appended for a smoke run).
+GATE_NAME = "frontal_cxr_gate"
+#: ``covidcxr train gate --quick``: images of each kind per source and split.
+QUICK_LIMIT = 6
 
 
 def fit_intensity_check(facts: np.ndarray, percentile: float = INTENSITY_PERCENTILE) -> dict:
@@ -207,42 +211,26 @@ def _test_metrics(results: dict, totals: dict, oof: dict) -> dict:
     }
 
 
-def train_gate(
-    data_root: str | None = None,
-    out_dir: str = "runs/gate",
-    export_dir: str | None = None,
-    max_false_refusal: float = 0.01,
-    C: float = 0.2,
-    augmented: bool = True,
-    percentile: float = INTENSITY_PERCENTILE,
-) -> dict:
-    """Fit the gate on the train split (all sources, with augmented frontal copies), pick its threshold on validation, measure it on test, export it."""
-    from ..data import load_records
+def _gate_spec(
+    name: str, segmenter, data: dict, threshold: float, check: dict, settings: dict, command: str | None, metrics: dict
+):
+    """The exported gate's weights spec (``settings``: the arguments of :func:`train_gate`)."""
     from ..data.splits import SPLIT_VERSION
-    from ..infer import LungSegmenter
     from ..io import NORMALIZATION
-    from ..models import WeightSpec, save_weights
+    from ..models import WeightSpec
+    from .runs import provenance
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    records = load_records(data_root)
-    segmenter = LungSegmenter.from_spec()
-    data = gate_data(records, segmenter, out, augmented=augmented)
-    gate, threshold, check = fit_all(data, C, augmented, percentile, max_false_refusal)
-    results, wrong = score(gate, ThresholdSpec(threshold, check), data)
-    totals = source_totals(results)
-    oof = out_of_fold(
-        data, records, "hannover", C=C, augmented=augmented, percentile=percentile, max_false_refusal=max_false_refusal
-    )
+    C, augmented = settings["C"], settings["augmented"]
+    max_false_refusal, percentile = settings["max_false_refusal"], settings["percentile"]
     sizes = {s: {"n": len(d["y"]), "positives": int(d["y"].sum())} for s, d in data.items()}
-    spec = WeightSpec(
-        name="frontal_cxr_gate",
+    return WeightSpec(
+        name=name,
         architecture="frontal_gate",
         task="gate",
         targets=["frontal chest X-ray"],
         input_size=tuple(segmenter.spec.input_size),
         normalization=NORMALIZATION,
-        file="frontal_cxr_gate.pt",
+        file=f"{name}.pt",
         resize="stage-1 encoder features",
         threshold=round(threshold, 4),
         dtype="float32",
@@ -250,7 +238,8 @@ def train_gate(
         lung_weights=segmenter.spec.sha256,
         intensity_check=check,
         training={
-            "command": "covidcxr train gate --out runs/gate --export src/covidcxr/weights",
+            **provenance(settings, command, settings["quick"]),
+            "config": settings,
             "data": {
                 "split_version": SPLIT_VERSION,
                 "max_frontal_per_source": MAX_FRONTAL_PER_SOURCE,
@@ -265,14 +254,67 @@ def train_gate(
             "intensity_rule": f"refuse when the intensity-facts distance exceeds its {percentile} percentile over frontal training images",
             "reason_head": "intensity_check.kinds: multinomial logistic regression (frontal / lateral / CT / other) on the gate logit, mask geometry and intensity facts; words refusals only",
         },
-        metrics=_test_metrics(results, totals, oof),
+        metrics=metrics,
     )
+
+
+def train_gate(
+    data_root: str | None = None,
+    out_dir: str = "runs/gate",
+    export_dir: str | None = None,
+    max_false_refusal: float = 0.01,
+    C: float = 0.2,
+    augmented: bool = True,
+    percentile: float = INTENSITY_PERCENTILE,
+    limit: int = 0,
+    quick: bool = False,
+    command: str | None = None,
+) -> dict:
+    """Fit the gate on the train split (all sources, with augmented frontal copies), pick its threshold on validation, measure it on test, export it.
+
+    ``limit``: at most that many images of each kind per source and split (smoke runs, with
+    ``quick``: the spec and gate_eval.json say ``smoke``); ``command``: the command line the spec records.
+    """
+    from ..data import load_records
+    from ..data.splits import SPLIT_VERSION
+    from ..infer import LungSegmenter
+    from ..models import save_weights
+    from .runs import export_name, weights_record
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_records(data_root)
+    segmenter = LungSegmenter.from_spec()
+    data = gate_data(records, segmenter, out, augmented=augmented, limit=limit)
+    gate, threshold, check = fit_all(data, C, augmented, percentile, max_false_refusal)
+    results, wrong = score(gate, ThresholdSpec(threshold, check), data)
+    totals = source_totals(results)
+    oof = out_of_fold(
+        data, records, "hannover", C=C, augmented=augmented, percentile=percentile, max_false_refusal=max_false_refusal
+    )
+    settings = {
+        "max_false_refusal": max_false_refusal,
+        "C": C,
+        "augmented": augmented,
+        "percentile": percentile,
+        "limit": limit,
+        "quick": quick,
+    }
+    name = export_name(GATE_NAME, GATE_NAME, out, quick)
+    spec = _gate_spec(name, segmenter, data, threshold, check, settings, command, _test_metrics(results, totals, oof))
     spec_path = save_weights(gate, spec, export_dir or out / "export")
     write_report(
         out,
         results,
         wrong,
-        {"threshold": threshold, "all_splits": totals, "out_of_fold": oof, "spec": str(spec_path)},
+        {
+            "threshold": threshold,
+            "evaluated_weights": weights_record(spec, spec_path),
+            **({"smoke": True} if quick else {}),
+            "all_splits": totals,
+            "out_of_fold": oof,
+            "spec": str(spec_path),
+        },
         "Input gate, split " + SPLIT_VERSION,
     )
     return {"spec": str(spec_path), "threshold": threshold, "results": results, "all_splits": totals}
@@ -311,7 +353,12 @@ def evaluate_gate(
         out,
         results,
         wrong,
-        {"threshold": spec.threshold, "gate_sha256": spec.sha256, "all_splits": totals},
+        {
+            "threshold": spec.threshold,
+            "gate_sha256": spec.sha256,
+            "evaluated_weights": {"name": spec.name, "sha256": spec.sha256},
+            "all_splits": totals,
+        },
         f"Input gate {spec.sha256[:12]}",
     )
     return {"results": results, "all_splits": totals, "out": str(out)}

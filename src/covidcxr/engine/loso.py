@@ -261,10 +261,15 @@ def stage2_inputs(
     progress: bool = True,
     outside_too: bool = False,
     limit: int = 0,
+    limit_keys: tuple[str, ...] = ("dataset", "split"),
+    imagenet_features: bool = True,
 ) -> tuple[list[dict], dict, dict | None]:
     """Classification samples of every source and their cached stage-2 features (shipped stage 1 and severity).
 
-    ``limit`` keeps at most that many samples per source and split (quick checks).
+    ``limit`` keeps at most that many samples per group of ``limit_keys`` (default: source and
+    split; quick checks), before any image is read: features are computed for those only.
+    Without ``imagenet_features`` the ImageNet block is left out (its own cache; smoke runs of
+    a design that does not read it).
 
     Returns:
         (samples, features, features with the lungs blacked out for ``blackout_split`` or None);
@@ -278,18 +283,16 @@ def stage2_inputs(
     from .stage2_features import cached_features, imagenet_backbone
 
     samples, _ = classification_samples(load_records(data_root))
-    samples = first_per_group(samples, limit, ("dataset", "split"))
+    samples = first_per_group(samples, limit, limit_keys)
     path, sha = parse_init(imagenet or default_imagenet_init())
-    segmenter, scorer, backbone = LungSegmenter.from_spec(), SeverityScorer.from_spec(), imagenet_backbone(path, sha)
-    features = cached_features(
-        samples, segmenter, scorer, backbone, sha or IMAGENET_MOBILENET_V2_SHA256, progress=progress
-    )
+    segmenter, scorer = LungSegmenter.from_spec(), SeverityScorer.from_spec()
+    backbone = imagenet_backbone(path, sha) if imagenet_features else None
+    sha = (sha or IMAGENET_MOBILENET_V2_SHA256) if imagenet_features else "none"
+    features = cached_features(samples, segmenter, scorer, backbone, sha, progress=progress)
     blacked = None
     if blackout_split:
         part = [s for s in samples if s["split"] == blackout_split]
-        blacked = cached_features(
-            part, segmenter, scorer, backbone, sha or IMAGENET_MOBILENET_V2_SHA256, blackout=True, progress=progress
-        )
+        blacked = cached_features(part, segmenter, scorer, backbone, sha, blackout=True, progress=progress)
         if outside_too:
             blacked = (
                 blacked,
@@ -298,7 +301,7 @@ def stage2_inputs(
                     segmenter,
                     scorer,
                     backbone,
-                    sha or IMAGENET_MOBILENET_V2_SHA256,
+                    sha,
                     blackout="outside",
                     progress=progress,
                 ),

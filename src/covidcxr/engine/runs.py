@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,27 @@ def rank_seed(seed: int, epoch: int) -> int:
 # What a run records and where it exports
 
 
+#: The command line the cli is running (:func:`recorded_command`); None outside it.
+_COMMAND: contextvars.ContextVar[str | None] = contextvars.ContextVar("covidcxr_command", default=None)
+
+
+@contextlib.contextmanager
+def recorded_command(command: str):
+    """Inside the block, specs record ``command`` where their trainer was given none (the cli's command line)."""
+    token = _COMMAND.set(command)
+    try:
+        yield
+    finally:
+        _COMMAND.reset(token)
+
+
 def command_line(command: str | None = None) -> str:
-    """The command that started a run: ``command`` as the cli passes it, else this process's ``sys.argv``."""
+    """The command that started a run: ``command`` as the cli passes it, else the cli's
+    :func:`recorded_command`, else this process's ``sys.argv``."""
     import shlex
     import sys
 
-    return command or shlex.join(sys.argv)
+    return command or _COMMAND.get() or shlex.join(sys.argv)
 
 
 def provenance(config: dict, command: str | None = None, quick: bool = False) -> dict:

@@ -280,7 +280,9 @@ def _export(
     """Validation overlays, then the best weights and their spec (rank 0)."""
     plots.segmentation_overlays(model, val_ds, run / "val_overlays.png")
     name = export_name(cfg.export_name, cfg.model, run, cfg.quick)
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in ("data_root", "out_dir")}
+    config = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in ("data_root", "out_dir")
+    }
     spec = WeightSpec(
         name=name,
         architecture=cfg.model,

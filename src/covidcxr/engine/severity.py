@@ -36,7 +36,7 @@ from ..io import NORMALIZATION, read_image
 from ..models import WeightSpec, save_weights
 from .diagnosis_views import fold_of
 from .lesions import final_or_fold, fold_decoders, lesion_loss, lesion_metrics, lesion_outputs, train_lesion_decoder
-from .runs import check_run_folder
+from .runs import check_run_folder, export_name, provenance, weights_record
 from .severity_data import SeverityConfig, severity_samples
 from .severity_scores import (
     evaluate_brixia,
@@ -93,7 +93,15 @@ def evaluate_severity(
         image_features=np.stack([outputs[s["filename"]]["image_features"] for s in scored]),
         zone_features=np.stack([outputs[s["filename"]]["zone_features"] for s in scored]),
     )
-    result = {"protocol": _protocol(cfg), "lesions": lesion_metrics(sets["lesions"], outputs, seed=cfg.seed)}
+    result = {
+        **({"smoke": True} if cfg.quick else {}),
+        "evaluated_weights": {
+            "lungs": weights_record(segmenter.spec),
+            "lesion_folds": {k: _state_sha256(m) for k, m in decoders.items()},
+        },
+        "protocol": _protocol(cfg),
+        "lesions": lesion_metrics(sets["lesions"], outputs, seed=cfg.seed),
+    }
     result["lesions"]["n_images"] = len(sets["lesions"])
     truth, preds = _score_tables(cfg, sets, outputs, result)
     if sets["test_normals"]:
@@ -104,6 +112,17 @@ def evaluate_severity(
     (out / "severity_eval.md").write_text(markdown(result))
     _plots(sets, outputs, truth, preds, out)
     return result
+
+
+def _state_sha256(model: torch.nn.Module) -> str:
+    """sha256 of a model's tensors (names and float32 bytes, in order): which fold decoder was evaluated."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _protocol(cfg: SeverityConfig) -> dict:
@@ -208,14 +227,26 @@ def _plots(sets: dict, outputs: dict, truth: dict, preds: dict, out: Path) -> No
     )
 
 
+def export_names(cfg: SeverityConfig) -> tuple[str, str]:
+    """(lesion decoder, severity heads) names of a run's export (:func:`covidcxr.engine.runs.export_name`)."""
+    return (
+        export_name(cfg.lesion_export_name, "unet_mobilenetv2_lesions", cfg.out_dir, cfg.quick),
+        export_name(cfg.export_name, "severity_linear", cfg.out_dir, cfg.quick),
+    )
+
+
 def main(
     cfg: SeverityConfig,
     out_dir: str | Path,
     resume: bool = False,
     export_dir: str | Path | None = None,
     progress: bool = True,
+    command: str | None = None,
 ) -> Path:
-    """Evaluate (steps 1-3), train the shipped lesion decoder and heads (step 4), export both with specs."""
+    """Evaluate (steps 1-3), train the shipped lesion decoder and heads (step 4), export both with specs.
+
+    ``command`` is the command line the specs record (default: this process's ``sys.argv``).
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run = Path(out_dir)
@@ -228,14 +259,13 @@ def main(
     decoder = train_lesion_decoder(cfg, segmenter, sets["lesions"] + sets["negatives"], run / "final", progress)
     result = evaluate_severity(cfg, run, run, progress)
     head = _shipped_head(cfg, run, sets)
+    config = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k not in ("data_root", "out_dir")
+    }
     common = {
         "split_version": SPLIT_VERSION,
-        "config": {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in asdict(cfg).items()
-            if k not in ("data_root", "out_dir")
-        },
-        "command": "covidcxr train severity --config configs/severity.yaml --out runs/severity --export src/covidcxr/weights",
+        "config": config,
+        **provenance(config, command, cfg.quick),
         "train_minutes": round((time.time() - t0) / 60, 1),
     }
     export = Path(export_dir or run / "export")
@@ -273,14 +303,15 @@ def _shipped_head(cfg: SeverityConfig, run: Path, sets: dict) -> torch.nn.Module
 
 def _lesion_spec(cfg: SeverityConfig, segmenter: LungSegmenter, sets: dict, result: dict, common: dict) -> WeightSpec:
     size = tuple(segmenter.size)
+    name = export_names(cfg)[0]
     lesion_spec = WeightSpec(
-        name="unet_mobilenetv2_lesions",
+        name=name,
         architecture="lesion_decoder",
         task="lesions",
         targets=list(LESIONS),
         input_size=size,
         normalization=NORMALIZATION,
-        file="unet_mobilenetv2_lesions.pt",
+        file=f"{name}.pt",
         resize="stage-1 encoder features",
         threshold=cfg.threshold,
         lung_weights=segmenter.spec.sha256,
@@ -308,14 +339,15 @@ def _head_spec(
 ) -> WeightSpec:
     size = tuple(segmenter.size)
     ex, bx = sets["experts"], sets["brixia"]
+    name = export_names(cfg)[1]
     head_spec = WeightSpec(
-        name="severity_linear",
+        name=name,
         architecture="severity_linear",
         task="severity",
         targets=["geographic_extent", "opacity", "brixia_zone"],
         input_size=size,
         normalization=NORMALIZATION,
-        file="severity_linear.pt",
+        file=f"{name}.pt",
         resize="stage-1 encoder features",
         dtype="float32",
         model_kwargs={

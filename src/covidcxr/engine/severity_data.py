@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -43,6 +44,23 @@ class SeverityConfig:
     device: str = "auto"
     threads: int = 0
     limit: int = 0  # >0: at most this many images per table (smoke tests)
+    lesion_export_name: str = (
+        ""  # "": unet_mobilenetv2_lesions-<run folder name> (configs/severity.yaml: the shipped name)
+    )
+    export_name: str = (
+        ""  # the severity heads; "": severity_linear-<run folder name> (configs/severity.yaml: the shipped name)
+    )
+    quick: bool = False  # a smoke run (--quick): every file it writes says so; the exported names end in -quick
+
+    #: ``--quick``: a few images per table, two folds of one epoch, small decoder, three splits.
+    QUICK: ClassVar[dict] = {
+        "limit": 8,
+        "folds": 2,
+        "epochs": 1,
+        "negatives": 2,
+        "repeats": 3,
+        "decoder_channels": "[16,16,8,8,8]",
+    }
 
 
 class LesionDataset(Dataset):
@@ -101,6 +119,6 @@ def severity_samples(cfg: SeverityConfig) -> dict[str, list[dict]]:
     sets["negatives"] = normals[: cfg.negatives]
     test_normals, _ = classification_samples(records, "test")
     sets["test_normals"] = [s for s in test_normals if s["label_name"] == "No finding"][
-        : max(cfg.limit, 90) if cfg.limit else None
+        : (cfg.limit if cfg.quick else max(cfg.limit, 90)) if cfg.limit else None
     ]
     return sets

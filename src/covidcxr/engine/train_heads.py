@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -45,7 +45,17 @@ class HeadsConfig:
     init: str | None = None  # imagenet-file:PATH[@SHA256]; None: ../shared/pretrained beside the data
     seed: int = 0
     loso: bool = True  # also write the leave-one-source-out table of this design
-    export_name: str = "source_blind_diagnosis"
+    export_name: str = ""  # "": source_blind_mobilenet_v2-<run folder name> (configs/diagnosis.yaml: the shipped name)
+    limit: int = 0  # >0: at most this many images per source, split and class (smoke runs); features of those only
+    n_resamples: int = 1000  # bootstrap resamples of every CI (internal test, LOSO)
+    quick: bool = False  # a smoke run (--quick): every file it writes says so; the exported name ends in -quick
+
+    #: ``--quick``: two images per source, split and class (about 70 images in all).
+    QUICK: ClassVar[dict] = {"limit": 2, "n_resamples": 50}
+
+
+#: The exported model's architecture (the prefix of its default name).
+MODEL = "source_blind_mobilenet_v2"
 
 
 def build_model(fitted, feature_set: str, init: str) -> torch.nn.Module:
@@ -85,14 +95,25 @@ def build_model(fitted, feature_set: str, init: str) -> torch.nn.Module:
     return model.eval()
 
 
-def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None) -> dict:
-    """Fit, check, evaluate and export the source-blind stage 2; returns the summary."""
+def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None, command: str | None = None) -> dict:
+    """Fit, check, evaluate and export the source-blind stage 2; returns the summary.
+
+    ``command`` is the command line the spec records (default: this process's ``sys.argv``).
+    """
     start = time.time()
     run = Path(cfg.out_dir)
     run.mkdir(parents=True, exist_ok=True)
     init = cfg.init or loso.default_imagenet_init()
     (run / "config.json").write_text(json.dumps({**asdict(cfg), "init": init}, indent=2) + "\n")
-    samples, features, blacked = loso.stage2_inputs(cfg.data_root, init, blackout_split="test")
+    samples, features, blacked = loso.stage2_inputs(
+        cfg.data_root,
+        init,
+        blackout_split="test",
+        limit=cfg.limit,
+        limit_keys=("dataset", "split", "label"),
+        # a smoke run of a design without image features computes none (the full run shares the full cache)
+        imagenet_features=not cfg.quick or "imagenet" in loso.FEATURE_SETS[cfg.features],
+    )
     by_name = {f"{s['dataset']}/{s['filename']}": s for s in samples}
     rows = [by_name[str(n)] for n in features["names"]]
     labels, sources, splits = (np.array([s[k] for s in rows]) for k in ("label", "dataset", "split"))
@@ -103,21 +124,25 @@ def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None) -> dict:
     parity = check_parity(model, fitted, x, features)
     log.info("model vs heads on %d images: max |dp| %.2e", parity["n"], parity["max_abs_diff"])
     summary = {
+        **({"smoke": True} if cfg.quick else {}),
         "config": asdict(cfg),
         "parity": parity,
         "train": {src: int(((sources == src) & train).sum()) for src in np.unique(sources)},
     }
     test = splits == "test"
     probs = fitted.predict_proba(x)
-    summary["internal_test"] = internal_test(probs[test], labels[test], sources[test])
+    summary["internal_test"] = internal_test(probs[test], labels[test], sources[test], cfg.n_resamples)
     if blacked is not None:
         summary["audit"] = audit_features(fitted, cfg.features, features, blacked, rows, probs)
     if cfg.loso:
         summary["loso"] = loso.run_loso(
-            features, samples, {f"{cfg.design} / {cfg.features}": (cfg.design, cfg.features)}
+            features,
+            samples,
+            {f"{cfg.design} / {cfg.features}": (cfg.design, cfg.features)},
+            n_resamples=cfg.n_resamples,
         )
         loso.write(summary["loso"], run / "loso")
-    spec = _spec(cfg, model, init, summary, int(train.sum()), start)
+    spec = _spec(cfg, model, init, summary, int(train.sum()), start, command)
     spec_path = save_weights(model, spec, export_dir or run / "export")
     summary["spec"] = str(spec_path)
     summary["seconds"] = round(time.time() - start, 1)
@@ -126,21 +151,31 @@ def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None) -> dict:
 
 
 def _spec(
-    cfg: HeadsConfig, model: torch.nn.Module, init: str, summary: dict, train_samples: int, start: float
+    cfg: HeadsConfig,
+    model: torch.nn.Module,
+    init: str,
+    summary: dict,
+    train_samples: int,
+    start: float,
+    command: str | None = None,
 ) -> WeightSpec:
     """The exported model's weights spec."""
     from ..models.weights import shipped_spec_path
+    from .runs import export_name, provenance
+
+    name = export_name(cfg.export_name, MODEL, cfg.out_dir, cfg.quick)
+    config = {**asdict(cfg), "init": init}
 
     # The stage-1 and severity weights stage2_inputs read (the shipped ones): their specs name them.
     lungs, lesions, severity = (WeightSpec.from_json(shipped_spec_path(k)) for k in ("lungs", "lesions", "severity"))
     spec = WeightSpec(
-        name=cfg.export_name,
-        architecture="source_blind_mobilenet_v2",
+        name=name,
+        architecture=MODEL,
         task="diagnosis",
         targets=list(CLASSES),
         input_size=(VIEW_SIZE, VIEW_SIZE),
         normalization=NORMALIZATION,
-        file=f"{cfg.export_name}.pt",
+        file=f"{name}.pt",
         in_chans=1,
         model_kwargs={"n_facts": model.n_facts, "image": model.backbone is not None, "head": model.head_kind},
         resize="lung-box",
@@ -150,10 +185,8 @@ def _spec(
         temperature=1.0,
         lung_weights=lungs.sha256,
         training={
-            "command": " ".join(["covidcxr", *sys.argv[1:]])
-            if sys.argv and sys.argv[0].endswith("covidcxr")
-            else "covidcxr train diagnosis --config configs/diagnosis.yaml",
-            "config": {**asdict(cfg), "init": init},
+            **provenance(config, command, cfg.quick),
+            "config": config,
             "initial_weights": (
                 {
                     "file": Path(parse_init(init)[0]).name,
@@ -214,7 +247,7 @@ def check_parity(model: torch.nn.Module, fitted, x: np.ndarray, features: dict, 
     return {"n": len(idx), "max_abs_diff": diff}
 
 
-def internal_test(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> dict:
+def internal_test(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray, n_resamples: int = 1000) -> dict:
     """Pooled macro AUROC (with CI) and per-source comparisons of the internal test split."""
     from sklearn.metrics import roc_auc_score
 
@@ -224,11 +257,14 @@ def internal_test(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray) ->
     def macro(y, p):
         return float(np.mean([roc_auc_score(y == c, p[:, c]) for c in np.unique(y)]))
 
-    out = {"pooled": summarize(labels, probs), "macro_auroc_ci": class_stratified_bootstrap_ci(labels, probs, macro)}
+    out = {
+        "pooled": summarize(labels, probs, n_resamples),
+        "macro_auroc_ci": class_stratified_bootstrap_ci(labels, probs, macro, n_resamples=n_resamples),
+    }
     for src in np.unique(sources):
         m = sources == src
         out[src] = (
-            summarize(labels[m], probs[m])
+            summarize(labels[m], probs[m], n_resamples)
             if len(np.unique(labels[m])) > 1
             else {
                 "n": int(m.sum()),
