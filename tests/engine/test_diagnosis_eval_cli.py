@@ -11,9 +11,10 @@ import pytest
 from covidcxr.cli import main
 from covidcxr.models import load_weights
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "diagnosis_cnn.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "diagnosis_cnn.yaml"
 
 
+@pytest.mark.integration
 def test_evaluate_quick(tmp_path):
     """A few images per source, end to end: every output is written and every number is in range."""
     ev = tmp_path / "eval"

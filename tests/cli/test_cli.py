@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -97,6 +98,7 @@ def test_bad_arguments_exit_cleanly(tmp_path, capsys):
     assert err.startswith("error: need --batch-size >= 1") and "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_train_resume_reuses_the_runs_config_and_evaluate_and_splits_run(tmp_path, capsys):
     run = tmp_path / "run"
     args = [

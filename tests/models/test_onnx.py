@@ -37,7 +37,7 @@ def onnx_dir(tmp_path_factory):
 def runs(onnx_dir):
     from pathlib import Path
 
-    fixtures = Path(__file__).parent / "fixtures"
+    fixtures = Path(__file__).parents[1] / "fixtures"
     images = [read_image(fixtures / n) for n in FIXTURES] + [read_image(SAMPLE)]
     torch_res = Predictor.load().run(images)
     ort_res = Predictor.load(backend="onnxruntime", onnx_dir=str(onnx_dir)).run(images)

@@ -12,7 +12,7 @@ import pytest
 from covidcxr.cli import UserError, main
 from covidcxr.io import ImageReadError
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def _cli(*args: str, inject: str = "") -> subprocess.CompletedProcess:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from covidcxr.engine.evaluate_diagnosis import (
     ALL_SOURCES,
@@ -28,6 +29,7 @@ def _toy(n=120, seed=0):
     return samples, labels, probs
 
 
+@pytest.mark.integration
 def test_summarize_and_by_source():
     samples, labels, probs = _toy()
     res = by_source(samples, labels, probs)

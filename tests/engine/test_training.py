@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -34,6 +35,7 @@ def _fixture_dataset(fixtures, size=64):
     return SegmentationDataset(samples, (size, size), progress=False)
 
 
+@pytest.mark.integration
 def test_one_batch_overfit(fixtures):
     torch.manual_seed(0)
     ds = _fixture_dataset(fixtures)
@@ -58,6 +60,7 @@ def _cfg(out, epochs):
     )
 
 
+@pytest.mark.integration
 def test_resume_continues_a_killed_run_to_the_same_result(tmp_path, monkeypatch):
     import pytest
 

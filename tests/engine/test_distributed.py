@@ -80,7 +80,7 @@ def _torchrun(args: list[str], timeout: int = 300) -> subprocess.CompletedProces
     return proc
 
 
-CNN = str(Path(__file__).resolve().parents[1] / "configs" / "diagnosis_cnn.yaml")  # the CNN recipe (DDP trains CNNs)
+CNN = str(Path(__file__).resolve().parents[2] / "configs" / "diagnosis_cnn.yaml")  # the CNN recipe (DDP trains CNNs)
 
 
 def _train(task: str, out, data_root, overrides: list[str], resume: bool = False, config: str | None = None) -> str:

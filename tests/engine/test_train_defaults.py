@@ -20,7 +20,7 @@ from covidcxr.engine.severity import SeverityConfig, export_names
 from covidcxr.engine.train_heads import HeadsConfig
 from covidcxr.specs import SHIPPED, WEIGHTS_DIR
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CLASSES = {"segmentation": SegTrainConfig, "diagnosis": HeadsConfig, "severity": SeverityConfig}
 
 

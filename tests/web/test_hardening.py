@@ -34,7 +34,7 @@ from covidcxr.web import create_app
 from covidcxr.web.app import UploadLimit
 
 HERE = Path(__file__).parent
-SRC = HERE.parent / "src"
+SRC = HERE.parents[1] / "src"
 
 #: File names an adversarial user would try: math text, backslashes, braces, control characters,
 #: a right-to-left override, a name of 250 bytes (the stem plus "_heatmap.png" would pass 255).

@@ -20,7 +20,7 @@ from covidcxr.specs import WeightSpec, shipped_spec_path
 from covidcxr.views import lung_view
 
 METHODS = [m for m in ENHANCEMENTS if m != "none"]
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 def _image_and_mask() -> tuple[np.ndarray, np.ndarray]:
@@ -250,7 +250,7 @@ def test_training_configs_default_to_none_and_take_an_override():
     from covidcxr.engine.diagnosis import DiagTrainConfig
     from covidcxr.engine.segmentation import SegTrainConfig
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "configs"
     for cls, name in ((DiagTrainConfig, "diagnosis_cnn.yaml"), (SegTrainConfig, "segmentation.yaml")):
         assert load_config(cls, configs / name).enhancement == "none"  # the string, not YAML's null
         assert load_config(cls, configs / name, ["enhancement=dehaze"]).enhancement == "dehaze"

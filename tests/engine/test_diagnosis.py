@@ -140,6 +140,7 @@ def _toy_views(n, rng):
     return {"images": images, "lungs": lungs, "labels": labels, "samples": samples, "lung_fraction": np.ones(n)}
 
 
+@pytest.mark.integration
 def test_fit_learns_checkpoints_and_resumes(tmp_path):
     rng = np.random.default_rng(0)
     train, val = _toy_views(96, rng), _toy_views(48, rng)
@@ -164,6 +165,7 @@ def test_fit_learns_checkpoints_and_resumes(tmp_path):
     assert again["best_epoch"] == res["best_epoch"] and len(again["history"]) == 3
 
 
+@pytest.mark.integration
 def test_lung_attention_moves_class_evidence_into_the_lungs(tmp_path):
     """The class cue is drawn inside and outside the lungs; the penalty shifts the activation inside."""
     rng = np.random.default_rng(0)
@@ -208,6 +210,7 @@ def test_torchxrayvision_densenet_state_dict_initialises_densenet121(tmp_path):
     assert torch.equal(model.features.conv0.weight, torch.load(path, weights_only=True)["features.conv0.weight"])
 
 
+@pytest.mark.integration
 def test_cross_validation_trains_k_folds_on_train_and_val_patients(tmp_path):
     from covidcxr.engine.diagnosis import _cross_validate
 
@@ -235,7 +238,7 @@ def test_view_cache_serves_any_copy_of_the_data(tmp_path, monkeypatch):
     from covidcxr.infer import LungSegmenter
 
     monkeypatch.setenv("COVIDCXR_CACHE", str(tmp_path / "cache"))
-    fixtures = Path(__file__).parent / "fixtures"
+    fixtures = Path(__file__).parents[1] / "fixtures"
     names = ["ieee8023_2cd63b76.jpg", "kermany_IM-0117-0001.jpeg"]
     for copy in ("a", "b"):
         (tmp_path / copy).mkdir()
