@@ -80,3 +80,20 @@ def test_golden_output_on_fixture(fixtures):
     manual = np.asarray(Image.open(fixtures / "ieee8023_2cd63b76_lungs-v7labs.png"))
     assert dice(mask, manual == 255, manual != 127) > 0.9
     assert prob.dtype == np.float32 and prob.min() >= 0 and prob.max() <= 1
+
+
+def test_golden_output_of_the_imagenet_start_lung_model(fixtures):
+    """The ImageNet-start lung model (docs/experiments/imagenet-start.md) gives its recorded mask and test Dice."""
+    from covidcxr.specs import WEIGHTS_DIR
+
+    spec_path = WEIGHTS_DIR / "unet_mobilenetv2_lungs_imagenet.json"
+    seg = LungSegmenter.from_spec(spec_path)  # verifies the sha256
+    image = read_image(fixtures / "ieee8023_2cd63b76.jpg")
+    mask = seg.segment([image])[0]
+    golden = np.asarray(Image.open(fixtures / "golden/ieee8023_2cd63b76_lungs_imagenet.png")) > 0
+    assert dice(mask, golden) > 0.995
+    manual = np.asarray(Image.open(fixtures / "ieee8023_2cd63b76_lungs-v7labs.png")) > 0
+    assert dice(mask, manual) > 0.9
+    spec = json.loads(spec_path.read_text())
+    assert spec["training"]["config"]["init"].startswith("imagenet-file:")
+    assert spec["metrics"]["dice"]["all_manual"]["value"] >= 0.960
