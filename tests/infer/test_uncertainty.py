@@ -34,3 +34,17 @@ def test_the_fitted_threshold_is_the_first_quantile_right_80_percent_of_the_time
     assert 1.8 < fitted["no_finding_max_extent"] <= 2.0 and 1.0 <= fitted["pneumonia_min_extent"] < 1.5
     hopeless = fit({"top": top, "correct": np.zeros(2000, bool), "label": label, "extent": extent})
     assert hopeless["min_top_probability"] == 1.0
+
+
+def test_read_split_reads_every_readable_sample(fixtures):
+    from covidcxr.engine.uncertainty import read_split
+    from covidcxr.infer import Predictor
+
+    samples = [
+        {"path": str(fixtures / "ieee8023_2cd63b76.jpg"), "label": 0, "dataset": "covid-chestxray"},
+        {"path": str(fixtures / "missing.png"), "label": 2, "dataset": "nih-chestxray8"},
+        {"path": str(fixtures / "nih_00000710_003.png"), "label": 2, "dataset": "nih-chestxray8"},
+    ]
+    out = read_split(Predictor.load(use_gate=False, saliency=False), samples, batch_size=2)
+    assert list(out["dataset"]) == ["covid-chestxray", "nih-chestxray8"] and list(out["label"]) == [0, 2]
+    assert ((out["top"] > 1 / 3) & (out["top"] <= 1)).all() and out["correct"].dtype == bool

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..batch import read_batches
 from ..data import load_records
 from ..data.classification import classification_samples
 from ..data.labels import CLASSES
 from ..infer import Predictor
 from ..infer.uncertainty import uncertain_reason
-from ..io import ImageReadError, read_image
 from ..specs import WeightSpec
 
 log = logging.getLogger(__name__)
@@ -30,15 +30,13 @@ def read_split(predictor: Predictor, samples: list[dict], batch_size: int = 16) 
     cols: dict[str, list] = {
         k: [] for k in ("top", "correct", "prediction", "extent", "lesion_share", "label", "dataset")
     }
-    for start in tqdm(range(0, len(samples), batch_size), desc="validation readings", unit="batch"):
-        chunk, images = [], []
-        for s in samples[start : start + batch_size]:
-            try:
-                images.append(read_image(s["path"]))
-                chunk.append(s)
-            except ImageReadError as err:
+    batches = read_batches([s["path"] for s in samples], batch_size)
+    for batch in tqdm(batches, total=-(-len(samples) // batch_size), desc="validation readings", unit="batch"):
+        for _, _, err in batch:
+            if err is not None:
                 log.warning("skipping %s", err)
-        for s, res in zip(chunk, predictor.run(images), strict=True):
+        good = [(samples[j], im) for j, im, _ in batch if im is not None]
+        for (s, _), res in zip(good, predictor.run([im for _, im in good]), strict=True):
             if not res.ok:
                 continue
             p = np.array([res.probabilities[c] for c in CLASSES])
