@@ -140,19 +140,23 @@ def adv_run(tmp_path_factory):
     return seg.main(_cfg(tmp_path_factory.mktemp("adv") / "run", 2, "adversarial=true", "disc_channels=16"))
 
 
+@pytest.mark.integration
 def test_adversarial_run_exports_a_spec_that_says_so(adv_run):
     ckpt = torch.load(adv_run / "checkpoint.pt", weights_only=True)
     assert {"disc", "disc_optimizer"} <= set(ckpt) and ckpt["disc"]["net.0.weight"].shape[0] == 16
     for h in ckpt["history"]:
         assert math.isfinite(h["d_loss"]) and math.isfinite(h["g_adv"]) and h["d_loss"] > 0
-    _, spec = load_weights(adv_run / "export" / "unet_mobilenetv2_lungs.json")
+    (spec_path,) = (adv_run / "export").glob("*.json")  # named after the run (no config names it)
+    assert spec_path.name == "unet_mobilenetv2-run.json"
+    _, spec = load_weights(spec_path)
     assert spec.training["config"]["adversarial"] is True
     assert spec.training["config"]["adv_weight"] == seg.SegTrainConfig.adv_weight
-    assert spec.training["command"].endswith("--adversarial")
-    exported = torch.load(adv_run / "export" / "unet_mobilenetv2_lungs.pt", weights_only=True)
+    assert spec.training["command"]  # the command line that ran (here: pytest's)
+    exported = torch.load(spec_path.with_suffix(".pt"), weights_only=True)
     assert set(exported) == set(create_model("unet_mobilenetv2").state_dict())  # the U-Net alone ships
 
 
+@pytest.mark.integration
 def test_adversarial_run_resumes_to_the_same_result(adv_run, tmp_path, monkeypatch):
     part = tmp_path / "part"
     cfg = _cfg(part, 2, "adversarial=true", "disc_channels=16")
@@ -178,6 +182,7 @@ def test_adversarial_run_resumes_to_the_same_result(adv_run, tmp_path, monkeypat
     assert [h["d_loss"] for h in a["history"]] == [h["d_loss"] for h in b["history"]]
 
 
+@pytest.mark.integration
 def test_plain_path_is_unchanged_by_the_adversarial_settings(tmp_path):
     a = seg.main(_cfg(tmp_path / "a", 1))
     b = seg.main(_cfg(tmp_path / "b", 1, "adv_weight=0.9", "disc_lr=0.1", "disc_channels=8", "disc_layers=2"))
@@ -220,6 +225,7 @@ def _perturbed_copy(directory):
     return save_weights(model, spec, directory)
 
 
+@pytest.mark.integration
 def test_comparison_with_itself_is_exactly_zero_and_with_a_perturbed_copy_is_not(tmp_path, data_root, capsys):
     shipped = shipped_spec_path("lungs")
     out = tmp_path / "same"
