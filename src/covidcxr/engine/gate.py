@@ -1,6 +1,6 @@
 """Fitting and evaluating the input gate: ``covidcxr train gate`` and ``covidcxr evaluate gate``.
 
-The gate (:mod:`covidcxr.gate`) is a logistic regression on stage-1 features and mask geometry,
+The gate (:mod:`covidcxr.infer.gate`) is a logistic regression on stage-1 features and mask geometry,
 an intensity check and a reason head, all fitted with scikit-learn in one pass over cached
 examples (:mod:`covidcxr.engine.gate_data`): no epochs, so no training loop.
 """

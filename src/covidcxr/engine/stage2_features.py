@@ -7,7 +7,7 @@ zones) -> findings (:func:`covidcxr.infer.findings.finding_facts`) and lung-pool
 - ``lungenc``: the stage-1 encoder's deepest map averaged inside the lungs (1280);
 - ``imagenet``: an ImageNet MobileNetV2 (``../shared/pretrained``, frozen) on the masked lung
   view (everything outside the lungs set to 0), its last map averaged inside the lungs (1280);
-- ``findings``: the :data:`covidcxr.findings.FACTS`.
+- ``findings``: the :data:`covidcxr.infer.findings.FACTS`.
 
 With ``blackout`` the same numbers are computed again with the lungs set to 0 in the input
 image (``True``: the shortcut audit, what is left when the lungs are gone), or with everything

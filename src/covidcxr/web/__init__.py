@@ -1,4 +1,4 @@
-"""``covidcxr serve``: a REST API and an offline web page in front of :class:`covidcxr.predict.Pipeline`.
+"""``covidcxr serve``: a REST API and an offline web page in front of :class:`covidcxr.infer.Predictor`.
 
 Thin by design: the app reads the upload with :func:`covidcxr.io.read_image`, runs the
 pipeline and builds the same row as ``predictions.jsonl``; nothing else. Needs the
