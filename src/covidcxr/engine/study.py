@@ -219,7 +219,7 @@ def stage2_latency(
     model: torch.nn.Module, dcfg: DiagTrainConfig, enhancement: str, image: np.ndarray, mask: np.ndarray, repeats: int
 ) -> np.ndarray:
     """Seconds per image of stage 2 as ``predict`` runs it (lung view, enhancement, classifier), ``repeats`` times."""
-    from ..infer import Diagnoser
+    from ..infer import Diagnoser, TorchRunner
 
     spec = WeightSpec(
         name="study",
@@ -234,7 +234,7 @@ def stage2_latency(
         margin=dcfg.margin,
         enhancement=enhancement,
     )
-    diagnoser = Diagnoser(model, spec)
+    diagnoser = Diagnoser(TorchRunner(model, spec))
     times = []
     with eval_mode(model):
         for i in range(repeats + 2):
