@@ -15,9 +15,13 @@ The public API, imported on first use (``import covidcxr`` stays fast and loads 
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("covidcxr")  # the installed distribution's
+except PackageNotFoundError:  # a source tree on sys.path without an install
+    __version__ = "0.1.0"
 
 _PUBLIC = {
     "Predictor": "covidcxr.infer",

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from . import __version__
 from .data.labels import CLASSES
 from .infer.uncertainty import CAVEAT
+from .infer.zones import zone_borders
 
 if TYPE_CHECKING:
     from .infer import Result
@@ -142,7 +144,7 @@ def report_notes(result: Result) -> list[str]:
         notes.append(findings_line(result.findings))
     notes += [f"Warning: {w}" for w in result.warnings][:3]
     models = ", ".join(f"{m['name']} ({m['sha256'][:8]})" for m in result.model.values())
-    notes.append(f"Models: {models}; covidcxr {_version()}.")
+    notes.append(f"Models: {models}; covidcxr {__version__}.")
     notes.append(f"{CAVEAT} {DISCLAIMER}")
     return notes
 
@@ -192,15 +194,6 @@ def _probability_panel(ax, probabilities: dict[str, float]) -> None:
     ax.spines[["top", "right", "left"]].set_visible(False)
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("covidcxr")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def findings_line(findings: dict) -> str:
     """One line of the findings behind the diagnosis, for the report."""
     opacity, pattern = findings["airspace_opacity"], findings["covid_pattern"]
@@ -221,10 +214,7 @@ def _severity_panel(
     les = np.stack([_shrink_mask(m, small.shape) for m in lesions])
     z = np.asarray(Image.fromarray(zones).resize((small.shape[1], small.shape[0]), Image.Resampling.NEAREST))
     rgb = lesion_overlay(small, les, lungs)
-    border = np.zeros(z.shape, bool)  # zone borders inside the lungs, drawn into the pixels (cheaper than contours)
-    border[1:] |= (z[1:] != z[:-1]) & (z[1:] > 0) & (z[:-1] > 0)
-    border[:, 1:] |= (z[:, 1:] != z[:, :-1]) & (z[:, 1:] > 0) & (z[:, :-1] > 0)
-    rgb[border] = (255, 255, 255)
+    rgb[zone_borders(z)] = (255, 255, 255)  # drawn into the pixels (cheaper than contours)
     ax.imshow(rgb)
     for k, name in enumerate(ZONES, start=1):
         ys, xs = np.nonzero(z == k)

@@ -21,15 +21,10 @@ NO_GATE_HELP = "read images the gate would refuse (research use; a warning is ke
 
 
 def package_version() -> str:
-    """The installed distribution's version, else the source tree's ``covidcxr.__version__``."""
-    from importlib.metadata import PackageNotFoundError, version
+    """The installed distribution's version, else the source tree's (``covidcxr.__version__``)."""
+    from .. import __version__
 
-    try:
-        return version("covidcxr")
-    except PackageNotFoundError:
-        from .. import __version__
-
-        return __version__
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,6 +66,15 @@ def brixia_zones(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def zone_borders(zones: np.ndarray) -> np.ndarray:
+    """Pixels on the border between two Brixia zones, inside the lungs, of a (H, W) zone map (bool)."""
+    z = np.asarray(zones)
+    border = np.zeros(z.shape, bool)
+    border[1:] |= (z[1:] != z[:-1]) & (z[1:] > 0) & (z[:-1] > 0)
+    border[:, 1:] |= (z[:, 1:] != z[:, :-1]) & (z[:, 1:] > 0) & (z[:, :-1] > 0)
+    return border
+
+
 def _block_mean(weights: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Average (..., H, W) over blocks down to ``shape`` (H, W multiples of it: adaptive average pooling)."""
     h, w = weights.shape[-2:]

@@ -59,6 +59,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from .. import __version__
 from ..batch import trim_heap
 from ..infer import Predictor, Result
 from ..infer.gate import OVERRIDE
@@ -309,7 +310,7 @@ def create_app(
         title="covidcxr",
         summary="Chest X-ray lung segmentation, COVID-19 pneumonia reading and severity scores.",
         description="Research and teaching only; not for clinical decisions.",
-        version=_version(),
+        version=__version__,
         lifespan=thread.lifespan,
         docs_url=None,  # served below from this server's own copy of Swagger UI, not from a CDN
         redoc_url=None,
@@ -336,12 +337,3 @@ def create_app(
     _add_predict(app, thread.runs(_reader(pipeline, queue, max_upload_bytes, max_pixels, too_large)))
 
     return app
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("covidcxr")
-    except PackageNotFoundError:
-        return "unknown"

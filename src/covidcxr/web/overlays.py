@@ -9,13 +9,14 @@ import numpy as np
 from PIL import Image
 
 from ..infer import Result
+from ..infer.zones import zone_borders
 from ..io import png_bytes, rgb_png
+from ..plots import LESION_COLORS  # the report's colours
 
 #: Longer side of the image and overlays the page draws, at most.
 DISPLAY_SIDE = 1024
 #: Overlay colours (RGB): lung outline cyan, lesions ground-glass yellow and consolidation red, zone borders white.
 LUNG_COLOR = (0, 229, 255)
-LESION_COLORS = ((255, 200, 0), (230, 30, 30))
 ZONE_COLOR = (255, 255, 255)
 
 #: Heat map: values below this are not drawn; opacity grows with the value up to HEAT_ALPHA at 1.
@@ -80,9 +81,7 @@ def overlays(result: Result, size: tuple[int, int]) -> dict[str, np.ndarray | No
         from scipy import ndimage
 
         z = _resized(np.asarray(result.zones, np.uint8), size, Image.Resampling.NEAREST)
-        border = np.zeros(shape, bool)  # borders between two zones, inside the lungs
-        border[1:] |= (z[1:] != z[:-1]) & (z[1:] > 0) & (z[:-1] > 0)
-        border[:, 1:] |= (z[:, 1:] != z[:, :-1]) & (z[:, 1:] > 0) & (z[:, :-1] > 0)
+        border = zone_borders(z)
         if line > 1:
             border = ndimage.binary_dilation(border, iterations=line // 2)
         rgba = _rgba(shape)
