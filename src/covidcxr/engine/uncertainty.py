@@ -17,7 +17,7 @@ from ..data import load_records
 from ..data.classification import classification_samples
 from ..data.labels import CLASSES
 from ..infer import Predictor
-from ..infer.uncertainty import uncertain_reason
+from ..infer.uncertainty import RULES, uncertain_rule
 from ..specs import WeightSpec
 
 log = logging.getLogger(__name__)
@@ -90,28 +90,22 @@ def evaluate(data_root: str | None, out: str | Path, spec_path: str | Path | Non
 
 def uncertain_share(readings: dict[str, np.ndarray], fitted: dict) -> dict:
     """How many validation readings each rule marks, and the accuracy of the readings left certain."""
-    reasons = [
-        uncertain_reason(p, t, e, ls, fitted)
+    rules = [
+        uncertain_rule(p, t, e, ls, fitted)
         for p, t, e, ls in zip(
             readings["prediction"], readings["top"], readings["extent"], readings["lesion_share"], strict=True
         )
     ]
-    flagged = np.array([r is not None for r in reasons])
+    flagged = np.array([r is not None for r in rules])
     correct = readings["correct"]
-    by_rule = {
-        "low top probability": sum(r is not None and ("top probability" in r or "validation" in r) for r in reasons),
-        "findings against No finding": sum(
-            r is not None and "yet the diagnosis reads No finding" in r for r in reasons
-        ),
-        "pneumonia without opacity": sum(r is not None and "no lesion" in r for r in reasons),
-    }
+    by_rule = {rule: rules.count(rule) for rule in RULES}
     order = np.argsort(-readings["top"], kind="stable")
     most_confident = {
         f"{share:.0%}": round(float(correct[order[: max(1, int(share * len(order)))]].mean()), 4)
         for share in (0.1, 0.25, 0.5, 1.0)
     }
     return {
-        "n": int(len(reasons)),
+        "n": int(len(rules)),
         "accuracy_of_the_most_confident": most_confident,
         "uncertain": int(flagged.sum()),
         "by_rule": {k: int(v) for k, v in by_rule.items()},

@@ -88,7 +88,8 @@ class LungSegmenter:
 
     def segment(self, images: Sequence[np.ndarray], postprocess: bool = True, features: bool = False):
         """Boolean lung masks (H, W) at each image's own size; with ``features``, ``(masks, features (N, C))``."""
-        maps, feats = self.probabilities(images, features=True)
+        out = self.probabilities(images, features=features)
+        maps, feats = out if features else (out, None)
         masks = self.masks(maps, postprocess)
         return (masks, feats) if features else masks
 

@@ -48,7 +48,6 @@ class TorchRunner:
         # channels_last: faster CPU convolutions (a no-op for the linear models)
         self.module = g.module.eval().to(memory_format=torch.channels_last)
         self.inputs, self.outputs = g.inputs, g.outputs
-        self._torch = torch
 
     @classmethod
     def load(cls, spec_path: str | Path | None, kind: str) -> TorchRunner:
@@ -59,7 +58,8 @@ class TorchRunner:
         return cls(model, spec)
 
     def run(self, **arrays: np.ndarray) -> list[np.ndarray]:
-        torch = self._torch
+        import torch  # imported at construction already: a dictionary lookup here
+
         tensors = []
         for name in self.inputs:
             t = torch.from_numpy(np.ascontiguousarray(arrays[name], np.float32))
