@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from covidcxr.engine.gate import KIND_LABELS, decide, fit_intensity_check
-from covidcxr.engine.gate_images import HOSPITAL_MARKS, PHOTOS, augment_frontal, negative_images
+from covidcxr.engine.gate_images import ALL_MARKS, HOSPITAL_MARKS, PHOTOS, augment_frontal, negative_images
 from covidcxr.engine.gate_report import (
     contact_sheet,
     rate_with_ci,
@@ -199,7 +199,7 @@ def test_augmentation_keeps_size_and_range():
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:300, 0:420]
     film = (0.4 + 0.3 * np.sin(xx / 17) * np.cos(yy / 23)).astype(np.float32)
-    for marks in [(m,) for m in HOSPITAL_MARKS] + [HOSPITAL_MARKS]:
+    for marks in [(m,) for m in ALL_MARKS] + [HOSPITAL_MARKS, ALL_MARKS]:
         for image in (film, film[:120, :90]):
             out = augment_frontal(image, rng, marks)
             assert out.shape == image.shape and out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1, marks
@@ -207,6 +207,11 @@ def test_augmentation_keeps_size_and_range():
     assert np.array_equal(a, augment_frontal(film, np.random.default_rng(5))) and not np.array_equal(a, film)
     tubes = augment_frontal(film, rng, ("tubes",))
     assert (tubes > 0.8).mean() > (film > 0.8).mean()  # bright lines added
+    framed = augment_frontal(film, rng, ("surround",))
+    # at least 28% of the image becomes a bright surround (>= 0.55), uneven (no uniform band to crop)
+    assert (framed > 0.5).mean() > (film > 0.5).mean() + 0.15 and np.ptp(framed[0]) > 0.01
+    # the shipped recipe's marks and draws: the candidate mark is outside it
+    assert "surround" in ALL_MARKS and "surround" not in HOSPITAL_MARKS
 
 
 def test_wilson_interval_and_rates_per_kind():

@@ -90,3 +90,34 @@ def test_loso_scores_every_comparison_out_of_source():
 def test_unknown_design_names_the_known_ones():
     with pytest.raises(ValueError, match="within_source"):
         make_design("nope")
+
+
+def _facts(peripheral, lower_zone, bilateral):
+    from covidcxr.infer.findings import FACTS
+
+    f = np.zeros((len(peripheral), len(FACTS)))
+    for name, v in (("peripheral", peripheral), ("lower_zone", lower_zone), ("bilateral", bilateral)):
+        f[:, FACTS.index(name)] = v
+    return f
+
+
+def test_pattern_prior_ranks_the_covid_pattern_first():
+    from covidcxr.engine.heads import pattern_prior
+
+    q = pattern_prior(_facts([0.9, 0.5, 0.2, 0.0], [0.8, 0.33, 0.1, 0.0], [0.3, 0.2, 0.0, 0.0]))
+    # bilateral peripheral lower-zone > diffuse bilateral > unilateral central upper > no lesion at all
+    assert q[0] > q[1] > q[2] > q[3] == 0.0 and (q <= 1).all()
+
+
+def test_within_source_prior_learns_abnormal_only():
+    x, y, src, _ = _shortcut_data()
+    x = np.concatenate([x, _facts(*np.random.default_rng(1).random((3, len(y))))], axis=1)
+    a = make_design("within_source_prior").fit(x, y, src)
+    flipped = np.where(y == COVID, OTHER, np.where(y == OTHER, COVID, y))  # COVID-19 and other pneumonia swapped
+    b = make_design("within_source_prior").fit(x, flipped, src)
+    pa, pb = a.predict_proba(x), b.predict_proba(x)
+    assert np.allclose(pa, pb)  # the COVID-19 factor reads no label
+    assert np.allclose(pa.sum(1), 1)
+    assert roc_auc_score(y != NORMAL, 1 - pa[:, NORMAL]) > 0.7  # the abnormal factor is learned
+    with pytest.raises(ValueError, match="finding facts"):
+        make_design("within_source_prior").fit(x[:, :5], y, src)

@@ -50,10 +50,16 @@ def cmd_evaluate_segmentation(args: argparse.Namespace) -> int:
 def cmd_evaluate_diagnosis(args: argparse.Namespace) -> int:
     from ..engine.evaluate_diagnosis import evaluate_diagnosis
 
-    if args.protocol == "loso":
+    if args.protocol == "loso" and args.designs == "cnn":
+        from ..engine.loso_cnn import CnnRecipe, evaluate_cnn_loso
+
+        quick = {"input_size": 64, "epochs": 1, "draws_per_epoch": 64, "batch_size": 16} if args.limit else {}
+        evaluate_cnn_loso(data_root=args.data_root, out_dir=args.out, recipe=CnnRecipe(**quick), limit=args.limit)
+    elif args.protocol == "loso":
         from ..engine.loso import evaluate_loso
 
         evaluate_loso(data_root=args.data_root, out_dir=args.out)
+    if args.protocol == "loso":
         print((Path(args.out) / "loso.md").read_text())
         print(f"results: {Path(args.out) / 'loso.json'} and loso.png")
         return 0

@@ -140,12 +140,18 @@ def fit_all(
     augmented: bool = True,
     percentile: float = INTENSITY_PERCENTILE,
     max_false_refusal: float = 0.01,
+    intensity_with: tuple[str, ...] = (),
 ):
-    """(gate, threshold, intensity check with its reason head) from cached examples; validation sets the threshold only."""
+    """(gate, threshold, intensity check with its reason head) from cached examples; validation sets the threshold only.
+
+    ``intensity_with``: keys of ``data`` (``train_augmented``, ``train_surround``) whose frontal
+    copies the intensity check is fitted on beside the unaltered frontal training films.
+    """
     train = concat(data["train"], data["train_augmented"]) if augmented and "train_augmented" in data else data["train"]
     gate = fit_gate(train["x"], train["y"], C)
     threshold = fit_threshold(gate_probability(gate, data["val"]["x"][data["val"]["y"] == 1]), max_false_refusal)
-    check = fit_intensity_check(data["train"]["facts"][data["train"]["y"] == 1], percentile)
+    frontal = concat(data["train"], *(data[k] for k in intensity_with))
+    check = fit_intensity_check(frontal["facts"][frontal["y"] == 1], percentile)
     check["kinds"] = fit_kind_head(gate_probability(gate, train["x"]), train)
     return gate, threshold, check
 
@@ -181,7 +187,7 @@ def out_of_fold(data: dict[str, dict], records: list[dict], source: str = "hanno
         fold = {
             s: (subset(d, ~held(d)) if s.startswith("train") else d)
             for s, d in data.items()
-            if s in ("train", "train_augmented", "val")
+            if s.startswith("train") or s == "val"
         }
         gate, threshold, check = fit_all(fold, **fit_kw)
         test = held(train) & mine
@@ -286,12 +292,16 @@ def train_gate(
     records = load_records(data_root)
     segmenter = LungSegmenter.from_spec()
     data = gate_data(records, segmenter, out, augmented=augmented, limit=limit)
-    gate, threshold, check = fit_all(data, C, augmented, percentile, max_false_refusal)
+    fit_kw = {
+        "C": C,
+        "augmented": augmented,
+        "percentile": percentile,
+        "max_false_refusal": max_false_refusal,
+    }
+    gate, threshold, check = fit_all(data, **fit_kw)
     results, wrong = score(gate, ThresholdSpec(threshold, check), data)
     totals = source_totals(results)
-    oof = out_of_fold(
-        data, records, "hannover", C=C, augmented=augmented, percentile=percentile, max_false_refusal=max_false_refusal
-    )
+    oof = out_of_fold(data, records, "hannover", **fit_kw)
     settings = {
         "max_false_refusal": max_false_refusal,
         "C": C,

@@ -9,7 +9,7 @@ import numpy as np
 from ..infer.gate import blank_reason, gate_records, intensity_facts
 from ..io import ImageReadError, read_image
 from ..postprocess import geometry
-from .gate_images import augment_frontal, negative_images, variant_images
+from .gate_images import HOSPITAL_MARKS, augment_frontal, negative_images, variant_images
 
 #: Training settings of the shipped gate (docs/experiments/gate-hospital-sources.md).
 MAX_FRONTAL_PER_SOURCE = 600
@@ -139,17 +139,27 @@ def split_data(
 
 
 def augmented_data(
-    records: list[dict], split: str, segmenter, per_source: int, cache: Path | None = None, seed: int = 0
+    records: list[dict],
+    split: str,
+    segmenter,
+    per_source: int,
+    cache: Path | None = None,
+    seed: int = 0,
+    marks: tuple[str, ...] = HOSPITAL_MARKS,
+    tag: str = "augmented",
 ) -> dict:
-    """Gate examples of :func:`augment_frontal` copies of up to ``per_source`` frontal films per source of a split (target 1)."""
+    """Gate examples of :func:`augment_frontal` copies (``marks``) of up to ``per_source`` frontal films per source of a split (target 1).
+
+    Their kinds and names carry ``tag`` (``<source>:frontal:<tag>``, ``<path>#<tag>``).
+    """
 
     def build() -> dict:
         rng = np.random.default_rng([seed, 7, ("train", "val", "test").index(split)])
         frontal = _subsample(gate_records(records, split)[0], per_source, rng)
         items = [
-            (f"{k}:augmented", f"{n}#augmented", 1, augment_frontal(im, rng)) for k, n, im in _read_group(frontal, 1)
+            (f"{k}:{tag}", f"{n}#{tag}", 1, augment_frontal(im, rng, marks)) for k, n, im in _read_group(frontal, 1)
         ]
-        return _featurise(items, segmenter, f"gate features ({split}, augmented)")
+        return _featurise(items, segmenter, f"gate features ({split}, {tag})")
 
     return cached(cache, build)
 

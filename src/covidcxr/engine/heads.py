@@ -13,6 +13,8 @@ Every design maps features (N, D) of training images with labels (indices into
 - ``source_erased``: ``pooled`` after the source is projected out of the features by
   iterative null-space projection (a linear source classifier is fitted and its directions
   removed, round after round): the linear counterpart of adversarial removal.
+- ``within_source_prior``: ``within_source``'s P(abnormal) with P(COVID-19 | abnormal) the
+  radiological pattern prior on the finding facts, not learned (:func:`pattern_prior`).
 
 All are scikit-learn estimators on standardised features (the scaler is part of the model).
 """
@@ -24,9 +26,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from ..data.labels import CLASSES
+from ..infer.findings import FACTS
 
 COVID, OTHER, NORMAL = (CLASSES.index(c) for c in ("COVID-19", "Other pneumonia", "No finding"))
-DESIGNS = ("pooled", "within_source", "source_erased")
+DESIGNS = ("pooled", "within_source", "source_erased", "within_source_prior")
 C = 0.1
 PAIRS_PER_SOURCE = 2000
 ERASE_ROUNDS = 8
@@ -167,9 +170,45 @@ class SourceErased(Pooled):
         return super().predict_proba(self._erase(x))
 
 
+def pattern_prior(facts: np.ndarray) -> np.ndarray:
+    """P(COVID-19 | abnormal) from the radiological pattern alone, not learned: (N,) in [0, 1].
+
+    COVID-19 pneumonia on a chest radiograph is typically bilateral, peripheral and lower-zone
+    predominant; q = (peripheral + lower_zone + min(1, 10 x bilateral)) / 3 on the finding facts
+    (N, len(FACTS)) of :data:`covidcxr.infer.findings.FACTS`. No lesion: 0.
+    """
+    col = {name: FACTS.index(name) for name in ("peripheral", "lower_zone", "bilateral")}
+    f = np.asarray(facts, np.float64)
+    q = (f[:, col["peripheral"]] + f[:, col["lower_zone"]] + np.minimum(1.0, 10 * f[:, col["bilateral"]])) / 3
+    return np.clip(q, 0.0, 1.0)
+
+
+class WithinSourcePrior(WithinSource):
+    """P(abnormal) as :class:`WithinSource`; P(COVID-19 | abnormal) the fixed :func:`pattern_prior`.
+
+    The finding facts are the last ``len(FACTS)`` columns of ``x`` (as in every feature set that has them).
+    """
+
+    def fit(self, x: np.ndarray, labels: np.ndarray, sources: np.ndarray, seed: int = 0) -> WithinSourcePrior:
+        if x.shape[1] < len(FACTS):
+            raise ValueError(f"within_source_prior reads the {len(FACTS)} finding facts; got {x.shape[1]} columns")
+        self.scaler = StandardScaler().fit(x)
+        self.abnormal = RankingHead().fit(self.scaler.transform(x), labels != NORMAL, labels == NORMAL, sources, seed)
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        p_abn, q = self.abnormal.proba(self.scaler.transform(x)), pattern_prior(x[:, -len(FACTS) :])
+        return np.stack([p_abn * q, p_abn * (1 - q), 1 - p_abn], axis=1)
+
+
 def make_design(name: str):
     """A fresh, unfitted model of design ``name``."""
-    designs = {"pooled": Pooled, "within_source": WithinSource, "source_erased": SourceErased}
+    designs = {
+        "pooled": Pooled,
+        "within_source": WithinSource,
+        "source_erased": SourceErased,
+        "within_source_prior": WithinSourcePrior,
+    }
     if name not in designs:
         raise ValueError(f"unknown stage-2 design {name!r}; known: {', '.join(DESIGNS)}")
     return designs[name]()

@@ -244,6 +244,7 @@ def run_loso(
 DEFAULT_ROWS = {
     "within_source / imagenet+findings": ("within_source", "imagenet+findings"),
     "within_source / findings": ("within_source", "findings"),
+    "within_source_prior / findings": ("within_source_prior", "findings"),
     "pooled / imagenet+findings": ("pooled", "imagenet+findings"),
     "pooled / findings": ("pooled", "findings"),
     "source_erased / imagenet+findings": ("source_erased", "imagenet+findings"),
