@@ -397,3 +397,48 @@ def test_predict_counts_refusals_by_reason(tmp_path, capsys):
         and "--no-gate" in noise["error"]
     )
     assert f"2 refused (1 blank, 1 {noise['refusal_reason']})" in capsys.readouterr().err
+
+
+def test_film_box_trims_a_bright_smooth_surround_and_nothing_else():
+    from covidcxr.infer.gate import film_box
+
+    yy, xx = np.mgrid[0:240, 0:300]
+    film = (0.35 + 0.3 * np.sin(xx / 5) * np.cos(yy / 7)).astype(np.float32)  # textured, as a film is
+    assert film_box(film) == (0, 240, 0, 300)
+    framed = (0.6 + 0.35 * np.mgrid[0:480, 0:600][0] / 480).astype(np.float32)  # light grey to white, a gradient
+    framed[100:340, 150:450] = film
+    y0, y1, x0, x1 = film_box(framed)
+    cell = 600 / 128  # read on a 128-px copy: the box holds the film and at most 3 cells of surround per side
+    assert 100 - 3 * cell <= y0 <= 100 and 340 <= y1 <= 340 + 3 * cell
+    assert 150 - 3 * cell <= x0 <= 150 and 450 <= x1 <= 450 + 3 * cell
+    ct = np.zeros((480, 600), np.float32)  # a dark surround (a CT slice's air) is kept
+    ct[100:340, 150:450] = film
+    assert film_box(ct) == (0, 480, 0, 600)
+    mask = np.zeros(framed.shape, bool)
+    mask[150:300, 180:420] = True
+    # the film facts of the framed film are near those of the film alone; read with the surround they are not
+    alone = intensity_facts(film, mask[100:340, 150:450])
+    err_film = np.abs(intensity_facts(framed, mask, "film") - alone).max()
+    err_borders = np.abs(intensity_facts(framed, mask) - alone).max()
+    assert err_film < 0.15 and err_film < 0.5 * err_borders
+    with pytest.raises(ValueError, match="crop"):
+        intensity_facts(framed, mask, "lungs")
+
+
+def test_a_check_fitted_on_film_facts_is_read_on_the_film():
+    from covidcxr.engine.gate import fit_intensity_check
+
+    rng = np.random.default_rng(0)
+    facts = rng.normal(0.5, 0.05, (200, len(INTENSITY_FACTS)))
+    assert "crop" not in fit_intensity_check(facts)  # the shipped kind of check: facts after uniform borders only
+    check = fit_intensity_check(facts, crop="film")
+    assert check["crop"] == "film"
+    yy, xx = np.mgrid[0:240, 0:300]
+    film = (0.35 + 0.3 * np.sin(xx / 5) * np.cos(yy / 7)).astype(np.float32)
+    framed = (0.6 + 0.35 * np.mgrid[0:480, 0:600][0] / 480).astype(np.float32)
+    framed[100:340, 150:450] = film
+    mask = np.zeros(framed.shape, bool)
+    mask[150:300, 180:420] = True
+    near = {**check, "mean": intensity_facts(framed, mask, "film").tolist()}
+    assert intensity_refusal(framed, mask, near) is None  # read on the film, as fitted
+    assert intensity_refusal(framed, mask, {**near, "crop": "borders"}) is not None  # read with the surround: far

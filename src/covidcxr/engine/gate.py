@@ -32,8 +32,12 @@ GATE_NAME = "frontal_cxr_gate"
 QUICK_LIMIT = 6
 
 
-def fit_intensity_check(facts: np.ndarray, percentile: float = INTENSITY_PERCENTILE) -> dict:
-    """Mean, precision (Ledoit-Wolf) and limit (``percentile`` of their own distances) of frontal X-rays' facts (N, 10)."""
+def fit_intensity_check(facts: np.ndarray, percentile: float = INTENSITY_PERCENTILE, crop: str = "borders") -> dict:
+    """Mean, precision (Ledoit-Wolf) and limit (``percentile`` of their own distances) of frontal X-rays' facts (N, 10).
+
+    ``crop``: where those facts were read (:func:`covidcxr.infer.gate.intensity_facts`); recorded
+    in the check (``"film"`` only: a check without it reads ``"borders"``) so inference reads the same.
+    """
     from sklearn.covariance import LedoitWolf
 
     lw = LedoitWolf().fit(facts)
@@ -42,6 +46,7 @@ def fit_intensity_check(facts: np.ndarray, percentile: float = INTENSITY_PERCENT
         "mean": lw.location_.tolist(),
         "precision": lw.precision_.tolist(),
         "percentile": percentile,
+        **({"crop": crop} if crop != "borders" else {}),
     }
     check["limit"] = float(np.percentile(intensity_distance(facts, check), percentile))
     return check
@@ -141,17 +146,19 @@ def fit_all(
     percentile: float = INTENSITY_PERCENTILE,
     max_false_refusal: float = 0.01,
     intensity_with: tuple[str, ...] = (),
+    crop: str = "borders",
 ):
     """(gate, threshold, intensity check with its reason head) from cached examples; validation sets the threshold only.
 
     ``intensity_with``: keys of ``data`` (``train_augmented``, ``train_surround``) whose frontal
-    copies the intensity check is fitted on beside the unaltered frontal training films.
+    copies the intensity check is fitted on beside the unaltered frontal training films;
+    ``crop``: where the cached facts were read (recorded in the check).
     """
     train = concat(data["train"], data["train_augmented"]) if augmented and "train_augmented" in data else data["train"]
     gate = fit_gate(train["x"], train["y"], C)
     threshold = fit_threshold(gate_probability(gate, data["val"]["x"][data["val"]["y"] == 1]), max_false_refusal)
     frontal = concat(data["train"], *(data[k] for k in intensity_with))
-    check = fit_intensity_check(frontal["facts"][frontal["y"] == 1], percentile)
+    check = fit_intensity_check(frontal["facts"][frontal["y"] == 1], percentile, crop)
     check["kinds"] = fit_kind_head(gate_probability(gate, train["x"]), train)
     return gate, threshold, check
 
@@ -252,7 +259,7 @@ def _gate_spec(
                 "augmented_per_source": AUGMENTED_PER_SOURCE if augmented else {},
                 **sizes,
             },
-            "augmentation": f"augment_frontal copies of frontal training films: {', '.join(HOSPITAL_MARKS)} (each p = 0.5)"
+            "augmentation": f"augment_frontal copies of frontal training films: {', '.join(settings['marks'])} (each p = 0.5)"
             if augmented
             else "none",
             "classifier": f"sklearn LogisticRegression(C={C}, class_weight='balanced') on standardised features",
@@ -275,11 +282,14 @@ def train_gate(
     limit: int = 0,
     quick: bool = False,
     command: str | None = None,
+    marks: tuple[str, ...] = HOSPITAL_MARKS,
+    crop: str = "borders",
 ) -> dict:
     """Fit the gate on the train split (all sources, with augmented frontal copies), pick its threshold on validation, measure it on test, export it.
 
     ``limit``: at most that many images of each kind per source and split (smoke runs, with
-    ``quick``: the spec and gate_eval.json say ``smoke``); ``command``: the command line the spec records.
+    ``quick``: the spec and gate_eval.json say ``smoke``); ``command``: the command line the spec records;
+    ``marks``: what the augmented copies may carry; ``crop``: where the intensity facts are read.
     """
     from ..data import load_records
     from ..data.splits import SPLIT_VERSION
@@ -291,12 +301,13 @@ def train_gate(
     out.mkdir(parents=True, exist_ok=True)
     records = load_records(data_root)
     segmenter = LungSegmenter.from_spec()
-    data = gate_data(records, segmenter, out, augmented=augmented, limit=limit)
+    data = gate_data(records, segmenter, out, augmented=augmented, limit=limit, marks=marks, crop=crop)
     fit_kw = {
         "C": C,
         "augmented": augmented,
         "percentile": percentile,
         "max_false_refusal": max_false_refusal,
+        "crop": crop,
     }
     gate, threshold, check = fit_all(data, **fit_kw)
     results, wrong = score(gate, ThresholdSpec(threshold, check), data)
@@ -307,6 +318,8 @@ def train_gate(
         "C": C,
         "augmented": augmented,
         "percentile": percentile,
+        "marks": list(marks),
+        "crop": crop,
         "limit": limit,
         "quick": quick,
     }
@@ -356,7 +369,8 @@ def evaluate_gate(
             raise ValueError(f"unknown source(s) {sorted(unknown)}; known: {sorted({r['dataset'] for r in records})}")
         records = [r for r in records if r["dataset"] in sources]
     segmenter = LungSegmenter.from_spec()
-    data = {s: split_data(records, s, segmenter, negatives=not sources) for s in splits}
+    crop = (spec.intensity_check or {}).get("crop", "borders")
+    data = {s: split_data(records, s, segmenter, negatives=not sources, crop=crop) for s in splits}
     results, wrong = score(gate, spec, data)
     totals = source_totals(results, splits)
     write_report(

@@ -43,13 +43,16 @@ def _read_group(records: list[dict], target: int) -> list[tuple[str, str, np.nda
     return out
 
 
-def _featurise(items: list[tuple[str, str, int, np.ndarray]], segmenter, desc: str) -> dict:
-    """Gate inputs of (kind, name, target, image) items: x (features + geometry), y, kind, name, facts; blank images left out."""
+def _featurise(items: list[tuple[str, str, int, np.ndarray]], segmenter, desc: str, crop: str = "borders") -> dict:
+    """Gate inputs of (kind, name, target, image) items: x (features + geometry), y, kind, name, facts; blank images left out.
+
+    ``crop``: where the intensity facts are read (:func:`covidcxr.infer.gate.intensity_facts`).
+    """
     items = [it for it in items if blank_reason(it[3]) is None]  # blank images never reach the gate
     images = [it[3] for it in items]
     feats, masks = gate_features(images, segmenter, desc=desc)
     geo = np.stack([geometry(m) for m in masks])
-    facts = np.stack([intensity_facts(im, m) for im, m in zip(images, masks)])
+    facts = np.stack([intensity_facts(im, m, crop) for im, m in zip(images, masks)])
     return {
         "x": np.concatenate([feats, geo], axis=1),
         "y": np.array([it[2] for it in items]),
@@ -108,6 +111,7 @@ def split_data(
     seed: int = 0,
     negatives: bool = True,
     limit: int = 0,
+    crop: str = "borders",
 ) -> dict:
     """Features, targets, kinds and names of one split's gate examples (cached in ``cache`` when given).
 
@@ -133,7 +137,7 @@ def split_data(
         if limit and len(shown) > limit:
             shown = shown[:: -(-len(shown) // limit)]
         items += [(name.split(":")[0], name, 0, img) for name, img in shown]
-        return _featurise(items, segmenter, f"gate features ({split})")
+        return _featurise(items, segmenter, f"gate features ({split})", crop)
 
     return cached(cache, build)
 
@@ -147,6 +151,7 @@ def augmented_data(
     seed: int = 0,
     marks: tuple[str, ...] = HOSPITAL_MARKS,
     tag: str = "augmented",
+    crop: str = "borders",
 ) -> dict:
     """Gate examples of :func:`augment_frontal` copies (``marks``) of up to ``per_source`` frontal films per source of a split (target 1).
 
@@ -159,7 +164,7 @@ def augmented_data(
         items = [
             (f"{k}:{tag}", f"{n}#{tag}", 1, augment_frontal(im, rng, marks)) for k, n, im in _read_group(frontal, 1)
         ]
-        return _featurise(items, segmenter, f"gate features ({split}, {tag})")
+        return _featurise(items, segmenter, f"gate features ({split}, {tag})", crop)
 
     return cached(cache, build)
 
@@ -171,10 +176,13 @@ def gate_data(
     splits=("train", "val", "test"),
     augmented: bool = True,
     limit: int = 0,
+    marks: tuple[str, ...] = HOSPITAL_MARKS,
+    crop: str = "borders",
 ) -> dict[str, dict]:
     """Cached gate examples per split, plus ``<split>_augmented`` (augmented frontal copies) for train and validation.
 
-    ``limit`` (a smoke run): at most that many images of each kind per source and split (:func:`split_data`).
+    ``limit`` (a smoke run): at most that many images of each kind per source and split (:func:`split_data`);
+    ``marks``: what the augmented copies may carry; ``crop``: where the intensity facts are read.
     """
     data = {
         s: split_data(
@@ -184,6 +192,7 @@ def gate_data(
             cache=out / f"features_{s}.npz",
             max_frontal=MAX_FRONTAL_PER_SOURCE if s == "train" else 0,
             limit=limit,
+            crop=crop,
         )
         for s in splits
     }
@@ -191,7 +200,7 @@ def gate_data(
         for s in [s for s in ("train", "val") if s in splits]:
             per_source = min(AUGMENTED_PER_SOURCE[s], limit) if limit else AUGMENTED_PER_SOURCE[s]
             data[f"{s}_augmented"] = augmented_data(
-                records, s, segmenter, per_source, cache=out / f"features_{s}_augmented.npz"
+                records, s, segmenter, per_source, out / f"features_{s}_augmented.npz", marks=marks, crop=crop
             )
     return data
 

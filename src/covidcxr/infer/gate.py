@@ -100,22 +100,61 @@ INTENSITY_PERCENTILE = 99.8
 _FACTS_SIZE = 256
 
 
-def intensity_facts(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+#: ``intensity_check["crop"]`` values: where the facts are read (absent: ``borders``).
+CROPS = ("borders", "film")
+
+
+def film_box(image: np.ndarray, min_side: float = 0.3) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of the exposed film inside a bright, smooth surround (the whole image when there is none).
+
+    Edge rows and columns are trimmed while they are surround: bright (median and most pixels
+    > 0.5) and smooth (under 5% of their pixels on an edge: gradient > 0.01 per pixel of a
+    128-px copy), as
+    around a film exposed without tight collimation. Dark surrounds (a CT slice's air) are
+    left: they are what the intensity check tells apart. A box under ``min_side`` of a
+    side is not trusted (the whole image is kept).
+    """
+    from ..resize import resize_aa
+
+    h, w = image.shape
+    small = resize_aa(np.asarray(image, np.float32), (128, 128))
+    edge = np.hypot(*np.gradient(small)) > 0.01
+    bright = small > 0.5
+    surround_row = (edge.mean(1) < 0.05) & (np.median(small, 1) > 0.5) & (bright.mean(1) > 0.5)
+    surround_col = (edge.mean(0) < 0.05) & (np.median(small, 0) > 0.5) & (bright.mean(0) > 0.5)
+
+    def span(flags: np.ndarray) -> tuple[int, int]:
+        keep = np.flatnonzero(~flags)
+        return (int(keep[0]), int(keep[-1]) + 1) if len(keep) else (0, len(flags))
+
+    (r0, r1), (c0, c1) = span(surround_row), span(surround_col)
+    if (r1 - r0) < min_side * 128 or (c1 - c0) < min_side * 128:
+        return 0, h, 0, w
+    return r0 * h // 128, -(-r1 * h // 128), c0 * w // 128, -(-c1 * w // 128)
+
+
+def intensity_facts(image: np.ndarray, mask: np.ndarray, crop: str = "borders") -> np.ndarray:
     """Ten intensity facts (:data:`INTENSITY_FACTS`) of an image in [0, 1] and its lung mask, (10,) float32.
 
     Read at 256 x 256 whatever the image's size, after uniform borders (letterbox bands,
-    rows or columns with less than 0.05 of intensity range) are cut off: percentiles
+    rows or columns with less than 0.05 of intensity range) are cut off and, with
+    ``crop="film"``, a bright smooth surround too (:func:`film_box`): percentiles
     10/50/90 inside and outside the lungs, their median difference, the share of near-black
     pixels (< 0.05), the mean gradient magnitude and the intensity spread inside the lungs.
     """
     from ..resize import resize_aa, resize_nearest
 
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
     rows, cols = np.flatnonzero(np.ptp(image, axis=1) >= 0.05), np.flatnonzero(np.ptp(image, axis=0) >= 0.05)
     if len(rows) and len(cols):
         image, mask = (
             image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1],
             mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1],
         )
+    if crop == "film":
+        y0, y1, x0, x1 = film_box(image)
+        image, mask = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
     size = (_FACTS_SIZE, _FACTS_SIZE)
     small = resize_aa(np.asarray(image, np.float32), size)
     lungs = resize_nearest(np.asarray(mask, np.uint8), size) > 0
@@ -154,7 +193,7 @@ def intensity_refusal(image: np.ndarray, mask: np.ndarray, check: dict, reason: 
     """The refusal message for an image whose intensities are unlike a frontal X-ray's, else ``None`` (also when ``check`` is empty)."""
     if not check:
         return None
-    dist = float(intensity_distance(intensity_facts(image, mask), check)[0])
+    dist = float(intensity_distance(intensity_facts(image, mask, check.get("crop", "borders")), check)[0])
     return None if dist <= check["limit"] else _intensity_message(dist, check["limit"], reason)
 
 
@@ -203,7 +242,7 @@ def gate_refusal(p_frontal: float, image: np.ndarray, mask: np.ndarray, spec) ->
     ``spec.intensity_check["kinds"]``) and how to override.
     """
     check = spec.intensity_check or {}
-    facts = intensity_facts(image, mask) if check else None
+    facts = intensity_facts(image, mask, check.get("crop", "borders")) if check else None
     dist = float(intensity_distance(facts, check)[0]) if check else 0.0
     by_gate = p_frontal < spec.threshold
     if not by_gate and not (check and dist > check["limit"]):

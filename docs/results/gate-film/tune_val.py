@@ -1,0 +1,50 @@
+"""Validation-only check of the v3-film gate (docs/experiments/gate-hospital-sources.md, "Amendment: the
+intensity facts read on the film only"); never builds or loads the test cache.
+
+    python docs/results/gate-film/tune_val.py [--out runs/gate-film]
+
+Builds the train and validation caches with the film facts and augmented copies carrying every
+mark (about 15 min on 2 cores), fits the candidate, and applies the four criteria.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from covidcxr.data import load_records
+from covidcxr.engine import gate as G
+from covidcxr.engine.gate_data import gate_data
+from covidcxr.engine.gate_images import ALL_MARKS
+from covidcxr.infer import LungSegmenter
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--out", default="runs/gate-film")
+out = Path(ap.parse_args().out)
+out.mkdir(parents=True, exist_ok=True)
+records, segmenter = load_records(None), LungSegmenter.from_spec()
+data = gate_data(records, segmenter, out, splits=("train", "val"), marks=ALL_MARKS, crop="film")
+gate, thr, check = G.fit_all(data, C=0.2, augmented=True, percentile=99.8, crop="film")
+res, wrong = G.score(gate, G.ThresholdSpec(thr, check), {s: data[s] for s in ("val", "val_augmented")})
+r, a = res["val"], res["val_augmented"]
+frontal = {k.split(":")[0]: [v["refused"], v["n"]] for k, v in r["per_kind"].items() if k.endswith(":frontal")}
+worst = max(k / n for k, n in frontal.values())
+row = {
+    "crop": "film",
+    "marks": list(ALL_MARKS),
+    "threshold": thr,
+    "frontal_refused_per_source": frontal,
+    "worst_source": worst,
+    "lateral_ct": r["lateral_ct"],
+    "non_xray": r["refusal_non_xray"],
+    "augmented_refused": a["false_refusal_frontal"],
+    "augmented_n": a["n_frontal"],
+    "wrong": wrong,
+}
+row["acceptable"] = bool(
+    worst <= 0.02
+    and r["lateral_ct"]["refused"] == r["lateral_ct"]["n"]
+    and r["refusal_non_xray"] >= 0.95
+    and a["false_refusal_frontal"] <= 0.05
+)
+print(json.dumps({k: v for k, v in row.items() if k != "wrong"}), flush=True)
+Path(__file__).with_name("tuning_val.json").write_text(json.dumps(row, indent=2) + "\n")
