@@ -80,3 +80,18 @@ def test_train_diagnosis_command_smoke(tmp_path):
     model, spec = load_weights(run / "export" / "mobilenet_v2_diagnosis.json", kind="diagnosis")
     assert spec.input_size == (96, 96) and spec.training["data"]["train_samples"] == 48 and spec.temperature > 0
     assert main(args + ["--resume"]) == 0
+
+
+@pytest.mark.integration
+def test_cnn_loso_smoke_from_the_command_line(tmp_path, capsys):
+    """``--protocol loso --designs cnn --limit N``: a few images per source, split and class, 64 px, every fold."""
+    out = tmp_path / "loso-cnn"
+    assert (
+        main(["evaluate", "diagnosis", "--protocol", "loso", "--designs", "cnn", "--limit", "2", "--out", str(out)])
+        == 0
+    )
+    res = json.loads((out / "loso.json").read_text())
+    assert res["smoke"] is True and res["recipe"]["input_size"] == 64
+    row = res["results"]["cnn_within_source / masked lungs"]
+    assert 0 <= row["primary"] <= 1 and (out / "loso.png").stat().st_size > 0
+    assert "cnn_within_source" in capsys.readouterr().out

@@ -157,3 +157,12 @@ def test_a_temperature_at_its_bound_is_flagged(caplog):
         t = fit_temperature(noisy, labels)
     assert not temperature_at_bound(t) and not caplog.records
     assert temperature_at_bound(20.0) and temperature_at_bound(0.0504) and not temperature_at_bound(0.06)
+
+
+@pytest.mark.parametrize("design", ["source_erased", "within_source_prior"])
+def test_a_loso_only_design_is_refused_before_any_feature_is_computed(design, tmp_path):
+    from covidcxr.engine.train_heads import HeadsConfig, train_heads
+
+    with pytest.raises(ValueError, match="LOSO only"):
+        train_heads(HeadsConfig(design=design, out_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()  # refused before the run folder, the features or a fit

@@ -164,6 +164,7 @@ def plot(results: dict[str, dict], path: str | Path) -> None:
         y = np.arange(len(names)) + k * step
         v = np.array([r[n]["value"] for n in names])
         err = np.array([[v[i] - r[n]["ci_low"], r[n]["ci_high"] - v[i]] for i, n in enumerate(names)]).T
+        err = np.nan_to_num(np.maximum(err, 0.0))  # a percentile CI can miss its point on a few images
         ax.errorbar(v, y, xerr=err, fmt="o", capsize=2, label=design)
     ax.axvline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_yticks(np.arange(len(names)) + 0.4 - step / 2, names)

@@ -184,9 +184,14 @@ def class_probabilities(model: torch.nn.Module, views: dict, rows: np.ndarray, a
 
 
 def run_cnn_loso(
-    views: dict, out_dir: str | Path, recipe: CnnRecipe | None = None, init: str | None = None, n_resamples: int = 1000
+    views: dict,
+    out_dir: str | Path,
+    recipe: CnnRecipe | None = None,
+    init: str | None = None,
+    n_resamples: int = 1000,
+    extra: dict | None = None,
 ) -> dict:
-    """Every fold of :data:`FOLDS`: train (or resume), score the sources left out, write loso.json/.md/.png."""
+    """Every fold of :data:`FOLDS`: train (or resume), score the sources left out, write loso.json/.md/.png (with ``extra``)."""
     recipe = recipe or CnnRecipe()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +223,7 @@ def run_cnn_loso(
             **score_folds(folds, labels, sources, n_resamples),
         }
     }
-    write(results, out, {"n_images": len(samples), "recipe": asdict(recipe), "init": init})
+    write(results, out, {"n_images": len(samples), "recipe": asdict(recipe), "init": init, **(extra or {})})
     return results
 
 
@@ -244,4 +249,5 @@ def evaluate_cnn_loso(
     samples, _ = classification_samples(load_records(data_root))
     samples = first_per_group(samples, limit, ("dataset", "split", "label"))
     views = prepare_views(samples, LungSegmenter.from_spec(), recipe.input_size, recipe.margin, cache=not limit)
-    return run_cnn_loso(views, out_dir, recipe, init or default_imagenet_init())
+    extra = {"smoke": True, "limit_per_source_split_class": limit} if limit else {}
+    return run_cnn_loso(views, out_dir, recipe, init or default_imagenet_init(), extra=extra)

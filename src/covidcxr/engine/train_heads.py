@@ -33,6 +33,9 @@ from .stage2_features import MARGIN, VIEW_SIZE
 
 log = logging.getLogger(__name__)
 
+#: Designs whose heads fold into the shipped :class:`~covidcxr.models.source_blind.SourceBlindDiagnoser`.
+SHIPPABLE = ("pooled", "within_source")
+
 
 @dataclass
 class HeadsConfig:
@@ -40,7 +43,7 @@ class HeadsConfig:
 
     data_root: str | None = None
     out_dir: str = "runs/diagnosis"
-    design: str = "within_source"  # within_source | pooled | source_erased (engine/heads.py)
+    design: str = "within_source"  # within_source | pooled (engine/heads.py; the others are LOSO comparisons only)
     features: str = "imagenet+findings"  # engine/loso.py FEATURE_SETS
     init: str | None = None  # imagenet-file:PATH[@SHA256]; None: ../shared/pretrained beside the data
     seed: int = 0
@@ -64,14 +67,14 @@ def build_model(fitted, feature_set: str, init: str) -> torch.nn.Module:
     n_facts = len(FACTS) if "findings" in loso.FEATURE_SETS[feature_set] else 0
     if set(loso.FEATURE_SETS[feature_set]) - {"imagenet", "findings"}:
         raise ValueError(f"feature set {feature_set!r}: the shipped model reads imagenet and/or findings features")
-    head = "factorised" if isinstance(fitted, WithinSource) else "multinomial"
+    head = "factorised" if type(fitted) is WithinSource else "multinomial"
     model = create_model(
         "source_blind_mobilenet_v2", in_chans=1, num_classes=len(CLASSES), n_facts=n_facts, image=image, head=head
     )
     if image:
         load_imagenet(model.backbone, *parse_init(init))
     with torch.no_grad():
-        if isinstance(fitted, WithinSource):
+        if type(fitted) is WithinSource:
             mean, scale = (
                 torch.from_numpy(np.asarray(a, np.float64)) for a in (fitted.scaler.mean_, fitted.scaler.scale_)
             )
@@ -100,6 +103,11 @@ def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None, command:
 
     ``command`` is the command line the spec records (default: this process's ``sys.argv``).
     """
+    if cfg.design not in SHIPPABLE:
+        raise ValueError(
+            f"design {cfg.design!r} is compared under LOSO only (covidcxr evaluate diagnosis --protocol loso); "
+            f"the shipped model folds {' or '.join(SHIPPABLE)} heads"
+        )
     start = time.time()
     run = Path(cfg.out_dir)
     run.mkdir(parents=True, exist_ok=True)
