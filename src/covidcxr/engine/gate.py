@@ -52,6 +52,30 @@ def fit_intensity_check(facts: np.ndarray, percentile: float = INTENSITY_PERCENT
     return check
 
 
+def fit_intensity_classifier(frontal: np.ndarray, other: np.ndarray, C: float = 1.0, crop: str = "borders") -> dict:
+    """The intensity check as a classifier: class-balanced logistic regression, lateral/CT facts (M, 10) against frontal (N, 10).
+
+    Refuses where P(lateral or CT) > 0.5: the logit (:func:`intensity_distance`) above ``limit`` 0.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([frontal, other])
+    y = np.r_[np.zeros(len(frontal)), np.ones(len(other))]
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    clf = LogisticRegression(C=C, max_iter=5000, class_weight="balanced").fit((x - mean) / scale, y)
+    return {
+        "kind": "classifier",
+        "facts": list(INTENSITY_FACTS),
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "coef": clf.coef_[0].tolist(),
+        "intercept": float(clf.intercept_[0]),
+        "C": C,
+        "limit": 0.0,
+        **({"crop": crop} if crop != "borders" else {}),
+    }
+
+
 def _codes(probs: np.ndarray, labels: list[str], lung_share: np.ndarray) -> list[str]:
     kinds = [labels[i] for i in np.asarray(probs).argmax(axis=1)]
     return [
@@ -147,18 +171,30 @@ def fit_all(
     max_false_refusal: float = 0.01,
     intensity_with: tuple[str, ...] = (),
     crop: str = "borders",
+    intensity_kind: str = "mahalanobis",
 ):
     """(gate, threshold, intensity check with its reason head) from cached examples; validation sets the threshold only.
 
     ``intensity_with``: keys of ``data`` (``train_augmented``, ``train_surround``) whose frontal
     copies the intensity check is fitted on beside the unaltered frontal training films;
-    ``crop``: where the cached facts were read (recorded in the check).
+    ``crop``: where the cached facts were read (recorded in the check); ``intensity_kind``:
+    ``mahalanobis`` (the ellipsoid around the frontal facts) or ``classifier``
+    (:func:`fit_intensity_classifier`: frontal films and ``intensity_with`` copies against the
+    training lateral views and CT slices).
     """
     train = concat(data["train"], data["train_augmented"]) if augmented and "train_augmented" in data else data["train"]
     gate = fit_gate(train["x"], train["y"], C)
     threshold = fit_threshold(gate_probability(gate, data["val"]["x"][data["val"]["y"] == 1]), max_false_refusal)
     frontal = concat(data["train"], *(data[k] for k in intensity_with))
-    check = fit_intensity_check(frontal["facts"][frontal["y"] == 1], percentile, crop)
+    if intensity_kind == "classifier":
+        lateral_ct = np.isin(np.array(data["train"]["kind"]), ["lateral", "CT"])
+        check = fit_intensity_classifier(
+            frontal["facts"][frontal["y"] == 1], data["train"]["facts"][lateral_ct], crop=crop
+        )
+    elif intensity_kind == "mahalanobis":
+        check = fit_intensity_check(frontal["facts"][frontal["y"] == 1], percentile, crop)
+    else:
+        raise ValueError(f"intensity_kind must be 'mahalanobis' or 'classifier', got {intensity_kind!r}")
     check["kinds"] = fit_kind_head(gate_probability(gate, train["x"]), train)
     return gate, threshold, check
 

@@ -177,15 +177,24 @@ def intensity_facts(image: np.ndarray, mask: np.ndarray, crop: str = "borders") 
 
 
 def intensity_distance(facts: np.ndarray, check: dict) -> np.ndarray:
-    """Mahalanobis distances (N,) of intensity facts (N, 10) from the frontal training X-rays (``check``: mean, precision)."""
-    d = np.atleast_2d(facts) - np.asarray(check["mean"], np.float64)
+    """How unlike a frontal X-ray's the intensity facts (N, 10) are, (N,); refused above ``check["limit"]``.
+
+    The check's ``kind``: ``mahalanobis`` (default): the distance from the frontal training X-rays
+    (``mean``, ``precision``); ``classifier``: the logit of P(lateral view or CT slice) of a
+    logistic regression on the standardised facts (``mean``, ``scale``, ``coef``, ``intercept``).
+    """
+    f = np.atleast_2d(facts).astype(np.float64)
+    if check.get("kind", "mahalanobis") == "classifier":
+        z = (f - np.asarray(check["mean"], np.float64)) / np.asarray(check["scale"], np.float64)
+        return z @ np.asarray(check["coef"], np.float64) + float(check["intercept"])
+    d = f - np.asarray(check["mean"], np.float64)
     return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", d, np.asarray(check["precision"], np.float64), d), 0))
 
 
 def _intensity_message(dist: float, limit: float, reason: str) -> str:
     return (
         f"not recognised as a frontal chest X-ray: {REASONS[reason]} (its intensities inside and outside the lungs are unlike an "
-        f"X-ray's, as in a CT reconstruction: distance {dist:.0f} > {limit:.0f}); {OVERRIDE}"
+        f"X-ray's, as in a CT reconstruction: score {dist:.1f} > {limit:.1f}); {OVERRIDE}"
     )
 
 
