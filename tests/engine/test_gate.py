@@ -442,3 +442,17 @@ def test_a_check_fitted_on_film_facts_is_read_on_the_film():
     near = {**check, "mean": intensity_facts(framed, mask, "film").tolist()}
     assert intensity_refusal(framed, mask, near) is None  # read on the film, as fitted
     assert intensity_refusal(framed, mask, {**near, "crop": "borders"}) is not None  # read with the surround: far
+
+
+def test_a_classifier_check_refuses_on_the_lateral_ct_side():
+    from covidcxr.engine.gate import fit_intensity_classifier
+
+    rng = np.random.default_rng(0)
+    frontal = rng.normal(0.5, 0.05, (300, len(INTENSITY_FACTS)))
+    ct = rng.normal(0.2, 0.05, (40, len(INTENSITY_FACTS)))
+    check = fit_intensity_classifier(frontal, ct)
+    assert check["kind"] == "classifier" and check["limit"] == 0.0
+    score = intensity_distance(np.concatenate([frontal, ct]), check)
+    assert (score[:300] <= 0).mean() > 0.95 and (score[300:] > 0).mean() > 0.95
+    # one-sided: facts further from CT than any frontal film are not refused (the ellipsoid would refuse them)
+    assert (intensity_distance(rng.normal(0.9, 0.05, (20, len(INTENSITY_FACTS))), check) <= 0).all()
