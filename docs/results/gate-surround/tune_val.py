@@ -42,25 +42,7 @@ rows = []
 for intensity_with in ((), ("train_augmented",), ("train_surround",)):
     gate, thr, check = G.fit_all(data, C=0.2, augmented=True, percentile=99.8, intensity_with=intensity_with)
     res, _ = G.score(gate, G.ThresholdSpec(thr, check), val)
-    r, a = res["val"], res["val_augmented"]
-    frontal = {k.split(":")[0]: [v["refused"], v["n"]] for k, v in r["per_kind"].items() if k.endswith(":frontal")}
-    worst = max(k / n for k, n in frontal.values())
-    row = {
-        "intensity_with": list(intensity_with),
-        "threshold": thr,
-        "frontal_refused_per_source": frontal,
-        "worst_source": worst,
-        "lateral_ct": r["lateral_ct"],
-        "non_xray": r["refusal_non_xray"],
-        "augmented_refused": a["false_refusal_frontal"],
-        "augmented_n": a["n_frontal"],
-    }
-    row["acceptable"] = bool(
-        worst <= 0.02
-        and r["lateral_ct"]["refused"] == r["lateral_ct"]["n"]
-        and r["refusal_non_xray"] >= 0.95
-        and a["false_refusal_frontal"] <= 0.05
-    )
+    row = {"intensity_with": list(intensity_with), "threshold": thr, **G.validation_summary(res)}
     rows.append(row)
     print(json.dumps(row), flush=True)
 Path(__file__).with_name("tuning_val.json").write_text(json.dumps(rows, indent=2) + "\n")

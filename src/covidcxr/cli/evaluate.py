@@ -53,8 +53,8 @@ def cmd_evaluate_diagnosis(args: argparse.Namespace) -> int:
     if args.protocol == "loso" and args.designs == "cnn":
         from ..engine.loso_cnn import CnnRecipe, evaluate_cnn_loso
 
-        quick = {"input_size": 64, "epochs": 1, "draws_per_epoch": 64, "batch_size": 16} if args.limit else {}
-        evaluate_cnn_loso(data_root=args.data_root, out_dir=args.out, recipe=CnnRecipe(**quick), limit=args.limit)
+        recipe = CnnRecipe(**(CnnRecipe.QUICK if args.limit else {}))
+        evaluate_cnn_loso(data_root=args.data_root, out_dir=args.out, recipe=recipe, limit=args.limit)
     elif args.protocol == "loso":
         from ..engine.loso import evaluate_loso
 

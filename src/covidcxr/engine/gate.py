@@ -32,6 +32,18 @@ GATE_NAME = "frontal_cxr_gate"
 QUICK_LIMIT = 6
 
 
+def balanced_logistic(x: np.ndarray, y: np.ndarray, C: float):
+    """(mean, scale, fitted classifier): class-balanced logistic regression on ``x`` standardised by its own mean and spread.
+
+    The one fitting recipe of the gate's three linear parts (the gate, the reason head, a
+    classifier intensity check); ``mean`` and ``scale`` are stored with each so inference standardises alike.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    return mean, scale, LogisticRegression(C=C, max_iter=5000, class_weight="balanced").fit((x - mean) / scale, y)
+
+
 def fit_intensity_check(facts: np.ndarray, percentile: float = INTENSITY_PERCENTILE, crop: str = "borders") -> dict:
     """Mean, precision (Ledoit-Wolf) and limit (``percentile`` of their own distances) of frontal X-rays' facts (N, 10).
 
@@ -57,12 +69,8 @@ def fit_intensity_classifier(frontal: np.ndarray, other: np.ndarray, C: float = 
 
     Refuses where P(lateral or CT) > 0.5: the logit (:func:`intensity_distance`) above ``limit`` 0.
     """
-    from sklearn.linear_model import LogisticRegression
-
     x = np.concatenate([frontal, other])
-    y = np.r_[np.zeros(len(frontal)), np.ones(len(other))]
-    mean, scale = x.mean(0), x.std(0) + 1e-6
-    clf = LogisticRegression(C=C, max_iter=5000, class_weight="balanced").fit((x - mean) / scale, y)
+    mean, scale, clf = balanced_logistic(x, np.r_[np.zeros(len(frontal)), np.ones(len(other))], C)
     return {
         "kind": "classifier",
         "facts": list(INTENSITY_FACTS),
@@ -110,12 +118,10 @@ def decide(p: np.ndarray, data: dict, spec) -> dict:
 def fit_gate(x: np.ndarray, y: np.ndarray, C: float = 0.05):
     """The gate model: class-balanced logistic regression on standardised features, as a FrontalGate."""
     import torch
-    from sklearn.linear_model import LogisticRegression
 
     from ..models import create_model
 
-    mean, scale = x.mean(0), x.std(0) + 1e-6
-    clf = LogisticRegression(C=C, max_iter=5000, class_weight="balanced").fit((x - mean) / scale, y)
+    mean, scale, clf = balanced_logistic(x, y, C)
     gate = create_model("frontal_gate", in_features=x.shape[1])
     with torch.no_grad():
         gate.mean.copy_(torch.from_numpy(mean))
@@ -140,13 +146,10 @@ def fit_threshold(p_frontal_val: np.ndarray, max_false_refusal: float = 0.01) ->
 
 def fit_kind_head(p: np.ndarray, data: dict) -> dict:
     """The reason head: class-balanced multinomial logistic regression (frontal / lateral / CT / other) on :func:`kind_inputs`."""
-    from sklearn.linear_model import LogisticRegression
-
     kinds = np.array(data["kind"])
     label = np.where(data["y"] == 1, "frontal", np.where(np.isin(kinds, ["lateral", "CT"]), kinds, "other"))
     z = kind_inputs(p, data["x"][:, -3:], data["facts"])
-    mean, scale = z.mean(0), z.std(0) + 1e-6
-    clf = LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced").fit((z - mean) / scale, label)
+    mean, scale, clf = balanced_logistic(z, label, 1.0)
     order = [list(clf.classes_).index(k) for k in KIND_LABELS]
     return {
         "labels": list(KIND_LABELS),
@@ -208,6 +211,32 @@ def score(gate, spec, data: dict[str, dict]) -> tuple[dict, list[dict]]:
         results[s] = refusal_rates(p, d["y"], d["kind"], spec.threshold, dec["by_intensity"], dec["reason"])
         wrong += refused_list(d, p, dec, s)
     return results, wrong
+
+
+def validation_summary(results: dict) -> dict:
+    """The adoption rule's four criteria on :func:`score` results of ``val`` and ``val_augmented``.
+
+    Acceptable (docs/experiments/gate-hospital-sources.md): frontal films refused <= 2% in every
+    source, every lateral view and CT slice refused, photographs and synthetic images refused
+    >= 95%, augmented frontal copies refused <= 5%.
+    """
+    r, a = results["val"], results["val_augmented"]
+    frontal = {k.split(":")[0]: [v["refused"], v["n"]] for k, v in r["per_kind"].items() if k.endswith(":frontal")}
+    row = {
+        "frontal_refused_per_source": frontal,
+        "worst_source": max(k / n for k, n in frontal.values()),
+        "lateral_ct": r["lateral_ct"],
+        "non_xray": r["refusal_non_xray"],
+        "augmented_refused": a["false_refusal_frontal"],
+        "augmented_n": a["n_frontal"],
+    }
+    row["acceptable"] = bool(
+        row["worst_source"] <= 0.02
+        and r["lateral_ct"]["refused"] == r["lateral_ct"]["n"]
+        and r["refusal_non_xray"] >= 0.95
+        and a["false_refusal_frontal"] <= 0.05
+    )
+    return row
 
 
 def out_of_fold(data: dict[str, dict], records: list[dict], source: str = "hannover", folds: int = 5, **fit_kw) -> dict:

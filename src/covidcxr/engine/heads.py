@@ -183,7 +183,7 @@ def pattern_prior(facts: np.ndarray) -> np.ndarray:
     return np.clip(q, 0.0, 1.0)
 
 
-class WithinSourcePrior(WithinSource):
+class WithinSourcePrior:
     """P(abnormal) as :class:`WithinSource`; P(COVID-19 | abnormal) the fixed :func:`pattern_prior`.
 
     The finding facts are the last ``len(FACTS)`` columns of ``x`` (as in every feature set that has them).

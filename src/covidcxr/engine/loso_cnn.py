@@ -24,6 +24,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -60,6 +61,9 @@ class CnnRecipe:
     weight_decay: float = 0.05
     seed: int = 0
     amp: str = "bf16"
+
+    #: ``--limit`` (a smoke run): 64 px, one short epoch.
+    QUICK: ClassVar[dict] = {"input_size": 64, "epochs": 1, "draws_per_epoch": 64, "batch_size": 16}
 
 
 def objective_groups(labels: np.ndarray, sources: np.ndarray, kept: set[str]) -> np.ndarray:

@@ -67,14 +67,14 @@ def build_model(fitted, feature_set: str, init: str) -> torch.nn.Module:
     n_facts = len(FACTS) if "findings" in loso.FEATURE_SETS[feature_set] else 0
     if set(loso.FEATURE_SETS[feature_set]) - {"imagenet", "findings"}:
         raise ValueError(f"feature set {feature_set!r}: the shipped model reads imagenet and/or findings features")
-    head = "factorised" if type(fitted) is WithinSource else "multinomial"
+    head = "factorised" if isinstance(fitted, WithinSource) else "multinomial"
     model = create_model(
         "source_blind_mobilenet_v2", in_chans=1, num_classes=len(CLASSES), n_facts=n_facts, image=image, head=head
     )
     if image:
         load_imagenet(model.backbone, *parse_init(init))
     with torch.no_grad():
-        if type(fitted) is WithinSource:
+        if isinstance(fitted, WithinSource):
             mean, scale = (
                 torch.from_numpy(np.asarray(a, np.float64)) for a in (fitted.scaler.mean_, fitted.scaler.scale_)
             )
