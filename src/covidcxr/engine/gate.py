@@ -44,17 +44,26 @@ def balanced_logistic(x: np.ndarray, y: np.ndarray, C: float):
     return mean, scale, LogisticRegression(C=C, max_iter=5000, class_weight="balanced").fit((x - mean) / scale, y)
 
 
-def fit_intensity_check(facts: np.ndarray, percentile: float = INTENSITY_PERCENTILE, crop: str = "borders") -> dict:
+def fit_intensity_check(
+    facts: np.ndarray,
+    percentile: float = INTENSITY_PERCENTILE,
+    crop: str = "borders",
+    use: tuple[str, ...] = INTENSITY_FACTS,
+) -> dict:
     """Mean, precision (Ledoit-Wolf) and limit (``percentile`` of their own distances) of frontal X-rays' facts (N, 10).
 
     ``crop``: where those facts were read (:func:`covidcxr.infer.gate.intensity_facts`); recorded
     in the check (``"film"`` only: a check without it reads ``"borders"``) so inference reads the same.
+    ``use``: the facts the check reads (names of :data:`INTENSITY_FACTS`, for example :data:`LUNG_FACTS`).
     """
     from sklearn.covariance import LedoitWolf
 
-    lw = LedoitWolf().fit(facts)
+    unknown = sorted(set(use) - set(INTENSITY_FACTS))
+    if unknown:
+        raise ValueError(f"unknown intensity facts {unknown}; known: {list(INTENSITY_FACTS)}")
+    lw = LedoitWolf().fit(facts[:, [INTENSITY_FACTS.index(name) for name in use]])
     check = {
-        "facts": list(INTENSITY_FACTS),
+        "facts": list(use),
         "mean": lw.location_.tolist(),
         "precision": lw.precision_.tolist(),
         "percentile": percentile,
@@ -175,6 +184,7 @@ def fit_all(
     intensity_with: tuple[str, ...] = (),
     crop: str = "borders",
     intensity_kind: str = "mahalanobis",
+    intensity_facts: tuple[str, ...] = INTENSITY_FACTS,
 ):
     """(gate, threshold, intensity check with its reason head) from cached examples; validation sets the threshold only.
 
@@ -183,7 +193,7 @@ def fit_all(
     ``crop``: where the cached facts were read (recorded in the check); ``intensity_kind``:
     ``mahalanobis`` (the ellipsoid around the frontal facts) or ``classifier``
     (:func:`fit_intensity_classifier`: frontal films and ``intensity_with`` copies against the
-    training lateral views and CT slices).
+    training lateral views and CT slices); ``intensity_facts``: the facts a Mahalanobis check reads.
     """
     train = concat(data["train"], data["train_augmented"]) if augmented and "train_augmented" in data else data["train"]
     gate = fit_gate(train["x"], train["y"], C)
@@ -195,7 +205,7 @@ def fit_all(
             frontal["facts"][frontal["y"] == 1], data["train"]["facts"][lateral_ct], crop=crop
         )
     elif intensity_kind == "mahalanobis":
-        check = fit_intensity_check(frontal["facts"][frontal["y"] == 1], percentile, crop)
+        check = fit_intensity_check(frontal["facts"][frontal["y"] == 1], percentile, crop, intensity_facts)
     else:
         raise ValueError(f"intensity_kind must be 'mahalanobis' or 'classifier', got {intensity_kind!r}")
     check["kinds"] = fit_kind_head(gate_probability(gate, train["x"]), train)

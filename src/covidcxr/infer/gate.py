@@ -95,6 +95,8 @@ INTENSITY_FACTS = (
     "lung gradient",
     "lung spread",
 )
+#: The facts read inside the lung mask: what a CT slice's lungs differ in, whatever surrounds a film.
+LUNG_FACTS = ("lung p10", "lung p50", "lung p90", "lung gradient", "lung spread")
 #: Frontal training images whose intensity distance lies above the limit: the limit is this percentile (chosen on validation).
 INTENSITY_PERCENTILE = 99.8
 _FACTS_SIZE = 256
@@ -179,11 +181,14 @@ def intensity_facts(image: np.ndarray, mask: np.ndarray, crop: str = "borders") 
 def intensity_distance(facts: np.ndarray, check: dict) -> np.ndarray:
     """How unlike a frontal X-ray's the intensity facts (N, 10) are, (N,); refused above ``check["limit"]``.
 
+    Only the facts named in ``check["facts"]`` (all ten when absent) are read, in that order.
+
     The check's ``kind``: ``mahalanobis`` (default): the distance from the frontal training X-rays
     (``mean``, ``precision``); ``classifier``: the logit of P(lateral view or CT slice) of a
     logistic regression on the standardised facts (``mean``, ``scale``, ``coef``, ``intercept``).
     """
     f = np.atleast_2d(facts).astype(np.float64)
+    f = f[:, [INTENSITY_FACTS.index(name) for name in check.get("facts", INTENSITY_FACTS)]]
     if check.get("kind", "mahalanobis") == "classifier":
         z = (f - np.asarray(check["mean"], np.float64)) / np.asarray(check["scale"], np.float64)
         return z @ np.asarray(check["coef"], np.float64) + float(check["intercept"])
