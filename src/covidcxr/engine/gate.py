@@ -185,6 +185,7 @@ def fit_all(
     crop: str = "borders",
     intensity_kind: str = "mahalanobis",
     intensity_facts: tuple[str, ...] = INTENSITY_FACTS,
+    negatives_with: tuple[str, ...] = (),
 ):
     """(gate, threshold, intensity check with its reason head) from cached examples; validation sets the threshold only.
 
@@ -193,9 +194,11 @@ def fit_all(
     ``crop``: where the cached facts were read (recorded in the check); ``intensity_kind``:
     ``mahalanobis`` (the ellipsoid around the frontal facts) or ``classifier``
     (:func:`fit_intensity_classifier`: frontal films and ``intensity_with`` copies against the
-    training lateral views and CT slices); ``intensity_facts``: the facts a Mahalanobis check reads.
+    training lateral views and CT slices); ``intensity_facts``: the facts a Mahalanobis check reads;
+    ``negatives_with``: keys of ``data`` (``train_marked_negatives``) the gate and reason head also learn from.
     """
     train = concat(data["train"], data["train_augmented"]) if augmented and "train_augmented" in data else data["train"]
+    train = concat(train, *(data[k] for k in negatives_with))
     gate = fit_gate(train["x"], train["y"], C)
     threshold = fit_threshold(gate_probability(gate, data["val"]["x"][data["val"]["y"] == 1]), max_false_refusal)
     frontal = concat(data["train"], *(data[k] for k in intensity_with))

@@ -169,6 +169,34 @@ def augmented_data(
     return cached(cache, build)
 
 
+def marked_negatives(
+    records: list[dict],
+    split: str,
+    segmenter,
+    copies: int,
+    cache: Path | None = None,
+    seed: int = 0,
+    marks: tuple[str, ...] = HOSPITAL_MARKS,
+    crop: str = "borders",
+) -> dict:
+    """Gate examples of ``copies`` :func:`augment_frontal` copies (``marks``) of every lateral view and CT slice of a split (target 0).
+
+    The same marks as the frontal copies, so that a mark is no evidence of a frontal film.
+    Kinds stay ``lateral`` / ``CT``; names carry ``#marked<i>``.
+    """
+
+    def build() -> dict:
+        rng = np.random.default_rng([seed, 11, ("train", "val", "test").index(split)])
+        items = [
+            (k, f"{n}#marked{i}", 0, augment_frontal(im, rng, marks))
+            for k, n, im in _read_group(gate_records(records, split)[1], 0)
+            for i in range(copies)
+        ]
+        return _featurise(items, segmenter, f"gate features ({split}, marked negatives)", crop)
+
+    return cached(cache, build)
+
+
 def gate_data(
     records: list[dict],
     segmenter,
