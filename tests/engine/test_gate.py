@@ -456,3 +456,61 @@ def test_a_classifier_check_refuses_on_the_lateral_ct_side():
     assert (score[:300] <= 0).mean() > 0.95 and (score[300:] > 0).mean() > 0.95
     # one-sided: facts further from CT than any frontal film are not refused (the ellipsoid would refuse them)
     assert (intensity_distance(rng.normal(0.9, 0.05, (20, len(INTENSITY_FACTS))), check) <= 0).all()
+
+
+def test_a_check_on_some_facts_reads_only_those():
+    from covidcxr.infer.gate import LUNG_FACTS
+
+    rng = np.random.default_rng(2)
+    facts = rng.normal(0.5, 0.05, (400, len(INTENSITY_FACTS)))
+    check = fit_intensity_check(facts, percentile=99.0, use=LUNG_FACTS)
+    assert check["facts"] == list(LUNG_FACTS) and len(check["mean"]) == len(LUNG_FACTS)
+    probe = facts[:5].copy()
+    outside = [INTENSITY_FACTS.index(n) for n in INTENSITY_FACTS if n not in LUNG_FACTS]
+    moved = probe.copy()
+    moved[:, outside] += 5.0  # a bright surround moves only the facts read outside the lungs
+    assert np.allclose(intensity_distance(moved, check), intensity_distance(probe, check))
+    moved[:, INTENSITY_FACTS.index("lung p90")] += 5.0
+    assert (intensity_distance(moved, check) > check["limit"]).all()
+    with pytest.raises(ValueError, match="unknown intensity facts"):
+        fit_intensity_check(facts, use=("lung p95",))
+
+
+def test_an_agreeing_check_refuses_only_what_the_reason_head_does_not_take_for_frontal():
+    """With ``agree: kinds`` an image far from the frontal facts is refused only when the head calls it something else."""
+    image, mask = _chest(lung=0.5, tissue=0.5)
+    rng = np.random.default_rng(4)
+    far = fit_intensity_check(intensity_facts(image, mask) + 1.0 + rng.normal(0, 0.01, (200, len(INTENSITY_FACTS))))
+    data = {
+        "x": np.concatenate([np.zeros((1, 4)), geometry(mask)[None]], axis=1),
+        "facts": intensity_facts(image, mask)[None],
+    }
+    p = np.array([0.9])  # the linear gate accepts it
+    for favoured, refused in (("frontal", False), ("CT", True)):
+        check = {**far, "agree": "kinds", "kinds": _head(favoured)}
+        assert decide(p, data, _Spec(0.5, check))["refused"][0] == refused
+        assert (gate_refusal(0.9, image, mask, _Spec(0.5, check)) is not None) == refused
+        plain = {**far, "kinds": _head(favoured)}  # without agreement the check alone refuses it
+        assert decide(p, data, _Spec(0.5, plain))["refused"][0]
+
+
+class _FakeSegmenter:
+    """Stage 1 stand-in: a fixed two-lung mask and the image's mean as its one feature."""
+
+    def segment(self, images, features=False):
+        masks = [_chest(0.2, 0.7, im.shape)[1] for im in images]
+        return masks, np.array([[float(im.mean())] for im in images], np.float32)
+
+
+def test_marked_negatives_carry_the_frontal_marks_and_stay_lateral_or_ct(records):
+    from covidcxr.engine.gate_data import marked_negatives
+    from covidcxr.infer.gate import gate_records
+
+    other = gate_records(records, "train")[1]
+    few = [r for r in other if r["modality"] == "CT"][:2] + [r for r in other if r["view"] == "L"][:1]
+    d = marked_negatives(few, "train", _FakeSegmenter(), 2, marks=ALL_MARKS)
+    assert len(d["name"]) == 6 and (d["y"] == 0).all()
+    assert sorted(set(d["kind"])) == ["CT", "lateral"]  # the reason head still learns them as what they are
+    assert all("#marked" in n for n in d["name"]) and d["facts"].shape == (6, len(INTENSITY_FACTS))
+    again = marked_negatives(few, "train", _FakeSegmenter(), 2, marks=ALL_MARKS)
+    assert np.array_equal(d["x"], again["x"])  # the seed, not global state, decides the marks

@@ -28,7 +28,12 @@ def load(name):
 
 data = {s: load(s) for s in ("train", "train_augmented", "val", "val_augmented")}
 data["train_marked_negatives"] = marked_negatives(
-    load_records(None), "train", LungSegmenter.from_spec(), 4, out / "features_train_marked_negatives.npz", marks=ALL_MARKS
+    load_records(None),
+    "train",
+    LungSegmenter.from_spec(),
+    4,
+    out / "features_train_marked_negatives.npz",
+    marks=ALL_MARKS,
 )
 rows = []
 for intensity_with in ((), ("train_augmented",)):

@@ -120,6 +120,8 @@ def decide(p: np.ndarray, data: dict, spec) -> dict:
         if head
         else ["unsure"] * len(by_gate)
     )
+    if check.get("agree") == "kinds":  # the check refuses only what the head does not take for frontal
+        by_intensity &= np.array([r != "unsure" for r in reason], bool)
     reason = [("ct" if r == "unsure" else r) if (i and not g) else r for r, g, i in zip(reason, by_gate, by_intensity)]
     return {"by_gate": by_gate, "by_intensity": by_intensity, "refused": by_gate | by_intensity, "reason": reason}
 
@@ -186,6 +188,7 @@ def fit_all(
     intensity_kind: str = "mahalanobis",
     intensity_facts: tuple[str, ...] = INTENSITY_FACTS,
     negatives_with: tuple[str, ...] = (),
+    agree: str | None = None,
 ):
     """(gate, threshold, intensity check with its reason head) from cached examples; validation sets the threshold only.
 
@@ -195,7 +198,8 @@ def fit_all(
     ``mahalanobis`` (the ellipsoid around the frontal facts) or ``classifier``
     (:func:`fit_intensity_classifier`: frontal films and ``intensity_with`` copies against the
     training lateral views and CT slices); ``intensity_facts``: the facts a Mahalanobis check reads;
-    ``negatives_with``: keys of ``data`` (``train_marked_negatives``) the gate and reason head also learn from.
+    ``negatives_with``: keys of ``data`` (``train_marked_negatives``) the gate and reason head also learn from;
+    ``agree="kinds"``: the check refuses only what the reason head does not take for a frontal film.
     """
     train = concat(data["train"], data["train_augmented"]) if augmented and "train_augmented" in data else data["train"]
     train = concat(train, *(data[k] for k in negatives_with))
@@ -212,6 +216,10 @@ def fit_all(
     else:
         raise ValueError(f"intensity_kind must be 'mahalanobis' or 'classifier', got {intensity_kind!r}")
     check["kinds"] = fit_kind_head(gate_probability(gate, train["x"]), train)
+    if agree is not None:
+        if agree != "kinds":
+            raise ValueError(f"agree must be None or 'kinds', got {agree!r}")
+        check["agree"] = agree
     return gate, threshold, check
 
 

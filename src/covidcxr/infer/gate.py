@@ -251,7 +251,8 @@ def seen_kind(p_frontal: float, mask: np.ndarray, facts: np.ndarray | None, head
 def gate_refusal(p_frontal: float, image: np.ndarray, mask: np.ndarray, spec) -> str | None:
     """The gate's decision on one image, given its gate probability and lung mask: a refusal message or ``None``.
 
-    The linear gate first (``spec.threshold``), then the intensity check (``spec.intensity_check``);
+    The linear gate first (``spec.threshold``), then the intensity check (``spec.intensity_check``;
+    with ``agree: "kinds"`` it refuses only what the reason head does not take for a frontal film);
     the message says what the image looks like (:func:`seen_kind`, from the reason head kept in
     ``spec.intensity_check["kinds"]``) and how to override.
     """
@@ -259,9 +260,10 @@ def gate_refusal(p_frontal: float, image: np.ndarray, mask: np.ndarray, spec) ->
     facts = intensity_facts(image, mask, check.get("crop", "borders")) if check else None
     dist = float(intensity_distance(facts, check)[0]) if check else 0.0
     by_gate = p_frontal < spec.threshold
-    if not by_gate and not (check and dist > check["limit"]):
-        return None
     reason = seen_kind(p_frontal, mask, facts, check.get("kinds"))
+    by_intensity = bool(check) and dist > check["limit"] and (check.get("agree") != "kinds" or reason != "unsure")
+    if not by_gate and not by_intensity:
+        return None
     if by_gate:
         return refusal(p_frontal, spec.threshold, reason)
     return _intensity_message(dist, check["limit"], "ct" if reason == "unsure" else reason)
