@@ -1,0 +1,96 @@
+"""In-source ceiling of each stage-2 LOSO aim (docs/experiments/stage2-ceiling.md): train on a source's own train
+split, score its validation split; the test split is not read.
+
+    python docs/results/stage2-ceiling/run.py [--cnn runs/loso-cnn/model-without-kermany-pediatric.pt]
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from covidcxr.engine.heads import C, COVID, NORMAL, OTHER
+from covidcxr.engine.loso import NIH, feature_matrix, stage2_inputs
+from covidcxr.metrics import stratified_bootstrap_ci
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--cnn", default="runs/loso-cnn/model-without-kermany-pediatric.pt")
+args = ap.parse_args()
+here = Path(__file__).parent
+
+#: comparison -> (sources, positive classes, negative classes, LOSO aim or None)
+COMPARISONS = {
+    "NIH Other pneumonia vs No finding": (NIH, (OTHER,), (NORMAL,), 0.75),
+    "covid-chestxray COVID-19 vs Other pneumonia": (("covid-chestxray",), (COVID,), (OTHER,), 0.75),
+    "kermany-pediatric pneumonia vs normal": (("kermany-pediatric",), (OTHER,), (NORMAL,), None),
+    "covid19-radiography COVID-19 vs No finding (confounded in-source)": (("covid19-radiography",), (COVID,), (NORMAL,), 0.85),
+}
+FEATURES = ("imagenet", "lungenc", "findings", "imagenet+findings")
+
+samples, features, _ = stage2_inputs()
+by_name = {f"{s['dataset']}/{s['filename']}": s for s in samples}
+rows = [by_name[str(n)] for n in features["names"]]
+labels = np.array([s["label"] for s in rows])
+sources = np.array([s["dataset"] for s in rows])
+splits = np.array([s["split"] for s in rows])
+
+
+def auroc(y, s):
+    r = stratified_bootstrap_ci(y, s, roc_auc_score, n_resamples=1000)
+    return {"auroc": r["value"], "ci": [r["ci_low"], r["ci_high"]], "n": r["n"], "n_pos": r["n_pos"]}
+
+
+results = {}
+for comp, (srcs, pos, neg, aim) in COMPARISONS.items():
+    keep = np.isin(sources, srcs) & np.isin(labels, pos + neg)
+    train, val = keep & (splits == "train"), keep & (splits == "val")
+    y = np.isin(labels, pos).astype(int)
+    entry = {"aim": aim, "n_train": int(train.sum()), "n_val": int(val.sum()), "heads": {}}
+    for name in FEATURES:
+        x = feature_matrix(features, name)
+        mean, scale = x[train].mean(0), x[train].std(0) + 1e-6
+        clf = LogisticRegression(C=C, max_iter=5000, class_weight="balanced").fit((x[train] - mean) / scale, y[train])
+        entry["heads"][name] = auroc(y[val], clf.decision_function((x[val] - mean) / scale))
+        print(comp, name, f"{entry['heads'][name]['auroc']:.3f}", flush=True)
+    results[comp] = entry
+
+if Path(args.cnn).is_file():  # the within-source CNN: abnormal learned inside NIH, covid inside covid-chestxray
+    import torch
+
+    from covidcxr.data.classification import classification_samples
+    from covidcxr.data import load_records
+    from covidcxr.engine.diagnosis_views import prepare_views
+    from covidcxr.engine.loso_cnn import CnnRecipe, build_model, class_probabilities
+    from covidcxr.infer import LungSegmenter
+
+    recipe = CnnRecipe()
+    cnn_samples, _ = classification_samples(load_records(None))
+    views = prepare_views(cnn_samples, LungSegmenter.from_spec(), recipe.input_size, recipe.margin)
+    model = build_model(recipe, None)
+    model.load_state_dict(torch.load(args.cnn, map_location="cpu", weights_only=False)["model"])
+    vs = views["samples"]
+    v_src, v_split = np.array([s["dataset"] for s in vs]), np.array([s["split"] for s in vs])
+    for comp in ("NIH Other pneumonia vs No finding", "covid-chestxray COVID-19 vs Other pneumonia"):
+        srcs, pos, neg, _ = COMPARISONS[comp]
+        idx = np.flatnonzero(np.isin(v_src, srcs) & (v_split == "val") & np.isin(views["labels"], pos + neg))
+        p = class_probabilities(model, views, idx)
+        s = 1 - p[:, NORMAL] if neg == (NORMAL,) else p[:, COVID] / np.maximum(p[:, COVID] + p[:, OTHER], 1e-12)
+        results[comp]["cnn_within_source"] = auroc(np.isin(views["labels"][idx], pos).astype(int), s)
+        print(comp, "cnn", f"{results[comp]['cnn_within_source']['auroc']:.3f}", flush=True)
+
+for comp, e in results.items():
+    cands = [h["auroc"] for h in e["heads"].values()] + ([e["cnn_within_source"]["auroc"]] if "cnn_within_source" in e else [])
+    e["best"] = max(cands)
+    e["reading"] = None if e["aim"] is None else ("out of reach" if e["best"] < e["aim"] else "not ruled out")
+(here / "ceiling.json").write_text(json.dumps(results, indent=2) + "\n")
+lines = ["| comparison (train split → validation, in-source) | " + " | ".join(FEATURES) + " | CNN | best | LOSO aim | reading |", "|---" * (len(FEATURES) + 5) + "|"]
+for comp, e in results.items():
+    cells = [f"{e['heads'][f]['auroc']:.3f} ({e['heads'][f]['ci'][0]:.2f}–{e['heads'][f]['ci'][1]:.2f})" for f in FEATURES]
+    cnn = e.get("cnn_within_source")
+    cells.append(f"{cnn['auroc']:.3f} ({cnn['ci'][0]:.2f}–{cnn['ci'][1]:.2f})" if cnn else "")
+    lines.append(f"| {comp} (n {e['n_train']} / {e['n_val']}) | " + " | ".join(cells) + f" | {e['best']:.3f} | {e['aim'] or ''} | {e['reading'] or ''} |")
+(here / "ceiling.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
