@@ -5,7 +5,7 @@
 
 Sources (read only):
   src/covidcxr/weights/*.json              weights specs: name, task, architecture, sha256, training, metrics
-  docs/results/stage2-loso/loso.json       leave-one-source-out, every stage-2 design
+  docs/results/stage2-{loso,prior,cnn,archive}/loso.json  leave-one-source-out of every stage-2 design
   docs/results/gate-hospital/gate_eval.json  input gate, refusals per source and split
   docs/results/severity/severity_eval.json severity heads, 50 patient-grouped splits
   docs/results/segmentation-adversarial/comparison.json  the shipped lung model's HD95 CIs (model A)
@@ -228,10 +228,22 @@ def loso_comparisons(row: dict) -> list[str]:
     return [k for k, v in row.items() if isinstance(v, dict) and "value" in v]
 
 
+#: The LOSO comparisons' outputs, in the order they were run; a design's first row is the one shown.
+LOSO_RESULTS = ("stage2-loso/loso.json", "stage2-prior/loso.json", "stage2-cnn/loso.json", "stage2-archive/loso.json")
+
+
+def loso_rows(src: Sources) -> dict[str, tuple[dict, str]]:
+    """design / features -> (its LOSO row, the file it came from), over :data:`LOSO_RESULTS`."""
+    rows: dict[str, tuple[dict, str]] = {}
+    for rel in LOSO_RESULTS:
+        for name, row in src.result(rel)["results"].items():
+            rows.setdefault(name, (row, rel))
+    return rows
+
+
 def t_loso(src: Sources) -> list[str]:
-    loso = src.result("stage2-loso/loso.json")
     design = shipped_design(src)
-    row = loso["results"][design]
+    row, rel = loso_rows(src)[design]
     rows = []
     for comparison in loso_comparisons(row):
         d = row[comparison]
@@ -239,19 +251,19 @@ def t_loso(src: Sources) -> list[str]:
         aim_cell = f"≥ {aim:.2f}: " + ("met" if d["value"] >= aim else "not met") if aim else ""
         rows.append([comparison, str(d["n"]), stat(d), aim_cell])
     header = ["in the source left out", "n", f"shipped (`{design}`), 95% CI", "aim"]
-    return [source_note("stage2-loso/loso.json", "the diagnosis spec's design")] + table(header, rows)
+    return [source_note(rel, "the diagnosis spec's design")] + table(header, rows)
 
 
 def t_loso_designs(src: Sources) -> list[str]:
-    loso = src.result("stage2-loso/loso.json")
     design = shipped_design(src)
-    comparisons = loso_comparisons(next(iter(loso["results"].values())))
+    every = loso_rows(src)
+    comparisons = loso_comparisons(next(iter(every.values()))[0])
     rows = []
-    for name, row in loso["results"].items():
+    for name, (row, rel) in every.items():
         label = f"**{name}** (shipped)" if name == design else name
-        rows.append([label] + [stat(row[c], 3) for c in comparisons] + [num(row.get("primary"))])
-    header = ["design / features"] + comparisons + ["primary"]
-    return [source_note("stage2-loso/loso.json")] + table(header, rows)
+        rows.append([label] + [stat(row[c], 3) for c in comparisons] + [num(row.get("primary")), rel.split("/")[0]])
+    header = ["design / features"] + comparisons + ["primary", "run"]
+    return [source_note(*LOSO_RESULTS)] + table(header, rows)
 
 
 def t_diagnosis_internal(src: Sources) -> list[str]:
@@ -378,7 +390,7 @@ def consistency(src: Sources) -> list[str]:
             problems.append(f"{what}: spec {a} vs results {b}")
 
     try:
-        loso = src.result("stage2-loso/loso.json")["results"][shipped_design(src)]
+        loso = loso_rows(src)[shipped_design(src)][0]
         for k, v in spec_for(src.specs, "diagnosis")["metrics"].get("loso", {}).items():
             compare(f"LOSO {k}", v, loso[k]["value"])
         gate = src.result("gate-hospital/gate_eval.json")["results"]["test"]["per_kind"]

@@ -121,3 +121,33 @@ def test_within_source_prior_learns_abnormal_only():
     assert roc_auc_score(y != NORMAL, 1 - pa[:, NORMAL]) > 0.7  # the abnormal factor is learned
     with pytest.raises(ValueError, match="finding facts"):
         make_design("within_source_prior").fit(x[:, :5], y, src)
+
+
+def test_within_archive_reads_no_label_of_a_source_whose_classes_come_from_two_hospitals():
+    """covid19-radiography (COVID-19 from one hospital, normals from another) and hannover teach neither head."""
+    x, y, src, _ = _shortcut_data()
+    mixed = np.isin(src, ["covid19-radiography", "hannover"])
+    shuffled = y.copy()
+    shuffled[mixed] = np.random.default_rng(2).permutation(y[mixed])
+    a = make_design("within_archive").fit(x, y, src)
+    b = make_design("within_archive").fit(x, shuffled, src)
+    np.testing.assert_allclose(a.predict_proba(x), b.predict_proba(x))
+    c = make_design("within_source").fit(x, shuffled, src)  # the within-source design does read them
+    assert not np.allclose(a.predict_proba(x), c.predict_proba(x))
+
+
+def test_within_archive_without_covid_chestxray_falls_back_to_the_pattern_prior():
+    from covidcxr.engine.heads import pattern_prior
+
+    x, y, src, _ = _shortcut_data()
+    facts = _facts(*np.random.default_rng(3).random((3, len(y))))
+    keep = src != "covid-chestxray"
+    with_facts = make_design("within_archive").fit(np.concatenate([x, facts], 1)[keep], y[keep], src[keep])
+    p = with_facts.predict_proba(np.concatenate([x, facts], 1))
+    np.testing.assert_allclose(p[:, COVID] / (1 - p[:, NORMAL]), pattern_prior(facts), atol=1e-9)
+    no_facts = make_design("within_archive").fit(x[keep], y[keep], src[keep]).predict_proba(x)
+    np.testing.assert_allclose(no_facts[:, COVID], no_facts[:, OTHER])  # no facts, no pattern: one half each
+    full = make_design("within_archive").fit(x, y, src).predict_proba(x)  # covid-chestxray in training: learned
+    covid, other = (y == COVID) & (src == "covid-chestxray"), (y == OTHER) & (src == "covid-chestxray")
+    odds = full[:, COVID] / (1 - full[:, NORMAL])
+    assert roc_auc_score(np.r_[np.ones(covid.sum()), np.zeros(other.sum())], np.r_[odds[covid], odds[other]]) > 0.75

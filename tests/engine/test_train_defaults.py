@@ -61,7 +61,7 @@ def test_the_default_diagnosis_recipe_is_the_source_blind_heads(tmp_path):
         **load_config(HeadsConfig, REPO_CONFIGS / "diagnosis.yaml").__dict__,
         "out_dir": str(tmp_path),
     }
-    assert cfg.design == "pooled" and cfg.features == "findings" and cfg.export_name == "source_blind_diagnosis"
+    assert cfg.design == "within_archive" and cfg.features == "findings" and cfg.export_name == "source_blind_diagnosis"
 
 
 def test_a_resumed_run_reads_its_own_config(tmp_path):
@@ -76,7 +76,7 @@ def test_quick_overrides_come_after_the_config_and_before_set(tmp_path):
     assert cfg.quick and cfg.limit == 24 and cfg.input_size == 64 and cfg.epochs == 2
     assert cfg.out_dir == "runs/segmentation-quick"
     heads = train_config(_args("diagnosis", "--quick", "--out", str(tmp_path)), HeadsConfig)
-    assert heads.quick and heads.limit == 2 and heads.design == "pooled"
+    assert heads.quick and heads.limit == 2 and heads.design == "within_archive"
     cnn = train_config(
         _args("diagnosis", "--quick", "--config", str(REPO_CONFIGS / "diagnosis_cnn.yaml")), DiagTrainConfig
     )

@@ -118,3 +118,23 @@ def test_finding_facts_and_summary():
         summary["airspace_opacity"] == {"present": False, "probability": 0.4}
         and summary["covid_pattern"]["score"] == 0.75
     )
+
+
+def test_within_archive_heads_fold_into_the_shipped_model():
+    from covidcxr.engine.heads import WithinArchive
+    from covidcxr.engine.train_heads import build_model, heads_probabilities
+
+    rng = np.random.default_rng(1)
+    n = 400
+    facts = rng.normal(size=(n, len(FACTS))) + 3
+    labels = rng.integers(0, 3, n)
+    facts[:, 0] += 2 * (labels != 2)
+    sources = np.array(["covid-chestxray", "kermany-pediatric", "nih-chestxray8", "hannover"])[rng.integers(0, 4, n)]
+    fitted = WithinArchive().fit(facts, labels, sources)
+    model = build_model(fitted, "findings", "imagenet-file:unused")
+    assert model.head_kind == "factorised"
+    got = heads_probabilities(model, {"names": np.arange(n), "findings": facts.astype(np.float32)})
+    np.testing.assert_allclose(got, fitted.predict_proba(facts), atol=1e-4)
+    keep = sources != "covid-chestxray"
+    with pytest.raises(ValueError, match="no learned COVID-19 head"):
+        build_model(WithinArchive().fit(facts[keep], labels[keep], sources[keep]), "findings", "imagenet-file:unused")

@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from covidcxr.engine.heads import C, COVID, NORMAL, OTHER
+from covidcxr.engine.heads import COVID, NORMAL, OTHER, C
 from covidcxr.engine.loso import NIH, feature_matrix, stage2_inputs
 from covidcxr.metrics import stratified_bootstrap_ci
 
@@ -26,7 +26,12 @@ COMPARISONS = {
     "NIH Other pneumonia vs No finding": (NIH, (OTHER,), (NORMAL,), 0.75),
     "covid-chestxray COVID-19 vs Other pneumonia": (("covid-chestxray",), (COVID,), (OTHER,), 0.75),
     "kermany-pediatric pneumonia vs normal": (("kermany-pediatric",), (OTHER,), (NORMAL,), None),
-    "covid19-radiography COVID-19 vs No finding (confounded in-source)": (("covid19-radiography",), (COVID,), (NORMAL,), 0.85),
+    "covid19-radiography COVID-19 vs No finding (confounded in-source)": (
+        ("covid19-radiography",),
+        (COVID,),
+        (NORMAL,),
+        0.85,
+    ),
 }
 FEATURES = ("imagenet", "lungenc", "findings", "imagenet+findings")
 
@@ -60,8 +65,8 @@ for comp, (srcs, pos, neg, aim) in COMPARISONS.items():
 if Path(args.cnn).is_file():  # the within-source CNN: abnormal learned inside NIH, covid inside covid-chestxray
     import torch
 
-    from covidcxr.data.classification import classification_samples
     from covidcxr.data import load_records
+    from covidcxr.data.classification import classification_samples
     from covidcxr.engine.diagnosis_views import prepare_views
     from covidcxr.engine.loso_cnn import CnnRecipe, build_model, class_probabilities
     from covidcxr.infer import LungSegmenter
@@ -81,16 +86,29 @@ if Path(args.cnn).is_file():  # the within-source CNN: abnormal learned inside N
         results[comp]["cnn_within_source"] = auroc(np.isin(views["labels"][idx], pos).astype(int), s)
         print(comp, "cnn", f"{results[comp]['cnn_within_source']['auroc']:.3f}", flush=True)
 
-for comp, e in results.items():
-    cands = [h["auroc"] for h in e["heads"].values()] + ([e["cnn_within_source"]["auroc"]] if "cnn_within_source" in e else [])
+for e in results.values():
+    cands = [h["auroc"] for h in e["heads"].values()] + (
+        [e["cnn_within_source"]["auroc"]] if "cnn_within_source" in e else []
+    )
     e["best"] = max(cands)
     e["reading"] = None if e["aim"] is None else ("out of reach" if e["best"] < e["aim"] else "not ruled out")
 (here / "ceiling.json").write_text(json.dumps(results, indent=2) + "\n")
-lines = ["| comparison (train split → validation, in-source) | " + " | ".join(FEATURES) + " | CNN | best | LOSO aim | reading |", "|---" * (len(FEATURES) + 5) + "|"]
+lines = [
+    "| comparison (train split → validation, in-source) | "
+    + " | ".join(FEATURES)
+    + " | CNN | best | LOSO aim | reading |",
+    "|---" * (len(FEATURES) + 5) + "|",
+]
 for comp, e in results.items():
-    cells = [f"{e['heads'][f]['auroc']:.3f} ({e['heads'][f]['ci'][0]:.2f}–{e['heads'][f]['ci'][1]:.2f})" for f in FEATURES]
+    cells = [
+        f"{e['heads'][f]['auroc']:.3f} ({e['heads'][f]['ci'][0]:.2f}–{e['heads'][f]['ci'][1]:.2f})" for f in FEATURES
+    ]
     cnn = e.get("cnn_within_source")
     cells.append(f"{cnn['auroc']:.3f} ({cnn['ci'][0]:.2f}–{cnn['ci'][1]:.2f})" if cnn else "")
-    lines.append(f"| {comp} (n {e['n_train']} / {e['n_val']}) | " + " | ".join(cells) + f" | {e['best']:.3f} | {e['aim'] or ''} | {e['reading'] or ''} |")
+    lines.append(
+        f"| {comp} (n {e['n_train']} / {e['n_val']}) | "
+        + " | ".join(cells)
+        + f" | {e['best']:.3f} | {e['aim'] or ''} | {e['reading'] or ''} |"
+    )
 (here / "ceiling.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))

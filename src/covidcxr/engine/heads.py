@@ -15,6 +15,9 @@ Every design maps features (N, D) of training images with labels (indices into
   removed, round after round): the linear counterpart of adversarial removal.
 - ``within_source_prior``: ``within_source``'s P(abnormal) with P(COVID-19 | abnormal) the
   radiological pattern prior on the finding facts, not learned (:func:`pattern_prior`).
+- ``within_archive``: ``within_source`` with pairs drawn only where one archive holds both
+  classes (:data:`ABNORMAL_SOURCES`, :data:`COVID_SOURCES`); a source whose classes come from
+  different hospitals (covid19-radiography) teaches neither head.
 
 All are scikit-learn estimators on standardised features (the scaler is part of the model).
 """
@@ -29,7 +32,11 @@ from ..data.labels import CLASSES
 from ..infer.findings import FACTS
 
 COVID, OTHER, NORMAL = (CLASSES.index(c) for c in ("COVID-19", "Other pneumonia", "No finding"))
-DESIGNS = ("pooled", "within_source", "source_erased", "within_source_prior")
+DESIGNS = ("pooled", "within_source", "source_erased", "within_source_prior", "within_archive")
+#: Archives that hold pneumonia and "No finding" from one hospital system: where P(abnormal) may be learned.
+ABNORMAL_SOURCES = ("kermany-pediatric", "nih-chestxray8", "nih-chestxray14")
+#: Archives that hold COVID-19 and other pneumonia: where P(COVID-19 | abnormal) may be learned.
+COVID_SOURCES = ("covid-chestxray",)
 C = 0.1
 PAIRS_PER_SOURCE = 2000
 ERASE_ROUNDS = 8
@@ -201,6 +208,37 @@ class WithinSourcePrior:
         return np.stack([p_abn * q, p_abn * (1 - q), 1 - p_abn], axis=1)
 
 
+class WithinArchive:
+    """:class:`WithinSource` learned only inside single archives that hold both classes of a head.
+
+    P(abnormal): pairs inside :data:`ABNORMAL_SOURCES`; P(COVID-19 | abnormal): pairs inside
+    :data:`COVID_SOURCES`, or, where none is in training, the fixed :func:`pattern_prior` (read from the
+    last ``len(FACTS)`` columns; 1/2 when ``x`` has fewer columns than facts, i.e. no facts).
+    """
+
+    def fit(self, x: np.ndarray, labels: np.ndarray, sources: np.ndarray, seed: int = 0) -> WithinArchive:
+        self.scaler = StandardScaler().fit(x)
+        z = self.scaler.transform(x)
+        self.has_facts = x.shape[1] >= len(FACTS)
+        abn = np.isin(sources, ABNORMAL_SOURCES)
+        self.abnormal = RankingHead().fit(z, abn & (labels != NORMAL), abn & (labels == NORMAL), sources, seed)
+        cov = np.isin(sources, COVID_SOURCES)
+        pos, neg = cov & (labels == COVID), cov & (labels == OTHER)
+        self.covid = RankingHead().fit(z, pos, neg, sources, seed) if pos.any() and neg.any() else None
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        z = self.scaler.transform(x)
+        p_abn = self.abnormal.proba(z)
+        if self.covid is not None:
+            q = self.covid.proba(z)
+        elif self.has_facts:
+            q = pattern_prior(x[:, -len(FACTS) :])
+        else:
+            q = np.full(len(x), 0.5)
+        return np.stack([p_abn * q, p_abn * (1 - q), 1 - p_abn], axis=1)
+
+
 def make_design(name: str):
     """A fresh, unfitted model of design ``name``."""
     designs = {
@@ -208,6 +246,7 @@ def make_design(name: str):
         "within_source": WithinSource,
         "source_erased": SourceErased,
         "within_source_prior": WithinSourcePrior,
+        "within_archive": WithinArchive,
     }
     if name not in designs:
         raise ValueError(f"unknown stage-2 design {name!r}; known: {', '.join(DESIGNS)}")

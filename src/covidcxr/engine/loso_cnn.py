@@ -34,16 +34,12 @@ from tqdm.auto import tqdm
 
 from ..data.classification import DiagnosisDataset
 from ..data.transforms import diagnosis_augment
-from .heads import COVID, NORMAL
+from .heads import ABNORMAL_SOURCES, COVID, COVID_SOURCES, NORMAL
 from .loso import FOLDS, score_folds, write
 from .runs import autocast, checkpoint
 
 log = logging.getLogger(__name__)
 
-#: Sources whose pneumonia and no-finding images the ``abnormal`` logit learns from.
-ABNORMAL_SOURCES = ("kermany-pediatric", "nih-chestxray8", "nih-chestxray14")
-#: Sources whose COVID-19 and other-pneumonia images the ``covid`` logit learns from.
-COVID_SOURCES = ("covid-chestxray",)
 DESIGN = "cnn_within_source"
 
 

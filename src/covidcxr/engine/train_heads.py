@@ -28,13 +28,13 @@ from ..models import WeightSpec, create_model, save_weights
 from ..models.pretrained import IMAGENET_MOBILENET_V2_SHA256, load_imagenet, parse_init
 from ..models.source_blind import fold_head
 from . import loso
-from .heads import Pooled, WithinSource, make_design
+from .heads import Pooled, WithinArchive, WithinSource, make_design
 from .stage2_features import MARGIN, VIEW_SIZE
 
 log = logging.getLogger(__name__)
 
 #: Designs whose heads fold into the shipped :class:`~covidcxr.models.source_blind.SourceBlindDiagnoser`.
-SHIPPABLE = ("pooled", "within_source")
+SHIPPABLE = ("pooled", "within_source", "within_archive")
 
 
 @dataclass
@@ -43,7 +43,7 @@ class HeadsConfig:
 
     data_root: str | None = None
     out_dir: str = "runs/diagnosis"
-    design: str = "within_source"  # within_source | pooled (engine/heads.py; the others are LOSO comparisons only)
+    design: str = "within_archive"  # within_archive | within_source | pooled (engine/heads.py; the others: LOSO only)
     features: str = "imagenet+findings"  # engine/loso.py FEATURE_SETS
     init: str | None = None  # imagenet-file:PATH[@SHA256]; None: ../shared/pretrained beside the data
     seed: int = 0
@@ -67,14 +67,17 @@ def build_model(fitted, feature_set: str, init: str) -> torch.nn.Module:
     n_facts = len(FACTS) if "findings" in loso.FEATURE_SETS[feature_set] else 0
     if set(loso.FEATURE_SETS[feature_set]) - {"imagenet", "findings"}:
         raise ValueError(f"feature set {feature_set!r}: the shipped model reads imagenet and/or findings features")
-    head = "factorised" if isinstance(fitted, WithinSource) else "multinomial"
+    factorised = isinstance(fitted, (WithinSource, WithinArchive))
+    if isinstance(fitted, WithinArchive) and fitted.covid is None:
+        raise ValueError("within_archive without covid-chestxray in training has no learned COVID-19 head to fold")
+    head = "factorised" if factorised else "multinomial"
     model = create_model(
         "source_blind_mobilenet_v2", in_chans=1, num_classes=len(CLASSES), n_facts=n_facts, image=image, head=head
     )
     if image:
         load_imagenet(model.backbone, *parse_init(init))
     with torch.no_grad():
-        if isinstance(fitted, WithinSource):
+        if factorised:
             mean, scale = (
                 torch.from_numpy(np.asarray(a, np.float64)) for a in (fitted.scaler.mean_, fitted.scaler.scale_)
             )
@@ -91,7 +94,7 @@ def build_model(fitted, feature_set: str, init: str) -> torch.nn.Module:
             ]
         else:
             raise ValueError(
-                f"{type(fitted).__name__}: only within_source and pooled heads fold into the shipped model"
+                f"{type(fitted).__name__}: only within_archive, within_source and pooled heads fold into the shipped model"
             )
         model.linear.weight.copy_(torch.stack([w for w, _ in rows]).float())
         model.linear.bias.copy_(torch.stack([b for _, b in rows]).float())
