@@ -39,9 +39,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     files = bench.pick_files(bench.resolve_data_root(args.data_root), args.per_source)
     single = files[:: max(1, len(files) // args.single)][: args.single]
-    gated = bench.Pipeline.load(saliency=True)
-    ungated = bench.Pipeline.load(saliency=True)
-    ungated.gate = None
+    gated = bench.Predictor.load(saliency=True)
+    ungated = bench.Predictor.load(saliency=True)
+    ungated.gate = None  # no gate at all (``use_gate=False`` would still run it, as a warning)
     times: dict[str, list[float]] = {"gate": [], "no_gate": []}
     with tempfile.TemporaryDirectory() as tmp:
         for name, pipe in (("gate", gated), ("no_gate", ungated)):

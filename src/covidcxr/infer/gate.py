@@ -260,12 +260,13 @@ def gate_refusal(p_frontal: float, image: np.ndarray, mask: np.ndarray, spec) ->
     facts = intensity_facts(image, mask, check.get("crop", "borders")) if check else None
     dist = float(intensity_distance(facts, check)[0]) if check else 0.0
     by_gate = p_frontal < spec.threshold
-    reason = seen_kind(p_frontal, mask, facts, check.get("kinds"))
-    by_intensity = bool(check) and dist > check["limit"] and (check.get("agree") != "kinds" or reason != "unsure")
-    if not by_gate and not by_intensity:
+    if not by_gate and not (check and dist > check["limit"]):
         return None
+    reason = seen_kind(p_frontal, mask, facts, check.get("kinds"))
     if by_gate:
         return refusal(p_frontal, spec.threshold, reason)
+    if check.get("agree") == "kinds" and reason == "unsure":  # the head takes it for a frontal film
+        return None
     return _intensity_message(dist, check["limit"], "ct" if reason == "unsure" else reason)
 
 
