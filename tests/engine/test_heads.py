@@ -129,8 +129,8 @@ def test_within_archive_reads_no_label_of_a_source_whose_classes_come_from_two_h
     mixed = np.isin(src, ["covid19-radiography", "hannover"])
     shuffled = y.copy()
     shuffled[mixed] = np.random.default_rng(2).permutation(y[mixed])
-    a = make_design("within_archive").fit(x, y, src)
-    b = make_design("within_archive").fit(x, shuffled, src)
+    a = make_design("within_archive", has_facts=False).fit(x, y, src)
+    b = make_design("within_archive", has_facts=False).fit(x, shuffled, src)
     np.testing.assert_allclose(a.predict_proba(x), b.predict_proba(x))
     c = make_design("within_source").fit(x, shuffled, src)  # the within-source design does read them
     assert not np.allclose(a.predict_proba(x), c.predict_proba(x))
@@ -145,9 +145,16 @@ def test_within_archive_without_covid_chestxray_falls_back_to_the_pattern_prior(
     with_facts = make_design("within_archive").fit(np.concatenate([x, facts], 1)[keep], y[keep], src[keep])
     p = with_facts.predict_proba(np.concatenate([x, facts], 1))
     np.testing.assert_allclose(p[:, COVID] / (1 - p[:, NORMAL]), pattern_prior(facts), atol=1e-9)
-    no_facts = make_design("within_archive").fit(x[keep], y[keep], src[keep]).predict_proba(x)
+    wide = np.concatenate(
+        [x, np.random.default_rng(4).random((len(y), 20))], 1
+    )  # as many columns as facts, none of them facts
+    no_facts = make_design("within_archive", has_facts=False).fit(wide[keep], y[keep], src[keep]).predict_proba(wide)
     np.testing.assert_allclose(no_facts[:, COVID], no_facts[:, OTHER])  # no facts, no pattern: one half each
-    full = make_design("within_archive").fit(x, y, src).predict_proba(x)  # covid-chestxray in training: learned
+    with pytest.raises(ValueError, match="finding facts"):
+        make_design("within_archive").fit(x, y, src)  # told the facts are there, given six columns
+    full = (
+        make_design("within_archive", has_facts=False).fit(x, y, src).predict_proba(x)
+    )  # covid-chestxray in training: learned
     covid, other = (y == COVID) & (src == "covid-chestxray"), (y == OTHER) & (src == "covid-chestxray")
     odds = full[:, COVID] / (1 - full[:, NORMAL])
     assert roc_auc_score(np.r_[np.ones(covid.sum()), np.zeros(other.sum())], np.r_[odds[covid], odds[other]]) > 0.75

@@ -212,14 +212,18 @@ class WithinArchive:
     """:class:`WithinSource` learned only inside single archives that hold both classes of a head.
 
     P(abnormal): pairs inside :data:`ABNORMAL_SOURCES`; P(COVID-19 | abnormal): pairs inside
-    :data:`COVID_SOURCES`, or, where none is in training, the fixed :func:`pattern_prior` (read from the
-    last ``len(FACTS)`` columns; 1/2 when ``x`` has fewer columns than facts, i.e. no facts).
+    :data:`COVID_SOURCES`, or, where none is in training, the fixed :func:`pattern_prior` read from the
+    last ``len(FACTS)`` columns when ``has_facts`` (the feature set ends with the finding facts), else 1/2.
     """
 
+    def __init__(self, has_facts: bool = True) -> None:
+        self.has_facts = has_facts
+
     def fit(self, x: np.ndarray, labels: np.ndarray, sources: np.ndarray, seed: int = 0) -> WithinArchive:
+        if self.has_facts and x.shape[1] < len(FACTS):
+            raise ValueError(f"within_archive reads the {len(FACTS)} finding facts; got {x.shape[1]} columns")
         self.scaler = StandardScaler().fit(x)
         z = self.scaler.transform(x)
-        self.has_facts = x.shape[1] >= len(FACTS)
         abn = np.isin(sources, ABNORMAL_SOURCES)
         self.abnormal = RankingHead().fit(z, abn & (labels != NORMAL), abn & (labels == NORMAL), sources, seed)
         cov = np.isin(sources, COVID_SOURCES)
@@ -239,8 +243,8 @@ class WithinArchive:
         return np.stack([p_abn * q, p_abn * (1 - q), 1 - p_abn], axis=1)
 
 
-def make_design(name: str):
-    """A fresh, unfitted model of design ``name``."""
+def make_design(name: str, has_facts: bool = True):
+    """A fresh, unfitted model of design ``name``; ``has_facts``: the features end with the finding facts."""
     designs = {
         "pooled": Pooled,
         "within_source": WithinSource,
@@ -250,4 +254,6 @@ def make_design(name: str):
     }
     if name not in designs:
         raise ValueError(f"unknown stage-2 design {name!r}; known: {', '.join(DESIGNS)}")
-    return designs[name]()
+    if name == "within_source_prior" and not has_facts:
+        raise ValueError("within_source_prior reads the finding facts: use a feature set with findings")
+    return WithinArchive(has_facts) if name == "within_archive" else designs[name]()

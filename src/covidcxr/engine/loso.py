@@ -94,14 +94,23 @@ def scores(probs: np.ndarray, kind: str) -> np.ndarray:
 
 
 def fold_probabilities(
-    design: str, x: np.ndarray, labels: np.ndarray, sources: np.ndarray, splits: np.ndarray, seed: int = 0
+    design: str,
+    x: np.ndarray,
+    labels: np.ndarray,
+    sources: np.ndarray,
+    splits: np.ndarray,
+    seed: int = 0,
+    has_facts: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Out-of-source probabilities (N, 3) of every fold: rows of the sources left out filled, others NaN."""
+    """Out-of-source probabilities (N, 3) of every fold: rows of the sources left out filled, others NaN.
+
+    ``has_facts``: ``x`` ends with the finding facts (:func:`make_design`).
+    """
     out = {}
     for fold, left_out in FOLDS.items():
         held = np.isin(sources, left_out)
         train = ~held & (splits == "train")
-        model = make_design(design).fit(x[train], labels[train], sources[train], seed=seed)
+        model = make_design(design, has_facts).fit(x[train], labels[train], sources[train], seed=seed)
         p = np.full((len(x), 3), np.nan)
         p[held] = model.predict_proba(x[held])
         out[fold] = p
@@ -233,7 +242,7 @@ def run_loso(
     out = {}
     for row, (design, feature_set) in designs.items():
         x = feature_matrix(features, feature_set)
-        folds = fold_probabilities(design, x, labels, sources, splits, seed=seed)
+        folds = fold_probabilities(design, x, labels, sources, splits, seed, "findings" in FEATURE_SETS[feature_set])
         out[row] = {"design": design, "features": feature_set, **score_folds(folds, labels, sources, n_resamples)}
         log.info("%s: primary %.3f", row, out[row]["primary"])
         if out_dir is not None:

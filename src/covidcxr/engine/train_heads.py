@@ -130,7 +130,8 @@ def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None, command:
     labels, sources, splits = (np.array([s[k] for s in rows]) for k in ("label", "dataset", "split"))
     x = loso.feature_matrix(features, cfg.features)
     train = splits == "train"
-    fitted = make_design(cfg.design).fit(x[train], labels[train], sources[train], seed=cfg.seed)
+    has_facts = "findings" in loso.FEATURE_SETS[cfg.features]
+    fitted = make_design(cfg.design, has_facts).fit(x[train], labels[train], sources[train], seed=cfg.seed)
     model = build_model(fitted, cfg.features, init)
     parity = check_parity(model, fitted, x, features)
     log.info("model vs heads on %d images: max |dp| %.2e", parity["n"], parity["max_abs_diff"])
