@@ -101,3 +101,8 @@ def test_verdict_words():
     rows["intact"]["covid_vs_other_in_covid_chestxray"] = _ci(0.6)
     v = verdict({"inputs": rows, "source_probe": probe})
     assert v[0].startswith("WARN") and "shortcut" in v[0] and v[3].startswith("WARN")
+    rows["intact"]["covid_auroc"] = _ci(0.5)  # a reading that ranks nothing: nothing for the blackouts to show
+    probe["decision (class log-probabilities), all classes"] = {"balanced_accuracy": 0.29, "chance": 1 / 6}
+    v = verdict({"inputs": rows, "source_probe": probe, "split": "test"})
+    assert v[0].startswith("NOTE") and "cannot show" in v[0] and not any(s.startswith("PASS: the lungs") for s in v)
+    assert "on its decision, 0.29" in v[1] and v[2].startswith("WARN")

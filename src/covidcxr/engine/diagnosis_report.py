@@ -142,14 +142,25 @@ def plot_confusion(per_source: dict, path: Path) -> None:
     plt.close(fig)
 
 
+#: Below this intact COVID-19 AUROC the blacked-out checks say nothing (there is no reading to lose).
+INFORMATIVE_AUROC = 0.6
+
+
 def verdict(summary: dict) -> list[str]:
-    """Plain-language reading of the audit, one sentence per check."""
+    """Plain-language reading of the audit, one sentence per check (one for both blacked-out checks when the intact reading ranks nothing)."""
     rows = summary["inputs"]
     intact = rows["intact"]["covid_auroc"]["value"]
     blacked = rows["lungs blacked out"]["covid_auroc"]["value"]
     lungs_only = rows["all but the lungs blacked out"]["covid_auroc"]["value"]
     out = []
-    if 0.35 <= blacked <= 0.65:
+    if intact < INFORMATIVE_AUROC:
+        # nothing to lose: blacking parts out cannot show where a reading that ranks nothing comes from
+        out.append(
+            f"NOTE: intact, the model ranks COVID-19 against every other {summary.get('split', 'test')} image at AUROC {intact:.2f}, "
+            f"below {INFORMATIVE_AUROC:.2f}: the blacked-out checks cannot show where it reads (lungs blacked out {blacked:.2f}, "
+            f"all but the lungs blacked out {lungs_only:.2f}). Read the per-source and leave-one-source-out results instead."
+        )
+    elif 0.35 <= blacked <= 0.65:
         out.append(
             f"PASS: with the lungs blacked out the model no longer tells COVID-19 apart (AUROC {blacked:.2f}, intact {intact:.2f}): what it reads is in the lungs."
         )
@@ -158,16 +169,23 @@ def verdict(summary: dict) -> list[str]:
             f"WARN: with the lungs blacked out the model still ranks COVID-19 at AUROC {blacked:.2f} (intact {intact:.2f}): it reads something outside the lungs, a likely shortcut."
         )
     drop = intact - lungs_only
-    if drop <= 0.05:
+    if intact < INFORMATIVE_AUROC:
+        pass
+    elif drop <= 0.05:
         out.append(f"PASS: the lungs alone keep the COVID-19 AUROC ({lungs_only:.2f} vs {intact:.2f} intact).")
     else:
         out.append(
             f"WARN: showing only the lungs lowers the COVID-19 AUROC from {intact:.2f} to {lungs_only:.2f}: part of the decision comes from outside the lungs."
         )
     probe = summary["source_probe"]["all classes"]
+    decision = next(
+        (v for k, v in summary["source_probe"].items() if k.startswith("decision") and k.endswith("all classes")), None
+    )
     out.append(
         f"NOTE: a linear probe on the model's features names the image's source with balanced accuracy {probe['balanced_accuracy']:.2f} "
-        f"(chance {probe['chance']:.2f}). Source information is in the features, as it is in the pixels (age group, processing); "
+        f"(chance {probe['chance']:.2f})"
+        + (f"; on its decision, {decision['balanced_accuracy']:.2f}" if decision else "")
+        + ". Source information is in the features, as it is in the pixels (age group, processing); "
         "per-source results and the within-source test below are the numbers to trust, not the pooled AUROC."
     )
     within = rows["intact"]["covid_vs_other_in_covid_chestxray"]
