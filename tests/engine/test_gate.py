@@ -514,3 +514,10 @@ def test_marked_negatives_carry_the_frontal_marks_and_stay_lateral_or_ct(records
     assert all("#marked" in n for n in d["name"]) and d["facts"].shape == (6, len(INTENSITY_FACTS))
     again = marked_negatives(few, "train", _FakeSegmenter(), 2, marks=ALL_MARKS)
     assert np.array_equal(d["x"], again["x"])  # the seed, not global state, decides the marks
+
+
+def test_read_cached_names_what_builds_a_missing_cache(tmp_path):
+    from covidcxr.engine.gate_data import read_cached
+
+    with pytest.raises(FileNotFoundError, match="tune_val.py builds it"):
+        read_cached(tmp_path / "features_train.npz", "docs/results/gate-surround/tune_val.py")

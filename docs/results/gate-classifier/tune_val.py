@@ -11,27 +11,18 @@ import json
 from pathlib import Path
 
 from covidcxr.engine import gate as G
+from covidcxr.engine.gate_data import read_cached
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default="runs/gate-v3")
 out = Path(ap.parse_args().out)
-
-
-def load(name):
-    return G.cached(out / f"features_{name}.npz", lambda: (_ for _ in ()).throw(FileNotFoundError(name)))
-
-
-data = {s: load(s) for s in ("train", "train_augmented", "val", "val_augmented")}
-gate, thr, check = G.fit_all(
+built_by = "docs/results/gate-surround/tune_val.py"
+data = {
+    s: read_cached(out / f"features_{s}.npz", built_by) for s in ("train", "train_augmented", "val", "val_augmented")
+}
+row, wrong, check = G.validate(
     data, C=0.2, augmented=True, intensity_with=("train_augmented",), intensity_kind="classifier"
 )
-res, wrong = G.score(gate, G.ThresholdSpec(thr, check), {s: data[s] for s in ("val", "val_augmented")})
-row = {
-    "intensity_kind": "classifier",
-    "threshold": thr,
-    **G.validation_summary(res),
-    "check": {k: v for k, v in check.items() if k != "kinds"},
-    "wrong": wrong,
-}
+row = {"intensity_kind": "classifier", **row, "check": {k: v for k, v in check.items() if k != "kinds"}, "wrong": wrong}
 print(json.dumps({k: v for k, v in row.items() if k not in ("wrong", "check")}), flush=True)
 Path(__file__).with_name("tuning_val.json").write_text(json.dumps(row, indent=2) + "\n")

@@ -23,8 +23,7 @@ out = Path(ap.parse_args().out)
 out.mkdir(parents=True, exist_ok=True)
 records, segmenter = load_records(None), LungSegmenter.from_spec()
 data = gate_data(records, segmenter, out, splits=("train", "val"), marks=ALL_MARKS, crop="film")
-gate, thr, check = G.fit_all(data, C=0.2, augmented=True, percentile=99.8, crop="film")
-res, wrong = G.score(gate, G.ThresholdSpec(thr, check), {s: data[s] for s in ("val", "val_augmented")})
-row = {"crop": "film", "marks": list(ALL_MARKS), "threshold": thr, **G.validation_summary(res), "wrong": wrong}
+row, wrong, _ = G.validate(data, C=0.2, augmented=True, percentile=99.8, crop="film")
+row = {"crop": "film", "marks": list(ALL_MARKS), **row, "wrong": wrong}
 print(json.dumps({k: v for k, v in row.items() if k != "wrong"}), flush=True)
 Path(__file__).with_name("tuning_val.json").write_text(json.dumps(row, indent=2) + "\n")

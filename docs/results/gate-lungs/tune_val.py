@@ -11,23 +11,20 @@ import json
 from pathlib import Path
 
 from covidcxr.engine import gate as G
+from covidcxr.engine.gate_data import read_cached
 from covidcxr.infer.gate import LUNG_FACTS
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default="runs/gate-v3")
 out = Path(ap.parse_args().out)
-
-
-def load(name):
-    return G.cached(out / f"features_{name}.npz", lambda: (_ for _ in ()).throw(FileNotFoundError(name)))
-
-
-data = {s: load(s) for s in ("train", "train_augmented", "val", "val_augmented")}
+built_by = "docs/results/gate-surround/tune_val.py"
+data = {
+    s: read_cached(out / f"features_{s}.npz", built_by) for s in ("train", "train_augmented", "val", "val_augmented")
+}
 rows = []
 for percentile in (99.8, 99.9, 100.0):
-    gate, thr, check = G.fit_all(data, C=0.2, augmented=True, percentile=percentile, intensity_facts=LUNG_FACTS)
-    res, wrong = G.score(gate, G.ThresholdSpec(thr, check), {s: data[s] for s in ("val", "val_augmented")})
-    row = {"facts": list(LUNG_FACTS), "percentile": percentile, "threshold": thr, **G.validation_summary(res)}
+    row, wrong, _ = G.validate(data, C=0.2, augmented=True, percentile=percentile, intensity_facts=LUNG_FACTS)
+    row = {"facts": list(LUNG_FACTS), "percentile": percentile, **row}
     print(json.dumps(row), flush=True)
     rows.append({**row, "wrong": wrong})
 ok = [r for r in rows if r["acceptable"]]

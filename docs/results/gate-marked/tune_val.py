@@ -13,20 +13,17 @@ from pathlib import Path
 
 from covidcxr.data import load_records
 from covidcxr.engine import gate as G
-from covidcxr.engine.gate_data import marked_negatives
+from covidcxr.engine.gate_data import marked_negatives, read_cached
 from covidcxr.engine.gate_images import ALL_MARKS
 from covidcxr.infer import LungSegmenter
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default="runs/gate-v3")
 out = Path(ap.parse_args().out)
-
-
-def load(name):
-    return G.cached(out / f"features_{name}.npz", lambda: (_ for _ in ()).throw(FileNotFoundError(name)))
-
-
-data = {s: load(s) for s in ("train", "train_augmented", "val", "val_augmented")}
+built_by = "docs/results/gate-surround/tune_val.py"
+data = {
+    s: read_cached(out / f"features_{s}.npz", built_by) for s in ("train", "train_augmented", "val", "val_augmented")
+}
 data["train_marked_negatives"] = marked_negatives(
     load_records(None),
     "train",
@@ -37,11 +34,10 @@ data["train_marked_negatives"] = marked_negatives(
 )
 rows = []
 for intensity_with in ((), ("train_augmented",)):
-    gate, thr, check = G.fit_all(
+    row, wrong, _ = G.validate(
         data, C=0.2, augmented=True, intensity_with=intensity_with, negatives_with=("train_marked_negatives",)
     )
-    res, wrong = G.score(gate, G.ThresholdSpec(thr, check), {s: data[s] for s in ("val", "val_augmented")})
-    row = {"intensity_with": list(intensity_with), "threshold": thr, **G.validation_summary(res)}
+    row = {"intensity_with": list(intensity_with), **row}
     print(json.dumps(row), flush=True)
     rows.append({**row, "wrong": wrong})
 ok = [r for r in rows if r["acceptable"]]

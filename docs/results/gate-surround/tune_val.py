@@ -37,12 +37,10 @@ data["train_surround"] = augmented_data(  # surround-only copies: the third sett
     ("surround",),
     "surround",
 )
-val = {s: data[s] for s in ("val", "val_augmented")}
 rows = []
 for intensity_with in ((), ("train_augmented",), ("train_surround",)):
-    gate, thr, check = G.fit_all(data, C=0.2, augmented=True, percentile=99.8, intensity_with=intensity_with)
-    res, _ = G.score(gate, G.ThresholdSpec(thr, check), val)
-    row = {"intensity_with": list(intensity_with), "threshold": thr, **G.validation_summary(res)}
+    row, _, _ = G.validate(data, C=0.2, augmented=True, percentile=99.8, intensity_with=intensity_with)
+    row = {"intensity_with": list(intensity_with), **row}
     rows.append(row)
     print(json.dumps(row), flush=True)
 Path(__file__).with_name("tuning_val.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from covidcxr.engine.heads import COVID, NORMAL, OTHER, C
-from covidcxr.engine.loso import NIH, feature_matrix, stage2_inputs
+from covidcxr.engine.loso import NIH, feature_matrix, sample_rows, stage2_inputs
 from covidcxr.metrics import stratified_bootstrap_ci
 
 ap = argparse.ArgumentParser()
@@ -36,8 +36,7 @@ COMPARISONS = {
 FEATURES = ("imagenet", "lungenc", "findings", "imagenet+findings")
 
 samples, features, _ = stage2_inputs()
-by_name = {f"{s['dataset']}/{s['filename']}": s for s in samples}
-rows = [by_name[str(n)] for n in features["names"]]
+rows = sample_rows(features, samples)
 labels = np.array([s["label"] for s in rows])
 sources = np.array([s["dataset"] for s in rows])
 splits = np.array([s["split"] for s in rows])

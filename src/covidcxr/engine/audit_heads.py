@@ -25,11 +25,6 @@ from .diagnosis_report import audit_markdown, plot_audit, verdict
 from .train_heads import heads_probabilities
 
 
-def _rows_of(features: dict, samples: list[dict]) -> list[dict]:
-    by_name = {f"{s['dataset']}/{s['filename']}": s for s in samples}
-    return [by_name[str(n)] for n in features["names"]]
-
-
 def _row(samples: list[dict], labels: np.ndarray, probs: np.ndarray, mode: str) -> dict:
     per_source = by_source(samples, labels, probs)
     pooled = per_source[ALL_SOURCES]
@@ -78,7 +73,7 @@ def audit_heads(
     samples, features, (blacked, outside) = loso.stage2_inputs(
         data_root, init, blackout_split=split, outside_too=True, limit=limit
     )
-    rows_all = _rows_of(features, samples)
+    rows_all = loso.sample_rows(features, samples)
     labels_all = np.array([s["label"] for s in rows_all])
     sources, splits = (np.array([s[k] for s in rows_all]) for k in ("dataset", "split"))
     probs_all = heads_probabilities(model, features)

@@ -153,30 +153,27 @@ def verdict(summary: dict) -> list[str]:
     blacked = rows["lungs blacked out"]["covid_auroc"]["value"]
     lungs_only = rows["all but the lungs blacked out"]["covid_auroc"]["value"]
     out = []
-    if intact < INFORMATIVE_AUROC:
-        # nothing to lose: blacking parts out cannot show where a reading that ranks nothing comes from
+    if intact < INFORMATIVE_AUROC:  # nothing to lose: blacking parts out cannot show where such a reading comes from
         out.append(
             f"NOTE: intact, the model ranks COVID-19 against every other {summary.get('split', 'test')} image at AUROC {intact:.2f}, "
             f"below {INFORMATIVE_AUROC:.2f}: the blacked-out checks cannot show where it reads (lungs blacked out {blacked:.2f}, "
             f"all but the lungs blacked out {lungs_only:.2f}). Read the per-source and leave-one-source-out results instead."
         )
-    elif 0.35 <= blacked <= 0.65:
-        out.append(
-            f"PASS: with the lungs blacked out the model no longer tells COVID-19 apart (AUROC {blacked:.2f}, intact {intact:.2f}): what it reads is in the lungs."
-        )
     else:
-        out.append(
-            f"WARN: with the lungs blacked out the model still ranks COVID-19 at AUROC {blacked:.2f} (intact {intact:.2f}): it reads something outside the lungs, a likely shortcut."
-        )
-    drop = intact - lungs_only
-    if intact < INFORMATIVE_AUROC:
-        pass
-    elif drop <= 0.05:
-        out.append(f"PASS: the lungs alone keep the COVID-19 AUROC ({lungs_only:.2f} vs {intact:.2f} intact).")
-    else:
-        out.append(
-            f"WARN: showing only the lungs lowers the COVID-19 AUROC from {intact:.2f} to {lungs_only:.2f}: part of the decision comes from outside the lungs."
-        )
+        if 0.35 <= blacked <= 0.65:
+            out.append(
+                f"PASS: with the lungs blacked out the model no longer tells COVID-19 apart (AUROC {blacked:.2f}, intact {intact:.2f}): what it reads is in the lungs."
+            )
+        else:
+            out.append(
+                f"WARN: with the lungs blacked out the model still ranks COVID-19 at AUROC {blacked:.2f} (intact {intact:.2f}): it reads something outside the lungs, a likely shortcut."
+            )
+        if intact - lungs_only <= 0.05:
+            out.append(f"PASS: the lungs alone keep the COVID-19 AUROC ({lungs_only:.2f} vs {intact:.2f} intact).")
+        else:
+            out.append(
+                f"WARN: showing only the lungs lowers the COVID-19 AUROC from {intact:.2f} to {lungs_only:.2f}: part of the decision comes from outside the lungs."
+            )
     probe = summary["source_probe"]["all classes"]
     decision = next(
         (v for k, v in summary["source_probe"].items() if k.startswith("decision") and k.endswith("all classes")), None

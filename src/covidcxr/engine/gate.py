@@ -23,7 +23,17 @@ from .gate_data import AUGMENTED_PER_SOURCE, MAX_FRONTAL_PER_SOURCE, cached, con
 from .gate_images import HOSPITAL_MARKS
 from .gate_report import rate_with_ci, refusal_rates, refused_list, source_totals, write_report
 
-__all__ = ["KIND_LABELS", "cached", "decide", "evaluate_gate", "fit_all", "fit_intensity_check", "score", "train_gate"]
+__all__ = [
+    "KIND_LABELS",
+    "cached",
+    "decide",
+    "evaluate_gate",
+    "fit_all",
+    "fit_intensity_check",
+    "score",
+    "train_gate",
+    "validate",
+]
 
 KIND_LABELS = ("frontal", "lateral", "CT", "other")
 #: The gate's exported name (no config: the shipped recipe; ``-quick`` appended for a smoke run).
@@ -232,6 +242,17 @@ def score(gate, spec, data: dict[str, dict]) -> tuple[dict, list[dict]]:
         results[s] = refusal_rates(p, d["y"], d["kind"], spec.threshold, dec["by_intensity"], dec["reason"])
         wrong += refused_list(d, p, dec, s)
     return results, wrong
+
+
+def validate(data: dict[str, dict], **fit_kw) -> tuple[dict, list[dict], dict]:
+    """A candidate gate (:func:`fit_all` with ``fit_kw``) judged on ``val`` and ``val_augmented`` only.
+
+    Returns:
+        (its threshold and :func:`validation_summary`, its wrong decisions, its intensity check).
+    """
+    gate, threshold, check = fit_all(data, **fit_kw)
+    results, wrong = score(gate, ThresholdSpec(threshold, check), {s: data[s] for s in ("val", "val_augmented")})
+    return {"threshold": threshold, **validation_summary(results)}, wrong, check
 
 
 def validation_summary(results: dict) -> dict:

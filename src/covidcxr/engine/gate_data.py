@@ -86,6 +86,15 @@ def cached(cache: Path | None, build) -> dict:
     return data
 
 
+def read_cached(cache: Path, built_by: str) -> dict:
+    """The examples of an existing cache (:func:`cached`), or FileNotFoundError saying what builds it."""
+
+    def missing() -> dict:
+        raise FileNotFoundError(f"{cache} is missing or outdated: {built_by} builds it")
+
+    return cached(cache, missing)
+
+
 def _subsample(frontal: list[dict], max_per_source: int, rng: np.random.Generator) -> list[dict]:
     by_source: dict[str, list[dict]] = {}
     for r in frontal:

@@ -112,6 +112,11 @@ class RankingHead:
         return 1.0 / (1.0 + np.exp(-(self.a_ * self.score(x) + self.b_)))
 
 
+def factorised(p_abnormal: np.ndarray, q_covid: np.ndarray) -> np.ndarray:
+    """(N, 3) class probabilities from P(abnormal) and P(COVID-19 | abnormal): a q, a (1 - q), 1 - a."""
+    return np.stack([p_abnormal * q_covid, p_abnormal * (1 - q_covid), 1 - p_abnormal], axis=1)
+
+
 class WithinSource:
     """P(abnormal) and P(COVID-19 | abnormal), each a :class:`RankingHead`.
 
@@ -124,16 +129,26 @@ class WithinSource:
     def fit(self, x: np.ndarray, labels: np.ndarray, sources: np.ndarray, seed: int = 0) -> WithinSource:
         self.scaler = StandardScaler().fit(x)
         z = self.scaler.transform(x)
-        self.abnormal = RankingHead().fit(z, labels != NORMAL, labels == NORMAL, sources, seed)
+        (abn_pos, abn_neg), (cov_pos, cov_neg) = self._pairs(labels, sources)
+        self.abnormal = RankingHead().fit(z, abn_pos, abn_neg, sources, seed)
+        self.covid = self._fit_covid(z, cov_pos, cov_neg, sources, seed)
+        return self
+
+    def _pairs(self, labels: np.ndarray, sources: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """(positives, negatives) masks of the abnormal head, then of the COVID-19 head."""
         has_other = np.isin(sources, np.unique(sources[labels == OTHER]))
         neg = np.where(has_other, labels == OTHER, labels == NORMAL)
-        self.covid = RankingHead().fit(z, labels == COVID, neg & (labels != COVID), sources, seed)
-        return self
+        return (labels != NORMAL, labels == NORMAL), (labels == COVID, neg & (labels != COVID))
+
+    def _fit_covid(self, z, pos, neg, sources, seed) -> RankingHead | None:
+        return RankingHead().fit(z, pos, neg, sources, seed)
+
+    def _covid_given_abnormal(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+        return self.covid.proba(z)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         z = self.scaler.transform(x)
-        p_abn, q = self.abnormal.proba(z), self.covid.proba(z)
-        return np.stack([p_abn * q, p_abn * (1 - q), 1 - p_abn], axis=1)
+        return factorised(self.abnormal.proba(z), self._covid_given_abnormal(x, z))
 
 
 class Pooled:
@@ -204,11 +219,10 @@ class WithinSourcePrior:
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        p_abn, q = self.abnormal.proba(self.scaler.transform(x)), pattern_prior(x[:, -len(FACTS) :])
-        return np.stack([p_abn * q, p_abn * (1 - q), 1 - p_abn], axis=1)
+        return factorised(self.abnormal.proba(self.scaler.transform(x)), pattern_prior(x[:, -len(FACTS) :]))
 
 
-class WithinArchive:
+class WithinArchive(WithinSource):
     """:class:`WithinSource` learned only inside single archives that hold both classes of a head.
 
     P(abnormal): pairs inside :data:`ABNORMAL_SOURCES`; P(COVID-19 | abnormal): pairs inside
@@ -222,25 +236,19 @@ class WithinArchive:
     def fit(self, x: np.ndarray, labels: np.ndarray, sources: np.ndarray, seed: int = 0) -> WithinArchive:
         if self.has_facts and x.shape[1] < len(FACTS):
             raise ValueError(f"within_archive reads the {len(FACTS)} finding facts; got {x.shape[1]} columns")
-        self.scaler = StandardScaler().fit(x)
-        z = self.scaler.transform(x)
-        abn = np.isin(sources, ABNORMAL_SOURCES)
-        self.abnormal = RankingHead().fit(z, abn & (labels != NORMAL), abn & (labels == NORMAL), sources, seed)
-        cov = np.isin(sources, COVID_SOURCES)
-        pos, neg = cov & (labels == COVID), cov & (labels == OTHER)
-        self.covid = RankingHead().fit(z, pos, neg, sources, seed) if pos.any() and neg.any() else None
-        return self
+        return super().fit(x, labels, sources, seed)
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        z = self.scaler.transform(x)
-        p_abn = self.abnormal.proba(z)
+    def _pairs(self, labels: np.ndarray, sources: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        abn, cov = np.isin(sources, ABNORMAL_SOURCES), np.isin(sources, COVID_SOURCES)
+        return (abn & (labels != NORMAL), abn & (labels == NORMAL)), (cov & (labels == COVID), cov & (labels == OTHER))
+
+    def _fit_covid(self, z, pos, neg, sources, seed) -> RankingHead | None:
+        return super()._fit_covid(z, pos, neg, sources, seed) if pos.any() and neg.any() else None
+
+    def _covid_given_abnormal(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
         if self.covid is not None:
-            q = self.covid.proba(z)
-        elif self.has_facts:
-            q = pattern_prior(x[:, -len(FACTS) :])
-        else:
-            q = np.full(len(x), 0.5)
-        return np.stack([p_abn * q, p_abn * (1 - q), 1 - p_abn], axis=1)
+            return self.covid.proba(z)
+        return pattern_prior(x[:, -len(FACTS) :]) if self.has_facts else np.full(len(x), 0.5)
 
 
 def make_design(name: str, has_facts: bool = True):

@@ -210,6 +210,17 @@ FEATURE_SETS = {
 }
 
 
+def has_facts(feature_set: str) -> bool:
+    """Whether feature set ``feature_set`` ends with the 16 finding facts (the designs that read them look there)."""
+    return "findings" in FEATURE_SETS[feature_set]
+
+
+def sample_rows(features: dict, samples: list[dict]) -> list[dict]:
+    """The sample of each row of cached ``features`` (their ``names``), from ``samples``."""
+    by_name = {f"{s['dataset']}/{s['filename']}": s for s in samples}
+    return [by_name[str(n)] for n in features["names"]]
+
+
 def feature_matrix(features: dict, name: str) -> np.ndarray:
     """The columns of feature set ``name`` (see :data:`FEATURE_SETS`)."""
     if name not in FEATURE_SETS:
@@ -234,15 +245,14 @@ def run_loso(
         designs: row name -> (design, feature set).
         out_dir: write the table so far after every row (a long comparison can be read as it goes).
     """
-    by_name = {f"{s['dataset']}/{s['filename']}": s for s in samples}
-    rows = [by_name[str(n)] for n in features["names"]]
+    rows = sample_rows(features, samples)
     labels = np.array([s["label"] for s in rows])
     sources = np.array([s["dataset"] for s in rows])
     splits = np.array([s["split"] for s in rows])
     out = {}
     for row, (design, feature_set) in designs.items():
         x = feature_matrix(features, feature_set)
-        folds = fold_probabilities(design, x, labels, sources, splits, seed, "findings" in FEATURE_SETS[feature_set])
+        folds = fold_probabilities(design, x, labels, sources, splits, seed, has_facts(feature_set))
         out[row] = {"design": design, "features": feature_set, **score_folds(folds, labels, sources, n_resamples)}
         log.info("%s: primary %.3f", row, out[row]["primary"])
         if out_dir is not None:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..data.classification import DiagnosisDataset
 from ..data.transforms import diagnosis_augment
-from .heads import ABNORMAL_SOURCES, COVID, COVID_SOURCES, NORMAL
+from .heads import ABNORMAL_SOURCES, COVID, COVID_SOURCES, NORMAL, factorised
 from .loso import FOLDS, score_folds, write
 from .runs import autocast, checkpoint
 
@@ -178,8 +178,7 @@ def class_probabilities(model: torch.nn.Module, views: dict, rows: np.ndarray, a
     for batch in DataLoader(ds, batch_size=64):
         with autocast(amp, torch.device("cpu")):
             logits = model(batch["image"].contiguous(memory_format=torch.channels_last)).float()
-        a, c = torch.sigmoid(logits[:, 0]), torch.sigmoid(logits[:, 1])
-        out.append(torch.stack([a * c, a * (1 - c), 1 - a], 1).numpy())
+        out.append(factorised(*torch.sigmoid(logits).numpy().T))
     return np.concatenate(out) if out else np.zeros((0, 3))
 
 

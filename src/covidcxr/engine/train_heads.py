@@ -28,7 +28,7 @@ from ..models import WeightSpec, create_model, save_weights
 from ..models.pretrained import IMAGENET_MOBILENET_V2_SHA256, load_imagenet, parse_init
 from ..models.source_blind import fold_head
 from . import loso
-from .heads import Pooled, WithinArchive, WithinSource, make_design
+from .heads import Pooled, WithinSource, make_design
 from .stage2_features import MARGIN, VIEW_SIZE
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,11 @@ MODEL = "source_blind_mobilenet_v2"
 def build_model(fitted, feature_set: str, init: str) -> torch.nn.Module:
     """A :class:`SourceBlindDiagnoser` carrying ``fitted`` heads and the ImageNet backbone of ``init``."""
     image = "imagenet" in loso.FEATURE_SETS[feature_set]
-    n_facts = len(FACTS) if "findings" in loso.FEATURE_SETS[feature_set] else 0
+    n_facts = len(FACTS) if loso.has_facts(feature_set) else 0
     if set(loso.FEATURE_SETS[feature_set]) - {"imagenet", "findings"}:
         raise ValueError(f"feature set {feature_set!r}: the shipped model reads imagenet and/or findings features")
-    factorised = isinstance(fitted, (WithinSource, WithinArchive))
-    if isinstance(fitted, WithinArchive) and fitted.covid is None:
+    factorised = isinstance(fitted, WithinSource)  # within_archive too
+    if factorised and fitted.covid is None:
         raise ValueError("within_archive without covid-chestxray in training has no learned COVID-19 head to fold")
     head = "factorised" if factorised else "multinomial"
     model = create_model(
@@ -125,13 +125,13 @@ def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None, command:
         # a smoke run of a design without image features computes none (the full run shares the full cache)
         imagenet_features=not cfg.quick or "imagenet" in loso.FEATURE_SETS[cfg.features],
     )
-    by_name = {f"{s['dataset']}/{s['filename']}": s for s in samples}
-    rows = [by_name[str(n)] for n in features["names"]]
+    rows = loso.sample_rows(features, samples)
     labels, sources, splits = (np.array([s[k] for s in rows]) for k in ("label", "dataset", "split"))
     x = loso.feature_matrix(features, cfg.features)
     train = splits == "train"
-    has_facts = "findings" in loso.FEATURE_SETS[cfg.features]
-    fitted = make_design(cfg.design, has_facts).fit(x[train], labels[train], sources[train], seed=cfg.seed)
+    fitted = make_design(cfg.design, loso.has_facts(cfg.features)).fit(
+        x[train], labels[train], sources[train], seed=cfg.seed
+    )
     model = build_model(fitted, cfg.features, init)
     parity = check_parity(model, fitted, x, features)
     log.info("model vs heads on %d images: max |dp| %.2e", parity["n"], parity["max_abs_diff"])
