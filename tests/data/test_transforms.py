@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from torchvision import tv_tensors
 
-from covidcxr.data.transforms import SimulatedOpacity, resize_image, resize_mask, segmentation_augment, upsample_logits
+from covidcxr.data.transforms import resize_image, resize_mask, segmentation_augment, upsample_logits
 
 
 def test_augmented_image_still_lines_up_with_its_mask():
@@ -19,34 +19,6 @@ def test_augmented_image_still_lines_up_with_its_mask():
         inside = im[0][m == 1].mean()
         outside = im[0][m == 0].mean()
         assert inside > outside + 0.3
-
-
-def _chest(size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """A dark 'lung' box (0.1) in bright 'tissue' (0.8), and its mask."""
-    image = torch.full((1, size, size), 0.8)
-    mask = torch.zeros(size, size, dtype=torch.long)
-    image[0, 30:100, 20:60] = 0.1
-    mask[30:100, 20:60] = 1
-    return image, mask
-
-
-def test_simulated_opacity_whitens_the_lungs_towards_the_tissue_and_leaves_the_rest():
-    torch.manual_seed(0)
-    image, mask = _chest()
-    im, m = SimulatedOpacity(p=1.0, strength=(1.0, 1.0))(tv_tensors.Image(image), tv_tensors.Mask(mask))
-    assert torch.equal(m, mask)  # the label stays: the lung is still there
-    assert im.shape == image.shape and float(im.min()) >= 0 and float(im.max()) <= 1
-    assert float(im[0][mask == 1].mean()) > 0.1 + 0.15  # brighter lungs
-    assert float(im[0][mask == 1].max()) <= 0.8 + 1e-6  # never brighter than the tissue it imitates
-    assert torch.equal(im[0, :, 100:], image[0, :, 100:])  # far from the lungs nothing changes
-
-
-def test_simulated_opacity_off_and_segmentation_augment_without_it():
-    image, mask = _chest()
-    im, m = SimulatedOpacity(p=0.0)(tv_tensors.Image(image), tv_tensors.Mask(mask))
-    assert torch.equal(im, image) and torch.equal(m, mask)
-    assert not any(isinstance(t, SimulatedOpacity) for t in segmentation_augment().transforms)
-    assert any(isinstance(t, SimulatedOpacity) for t in segmentation_augment(opacity=0.5).transforms)
 
 
 def test_resize_keeps_labels_and_sizes():

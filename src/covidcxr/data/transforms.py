@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
-from .masks import LUNG
+from .opacity import PaintedOpacity
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -58,48 +57,6 @@ class IntensityJitter(torch.nn.Module):
         return tv_tensors.wrap(out.clamp(0, 1), like=image), mask
 
 
-class SimulatedOpacity(torch.nn.Module):
-    """Patchy airspace opacity painted into the lungs, drawn per image (the mask is unchanged).
-
-    Dense consolidation or effusion makes a lung as bright as the chest wall around it, so
-    the edge a model would follow disappears and the outline must come from shape and
-    context. With probability ``p`` the lungs are blended towards the brightness of the
-    tissue outside them (its ``tissue_quantile``) by a smooth random field (a ``grid`` x
-    ``grid`` random lattice, bicubic) times ``strength``. The painted region is the lung
-    mask blurred by ``edge`` x the image height, so it has no sharp border of its own to
-    learn from.
-    """
-
-    def __init__(
-        self,
-        p: float = 0.5,
-        strength: tuple[float, float] = (0.4, 1.0),
-        grid: tuple[int, int] = (2, 6),
-        edge: float = 0.03,
-        tissue_quantile: float = 0.7,
-    ) -> None:
-        super().__init__()
-        self.p, self.strength, self.grid, self.edge, self.tissue_quantile = p, strength, grid, edge, tissue_quantile
-
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if float(torch.rand(1)) >= self.p:
-            return image, mask
-        out = image.as_subclass(torch.Tensor)
-        lung = (mask.as_subclass(torch.Tensor) == LUNG).float().reshape(1, *out.shape[-2:])
-        outside = out[0][lung[0] == 0]
-        if lung.sum() == 0 or outside.numel() == 0:
-            return image, mask
-        h, w = out.shape[-2:]
-        sigma = max(1.0, self.edge * h)
-        soft = TF.gaussian_blur(lung[None], kernel_size=2 * int(3 * sigma) + 1, sigma=sigma)[0]
-        g = int(torch.randint(self.grid[0], self.grid[1] + 1, (1,)))
-        field = F.interpolate(torch.rand(1, 1, g, g), size=(h, w), mode="bicubic", align_corners=False)[0].clamp(0, 1)
-        lo, hi = self.strength
-        weight = ((lo + float(torch.rand(1)) * (hi - lo)) * field * soft).clamp(0, 1)
-        tissue = torch.quantile(outside.float(), self.tissue_quantile)
-        return tv_tensors.wrap((out * (1 - weight) + tissue * weight).clamp(0, 1), like=image), mask
-
-
 def segmentation_augment(
     rotation: float = 10.0, translate: float = 0.06, scale: tuple[float, float] = (0.85, 1.15), opacity: float = 0.0
 ) -> v2.Compose:
@@ -107,11 +64,12 @@ def segmentation_augment(
 
     No flips: left and right lungs differ (the heart), and a mirrored chest is not a
     plausible radiograph. ``opacity`` > 0: that share of images also gets
-    :class:`SimulatedOpacity` (after the geometry, so it follows the moved mask).
+    :class:`~covidcxr.data.opacity.PaintedOpacity` (after the geometry, so it follows the moved
+    mask).
     """
     steps = [v2.RandomAffine(degrees=rotation, translate=(translate, translate), scale=scale, fill=0)]
     if opacity > 0:
-        steps.append(SimulatedOpacity(p=opacity))
+        steps.append(PaintedOpacity(p=opacity))
     return v2.Compose([*steps, IntensityJitter()])
 
 
