@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # the checkout under test
 
 from covidcxr.config import load_config  # noqa: E402
-from covidcxr.engine.segmentation import SegTrainConfig, main  # noqa: E402
+from covidcxr.engine.lungs.train import SegTrainConfig, main  # noqa: E402
 
 
 def run(amp: str, args: argparse.Namespace, root: Path) -> dict:

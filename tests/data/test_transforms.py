@@ -32,7 +32,7 @@ def test_resize_keeps_labels_and_sizes():
 
 def test_crop_training_yields_crops_and_validates_on_whole_images():
     from covidcxr.config import load_config
-    from covidcxr.engine.segmentation import SegTrainConfig, _datasets
+    from covidcxr.engine.lungs.train import SegTrainConfig, _datasets
 
     cfg = load_config(SegTrainConfig, None, ["limit=4", "input_size=96", "crop_size=64"])
     train, val = _datasets(cfg)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from covidcxr.config import load_config, save_config
-from covidcxr.engine.segmentation import SegTrainConfig
+from covidcxr.engine.lungs.train import SegTrainConfig
 
 
 def test_yaml_then_overrides(tmp_path):

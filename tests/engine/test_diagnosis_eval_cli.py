@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from covidcxr.cli import main
-from covidcxr.engine.diagnosis_report import INFORMATIVE_AUROC
+from covidcxr.engine.diagnosis.report import INFORMATIVE_AUROC
 from covidcxr.models import load_weights
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "diagnosis_cnn.yaml"
@@ -89,12 +89,11 @@ def test_train_diagnosis_command_smoke(tmp_path):
 
 @pytest.mark.integration
 def test_cnn_loso_smoke_from_the_command_line(tmp_path, capsys):
-    """``--protocol loso --designs cnn --limit N``: a few images per source, split and class, 64 px, every fold."""
+    """``python -m covidcxr.research loso-cnn --limit N``: a few images per source, split and class, 64 px, every fold."""
+    from covidcxr.research.__main__ import main as research_main
+
     out = tmp_path / "loso-cnn"
-    assert (
-        main(["evaluate", "diagnosis", "--protocol", "loso", "--designs", "cnn", "--limit", "2", "--out", str(out)])
-        == 0
-    )
+    assert research_main(["loso-cnn", "--limit", "2", "--out", str(out)]) == 0
     res = json.loads((out / "loso.json").read_text())
     assert res["smoke"] is True and res["recipe"]["input_size"] == 64
     row = res["results"]["cnn_within_source / masked lungs"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import WeightedRandomSampler
 
-from covidcxr.engine import distributed
+from covidcxr.engine.common import distributed
 from covidcxr.models import load_weights
 
 
@@ -86,9 +86,9 @@ CNN = str(Path(__file__).resolve().parents[2] / "configs" / "diagnosis_cnn.yaml"
 def _train(task: str, out, data_root, overrides: list[str], resume: bool = False, config: str | None = None) -> str:
     sets = [a for kv in overrides for a in ("--set", kv)] + (["--resume"] if resume else [])
     sets += ["--config", config] if config else []
-    proc = _torchrun(
-        ["-m", "covidcxr.cli", "-v", "train", task, "--data-root", str(data_root), "--out", str(out), *sets]
-    )
+    # The CNN (a research design) trains through python -m covidcxr.research, on the same DDP plumbing.
+    command = ["-m", "covidcxr.research", "train-cnn"] if config == CNN else ["-m", "covidcxr.cli", "-v", "train", task]
+    proc = _torchrun([*command, "--data-root", str(data_root), "--out", str(out), *sets])
     return proc.stdout + proc.stderr
 
 
@@ -151,7 +151,7 @@ _COLLECTIVES = textwrap.dedent(
     from pathlib import Path
 
     import torch
-    from covidcxr.engine import distributed
+    from covidcxr.engine.common import distributed
 
     device = distributed.init(torch.device("cpu"))
     r = distributed.rank()

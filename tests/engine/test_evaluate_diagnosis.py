@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from covidcxr.engine.evaluate_diagnosis import (
+from covidcxr.engine.diagnosis.evaluate import (
     ALL_SOURCES,
     by_source,
     covid_vs_each_finding,

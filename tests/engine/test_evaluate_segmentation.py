@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from covidcxr.engine.evaluate_segmentation import evaluate_segmentation, inter_annotator
+from covidcxr.engine.lungs.evaluate import evaluate_segmentation, inter_annotator
 from covidcxr.models.weights import WeightSpec, shipped_spec_path
 
 

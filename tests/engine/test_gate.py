@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from covidcxr.engine.gate import KIND_LABELS, decide, fit_intensity_check
-from covidcxr.engine.gate_images import ALL_MARKS, HOSPITAL_MARKS, PHOTOS, augment_frontal, negative_images
-from covidcxr.engine.gate_report import (
+from covidcxr.engine.gate.images import ALL_MARKS, HOSPITAL_MARKS, PHOTOS, augment_frontal, negative_images
+from covidcxr.engine.gate.report import (
     contact_sheet,
     rate_with_ci,
     refusal_rates,
@@ -18,6 +17,7 @@ from covidcxr.engine.gate_report import (
     source_totals,
     wilson_interval,
 )
+from covidcxr.engine.gate.train import KIND_LABELS, decide, fit_intensity_check
 from covidcxr.infer.gate import (
     INTENSITY_FACTS,
     REASONS,
@@ -426,7 +426,7 @@ def test_film_box_trims_a_bright_smooth_surround_and_nothing_else():
 
 
 def test_a_check_fitted_on_film_facts_is_read_on_the_film():
-    from covidcxr.engine.gate import fit_intensity_check
+    from covidcxr.engine.gate.train import fit_intensity_check
 
     rng = np.random.default_rng(0)
     facts = rng.normal(0.5, 0.05, (200, len(INTENSITY_FACTS)))
@@ -445,7 +445,7 @@ def test_a_check_fitted_on_film_facts_is_read_on_the_film():
 
 
 def test_a_classifier_check_refuses_on_the_lateral_ct_side():
-    from covidcxr.engine.gate import fit_intensity_classifier
+    from covidcxr.engine.gate.train import fit_intensity_classifier
 
     rng = np.random.default_rng(0)
     frontal = rng.normal(0.5, 0.05, (300, len(INTENSITY_FACTS)))
@@ -503,7 +503,7 @@ class _FakeSegmenter:
 
 
 def test_marked_negatives_carry_the_frontal_marks_and_stay_lateral_or_ct(records):
-    from covidcxr.engine.gate_data import marked_negatives
+    from covidcxr.engine.gate.data import marked_negatives
     from covidcxr.infer.gate import gate_records
 
     other = gate_records(records, "train")[1]
@@ -517,7 +517,7 @@ def test_marked_negatives_carry_the_frontal_marks_and_stay_lateral_or_ct(records
 
 
 def test_read_cached_names_what_builds_a_missing_cache(tmp_path):
-    from covidcxr.engine.gate_data import read_cached
+    from covidcxr.engine.gate.data import read_cached
 
     with pytest.raises(FileNotFoundError, match="tune_val.py builds it"):
         read_cached(tmp_path / "features_train.npz", "docs/results/gate-surround/tune_val.py")

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from covidcxr.engine.heads import COVID, NORMAL, OTHER, make_design, nullspace_projection, within_source_pairs
-from covidcxr.engine.loso import COMPARISONS, FOLDS, PRIMARY, SENSITIVITY, fold_probabilities, markdown, score_folds
+from covidcxr.engine.diagnosis.heads import COVID, NORMAL, OTHER, make_design, nullspace_projection, within_source_pairs
+from covidcxr.engine.diagnosis.loso import (
+    COMPARISONS,
+    FOLDS,
+    PRIMARY,
+    SENSITIVITY,
+    fold_probabilities,
+    markdown,
+    score_folds,
+)
 
 
 def _shortcut_data(n: int = 150, seed: int = 0):
@@ -102,7 +110,7 @@ def _facts(peripheral, lower_zone, bilateral):
 
 
 def test_pattern_prior_ranks_the_covid_pattern_first():
-    from covidcxr.engine.heads import pattern_prior
+    from covidcxr.engine.diagnosis.heads import pattern_prior
 
     q = pattern_prior(_facts([0.9, 0.5, 0.2, 0.0], [0.8, 0.33, 0.1, 0.0], [0.3, 0.2, 0.0, 0.0]))
     # bilateral peripheral lower-zone > diffuse bilateral > unilateral central upper > no lesion at all
@@ -137,7 +145,7 @@ def test_within_archive_reads_no_label_of_a_source_whose_classes_come_from_two_h
 
 
 def test_within_archive_without_covid_chestxray_falls_back_to_the_pattern_prior():
-    from covidcxr.engine.heads import pattern_prior
+    from covidcxr.engine.diagnosis.heads import pattern_prior
 
     x, y, src, _ = _shortcut_data()
     facts = _facts(*np.random.default_rng(3).random((3, len(y))))

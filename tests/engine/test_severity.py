@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from covidcxr.data.severity import LESIONS, ZONES
-from covidcxr.engine.lesions import lesion_loss
-from covidcxr.engine.severity_data import SeverityConfig
-from covidcxr.engine.severity_scores import evaluate_brixia, evaluate_scores, fit_heads, repeated_splits, stacked_brixia
+from covidcxr.engine.severity.data import SeverityConfig
+from covidcxr.engine.severity.lesions import lesion_loss
+from covidcxr.engine.severity.scores import evaluate_brixia, evaluate_scores, fit_heads, repeated_splits, stacked_brixia
 from covidcxr.infer.zones import (
     DEEP_DIM,
     IMAGE_GROUPS,

@@ -13,11 +13,11 @@ import pytest
 from covidcxr.cli import build_parser, main
 from covidcxr.cli.train import command_of, config_path, train_config
 from covidcxr.config import CONFIGS_DIR, DEFAULT_CONFIGS, config_hash, default_config_path, load_config
-from covidcxr.engine.diagnosis_model import DiagTrainConfig, fit_temperature, temperature_at_bound
-from covidcxr.engine.runs import check_export, command_line, export_name, provenance, recorded_command
-from covidcxr.engine.segmentation import SegTrainConfig
-from covidcxr.engine.severity import SeverityConfig, export_names
-from covidcxr.engine.train_heads import HeadsConfig
+from covidcxr.engine.common.runs import check_export, command_line, export_name, provenance, recorded_command
+from covidcxr.engine.diagnosis.train import HeadsConfig
+from covidcxr.engine.lungs.train import SegTrainConfig
+from covidcxr.engine.severity.train import SeverityConfig, export_names
+from covidcxr.research.cnn_model import DiagTrainConfig, fit_temperature, temperature_at_bound
 from covidcxr.specs import SHIPPED, WEIGHTS_DIR
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -51,10 +51,7 @@ def test_without_config_a_task_trains_its_shipped_recipe(task, tmp_path):
 
 
 def test_the_default_diagnosis_recipe_is_the_source_blind_heads(tmp_path):
-    from covidcxr.cli.train import is_heads_config
-
     args = _args("diagnosis", "--out", str(tmp_path))
-    assert is_heads_config(config_path(args))
     cfg = train_config(args, HeadsConfig)
     assert dataclasses.asdict(cfg) == {
         **dataclasses.asdict(HeadsConfig()),
@@ -146,14 +143,14 @@ def test_a_temperature_at_its_bound_is_flagged(caplog):
     for logits, bound in ((np.eye(3)[labels] * 0.2, 0.05), (np.eye(3)[(labels + 1) % 3], 20.0)):
         # every image right (the NLL falls as T shrinks) or every image wrong (it falls as T grows)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="covidcxr.engine.diagnosis_model"):
+        with caplog.at_level(logging.WARNING, logger="covidcxr.research.cnn_model"):
             t = fit_temperature(logits, labels)
         assert t == pytest.approx(bound) and temperature_at_bound(t)
         assert any("bound" in r.message for r in caplog.records)
     caplog.clear()
     rng = np.random.default_rng(0)
     noisy = np.eye(3)[labels] * 2.0 + rng.normal(0, 1.5, (30, 3))
-    with caplog.at_level(logging.WARNING, logger="covidcxr.engine.diagnosis_model"):
+    with caplog.at_level(logging.WARNING, logger="covidcxr.research.cnn_model"):
         t = fit_temperature(noisy, labels)
     assert not temperature_at_bound(t) and not caplog.records
     assert temperature_at_bound(20.0) and temperature_at_bound(0.0504) and not temperature_at_bound(0.06)
@@ -161,7 +158,7 @@ def test_a_temperature_at_its_bound_is_flagged(caplog):
 
 @pytest.mark.parametrize("design", ["source_erased", "within_source_prior"])
 def test_a_loso_only_design_is_refused_before_any_feature_is_computed(design, tmp_path):
-    from covidcxr.engine.train_heads import HeadsConfig, train_heads
+    from covidcxr.engine.diagnosis.train import HeadsConfig, train_heads
 
     with pytest.raises(ValueError, match="LOSO only"):
         train_heads(HeadsConfig(design=design, out_dir=str(tmp_path / "run")))

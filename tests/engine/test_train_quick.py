@@ -61,10 +61,11 @@ def test_train_diagnosis_quick(tmp_path, cold_cache):
 def test_train_diagnosis_cnn_quick(tmp_path, cold_cache):
     """The CNN recipe: lung masks and views of the limited samples only, then one epoch at 64 px."""
     from covidcxr.config import CONFIGS_DIR
+    from covidcxr.research.__main__ import main as research_main
 
     run = tmp_path / "cnn"
-    args = ["train", "diagnosis", "--config", str(CONFIGS_DIR / "diagnosis_cnn.yaml"), "--quick", "--out", str(run)]
-    assert main(args) == 0
+    args = ["train-cnn", "--config", str(CONFIGS_DIR / "diagnosis_cnn.yaml"), "--quick", "--out", str(run)]
+    assert research_main(args) == 0
     spec = _spec(run / "export" / "mobilenet_v2_diagnosis-quick.json", "diagnosis")
     assert spec.input_size == (64, 64) and isinstance(spec.training["temperature_at_bound"], bool)
     masks = list((tmp_path / "cache" / "lungs").rglob("*.png"))

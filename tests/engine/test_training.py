@@ -13,7 +13,7 @@ from covidcxr.config import config_hash, load_config
 from covidcxr.data.masks import read_mask
 from covidcxr.data.segmentation import SegmentationDataset
 from covidcxr.data.splits import SPLIT_VERSION
-from covidcxr.engine.segmentation import SegTrainConfig, evaluate, main, train_one_epoch
+from covidcxr.engine.lungs.train import SegTrainConfig, evaluate, main, train_one_epoch
 from covidcxr.models import create_model, load_weights
 
 
@@ -64,7 +64,7 @@ def _cfg(out, epochs):
 def test_resume_continues_a_killed_run_to_the_same_result(tmp_path, monkeypatch):
     import pytest
 
-    from covidcxr.engine import segmentation as seg
+    from covidcxr.engine.lungs import train as seg
 
     full = main(_cfg(tmp_path / "full", 2))
     part = tmp_path / "part"

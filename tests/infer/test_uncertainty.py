@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from covidcxr.engine.uncertainty import fit
+from covidcxr.engine.diagnosis.uncertainty import fit
 from covidcxr.infer.uncertainty import uncertain_reason
 
 T = {"min_top_probability": 0.6, "no_finding_max_extent": 2.0, "pneumonia_min_extent": 0.5}
@@ -37,7 +37,7 @@ def test_the_fitted_threshold_is_the_first_quantile_right_80_percent_of_the_time
 
 
 def test_read_split_reads_every_readable_sample(fixtures):
-    from covidcxr.engine.uncertainty import read_split
+    from covidcxr.engine.diagnosis.uncertainty import read_split
     from covidcxr.infer import Predictor
 
     samples = [

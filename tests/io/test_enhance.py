@@ -226,8 +226,8 @@ def test_a_spec_with_an_unknown_enhancement_is_refused():
 
 
 def test_view_cache_is_kept_per_enhancement(tmp_path, monkeypatch, fixtures):
-    from covidcxr.engine.diagnosis import prepare_views, views_cache_dir
     from covidcxr.infer import LungSegmenter
+    from covidcxr.research.cnn_train import prepare_views, views_cache_dir
 
     monkeypatch.setenv("COVIDCXR_CACHE", str(tmp_path / "cache"))
     name = "ieee8023_2cd63b76.jpg"
@@ -247,8 +247,8 @@ def test_view_cache_is_kept_per_enhancement(tmp_path, monkeypatch, fixtures):
 
 
 def test_training_configs_default_to_none_and_take_an_override():
-    from covidcxr.engine.diagnosis import DiagTrainConfig
-    from covidcxr.engine.segmentation import SegTrainConfig
+    from covidcxr.engine.lungs.train import SegTrainConfig
+    from covidcxr.research.cnn_train import DiagTrainConfig
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     for cls, name in ((DiagTrainConfig, "diagnosis_cnn.yaml"), (SegTrainConfig, "segmentation.yaml")):

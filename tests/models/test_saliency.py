@@ -66,7 +66,7 @@ def test_lung_attention_penalty_reads_the_grad_cam_map(name):
     """The class-activation map that training penalises (losses.class_activation) is the Grad-CAM map, up to scale."""
     from captum.attr import LayerGradCam
 
-    from covidcxr.engine.losses import class_activation, outside_lungs_share
+    from covidcxr.engine.common.losses import class_activation, outside_lungs_share
 
     torch.manual_seed(0)
     model = create_model(name, in_chans=1, num_classes=3).eval()

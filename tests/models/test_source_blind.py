@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from covidcxr.engine.heads import WithinSource
-from covidcxr.engine.stage2_features import lung_pooled
+from covidcxr.engine.diagnosis.features import lung_pooled
+from covidcxr.engine.diagnosis.heads import WithinSource
 from covidcxr.infer.findings import FACTS, finding_facts, findings_summary
 from covidcxr.models import create_model
 from covidcxr.models.source_blind import fold_head
@@ -121,8 +121,8 @@ def test_finding_facts_and_summary():
 
 
 def test_within_archive_heads_fold_into_the_shipped_model():
-    from covidcxr.engine.heads import WithinArchive
-    from covidcxr.engine.train_heads import build_model, heads_probabilities
+    from covidcxr.engine.diagnosis.heads import WithinArchive
+    from covidcxr.engine.diagnosis.train import build_model, heads_probabilities
 
     rng = np.random.default_rng(1)
     n = 400

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from covidcxr.engine import gate as G
+from covidcxr.engine.gate import train as G
 from covidcxr.models import load_weights
 
 out = Path("runs/gate")

@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from covidcxr.engine import gate as G
-from covidcxr.engine.gate_data import read_cached
+from covidcxr.engine.gate import train as G
+from covidcxr.engine.gate.data import read_cached
 from covidcxr.infer.gate import LUNG_FACTS
 
 ap = argparse.ArgumentParser()

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 from covidcxr.data import load_records
-from covidcxr.engine import gate as G
-from covidcxr.engine.gate_data import marked_negatives, read_cached
-from covidcxr.engine.gate_images import ALL_MARKS
+from covidcxr.engine.gate import train as G
+from covidcxr.engine.gate.data import marked_negatives, read_cached
+from covidcxr.engine.gate.images import ALL_MARKS
 from covidcxr.infer import LungSegmenter
 
 ap = argparse.ArgumentParser()

@@ -12,8 +12,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from covidcxr.engine.heads import COVID, NORMAL, OTHER, C
-from covidcxr.engine.loso import NIH, feature_matrix, sample_rows, stage2_inputs
+from covidcxr.engine.diagnosis.heads import COVID, NORMAL, OTHER, C
+from covidcxr.engine.diagnosis.loso import NIH, feature_matrix, sample_rows, stage2_inputs
 from covidcxr.metrics import stratified_bootstrap_ci
 
 ap = argparse.ArgumentParser()
@@ -66,8 +66,8 @@ if Path(args.cnn).is_file():  # the within-source CNN: abnormal learned inside N
 
     from covidcxr.data import load_records
     from covidcxr.data.classification import classification_samples
-    from covidcxr.engine.diagnosis_views import prepare_views
-    from covidcxr.engine.loso_cnn import CnnRecipe, build_model, class_probabilities
+    from covidcxr.engine.diagnosis.views import prepare_views
+    from covidcxr.research.cnn_loso import CnnRecipe, build_model, class_probabilities
     from covidcxr.infer import LungSegmenter
 
     recipe = CnnRecipe()

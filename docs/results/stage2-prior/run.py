@@ -7,7 +7,7 @@ docs/experiments/stage2-source-blind.md). The finding facts only: no ImageNet bl
 import argparse
 import logging
 
-from covidcxr.engine.loso import run_loso, stage2_inputs
+from covidcxr.engine.diagnosis.loso import run_loso, stage2_inputs
 
 logging.basicConfig(level=logging.INFO)
 ap = argparse.ArgumentParser()

@@ -23,7 +23,7 @@ def print_seg_summary(summary: dict) -> None:
 
 
 def cmd_evaluate_segmentation(args: argparse.Namespace) -> int:
-    from ..engine.evaluate_segmentation import compare_segmentation, evaluate_segmentation
+    from ..engine.lungs.evaluate import compare_segmentation, evaluate_segmentation
 
     if args.compare:
         if args.lung_weights or args.update_spec:
@@ -48,15 +48,10 @@ def cmd_evaluate_segmentation(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_diagnosis(args: argparse.Namespace) -> int:
-    from ..engine.evaluate_diagnosis import evaluate_diagnosis
+    from ..engine.diagnosis.evaluate import evaluate_diagnosis
 
-    if args.protocol == "loso" and args.designs == "cnn":
-        from ..engine.loso_cnn import CnnRecipe, evaluate_cnn_loso
-
-        recipe = CnnRecipe(**(CnnRecipe.QUICK if args.limit else {}))
-        evaluate_cnn_loso(data_root=args.data_root, out_dir=args.out, recipe=recipe, limit=args.limit)
-    elif args.protocol == "loso":
-        from ..engine.loso import evaluate_loso
+    if args.protocol == "loso":
+        from ..engine.diagnosis.loso import evaluate_loso
 
         evaluate_loso(data_root=args.data_root, out_dir=args.out)
     if args.protocol == "loso":
@@ -80,7 +75,7 @@ def cmd_evaluate_diagnosis(args: argparse.Namespace) -> int:
 
 def cmd_evaluate_severity(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..engine.severity import SeverityConfig, evaluate_severity
+    from ..engine.severity.train import SeverityConfig, evaluate_severity
 
     run = Path(args.run)
     config = run / "config.yaml" if (run / "config.yaml").is_file() else None
@@ -92,7 +87,7 @@ def cmd_evaluate_severity(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_uncertainty(args: argparse.Namespace) -> int:
-    from ..engine.uncertainty import evaluate
+    from ..engine.diagnosis.uncertainty import evaluate
 
     report = evaluate(args.data_root, args.out, args.spec)
     t, v = report["thresholds"], report["validation"]
@@ -112,7 +107,7 @@ def cmd_evaluate_uncertainty(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_gate(args: argparse.Namespace) -> int:
-    from ..engine.gate import evaluate_gate
+    from ..engine.gate.train import evaluate_gate
 
     splits = ("train", "val", "test") if args.split == "all" else (args.split,)
     res = evaluate_gate(
@@ -133,7 +128,7 @@ def cmd_evaluate_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from ..engine.evaluate_diagnosis import audit
+    from ..engine.diagnosis.evaluate import audit
 
     summary = audit(
         spec_path=args.diagnosis_weights, data_root=args.data_root, out_dir=args.out, split=args.split, limit=args.limit
@@ -158,23 +153,6 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         print(f"{path}\t{path.stat().st_size / 1e6:.1f} MB")
     print(f"use with: covidcxr predict --backend onnxruntime --onnx-dir {out} ...")
     return 0
-
-
-def cmd_study(args: argparse.Namespace) -> int:
-    from ..config import load_config
-    from ..engine.study import QUICK, StudyConfig, run_study
-
-    overrides = [f"{k}={v}" for k, v in QUICK.items()] if args.quick else []
-    overrides += [f"out_dir={args.out or ('study-quick' if args.quick else 'study')}"]
-    overrides += [f"data_root={args.data_root}"] if args.data_root else []
-    summary = run_study(load_config(StudyConfig, args.config, overrides + list(args.set or [])))
-    out = Path(summary["out_dir"])
-    print(f"{len(summary['cells'])} cells -> {out / 'results.csv'}, {out / 'results.md'}")
-    print(
-        f"best by internal macro AUROC: {summary['best_internal']}; best by lungs-blacked-out AUROC closest to 0.5: {summary['best_shortcut_free']}; "
-        f"best among those not reading outside the lungs: {summary['best_reading_lungs']}"
-    )
-    return 0 if summary["complete"] else 1
 
 
 def cmd_splits(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ from .evaluate import (
     cmd_audit,
     cmd_export_onnx,
     cmd_splits,
-    cmd_study,
 )
 from .helptext import ONNX_DIR_HELP, SHIPPED, HelpFormatter, add_data_root, add_weights, command, examples
 from .inference import cmd_predict, cmd_segment, cmd_serve
@@ -42,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log more, and show the traceback of an error")
     p.add_argument("--version", action="version", version=f"covidcxr {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (add_segment, add_predict, add_serve, add_train, add_evaluate, add_export, add_audit, add_study):
+    for add in (add_segment, add_predict, add_serve, add_train, add_evaluate, add_export, add_audit):
         add(sub)
     add_splits(sub)
     return p
@@ -215,14 +214,12 @@ TRAIN_TASKS = {
         ),
     ),
     "diagnosis": (
-        "train the diagnosis model (default config: the shipped source-blind heads, configs/diagnosis.yaml; "
-        "configs/diagnosis_cnn.yaml: the CNN recipe, --set folds=K cross-validates)",
+        "train the source-blind diagnosis heads (default config: the shipped configs/diagnosis.yaml; the CNN "
+        "designs that were not shipped: python -m covidcxr.research train-cnn)",
         cmd_train_diagnosis,
         (
             "covidcxr train diagnosis --out runs/diagnosis",
             "covidcxr train diagnosis --quick",
-            "covidcxr train diagnosis --config configs/diagnosis_cnn.yaml --out runs/diag-cnn",
-            "covidcxr train diagnosis --config configs/diagnosis_cnn.yaml --out runs/diag-cv --set folds=5",
         ),
     ),
     "severity": (
@@ -276,13 +273,6 @@ def add_train(sub) -> None:
         )
         t.add_argument("--force", action="store_true", help=FORCE_HELP)
         t.add_argument("--quick", action="store_true", help=QUICK_HELP)
-        if task == "segmentation":
-            t.add_argument(
-                "--adversarial",
-                action="store_true",
-                help="add a PatchGAN discriminator's adversarial loss (pix2pix style; config key "
-                "adversarial, weight adv_weight)",
-            )
         t.set_defaults(func=func)
     add_train_gate(train)
 
@@ -360,34 +350,6 @@ def add_audit(sub) -> None:
     aud.add_argument("--out", default="eval/audit", metavar="DIR", help="output folder (audit.md and its figures)")
     aud.add_argument("--limit", type=int, default=0, help="at most this many images per source (quick checks; 0: all)")
     aud.set_defaults(func=cmd_audit)
-
-
-def add_study(sub) -> None:
-    st = command(
-        sub,
-        "study",
-        "backbone x input x enhancement comparison with patient-level CV (configs/study.yaml; resumable)",
-        "covidcxr study --quick    # minutes: every cell on a few images",
-        "covidcxr study --config configs/study.yaml --out study/",
-        "covidcxr study --set 'backbones=[resnet18]' --out study-resnet18/",
-    )
-    st.add_argument("--config", metavar="YAML", help="YAML config (default: configs/study.yaml's settings built in)")
-    st.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a config key (repeatable; default: none), e.g. backbones=[resnet18]",
-    )
-    st.add_argument(
-        "--quick", action="store_true", help="every cell on a few images at 64 px: minutes, for CI and a first look"
-    )
-    st.add_argument(
-        "--out",
-        metavar="DIR",
-        help="study folder (default study/, or study-quick/ with --quick); finished folds are skipped",
-    )
-    add_data_root(st)
-    st.set_defaults(func=cmd_study)
 
 
 def add_splits(sub) -> None:

@@ -71,14 +71,6 @@ def add_evaluate_diagnosis(ev) -> None:
         help="split (default): the shipped model on --split; loso: leave-one-source-out comparison of the stage-2 designs "
         "(each fold trained without one source, scored on it; --diagnosis-weights and --split do not apply)",
     )
-    e.add_argument(
-        "--designs",
-        choices=["heads", "cnn"],
-        default="heads",
-        help="with --protocol loso: heads (default): the head designs on frozen features; cnn: the MobileNetV2 "
-        "fine-tuned with within-source objectives, one training per fold (about 15 min each on 2 cores; "
-        "resumes from the checkpoints in --out; --limit N: N images per source, split and class, 64 px, one epoch)",
-    )
     e.set_defaults(func=cmd_evaluate_diagnosis)
 
 

@@ -30,7 +30,7 @@ def command_of(args: argparse.Namespace) -> str:
             words += [flag, str(getattr(args, key))]
     for item in getattr(args, "set", None) or []:
         words += ["--set", item]
-    for flag in ("adversarial", "resume", "quick", "force"):
+    for flag in ("resume", "quick", "force"):
         if getattr(args, flag, False):
             words.append(f"--{flag}")
     return shlex.join(words)
@@ -72,7 +72,7 @@ def train_config(args: argparse.Namespace, cls, path: Path | None = None):
 def export_dir(args: argparse.Namespace, run: str | Path, names: list[str]) -> Path:
     """Where the weights go (``--export`` or ``RUN/export``), refused into the package's weights or over a
     shipped model's spec elsewhere unless ``--force``."""
-    from ..engine.runs import check_export
+    from ..engine.common.runs import check_export
 
     target = Path(args.export) if args.export else Path(run) / "export"
     try:
@@ -82,12 +82,10 @@ def export_dir(args: argparse.Namespace, run: str | Path, names: list[str]) -> P
 
 
 def cmd_train_segmentation(args: argparse.Namespace) -> int:
-    from ..engine import distributed
-    from ..engine.runs import export_name, recorded_command
-    from ..engine.segmentation import SegTrainConfig, main
+    from ..engine.common import distributed
+    from ..engine.common.runs import export_name, recorded_command
+    from ..engine.lungs.train import SegTrainConfig, main
 
-    if args.adversarial:  # the flag is the config key, set last
-        args.set = [*(args.set or []), "adversarial=true"]
     cfg = train_config(args, SegTrainConfig)
     name = export_name(cfg.export_name, cfg.model, cfg.out_dir, cfg.quick)
     export = export_dir(args, cfg.out_dir, [name])
@@ -101,7 +99,7 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
         return 0
     # The exported weights' test-split metrics go into the spec they travel with, --export or not
     # (a run on a few images: a look at a few test images).
-    from ..engine.evaluate_segmentation import evaluate_segmentation
+    from ..engine.lungs.evaluate import evaluate_segmentation
 
     summary = evaluate_segmentation(
         spec_path=spec,
@@ -117,45 +115,23 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
     return 0
 
 
-def is_heads_config(path: str | Path | None) -> bool:
-    """A diagnosis config naming a ``design`` is the source-blind heads recipe; otherwise the CNN's."""
-    import yaml
-
-    return bool(path) and "design" in (yaml.safe_load(Path(path).read_text()) or {})
-
-
 def cmd_train_diagnosis(args: argparse.Namespace) -> int:
-    from ..engine import distributed
-    from ..engine.diagnosis import DiagTrainConfig, main
-    from ..engine.runs import export_name
+    from ..engine.common.runs import export_name
+    from ..engine.diagnosis.train import MODEL, HeadsConfig, train_heads
 
-    path = config_path(args)
-    if is_heads_config(path) or any(o.startswith("design=") for o in args.set or []):
-        from ..engine.train_heads import MODEL, HeadsConfig, train_heads
-
-        cfg = train_config(args, HeadsConfig, path)
-        export = export_dir(args, cfg.out_dir, [export_name(cfg.export_name, MODEL, cfg.out_dir, cfg.quick)])
-        summary = train_heads(cfg, export_dir=export, command=command_of(args))
-        print(
-            f"run folder: {cfg.out_dir}\nweights: {summary['spec']}\ninternal test macro AUROC: {summary['internal_test']['macro_auroc_ci']['value']:.3f}"
-        )
-        if "loso" in summary:
-            print((Path(cfg.out_dir) / "loso" / "loso.md").read_text())
-        return 0
-    cfg = train_config(args, DiagTrainConfig, path)
-    name = export_name(cfg.export_name, cfg.model, cfg.out_dir, cfg.quick)
-    export = export_dir(args, cfg.out_dir, [name])
-    run = main(cfg, resume=args.resume, export_dir=export, command=command_of(args))
-    if not distributed.is_main():
-        return 0
-    print(f"run folder: {run}")
-    if cfg.folds <= 1:
-        print(f"weights: {export / (name + '.json')}")
+    cfg = train_config(args, HeadsConfig)
+    export = export_dir(args, cfg.out_dir, [export_name(cfg.export_name, MODEL, cfg.out_dir, cfg.quick)])
+    summary = train_heads(cfg, export_dir=export, command=command_of(args))
+    print(
+        f"run folder: {cfg.out_dir}\nweights: {summary['spec']}\ninternal test macro AUROC: {summary['internal_test']['macro_auroc_ci']['value']:.3f}"
+    )
+    if "loso" in summary:
+        print((Path(cfg.out_dir) / "loso" / "loso.md").read_text())
     return 0
 
 
 def cmd_train_severity(args: argparse.Namespace) -> int:
-    from ..engine.severity import SeverityConfig, export_names, main
+    from ..engine.severity.train import SeverityConfig, export_names, main
 
     cfg = train_config(args, SeverityConfig)
     names = export_names(cfg)
@@ -168,8 +144,8 @@ def cmd_train_severity(args: argparse.Namespace) -> int:
 
 
 def cmd_train_gate(args: argparse.Namespace) -> int:
-    from ..engine.gate import GATE_NAME, QUICK_LIMIT, train_gate
-    from ..engine.runs import export_name
+    from ..engine.common.runs import export_name
+    from ..engine.gate.train import GATE_NAME, QUICK_LIMIT, train_gate
 
     quick = getattr(args, "quick", False)
     out = args.out or ("runs/gate-quick" if quick else "runs/gate")

@@ -21,7 +21,7 @@ The gate costs one matrix-vector product and a 256-px intensity summary per imag
 skips it for research use.
 
 This module is what inference needs (numpy only); the gate is fitted and evaluated by
-:mod:`covidcxr.engine.gate`.
+:mod:`covidcxr.engine.gate.train`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from . import classifier, discriminator, gate, severity, source_blind, unet  # noqa: F401  (registers the architectures)
+from . import classifier, gate, severity, source_blind, unet  # noqa: F401  (registers the architectures)
 from .registry import create_model, list_models, model_task, register_model
 from .weights import WeightSpec, load_weights, save_weights, shipped_spec_path
 

@@ -1,6 +1,6 @@
 """The input gate's model: logistic regression on stage-1 encoder features and lung geometry.
 
-See :mod:`covidcxr.infer.gate` for how it is used and :mod:`covidcxr.engine.gate` for how it is trained.
+See :mod:`covidcxr.infer.gate` for how it is used and :mod:`covidcxr.engine.gate.train` for how it is trained.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The image part is an ImageNet MobileNetV2 (timm ``mobilenetv2_100``, one input c
 frozen: it never saw a diagnosis label, so it has learned no source-to-class shortcut of
 ours. Its last feature map is averaged inside the lungs with weights the caller computes
 (the lung mask resized to the map's grid), so only positions over the lungs count. The
-heads (fitted with scikit-learn, see :mod:`covidcxr.engine.heads`) are stored as linear
+heads (fitted with scikit-learn, see :mod:`covidcxr.engine.diagnosis.heads`) are stored as linear
 layers with the standardisation and the Platt scaling folded in.
 
 ``factorised`` heads give P(abnormal) and P(COVID-19 | abnormal); the logits returned are
