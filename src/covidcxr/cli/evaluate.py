@@ -41,8 +41,11 @@ def cmd_evaluate_segmentation(args: argparse.Namespace) -> int:
         out_dir=args.out,
         update_spec=args.update_spec,
         limit=args.limit,
+        stress=args.stress,
     )
     print_seg_summary(summary)
+    if args.stress:
+        print((Path(args.out) / "stress.md").read_text())
     print(f"results: {Path(args.out) / 'segmentation_eval.json'}")
     return 0
 

@@ -39,6 +39,12 @@ def add_evaluate_segmentation(ev) -> None:
     e.add_argument("--limit", type=int, default=0, help=LIMIT_HELP)
     e.add_argument("--update-spec", action="store_true", help="write the test metrics into the weights spec")
     e.add_argument(
+        "--stress",
+        action="store_true",
+        help="also the stress rows: manual-mask films with synthetic opacity painted into the lungs at three "
+        "strengths (lung recall, Dice), and Dice per tertile of expert severity (stress.md)",
+    )
+    e.add_argument(
         "--compare",
         nargs=2,
         metavar=("A", "B"),

@@ -14,10 +14,10 @@ Five patterns, after the appearances a radiologist describes:
 - ``effusion``: a homogeneous base with a meniscus (higher at the chest wall);
 - ``cardiac_consolidation``: a dense blob against the heart border, lower zone.
 
-The target brightness is the soft tissue around the lungs (the median of the pixels that are
-not lung inside the lungs' bounding box: heart, mediastinum, diaphragm), so at full strength
-the opacity has no edge against the diaphragm or the heart. Part of the fine detail (ribs,
-vessels) is kept, as on a real film. Every draw comes from one ``torch.Generator``, so a
+The target brightness is the soft tissue around the lungs (a quantile from 0.5 to 0.9 of the
+pixels that are not lung inside the lungs' bounding box: from the heart's grey to the
+diaphragm's white), so at full strength the opacity has no edge against the diaphragm or the
+heart. Up to 80% of the fine detail (ribs, vessels) is kept, as on a real film, or none. Every draw comes from one ``torch.Generator``, so a
 seed reproduces a painted film exactly.
 """
 
@@ -90,7 +90,7 @@ def _pattern_field(pattern: str, frames, gen: torch.Generator) -> torch.Tensor:
     field = torch.zeros(h, w)
     if pattern == "lower_whiteout":
         for frame in frames:
-            field = field.maximum(_lower(gen, frame, (0.35, 0.8), (0.04, 0.12)))
+            field = field.maximum(_lower(gen, frame, (0.35, 0.9), (0.03, 0.12)))
     elif pattern == "peripheral_ggo":
         patches = _noise(gen, h, w, int(torch.randint(5, 10, (1,), generator=gen)))
         patches = torch.sigmoid((patches - 0.45) / 0.08)
@@ -139,13 +139,14 @@ def paint(
     y, x = torch.nonzero(lung, as_tuple=True)
     box = img[0, int(y.min()) : int(y.max()) + 1, int(x.min()) : int(x.max()) + 1]
     around = box[~lung[int(y.min()) : int(y.max()) + 1, int(x.min()) : int(x.max()) + 1]]
-    tissue = (around.median() if around.numel() else img[0].quantile(0.7)) * _uniform(generator, 0.92, 1.08)
+    quantile = _uniform(generator, 0.5, 0.9)  # from the heart's grey to the diaphragm's white
+    tissue = (around if around.numel() else img[0].flatten()).float().quantile(quantile)
     weight = _pattern_field(pattern, frames, generator) * strength
     sigma = max(0.5, 0.004 * h)
     weight = TF.gaussian_blur(weight[None, None], kernel_size=2 * int(3 * sigma) + 1, sigma=sigma)[0]
     detail_sigma = max(1.0, 0.01 * h)
     smooth = TF.gaussian_blur(img[None], kernel_size=2 * int(3 * detail_sigma) + 1, sigma=detail_sigma)[0]
-    detail = (img - smooth) * _uniform(generator, 0.3, 0.9)
+    detail = (img - smooth) * _uniform(generator, 0.0, 0.8)
     out = (img * (1 - weight) + (tissue + detail) * weight).clamp(0, 1)
     return out[0] if squeeze else out
 

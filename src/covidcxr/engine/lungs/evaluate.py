@@ -109,8 +109,13 @@ def evaluate_segmentation(
     update_spec: bool = False,
     limit: int = 0,
     smoke: bool = False,
+    stress: bool = False,
 ) -> dict:
     """Evaluate on ``split``; writes ``segmentation_eval.json`` and plots into ``out_dir``.
+
+    With ``stress``, also the rows of :mod:`covidcxr.engine.lungs.stress` (painted opacity
+    at three strengths, Dice per severity tertile): ``summary["stress"]``, ``stress.json``
+    (with per-image rows) and ``stress.md``.
 
     The JSON names the weights it evaluated (``evaluated_weights``: name, sha256); ``smoke``
     marks it (and the spec's metrics) as a smoke run's.
@@ -148,6 +153,8 @@ def evaluate_segmentation(
         },
     }
     summary["per_source"]["all_manual"] = _summarise(manual)
+    if stress:
+        summary["stress"] = _stress(segmenter, chosen, records, data_root, out)
     (out / "segmentation_eval.json").write_text(json.dumps({**summary, "per_image": rows}, indent=2))
     _plot(rows, summary, out / "segmentation_eval.png")
     (out / "segmentation_eval.md").write_text(markdown_table(summary))
@@ -167,6 +174,16 @@ def evaluate_segmentation(
         }
         spec.to_json(path)
     return summary
+
+
+def _stress(segmenter, chosen: list[dict], records: list[dict], data_root, out: Path) -> dict:
+    from . import stress as st
+
+    rows = st.painted_rows(segmenter, chosen)
+    result = st.summarise(rows, st.severity_of(records, data_root))
+    (out / "stress.json").write_text(json.dumps({**result, "per_image": rows}, indent=2))
+    (out / "stress.md").write_text(st.markdown(result))
+    return result
 
 
 def markdown_table(summary: dict) -> str:
