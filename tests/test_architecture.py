@@ -108,3 +108,21 @@ def test_modules_and_functions_are_short(name):
         if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef) and f.end_lineno - f.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert long == [], f"{name}: {', '.join(long)}"
+
+
+MAX_FOLDER_MODULES = 12
+
+
+def test_no_product_module_imports_the_research_package():
+    product = [m for m in MODULES if not m.startswith("covidcxr.research")]
+    offending = [f"{m} imports {t}" for m in product for t, _ in _imports(m) if t.startswith("covidcxr.research")]
+    assert offending == []
+
+
+def test_no_folder_holds_more_than_twelve_modules():
+    crowded = {}
+    for folder in {p.parent for p in MODULES.values()}:
+        n = len(list(folder.glob("*.py")))
+        if n > MAX_FOLDER_MODULES:
+            crowded[str(folder.relative_to(SRC.parent))] = n
+    assert crowded == {}

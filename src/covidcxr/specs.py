@@ -43,7 +43,7 @@ class WeightSpec:
     in_chans: int = 1
     model_kwargs: dict = field(default_factory=dict)
     resize: str = "stretch"  # stretch: whole image to input_size; lung-box: the lung box (+ margin) to input_size
-    enhancement: str = "none"  # X-ray enhancement applied before the model (covidcxr.enhance: none | clahe | dehaze)
+    enhancement: str = "none"  # X-ray enhancement applied before the model (covidcxr.io.enhance: none | clahe | dehaze)
     threshold: float = 0.5
     dtype: str = "float16"  # storage dtype; weights are cast to float32 at load
     lung_input: str = ""  # diagnosis: crop | masked (see covidcxr.data.classification)
@@ -58,7 +58,7 @@ class WeightSpec:
     metrics: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from .enhance import check_enhancement  # one check for every model that reads a spec
+        from .io.enhance import check_enhancement  # one check for every model that reads a spec
 
         check_enhancement(self.enhancement)
 

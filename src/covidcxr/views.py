@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .io import normalize
-from .resize import resize_aa, resize_bilinear
+from .io.resize import resize_aa, resize_bilinear
 
 LUNG_INPUTS = ("crop", "masked", "whole")
 #: What the classifier may be shown: the trained inputs, and the audit's counterfactual.

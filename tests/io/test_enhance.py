@@ -1,4 +1,4 @@
-"""X-ray enhancement (covidcxr.enhance): its contract, what each method does, and that the
+"""X-ray enhancement (covidcxr.io.enhance): its contract, what each method does, and that the
 method recorded in a weights spec is what training and both inference backends apply."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from covidcxr.config import load_config
-from covidcxr.enhance import ENHANCEMENTS, enhance, guided_filter
 from covidcxr.io import NORMALIZATION, normalize, read_image
-from covidcxr.resize import resize_aa
+from covidcxr.io.enhance import ENHANCEMENTS, enhance, guided_filter
+from covidcxr.io.resize import resize_aa
 from covidcxr.specs import WeightSpec, shipped_spec_path
 from covidcxr.views import lung_view
 

@@ -1,4 +1,4 @@
-"""The NumPy resizes equal the PyTorch ones training used (the claim of covidcxr.resize)."""
+"""The NumPy resizes equal the PyTorch ones training used (the claim of covidcxr.io.resize)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from covidcxr.resize import resize_aa, resize_bilinear, resize_nearest
+from covidcxr.io.resize import resize_aa, resize_bilinear, resize_nearest
 
 SIZES = [((97, 130), (64, 64)), ((64, 64), (256, 200)), ((300, 41), (256, 256)), ((256, 256), (256, 256))]
 

@@ -67,8 +67,8 @@ if Path(args.cnn).is_file():  # the within-source CNN: abnormal learned inside N
     from covidcxr.data import load_records
     from covidcxr.data.classification import classification_samples
     from covidcxr.engine.diagnosis.views import prepare_views
-    from covidcxr.research.cnn_loso import CnnRecipe, build_model, class_probabilities
     from covidcxr.infer import LungSegmenter
+    from covidcxr.research.cnn_loso import CnnRecipe, build_model, class_probabilities
 
     recipe = CnnRecipe()
     cnn_samples, _ = classification_samples(load_records(None))

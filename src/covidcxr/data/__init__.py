@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from . import hannover, ieee8023, kermany, nih, radiography
 from .paths import resolve_data_root
+from .sources import hannover, ieee8023, kermany, nih, radiography
 from .splits import split_of
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from tqdm.auto import tqdm
 
-from ..enhance import check_enhancement, enhance
 from ..io import normalize, read_image
+from ..io.enhance import check_enhancement, enhance
 from .masks import MASK_SOURCES, read_mask
 from .transforms import resize_image, resize_mask
 
@@ -61,7 +61,7 @@ def load_pair(sample: dict) -> tuple[np.ndarray, np.ndarray]:
 class SegmentationDataset(Dataset):
     """Images and masks resized once to ``size`` and kept in memory; augmentation per item.
 
-    Each image is enhanced (``enhancement``, see :mod:`covidcxr.enhance`) at its own size
+    Each image is enhanced (``enhancement``, see :mod:`covidcxr.io.enhance`) at its own size
     before the resize, as :meth:`covidcxr.infer.LungSegmenter.preprocess` does at inference.
 
     Items are dicts: ``image`` (1, H, W) float normalized, ``mask`` (H, W) int64 0/1/2,

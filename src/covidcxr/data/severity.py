@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import ieee8023
 from .paths import resolve_data_root
+from .sources import ieee8023
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..enhance import enhance
 from ..io import normalize
+from ..io.enhance import enhance
 from ..views import LUNG_INPUTS, apply_view, cam_maps, heads_inputs, lung_view, to_image
 from .lungs import check_normalization
 from .runners import Runner, load_runner

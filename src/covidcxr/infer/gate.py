@@ -116,7 +116,7 @@ def film_box(image: np.ndarray, min_side: float = 0.3) -> tuple[int, int, int, i
     left: they are what the intensity check tells apart. A box under ``min_side`` of a
     side is not trusted (the whole image is kept).
     """
-    from ..resize import resize_aa
+    from ..io.resize import resize_aa
 
     h, w = image.shape
     small = resize_aa(np.asarray(image, np.float32), (128, 128))
@@ -144,7 +144,7 @@ def intensity_facts(image: np.ndarray, mask: np.ndarray, crop: str = "borders") 
     10/50/90 inside and outside the lungs, their median difference, the share of near-black
     pixels (< 0.05), the mean gradient magnitude and the intensity spread inside the lungs.
     """
-    from ..resize import resize_aa, resize_nearest
+    from ..io.resize import resize_aa, resize_nearest
 
     if crop not in CROPS:
         raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")

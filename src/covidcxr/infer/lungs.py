@@ -8,10 +8,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..enhance import enhance
 from ..io import NORMALIZATION, normalize
+from ..io.enhance import enhance
+from ..io.resize import resize_aa, resize_bilinear
 from ..postprocess import keep_lungs
-from ..resize import resize_aa, resize_bilinear
 from .runners import Runner, load_runner
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.severity import LESIONS, RANGES, ZONES
-from ..resize import resize_nearest
+from ..io.resize import resize_nearest
 from ..specs import ENCODER_FEATURES, source_sha256
 from .lungs import sigmoid
 from .runners import Runner, load_runner

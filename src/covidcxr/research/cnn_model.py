@@ -39,7 +39,7 @@ class DiagTrainConfig:
     lung_input: str = "crop"  # crop | masked
     margin: float = 0.1  # lung box grown by this fraction per side
     input_size: int = 224
-    enhancement: str = "none"  # none | clahe | dehaze, on each lung view (covidcxr.enhance); recorded in the spec
+    enhancement: str = "none"  # none | clahe | dehaze, on each lung view (covidcxr.io.enhance); recorded in the spec
     sampling: str = "class_source"  # class_source | group | class | none
     epochs: int = 30
     patience: int = 6  # stop after this many epochs without a better validation macro AUROC

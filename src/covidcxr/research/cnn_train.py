@@ -43,8 +43,8 @@ from ..engine.common.loop import Loop
 from ..engine.common.runs import device as device_of
 from ..engine.common.runs import epoch_seed, export_name, provenance, rank_seed, start_run
 from ..engine.diagnosis.views import SAMPLINGS, fold_of, prepare_views, sample_weights, views_cache_dir
-from ..enhance import check_enhancement
 from ..io import NORMALIZATION
+from ..io.enhance import check_enhancement
 from ..models import WeightSpec, save_weights
 from .cnn_model import (
     DiagTrainConfig,

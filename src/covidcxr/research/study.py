@@ -39,8 +39,8 @@ from ..engine.common import distributed
 from ..engine.common.runs import device as device_of
 from ..engine.common.runs import epoch_seed
 from ..engine.diagnosis.views import fold_of, prepare_views, sample_weights
-from ..enhance import ENHANCEMENTS
 from ..io import NORMALIZATION
+from ..io.enhance import ENHANCEMENTS
 from ..models import WeightSpec, eval_mode
 from ..views import LUNG_INPUTS
 from .cnn_model import DiagTrainConfig, build_model, macro_auroc, predict_logits, train_epoch

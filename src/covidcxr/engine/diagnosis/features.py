@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ...infer.findings import finding_facts
 from ...io import ImageReadError, normalize, read_image
-from ...resize import resize_aa
+from ...io.resize import resize_aa
 from ...views import apply_view, lung_view
 from .views import views_cache_dir
 

@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from ...data.classification import lung_view
 from ...data.lung_cache import cached_lung_masks, load_cached_mask
-from ...enhance import check_enhancement, enhance
 from ...io import ImageReadError, read_image
+from ...io.enhance import check_enhancement, enhance
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def prepare_views(
 ) -> dict:
     """Lung views of ``samples`` at ``size``: stage-1 masks, then lung view and enhancement per image.
 
-    Each view is :func:`lung_view` followed by :func:`covidcxr.enhance.enhance` with
+    Each view is :func:`lung_view` followed by :func:`covidcxr.io.enhance.enhance` with
     ``enhancement``, as :meth:`covidcxr.infer.Diagnoser.view` does at inference. Kept as
     one ``.npz`` per (lung weights, size, margin, enhancement, sample list), so evaluation
     and audits after training read them in seconds.

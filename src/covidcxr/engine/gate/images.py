@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...resize import resize_aa, resize_bilinear
+from ...io.resize import resize_aa, resize_bilinear
 
 #: scikit-image sample images used as photograph negatives, split by identity.
 PHOTOS = {

@@ -115,8 +115,8 @@ def contact_sheet(items: list[dict], path: str | Path, columns: int = 6, title: 
     from matplotlib.figure import Figure
 
     from ...io import ImageReadError, read_image
+    from ...io.resize import resize_aa
     from ...report import plain_text
-    from ...resize import resize_aa
 
     items = [it for it in items if Path(str(it["name"]).split("#")[0]).is_file()]
     rows = max(1, -(-len(items) // columns))

@@ -35,8 +35,8 @@ from ...data.masks import IGNORE, LUNG
 from ...data.segmentation import MANUAL_SOURCES, SegmentationDataset, segmentation_samples
 from ...data.splits import SPLIT_VERSION
 from ...data.transforms import segmentation_augment
-from ...enhance import check_enhancement
 from ...io import NORMALIZATION
+from ...io.enhance import check_enhancement
 from ...models import WeightSpec, create_model, eval_mode, save_weights
 from ..common import distributed
 from ..common.loop import Loop
@@ -74,7 +74,7 @@ class SegTrainConfig:
     )
     init_bn: str = "folded"  # with init: "folded" fine-tunes the file's identity batch norms as they are; "reestimate" gives them X-ray statistics first
     input_size: int = 256  # images are resized to this; the model runs at it at inference
-    enhancement: str = "none"  # none | clahe | dehaze before the resize (covidcxr.enhance); recorded in the spec
+    enhancement: str = "none"  # none | clahe | dehaze before the resize (covidcxr.io.enhance); recorded in the spec
     crop_size: int = 0  # >0: train on random crops of this size (cheaper steps at a larger input_size)
     opacity: float = (
         0.0  # share of training images with simulated airspace opacity in the lungs (data.transforms.SimulatedOpacity)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..tables import label_rows
 from .nih import patient_of_filename
-from .tables import label_rows
 
 DATASET = "covid19-radiography"
 

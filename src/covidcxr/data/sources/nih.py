@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .tables import label_rows
+from ..tables import label_rows
 
 DATASET = "nih-chestxray8"
 DATASET14 = "nih-chestxray14"

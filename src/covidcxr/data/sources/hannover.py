@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..tables import label_rows
 from .ieee8023 import DATASET as IEEE8023
-from .tables import label_rows
 
 DATASET = "hannover"
 

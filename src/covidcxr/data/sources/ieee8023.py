@@ -24,7 +24,7 @@ import csv
 import logging
 from pathlib import Path
 
-from .masks import ZIP_PREFIX
+from ..masks import ZIP_PREFIX
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""One reader per data source: its folder layout, labels, citation and licence."""
