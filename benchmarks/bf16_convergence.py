@@ -26,7 +26,7 @@ from covidcxr.engine.lungs.train import SegTrainConfig, main  # noqa: E402
 def run(amp: str, args: argparse.Namespace, root: Path) -> dict:
     cfg = load_config(
         SegTrainConfig,
-        Path(__file__).resolve().parents[1] / "configs" / "segmentation.yaml",
+        Path(__file__).resolve().parents[1] / "src" / "covidcxr" / "configs" / "segmentation.yaml",
         [f"amp={amp}", f"limit={args.limit}", f"epochs={args.epochs}", f"out_dir={root / amp}"],
     )
     t0 = time.perf_counter()

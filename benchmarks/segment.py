@@ -151,7 +151,7 @@ def make_cases(
     k = len(images)
     starts = sorted({(rep * batch) % k for rep in range(k)})
     index = {s: [(s + j) % k for j in range(batch)] for s in starts}
-    ours_in = {s: segmenter.preprocess([images[i] for i in index[s]]) for s in starts}
+    ours_in = {s: torch.from_numpy(segmenter.preprocess([images[i] for i in index[s]])) for s in starts}
     psp_in = {s: torch.stack([pspnet_input(images[i]) for i in index[s]]) for s in starts}
     with torch.inference_mode():
         psp3_in = {s: pspnet.transform((x.repeat(1, 3, 1, 1) + 1024) / 2048) for s, x in psp_in.items()}

@@ -411,7 +411,7 @@ def consistency(src: Sources) -> list[str]:
 
 
 def render(card: str, src: Sources) -> tuple[str, list[str], list[str]]:
-    """The card with every generated block rewritten; the names that changed; the names missing."""
+    """The page with every generated block rewritten; the names that changed; the names it lacks."""
     changed: list[str] = []
     seen: set[str] = set()
 
@@ -430,33 +430,41 @@ def render(card: str, src: Sources) -> tuple[str, list[str], list[str]]:
     return new, changed, missing
 
 
+#: Pages with generated tables: the card (what ships) and the experiment page that holds the
+#: full design comparison behind the shipped stage 2.
+PAGES = (ROOT / "MODEL_CARD.md", ROOT / "docs/experiments/stage2-source-blind.md")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=Path, default=ROOT / "src/covidcxr/weights", help="folder of weights specs")
     p.add_argument("--results", type=Path, default=ROOT / "docs/results", help="folder of evaluation outputs")
-    p.add_argument("--card", type=Path, default=ROOT / "MODEL_CARD.md", help="the card to rewrite or check")
+    p.add_argument("--card", type=Path, nargs="+", default=list(PAGES), help="the pages to rewrite or check")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table differs from the JSON")
     args = p.parse_args(argv)
 
     src = Sources(args.weights, args.results)
-    card = args.card.read_text()
-    new, changed, missing = render(card, src)
+    rendered = {page: render(page.read_text(), src) for page in args.card}
+    changed = [f"{page.name}: {name}" for page, (_, names, _) in rendered.items() for name in names]
+    missing = [name for name in TABLES if all(name in lacks for _, _, lacks in rendered.values())]
     for problem in consistency(src):
         print(f"model_card: warning: {problem}", file=sys.stderr)
+    pages = ", ".join(str(page) for page in args.card)
     if args.check:
         if changed or missing:
             if changed:
-                print(f"model_card: out of date in {args.card}: {', '.join(changed)}", file=sys.stderr)
+                print(f"model_card: out of date: {', '.join(changed)}", file=sys.stderr)
             if missing:
-                print(f"model_card: no markers in {args.card} for: {', '.join(missing)}", file=sys.stderr)
+                print(f"model_card: no markers in {pages} for: {', '.join(missing)}", file=sys.stderr)
             print("model_card: run `python scripts/model_card.py` to rewrite them", file=sys.stderr)
             return 1
-        print(f"model_card: {args.card} is in sync ({len(TABLES)} tables)")
+        print(f"model_card: {pages} in sync ({len(TABLES)} tables)")
         return 0
     if missing:
-        print(f"model_card: warning: no markers in {args.card} for: {', '.join(missing)}", file=sys.stderr)
-    if new != card:
-        args.card.write_text(new)
+        print(f"model_card: warning: no markers in {pages} for: {', '.join(missing)}", file=sys.stderr)
+    for page, (new, _, _) in rendered.items():
+        if new != page.read_text():
+            page.write_text(new)
     print(f"model_card: {len(changed)} table(s) rewritten" + (f": {', '.join(changed)}" if changed else ""))
     return 0
 

@@ -14,8 +14,8 @@ import yaml
 
 T = TypeVar("T")
 
-#: The shipped training recipes, inside the package (``configs/*.yaml`` at the repository root are copies
-#: kept identical by a test), so a fresh install finds them.
+#: The shipped training recipes, the one configs folder: inside the package, so a fresh install finds
+#: them; ``--config configs/NAME.yaml`` finds them by name from any folder (:func:`recipe_path`).
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 #: ``covidcxr train <task>`` without ``--config`` reads ``CONFIGS_DIR / DEFAULT_CONFIGS[task]``.
 DEFAULT_CONFIGS = {
@@ -61,6 +61,22 @@ def _coerce(value: str, typ: Any) -> Any:
     return yaml.safe_load(value)
 
 
+def recipe_path(path: str | Path) -> Path:
+    """A config file as given, else the shipped recipe of that file name (``configs/severity.yaml``
+    finds the package's copy from any working directory).
+
+    Raises:
+        FileNotFoundError: neither exists; the message lists the shipped recipes.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if (CONFIGS_DIR / path.name).is_file():
+        return CONFIGS_DIR / path.name
+    shipped = ", ".join(sorted(p.name for p in CONFIGS_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"{path}: config file not found (shipped recipes, usable by name: {shipped})")
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build a config dataclass from defaults, then a YAML file, then ``key=value`` overrides.
 
@@ -71,6 +87,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     fields = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     if path is not None:
+        path = recipe_path(path)
         data = yaml.safe_load(Path(path).read_text()) or {}
         unknown = set(data) - fields
         if unknown:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from torchvision import tv_tensors
 
@@ -30,6 +31,7 @@ def test_resize_keeps_labels_and_sizes():
     assert upsample_logits(torch.randn(1, 1, 64, 64), (300, 211)).shape == (1, 1, 300, 211)
 
 
+@pytest.mark.data
 def test_crop_training_yields_crops_and_validates_on_whole_images():
     from covidcxr.config import load_config
     from covidcxr.engine.lungs.train import SegTrainConfig, _datasets

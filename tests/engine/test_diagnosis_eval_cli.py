@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from covidcxr.cli import main
+from covidcxr.config import CONFIGS_DIR
 from covidcxr.engine.diagnosis.report import INFORMATIVE_AUROC
 from covidcxr.models import load_weights
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "diagnosis_cnn.yaml"
+CONFIG = CONFIGS_DIR / "diagnosis_cnn.yaml"
 
 
 @pytest.mark.integration

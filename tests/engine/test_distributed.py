@@ -7,13 +7,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import WeightedRandomSampler
 
+from covidcxr.config import CONFIGS_DIR
 from covidcxr.engine.common import distributed
 from covidcxr.models import load_weights
 
@@ -80,7 +80,7 @@ def _torchrun(args: list[str], timeout: int = 300) -> subprocess.CompletedProces
     return proc
 
 
-CNN = str(Path(__file__).resolve().parents[2] / "configs" / "diagnosis_cnn.yaml")  # the CNN recipe (DDP trains CNNs)
+CNN = str(CONFIGS_DIR / "diagnosis_cnn.yaml")  # the CNN recipe (DDP trains CNNs)
 
 
 def _train(task: str, out, data_root, overrides: list[str], resume: bool = False, config: str | None = None) -> str:

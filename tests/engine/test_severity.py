@@ -162,6 +162,7 @@ def test_lesion_loss_is_lower_for_the_right_masks():
     assert lesion_loss(good, target) < 0.2 < lesion_loss(-good, target)
 
 
+@pytest.mark.data
 def test_annotation_readers_match_the_data():
     from covidcxr.data import load_records
     from covidcxr.data.severity import brixia_scores, expert_scores, lesion_samples, read_lesions

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from covidcxr.engine.severity.train import SeverityConfig, export_names
 from covidcxr.research.cnn_model import DiagTrainConfig, fit_temperature, temperature_at_bound
 from covidcxr.specs import SHIPPED, WEIGHTS_DIR
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+REPO_CONFIGS = CONFIGS_DIR  # the one configs folder: the package's
 CLASSES = {"segmentation": SegTrainConfig, "diagnosis": HeadsConfig, "severity": SeverityConfig}
 
 
@@ -28,11 +27,15 @@ def _args(*words: str):
     return build_parser().parse_args(["train", *words])
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS_DIR.glob("*.yaml")), ids=lambda p: p.name)
-def test_the_package_recipes_are_the_repository_configs(path):
-    assert (REPO_CONFIGS / path.name).read_text() == path.read_text(), (
-        f"configs/{path.name} and src/covidcxr/configs/{path.name} differ: copy one over the other"
-    )
+def test_a_recipe_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    from covidcxr.config import recipe_path
+
+    monkeypatch.chdir(tmp_path)
+    assert recipe_path("configs/severity.yaml") == CONFIGS_DIR / "severity.yaml"
+    (tmp_path / "mine.yaml").write_text("epochs: 1\n")
+    assert recipe_path("mine.yaml").resolve() == tmp_path / "mine.yaml"  # a file of the user's own wins
+    with pytest.raises(FileNotFoundError, match="shipped recipes, usable by name: diagnosis.yaml"):
+        recipe_path("configs/nope.yaml")
 
 
 def test_every_default_recipe_ships_in_the_package():

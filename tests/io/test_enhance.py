@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from covidcxr.config import load_config
+from covidcxr.config import CONFIGS_DIR, load_config
 from covidcxr.io import NORMALIZATION, normalize, read_image
 from covidcxr.io.enhance import ENHANCEMENTS, enhance, guided_filter
 from covidcxr.io.resize import resize_aa
@@ -250,7 +250,7 @@ def test_training_configs_default_to_none_and_take_an_override():
     from covidcxr.engine.lungs.train import SegTrainConfig
     from covidcxr.research.cnn_train import DiagTrainConfig
 
-    configs = Path(__file__).resolve().parents[2] / "configs"
+    configs = CONFIGS_DIR
     for cls, name in ((DiagTrainConfig, "diagnosis_cnn.yaml"), (SegTrainConfig, "segmentation.yaml")):
         assert load_config(cls, configs / name).enhancement == "none"  # the string, not YAML's null
         assert load_config(cls, configs / name, ["enhancement=dehaze"]).enhancement == "dehaze"

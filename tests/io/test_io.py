@@ -42,7 +42,6 @@ from covidcxr.io import (
     read_image,
 )
 
-REAL_IMAGES = Path("/work/shared/data/covid-chestxray/images")
 RAMP12 = (np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)  # holds 0 and 4095
 
 
@@ -287,8 +286,9 @@ def test_bytes_input_matches_path(tmp_path: Path) -> None:
         read_image(b"not an image at all")
 
 
-def test_real_radiograph() -> None:
-    path = sorted(p for p in REAL_IMAGES.iterdir() if is_supported_file(p))[0]
+def test_real_radiograph(data_root) -> None:
+    images = data_root / "covid-chestxray" / "images"
+    path = sorted(p for p in images.iterdir() if is_supported_file(p))[0]
     out = read_image(path)
     with Image.open(path) as img:
         width, height = ImageOps.exif_transpose(img).size

@@ -1,0 +1,52 @@
+"""Every script in benchmarks/ runs end to end at a tiny size, so none can rot unnoticed.
+
+The numbers are not checked here (benchmarks are measured on a quiet machine, as ratios
+within one run); only that each script finishes and writes its JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+#: Tiny arguments for each script (a script missing here fails the coverage test below).
+TINY = {
+    "backends.py": ["--per-source", "1", "--single", "1", "--reps", "1", "--batch-size", "2"],
+    "bf16_convergence.py": ["--limit", "8", "--epochs", "1"],
+    "predict.py": ["--per-source", "1", "--single", "1", "--reps", "1", "--batch-size", "2"],
+    "predict_memory.py": ["--small", "2", "--large", "4"],
+    "segment.py": ["--n", "1", "--warmup", "0", "--batch-size", "2", "--per-source", "1"],
+    "segment_memory.py": ["--small", "2", "--large", "4"],
+    "serve.py": ["--requests", "2"],
+    "serve_load.py": ["--per-source", "1", "--huge", "1", "--timeout", "120"],
+    "startup.py": ["--rounds", "1"],
+}
+
+
+def test_every_benchmark_has_a_tiny_run():
+    assert sorted(p.name for p in BENCHMARKS.glob("*.py")) == sorted(TINY)
+
+
+@pytest.mark.integration
+@pytest.mark.data
+@pytest.mark.parametrize("script", sorted(TINY))
+def test_benchmark_runs_at_a_tiny_size(script, tmp_path):
+    out = tmp_path / "result.json"
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *TINY[script], "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads(out.read_text())
