@@ -45,3 +45,20 @@ def test_every_path_a_page_names_exists(page):
 def test_readme_and_model_card_stay_short():
     assert (ROOT / "README.md").stat().st_size <= 15_000
     assert (ROOT / "MODEL_CARD.md").stat().st_size <= 25_000
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors of a Markdown page."""
+    slugs = set()
+    for line in page.read_text().splitlines():
+        if line.startswith("#"):
+            text = line.lstrip("#").strip().lower()
+            slugs.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+    return slugs
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_into_the_model_card_find_their_heading(page):
+    card = _anchors(ROOT / "MODEL_CARD.md")
+    links = re.findall(r"MODEL_CARD\.md#([\w-]+)", page.read_text())
+    assert sorted(set(links) - card) == []
