@@ -18,6 +18,7 @@ SCRIPT = ROOT / "scripts" / "model_card.py"
 WEIGHTS = ROOT / "src" / "covidcxr" / "weights"
 RESULTS = ROOT / "docs" / "results"
 CARD = ROOT / "MODEL_CARD.md"
+DESIGNS = ROOT / "docs" / "experiments" / "stage2-source-blind.md"
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
@@ -37,6 +38,7 @@ def copies(tmp_path: Path) -> tuple[Path, Path, Path]:
     shutil.copytree(RESULTS, results, ignore=shutil.ignore_patterns("*.png", "*.py"))
     card = tmp_path / "MODEL_CARD.md"
     shutil.copy(CARD, card)
+    shutil.copy(DESIGNS, tmp_path / DESIGNS.name)  # the page that holds the LOSO design table
     return weights, results, card
 
 
@@ -47,7 +49,7 @@ def test_card_in_sync():
 
 def test_copies_in_sync(copies):
     weights, results, card = copies
-    done = run_script("--check", "--weights", weights, "--results", results, "--card", card)
+    done = run_script("--check", "--weights", weights, "--results", results, "--card", card, card.parent / DESIGNS.name)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -57,7 +59,7 @@ def test_changed_spec_value_fails_check_and_rewrite_fixes_it(copies):
     spec = json.loads(path.read_text())
     spec["metrics"]["dice"]["v7labs"]["value"] = 0.9123
     path.write_text(json.dumps(spec, indent=2))
-    args = ("--weights", weights, "--results", results, "--card", card)
+    args = ("--weights", weights, "--results", results, "--card", card, card.parent / DESIGNS.name)
 
     done = run_script("--check", *args)
     assert done.returncode == 1
@@ -81,7 +83,7 @@ def test_changed_result_value_fails_check(copies):
     loso = json.loads(path.read_text())
     loso["results"]["pooled / findings"]["hannover COVID-19 sensitivity"]["value"] = 0.5
     path.write_text(json.dumps(loso))
-    done = run_script("--check", "--weights", weights, "--results", results, "--card", card)
+    done = run_script("--check", "--weights", weights, "--results", results, "--card", card, card.parent / DESIGNS.name)
     assert done.returncode == 1
     assert "loso" in done.stderr
 
@@ -91,7 +93,7 @@ def test_missing_marker_fails_check(copies):
     text = card.read_text()
     start, end = text.index("<!-- generated:gate -->"), text.index("<!-- /generated:gate -->")
     card.write_text(text[:start] + text[end + len("<!-- /generated:gate -->") :])
-    done = run_script("--check", "--weights", weights, "--results", results, "--card", card)
+    done = run_script("--check", "--weights", weights, "--results", results, "--card", card, card.parent / DESIGNS.name)
     assert done.returncode == 1
     assert "gate" in done.stderr
 

@@ -49,6 +49,18 @@ def hd95(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.percentile(d, 95))
 
 
+def with_ci(r: dict, fmt: str = ".3f", sep: str = "–", ci_fmt: str | None = None, key: str = "value") -> str:
+    """The one way a CI is written: ``value (low–high)`` of a :func:`bootstrap_ci` dict.
+
+    Args:
+        r: a dict with ``key`` (``value``, or ``mean`` for summaries over splits), ``ci_low``, ``ci_high``.
+        fmt: format of the value (and of the bounds unless ``ci_fmt``), e.g. ``.3f``, ``+.4f``.
+        sep: between the bounds: an en dash, or `` to `` where signed bounds would read as a range of negatives.
+    """
+    lo_hi = ci_fmt or fmt
+    return f"{r[key]:{fmt}} ({r['ci_low']:{lo_hi}}{sep}{r['ci_high']:{lo_hi}})"
+
+
 def bootstrap_ci(values, statistic=np.mean, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict:
     """Point estimate and percentile-bootstrap CI of ``statistic`` over per-item values.
 

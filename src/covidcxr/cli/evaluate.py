@@ -42,10 +42,13 @@ def cmd_evaluate_segmentation(args: argparse.Namespace) -> int:
         update_spec=args.update_spec,
         limit=args.limit,
         stress=args.stress,
+        sheet=args.sheet,
     )
     print_seg_summary(summary)
     if args.stress:
         print((Path(args.out) / "stress.md").read_text())
+    if args.sheet:
+        print(f"contact sheet: {summary['sheet']}")
     print(f"results: {Path(args.out) / 'segmentation_eval.json'}")
     return 0
 

@@ -45,6 +45,12 @@ def add_evaluate_segmentation(ev) -> None:
         "strengths (lung recall, Dice), and Dice per tertile of expert severity (stress.md)",
     )
     e.add_argument(
+        "--sheet",
+        metavar="DATASET",
+        help="also a contact sheet of every film of one data folder with the lung outline drawn, "
+        "e.g. hannover (DATASET_outlines.png; default: none)",
+    )
+    e.add_argument(
         "--compare",
         nargs=2,
         metavar=("A", "B"),

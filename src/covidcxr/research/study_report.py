@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.diagnosis.evaluate import covid_vs_other
-from ..metrics import bootstrap_ci, class_stratified_bootstrap_ci
+from ..metrics import bootstrap_ci, class_stratified_bootstrap_ci, with_ci
 from .cnn_model import macro_auroc
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def _ci(m: dict, digits: int = 3) -> str:
         return "n/a"
     if m["ci_low"] == m["ci_high"] == m["value"]:
         return f"{m['value']:.{digits}f}"
-    return f"{m['value']:.{digits}f} ({m['ci_low']:.{digits}f}–{m['ci_high']:.{digits}f})"
+    return with_ci(m, f".{digits}f")
 
 
 def markdown(summary: dict) -> str:

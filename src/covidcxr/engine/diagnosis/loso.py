@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from ...metrics import stratified_bootstrap_ci
+from ...metrics import stratified_bootstrap_ci, with_ci
 from .heads import COVID, NORMAL, OTHER, make_design
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def markdown(results: dict[str, dict]) -> str:
     head = "| design | " + " | ".join(names) + " | primary (mean of 4) |"
     lines = [head, "|" + "---|" * (len(names) + 2)]
     for design, r in results.items():
-        cells = [f"{r[n]['value']:.3f} ({r[n]['ci_low']:.2f}–{r[n]['ci_high']:.2f})" for n in names]
+        cells = [with_ci(r[n], ".3f", ci_fmt=".2f") for n in names]
         lines.append(f"| {design} | " + " | ".join(cells) + f" | **{r['primary']:.3f}** |")
     return "\n".join(lines) + "\n"
 

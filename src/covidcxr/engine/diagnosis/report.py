@@ -8,6 +8,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from ...data.classification import CLASSES
+from ...metrics import with_ci
 from ...plots import pyplot
 from .metrics import ALL_SOURCES
 
@@ -21,7 +22,7 @@ def ci_cell(r: dict) -> str:
     """'value (low–high)' of a CI dict; n/a when undefined."""
     if not np.isfinite(r["value"]):
         return "n/a"
-    return f"{r['value']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f})"
+    return with_ci(r)
 
 
 def _pct(x: float) -> str:

@@ -23,7 +23,7 @@ from ...data import load_records
 from ...data.masks import IGNORE, LUNG, MASK_SOURCES, read_mask
 from ...infer import LungSegmenter
 from ...io import read_image
-from ...metrics import bootstrap_ci, dice, hd95, iou
+from ...metrics import bootstrap_ci, dice, hd95, iou, with_ci
 from ...models.weights import WeightSpec, shipped_spec_path
 from ..common.runs import weights_record
 
@@ -110,10 +110,13 @@ def evaluate_segmentation(
     limit: int = 0,
     smoke: bool = False,
     stress: bool = False,
+    sheet: str | None = None,
 ) -> dict:
     """Evaluate on ``split``; writes ``segmentation_eval.json`` and plots into ``out_dir``.
 
-    With ``stress``, also the rows of :mod:`covidcxr.engine.lungs.stress` (painted opacity
+    With ``sheet`` (a data folder's name, e.g. ``hannover``), also a contact sheet of every
+    film of that folder with the lung outline drawn (``<sheet>_outlines.png``). With
+    ``stress``, also the rows of :mod:`covidcxr.engine.lungs.stress` (painted opacity
     at three strengths, Dice per severity tertile): ``summary["stress"]``, ``stress.json``
     (with per-image rows) and ``stress.md``.
 
@@ -155,6 +158,8 @@ def evaluate_segmentation(
     summary["per_source"]["all_manual"] = _summarise(manual)
     if stress:
         summary["stress"] = _stress(segmenter, chosen, records, data_root, out)
+    if sheet:
+        summary["sheet"] = str(sheet_of(segmenter, records, sheet, out))
     (out / "segmentation_eval.json").write_text(json.dumps({**summary, "per_image": rows}, indent=2))
     _plot(rows, summary, out / "segmentation_eval.png")
     (out / "segmentation_eval.md").write_text(markdown_table(summary))
@@ -186,11 +191,24 @@ def _stress(segmenter, chosen: list[dict], records: list[dict], data_root, out: 
     return result
 
 
+def sheet_of(segmenter, records: list[dict], dataset: str, out: Path) -> Path:
+    """``<dataset>_outlines.png``: the lung outline on every film of one data folder (all splits)."""
+    from . import stress as st
+
+    chosen = [r for r in records if r["dataset"] == dataset]
+    if not chosen:
+        known = ", ".join(sorted({r["dataset"] for r in records}))
+        raise ValueError(f"no films of {dataset!r} under the data root; known: {known}")
+    path = out / f"{dataset}_outlines.png"
+    st.contact_sheet(segmenter, chosen, path)
+    return path
+
+
 def markdown_table(summary: dict) -> str:
     """The summary as a Markdown table: value (95% CI) per mask source and metric."""
 
     def cell(r: dict, fmt: str) -> str:
-        return f"{r['value']:{fmt}} ({r['ci_low']:{fmt}}–{r['ci_high']:{fmt}})"
+        return with_ci(r, fmt)
 
     lines = [
         f"Split: {summary['split']}. Masks at each image's own pixel size; 95% bootstrap CIs.",
@@ -323,7 +341,7 @@ def comparison_table(summary: dict) -> str:
     """A paired comparison as a Markdown table: means of A and B, and B - A with its 95% CI."""
 
     def cell(r: dict, fmt: str) -> str:
-        return f"{r['value']:{fmt}} ({r['ci_low']:{fmt}} to {r['ci_high']:{fmt}})"
+        return with_ci(r, fmt, sep=" to ")
 
     lines = [
         f"A: `{summary['a']}`; B: `{summary['b']}`. Split: {summary['split']}; manual masks at each image's own pixel size.",
@@ -367,7 +385,7 @@ def _plot_comparison(rows: list[dict], summary: dict, path: Path) -> None:
         pooled["value"],
         color="C3",
         lw=1.5,
-        label=f"mean {pooled['value']:+.4f} ({pooled['ci_low']:+.4f} to {pooled['ci_high']:+.4f})",
+        label=f"mean {with_ci(pooled, '+.4f', sep=' to ')}",
     )
     b.set(xlabel="Dice B − A", ylabel="masks", title="Paired differences, all manual masks")
     b.legend(fontsize=8)

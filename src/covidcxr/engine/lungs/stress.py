@@ -15,6 +15,7 @@ disease and Dice is dominated by the large clear lung:
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from ...data.masks import IGNORE, LUNG, MASK_SOURCES, read_mask
 from ...data.opacity import PATTERNS, paint
 from ...data.severity import brixia_scores, expert_scores
 from ...io import read_image
-from ...metrics import bootstrap_ci, dice
+from ...metrics import bootstrap_ci, dice, with_ci
 
 #: Strengths of the painted rows; the last is the "strongest setting" of the aims.
 STRENGTHS = (0.33, 0.67, 1.0)
@@ -129,7 +130,7 @@ def markdown(summary: dict) -> str:
     """The stress rows as a Markdown table."""
 
     def cell(r: dict, fmt: str = ".4f") -> str:
-        return f"{r['value']:{fmt}} ({r['ci_low']:{fmt}}–{r['ci_high']:{fmt}})"
+        return with_ci(r, fmt)
 
     lines = [
         "Manual-mask films painted with synthetic opacity inside the lungs (mask unchanged), all five patterns pooled.",
@@ -166,3 +167,38 @@ def markdown(summary: dict) -> str:
             lo, hi = r["severity_range"]
             lines.append(f"| {name} | {lo:.1f}–{hi:.1f} | {r['dice']['n']} | {cell(r['dice'])} |")
     return "\n".join(lines) + "\n"
+
+
+def contact_sheet(segmenter, records: list[dict], path, cols: int = 12, thumb: int = 160) -> int:
+    """Every film of ``records`` as a thumbnail with the model's lung outline drawn (cyan), one PNG.
+
+    For looking, not scoring: films without manual masks (a hospital's ICU films) show where
+    the outline stops. Titles carry the file name and the lungs' share of the image.
+
+    Returns:
+        the number of films drawn.
+    """
+    from PIL import Image
+    from scipy import ndimage
+
+    from ...plots import pyplot
+
+    plt = pyplot()
+    rows = -(-len(records) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.75), squeeze=False)
+    for ax, rec in zip(axes.flat, tqdm(records, desc="contact sheet", unit="img")):
+        image = read_image(rec["path"])
+        lung = segmenter.segment([image])[0]
+        edge = lung & ~ndimage.binary_erosion(lung, iterations=max(1, image.shape[0] // 160))
+        rgb = np.repeat((np.clip(image, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
+        rgb[edge] = (0, 255, 255)
+        small = Image.fromarray(rgb).resize((thumb, round(thumb * image.shape[0] / image.shape[1])))
+        ax.imshow(small)
+        ax.set_title(f"{Path(rec['filename']).stem[:14]} {lung.mean():.0%}", fontsize=5)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("lung outline (cyan) on every film; title: file, lungs' share of the image", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return len(records)

@@ -9,6 +9,7 @@ import torch
 
 from ...data.severity import LESIONS
 from ...infer.zones import RANGES, columns
+from ...metrics import with_ci
 from ...models import create_model
 from .data import SeverityConfig
 
@@ -229,7 +230,7 @@ def markdown(result: dict) -> str:
     """The evaluation as Markdown tables."""
 
     def fmt(d: dict) -> str:
-        return f"{d['mean']:.2f} ({d['ci_low']:.2f}–{d['ci_high']:.2f})"
+        return with_ci(d, ".2f", key="mean")
 
     p = result["protocol"]
     lines = [
@@ -256,11 +257,7 @@ def markdown(result: dict) -> str:
     ]
     for name in LESIONS:
         r = result["lesions"][name]
-        d = (
-            f"{r['dice']['value']:.3f} ({r['dice']['ci_low']:.3f}–{r['dice']['ci_high']:.3f}), n = {r['dice']['n']}"
-            if r["dice"]
-            else "n/a"
-        )
+        d = f"{with_ci(r['dice'])}, n = {r['dice']['n']}" if r["dice"] else "n/a"
         lines.append(
             f"| {name} | {d} | {r['model_only']['rate']:.0%} of {r['model_only']['n']} | {r['radiologist_only']['rate']:.0%} of {r['radiologist_only']['n']} |"
         )
