@@ -23,8 +23,8 @@ __all__ = ["SAMPLE", "UserError", "allowed_hosts", "build_parser", "is_user_erro
 
 log = logging.getLogger("covidcxr")
 
-# RuntimeErrors whose message is a sentence for the user (a missing extra: "... needs the serve extra ...:
-# pip install 'covidcxr[serve]'"), not a bug.
+# RuntimeErrors whose message is a sentence for the user (a missing extra: "... needs the train extra ...:
+# pip install 'covidcxr[train]'"), not a bug.
 USER_RUNTIME_MARKERS = ("pip install",)
 
 

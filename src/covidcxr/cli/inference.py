@@ -154,7 +154,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from ..web import create_app
     except ImportError as err:
         raise RuntimeError(
-            f"covidcxr serve needs the serve extra ({err.name} is missing): pip install 'covidcxr[serve]'"
+            f"covidcxr serve needs {err.name}, which `pip install covidcxr` installs; it is missing here: "
+            "pip install 'fastapi>=0.115' 'uvicorn>=0.30' python-multipart swagger-ui-bundle"
         ) from err
     check_serve_limits(args)
     app = create_app(
@@ -170,7 +171,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         read_timeout=args.read_timeout,
     )
     print(
-        f"covidcxr: web page and API on http://{args.host}:{args.port}/ (API docs at /docs); research and teaching only",
+        f"covidcxr: web page and API on http://{args.host}:{args.port}/ (API docs at /docs; models on "
+        f"{app.state.backend}); research and teaching only",
         file=sys.stderr,
     )
     uvicorn.run(

@@ -31,6 +31,7 @@ class Result:
     saliency_method: str | None = None
     saliency_in_lungs: float | None = None
     model: dict = field(default_factory=dict)
+    backend: str | None = None
     lung_mask: np.ndarray | None = field(default=None, repr=False)
     heatmap: np.ndarray | None = field(default=None, repr=False)
     lesions: np.ndarray | None = field(default=None, repr=False)
@@ -57,6 +58,8 @@ class Result:
         row |= {"uncertain": self.uncertain, "uncertain_reason": self.uncertain_reason}
         row |= {key: files.get(key) for key in ("lung_mask", "heatmap", "report")}
         row["model"] = self.model
+        if self.backend is not None:
+            row["backend"] = self.backend
         row["warnings"] = self.warnings
         row["lung_area"] = self.lung_area
         row["gate_probability"] = round(self.gate_probability if self.gate_probability is not None else np.nan, 4)
