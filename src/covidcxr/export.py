@@ -19,7 +19,7 @@ import torch
 
 from .models import load_weights
 from .models.graphs import Graph, example_inputs, graph
-from .specs import SHIPPED, SHIPPED_ONNX_DIR, WeightSpec, sha256_file
+from .specs import SHIPPED_ONNX_DIR, WeightSpec, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -170,7 +170,9 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     ):
         print(f"{path}\t{path.stat().st_size / 1e6:.1f} MB")
     if out.resolve() == SHIPPED_ONNX_DIR.resolve():
-        print("the shipped graphs are renewed: `covidcxr predict` runs them when PyTorch is absent (--backend onnxruntime)")
+        print(
+            "the shipped graphs are renewed: `covidcxr predict` runs them when PyTorch is absent (--backend onnxruntime)"
+        )
     else:
         print(f"use with: covidcxr predict --backend onnxruntime --onnx-dir {out} ...")
     return 0

@@ -110,7 +110,9 @@ class OrtRunner:
         if not spec_path.is_file():
             shipped = spec_path.parent.resolve() == SHIPPED_ONNX_DIR.resolve()
             how = "covidcxr export onnx --shipped" if shipped else f"covidcxr export onnx --out {spec_path.parent}"
-            raise FileNotFoundError(f"{spec_path}: ONNX weights spec not found; run `{how}` first (needs the train extra)")
+            raise FileNotFoundError(
+                f"{spec_path}: ONNX weights spec not found; run `{how}` first (needs the train extra)"
+            )
         self.spec = WeightSpec.from_json(spec_path)
         if not self.spec.file.endswith(".onnx"):
             raise ValueError(
