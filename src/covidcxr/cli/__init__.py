@@ -17,7 +17,7 @@ import sys
 
 from .common import SAMPLE, UserError, writable_out
 from .inference import allowed_hosts
-from .parser import build_parser
+from .parser import build_parser, parse
 
 __all__ = ["SAMPLE", "UserError", "allowed_hosts", "build_parser", "is_user_error", "main", "writable_out"]
 
@@ -41,7 +41,7 @@ def is_user_error(err: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -52,6 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args``, except that an unknown option is refused with the usage of the command it was given to.
+
+    ``covidcxr predict --fast`` then prints ``predict``'s usage and options, not the list of commands.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command parser that ``args`` were parsed by: ``covidcxr``, ``predict``, ``train diagnosis`` ..."""
+    while parser._subparsers is not None:
+        action = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
+        chosen = getattr(args, action.dest, None)
+        if chosen not in action.choices:
+            break
+        parser = action.choices[chosen]
+    return parser
+
+
 def add_segment(sub) -> None:
     seg = command(
         sub,
