@@ -63,8 +63,9 @@ class Result:
         row["warnings"] = self.warnings
         row["lung_area"] = self.lung_area
         row["gate_probability"] = round(self.gate_probability if self.gate_probability is not None else np.nan, 4)
-        if self.saliency_in_lungs is not None:
-            row["saliency_in_lungs"] = round(float(self.saliency_in_lungs), 4)
+        if self.saliency_in_lungs is not None:  # null for a map without evidence (nothing to share out)
+            share = float(self.saliency_in_lungs)
+            row["saliency_in_lungs"] = round(share, 4) if np.isfinite(share) else None
         if self.findings is not None:
             row["findings"] = self.findings
         if self.severity is not None:
