@@ -51,7 +51,7 @@ function emptyMapWords(row) {
 
 function showHeatmapTile(row) {
   const empty = noEvidence(row);
-  showHeatmapTile(row);
+  setImage("heatmap", row.heatmap);
   $("heatmap").hidden = empty;
   $("heatmap-empty").textContent = empty ? emptyMapWords(row) : "";
   show("heatmap-empty", empty);
