@@ -157,8 +157,8 @@ class Predictor:
                 good.append((i, name, image_from(item, name=name)))
             except ImageReadError as err:
                 results[i] = Result(path=name, error=str(err), model=self.models)
-        for (i, name, _), res in zip(good, self.run([im for _, _, im in good]), strict=True):
-            res.path = name
+        for (i, name, image), res in zip(good, self.run([im for _, _, im in good]), strict=True):
+            res.path, res.image = name, image  # kept for Result.save's report
             if res.error:
                 res.error = f"{name}: {res.error.replace(CLI_OVERRIDE, PYTHON_OVERRIDE)}"
             results[i] = res

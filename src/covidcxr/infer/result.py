@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -14,7 +16,8 @@ class Result:
     A refused or unreadable image has ``error`` (a sentence) and, when the gate refused it,
     ``refusal_reason`` (a code); the rest is then empty. Arrays: ``lung_mask`` (H, W) bool and
     ``heatmap`` (H, W) float in [0, 1] at the image's own size; ``lesions`` (K, S, S) bool and
-    ``zones`` (S, S) uint8 on the lung model's input grid.
+    ``zones`` (S, S) uint8 on the lung model's input grid. :meth:`save` writes what ``covidcxr predict``
+    writes for it.
     """
 
     path: str | None = None
@@ -36,6 +39,8 @@ class Result:
     heatmap: np.ndarray | None = field(default=None, repr=False)
     lesions: np.ndarray | None = field(default=None, repr=False)
     zones: np.ndarray | None = field(default=None, repr=False)
+    #: The image as read, (H, W) float32 in [0, 1]: kept by ``Predictor.predict`` for :meth:`save`'s report.
+    image: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -70,4 +75,34 @@ class Result:
             row["findings"] = self.findings
         if self.severity is not None:
             row["severity"] = self.severity
+        return row
+
+    def save(self, folder: str | Path, stem: str | None = None, report: bool = True) -> dict:
+        """Write what ``covidcxr predict`` writes for this reading into ``folder``; returns its JSON row.
+
+        ``<stem>_lungs.png``, ``<stem>_heatmap.png``, ``<stem>_report.png`` and the row appended to
+        ``folder/predictions.jsonl`` (a refused or unreadable image: the row only).
+
+        Args:
+            folder: created if missing.
+            stem: the files' name before ``_lungs.png`` (default: the input file's name without its suffix,
+                else ``image``).
+            report: write the report PNG too (it needs :attr:`image`, which ``Predictor.predict`` keeps).
+
+        Raises:
+            ValueError: ``report`` on a result that holds no image (``Predictor.run`` keeps none).
+        """
+        from ..predict import write_outputs  # the one writer of a reading's files, shared with the command line
+
+        if report and self.ok and self.image is None:
+            raise ValueError(
+                "this result holds no image for the report (Predictor.run keeps none): read it with "
+                "Predictor.predict, or save(folder, report=False)"
+            )
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = stem or (Path(self.path).stem if self.path and not self.path.startswith("input ") else "image")
+        row = write_outputs(self, self.image, stem, out, report)
+        with open(out / "predictions.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
         return row
