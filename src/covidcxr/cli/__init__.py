@@ -26,6 +26,9 @@ log = logging.getLogger("covidcxr")
 # RuntimeErrors whose message is a sentence for the user (a missing extra: "... needs the train extra ...:
 # pip install 'covidcxr[train]'"), not a bug.
 USER_RUNTIME_MARKERS = ("pip install",)
+#: Libraries of the train extra: a command of the light install that needs one says how to add it.
+TRAIN_EXTRA = {"torch", "torchvision", "timm", "segmentation_models_pytorch", "captum", "sklearn", "skimage"}
+TRAIN_EXTRA |= {"cv2", "yaml", "onnx", "torchxrayvision"}
 
 
 def is_user_error(err: BaseException) -> bool:
@@ -55,6 +58,16 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug: its traceback
         log.info("details", exc_info=True)  # with -v
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # the light install (no PyTorch) running a training or evaluation command
+        if (err.name or "").split(".")[0] not in TRAIN_EXTRA:
+            raise  # a bug: its traceback
+        log.info("details", exc_info=True)
+        what = " ".join(a for a in (args.command, getattr(args, "task", None) or getattr(args, "format", None)) if a)
+        print(
+            f"error: covidcxr {what} needs the train extra ({err.name} is missing): pip install 'covidcxr[train]'",
+            file=sys.stderr,
+        )
         return 2
     except OSError as err:  # a disk or permission problem met on the way: one line, the traceback with -v
         log.info("details", exc_info=True)

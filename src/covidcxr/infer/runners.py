@@ -50,7 +50,11 @@ def resolve_backend(backend: str = AUTO) -> str:
         ValueError: ``backend`` is none of ``auto``, ``torch``, ``onnxruntime``.
     """
     if backend == AUTO:
-        return "torch" if importlib.util.find_spec("torch") is not None else "onnxruntime"
+        try:
+            found = importlib.util.find_spec("torch") is not None
+        except (ImportError, ValueError):  # an import system that refuses it: as good as absent
+            found = False
+        return "torch" if found else "onnxruntime"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {(AUTO, *BACKENDS)}, got {backend!r}")
     return backend
