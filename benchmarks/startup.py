@@ -13,6 +13,9 @@ Cases, run interleaved (A B C ... A B C ...) so background load falls on each al
   full install (``--backend auto``: PyTorch), and the same with ``--backend onnxruntime``;
 - ``light: predict``: the same command on the light install (``auto``: onnxruntime on the shipped graphs).
 
+Each case's median wall time and median CPU time (user + system) are reported: on a busy machine the
+wall time grows with the load, the CPU time much less.
+
 The full install is this interpreter with this checkout's ``src`` first on the path; the light one is
 the interpreter ``--light-python`` names, running its installed copy (build it with
 ``python3 -m venv /tmp/light && /tmp/light/bin/pip install .``). Each install's size (``du``) is
@@ -28,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -40,12 +44,20 @@ GOAL_LIGHT_PREDICT_S = 2.0
 GOAL_VERSION_S = 0.5
 
 
-def _timed(cmd: list[str], env: dict) -> float:
+def _timed(cmd: list[str], env: dict) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, the child's) of one run of ``cmd``.
+
+    CPU time is what the run costs whatever else the machine does; on a busy machine the wall
+    time grows with the load, the CPU time much less.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr[-1000:]}")
-    return time.perf_counter() - t0
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def slowest_imports(python: str, cmd: list[str], env: dict, n: int = 10) -> list[dict]:
@@ -99,16 +111,21 @@ def main() -> int:
         for cmd, env in cases.values():  # warm the file cache, not the interpreter
             _timed(cmd, env)
         times: dict[str, list[float]] = {k: [] for k in cases}
+        cpu: dict[str, list[float]] = {k: [] for k in cases}
         load = [os.getloadavg()[0]]
         for _ in range(args.rounds):
             for name, (cmd, env) in cases.items():
-                times[name].append(_timed(cmd, env))
+                wall, used = _timed(cmd, env)
+                times[name].append(wall)
+                cpu[name].append(used)
             load.append(os.getloadavg()[0])
         imports = slowest_imports(light, cases["light: predict (onnxruntime)"][0][1:], light_env)
     median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    median_cpu = {k: sorted(v)[len(v) // 2] for k, v in cpu.items()}
     report = {
         "goals_s": {"light: predict (onnxruntime)": GOAL_LIGHT_PREDICT_S, "light: covidcxr --version": GOAL_VERSION_S},
         "median_s": {k: round(v, 3) for k, v in median.items()},
+        "median_cpu_s": {k: round(v, 3) for k, v in median_cpu.items()},
         "over_import_numpy": {
             "light: predict (onnxruntime)": round(
                 median["light: predict (onnxruntime)"] / median["light: import numpy"], 2
@@ -121,7 +138,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1min": load},
     }
     for k, v in median.items():
-        print(f"{k:>36}: {v:.2f} s")
+        print(f"{k:>36}: {v:.2f} s wall, {median_cpu[k]:.2f} s CPU")
     for k, v in report["over_import_numpy"].items():
         print(f"{k:>36}: {v}x its install's import of numpy")
     print(f"install sizes (MB): {report['install_size_mb']}; goals: {report['goals_s']}")

@@ -107,3 +107,13 @@ def test_shipped_graphs_read_the_golden_xrays_as_the_weights_do(request, recorde
         assert max(abs(w.probabilities[c] - g.probabilities[c]) for c in w.probabilities) <= TOLERANCE
         assert abs(w.gate_probability - g.gate_probability) <= TOLERANCE
         assert {k: m["name"] for k, m in g.model.items()} == {k: m["name"] for k, m in w.model.items()}
+
+
+def test_the_onnxruntime_backend_refuses_a_stale_shipped_graph():
+    from covidcxr.infer.runners import check_shipped_graph
+
+    spec = WeightSpec.from_json(SHIPPED_ONNX_DIR / f"{SHIPPED['diagnosis']}.json")
+    check_shipped_graph(spec, "diagnosis")  # the shipped one is current
+    spec.training = {**spec.training, "exported_from": {"sha256": "0" * 64}}
+    with pytest.raises(ValueError, match="covidcxr export onnx --shipped --force"):
+        check_shipped_graph(spec, "diagnosis")

@@ -162,11 +162,11 @@ def load_runner(
     folder = Path(onnx_dir) if onnx_dir else SHIPPED_ONNX_DIR
     runner = OrtRunner(Path(spec_path) if spec_path else folder / f"{SHIPPED[kind]}.json")
     if spec_path is None and onnx_dir is None:
-        check_in_step(runner.spec, kind)
+        check_shipped_graph(runner.spec, kind)
     return runner
 
 
-def check_in_step(onnx_spec: WeightSpec, kind: str) -> None:
+def check_shipped_graph(onnx_spec: WeightSpec, kind: str) -> None:
     """Refuse a shipped graph exported from other weights than the shipped ``.pt`` of ``kind`` (its spec is read, not hashed).
 
     Raises:
