@@ -98,7 +98,8 @@ def predict_locked(args: argparse.Namespace) -> int:
     for row in chain([first] if first is not None else [], rows):
         write_row(row, counts)
     seconds = time.perf_counter() - start
-    print(run_summary(counts, seconds, Path(args.out) / "predictions.jsonl", predictor.backend), file=sys.stderr)
+    backend = getattr(predictor, "backend", None)
+    print(run_summary(counts, seconds, Path(args.out) / "predictions.jsonl", backend), file=sys.stderr)
     return 2 if counts.failed or counts.skipped_errors else 0
 
 
