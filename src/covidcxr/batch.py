@@ -482,6 +482,7 @@ class RunCounts:
         done: rows written with results.
         failed: error rows written (unreadable, refused, missing).
         refused: of those, refusals by reason (the row's ``refusal_reason``: lateral, ct, no_chest, photo, unsure, blank).
+        decoded: images decoded and given to the models (what a throughput counts).
     """
 
     inputs: int = 0
@@ -490,3 +491,4 @@ class RunCounts:
     done: int = 0
     failed: int = 0
     refused: dict[str, int] = field(default_factory=dict)
+    decoded: int = 0

@@ -1,5 +1,9 @@
 """``covidcxr export onnx``: every shipped model as ONNX, for inference without PyTorch.
 
+The package ships these graphs (``covidcxr/weights/onnx/``, :data:`covidcxr.specs.SHIPPED_ONNX_DIR`):
+``covidcxr export onnx --shipped --force`` regenerates them in place after shipped weights change, and
+``tests/models/test_shipped_onnx.py`` fails while a graph was exported from other weights than the ``.pt`` beside it.
+
 Each model is exported as its inference graph (:mod:`covidcxr.models.graphs`: the same module
 the PyTorch runner calls, named inputs and outputs, a dynamic batch) and written with a weights
 spec (``<name>.json``, the PyTorch spec with ``file`` and ``sha256`` of the ``.onnx``), so that
@@ -15,7 +19,7 @@ import torch
 
 from .models import load_weights
 from .models.graphs import Graph, example_inputs, graph
-from .specs import WeightSpec, sha256_file
+from .specs import SHIPPED_ONNX_DIR, WeightSpec, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,23 @@ def _export(g: Graph, args: tuple, spec: WeightSpec, out: Path) -> Path:
     return path
 
 
+def check_shipped_target(out_dir: str | Path, force: bool = False) -> Path:
+    """``out_dir``, unless it is the package's folder of shipped graphs and holds graphs that ``force`` does not allow replacing.
+
+    Raises:
+        FileExistsError: the folder is the shipped one, it holds graphs and ``force`` is off; one sentence.
+    """
+    out = Path(out_dir)
+    if out.resolve() == SHIPPED_ONNX_DIR.resolve() and not force:
+        there = sorted(p.name for p in out.glob("*.onnx"))
+        if there:
+            raise FileExistsError(
+                f"{out} holds the shipped ONNX graphs ({', '.join(there)}); add --force to replace them on purpose "
+                "(after the shipped weights changed), or pass --out DIR to export elsewhere"
+            )
+    return out
+
+
 def export_onnx(
     out_dir: str | Path,
     lungs: str | None = None,
@@ -59,8 +80,17 @@ def export_onnx(
     lesions: str | None = None,
     severity: str | None = None,
 ) -> list[Path]:
-    """Export the five models (default: the shipped ones) into ``out_dir``; returns the ONNX paths."""
+    """Export the five models (default: the shipped ones) into ``out_dir``; returns the ONNX paths.
+
+    ``out_dir`` may be :data:`covidcxr.specs.SHIPPED_ONNX_DIR` only for the shipped weights themselves (the
+    caller checks ``--force`` with :func:`check_shipped_target`).
+    """
     out = Path(out_dir)
+    if out.resolve() == SHIPPED_ONNX_DIR.resolve() and any((lungs, diagnosis, gate, lesions, severity)):
+        raise ValueError(
+            f"{out} holds the graphs of the shipped weights only; export other weights with --out DIR, or first "
+            "make them the shipped ones (covidcxr train ... --export src/covidcxr/weights --force)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     written = []
     lung_model, lung_spec = load_weights(lungs, kind="lungs")

@@ -82,7 +82,8 @@ def predict_files(
     files, missing = expand_inputs(inputs, csv_files)
     done = Done() if overwrite else read_predictions(jsonl)
     stems, todo = _plan(jsonl, files, missing, done, predictor.models, retry_errors, counts)
-    bar = tqdm(total=len(files), initial=len(files) - len(todo), desc="predict", unit="image", disable=not progress)
+    # Counts images, one step per row written: inputs already in predictions.jsonl start it off.
+    bar = tqdm(total=counts.inputs, initial=counts.skipped, desc="predict", unit="image", disable=not progress)
     with open(jsonl, "w" if overwrite else "a") as fh, bar:
 
         def emit(row: dict) -> dict:
@@ -92,7 +93,8 @@ def predict_files(
                 counts.failed += 1
             else:
                 counts.done += 1
-            bar.set_postfix(done=counts.done, failed=counts.failed, refresh=False)
+            bar.set_postfix(read=counts.done, failed=counts.failed, refresh=False)
+            bar.update(1)
             return row
 
         for raw, msg in missing:
@@ -103,9 +105,9 @@ def predict_files(
                 if err is not None:
                     yield emit({"path": files[todo[j]], "error": err})
             good = [(todo[j], im) for j, im, _ in batch if im is not None]
+            counts.decoded += len(good)
             for row in _read_batch(predictor, good, files, stems, out, report):
                 yield emit(row)
-            bar.update(len(batch))
             del batch, good
             trim_heap()  # memory stays flat over thousands of batches (see covidcxr.batch.trim_heap)
 

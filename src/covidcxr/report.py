@@ -163,6 +163,15 @@ def _lung_panel(ax, small: np.ndarray, lungs: np.ndarray, result: Result) -> Non
 
 def _heat_panel(fig, ax, small: np.ndarray, heat: np.ndarray, result: Result) -> None:
     ax.imshow(small, cmap="gray", vmin=0, vmax=1)
+    if not np.any(heat > 0):  # nothing to draw: say so rather than show a bare X-ray
+        found = "lesion evidence" if result.saliency_method == "lesion evidence" else "evidence for the predicted class"
+        ax.text(
+            0.5, 0.5, f"no {found} found", transform=ax.transAxes, ha="center", va="center", fontsize=9,
+            color="white", bbox={"facecolor": "black", "alpha": 0.6, "edgecolor": "none"},
+        )  # fmt: skip
+        ax.set_title(f"Where the reading looked ({result.saliency_method or 'heat map'})", fontsize=9)
+        ax.axis("off")
+        return
     h_small = np.asarray(
         Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize(
             (small.shape[1], small.shape[0]), Image.Resampling.BILINEAR

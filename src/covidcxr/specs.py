@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: The ONNX graphs of the shipped models (``covidcxr export onnx --shipped``): what the light install runs.
+SHIPPED_ONNX_DIR = WEIGHTS_DIR / "onnx"
 SHIPPED = {
     "lungs": "unet_mobilenetv2_lungs",
     "diagnosis": "source_blind_diagnosis",

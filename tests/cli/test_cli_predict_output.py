@@ -39,6 +39,7 @@ def fake_run(monkeypatch):
                 counts.failed += 1
             else:
                 counts.done += 1
+            counts.decoded += "error" not in row or "refusal_reason" in row  # went through the models
             yield row
 
     monkeypatch.setattr("covidcxr.infer.Predictor.load", staticmethod(lambda **_: object()))
@@ -55,6 +56,8 @@ def test_stdout_is_one_result_line_per_image_and_stderr_the_rest(fake_run, tmp_p
     ]
     err = captured.err.splitlines()
     assert err[:-1] == [
+        f"skipping 2 of 7 inputs already in {out / 'predictions.jsonl'} (--overwrite reads them again; "
+        "1 of them are errors: --retry-errors runs those again)",
         "warning: b.png: small lung field",
         "error: c.png: a lateral view, not a frontal chest X-ray",
         "error: d.png: a CT slice",
@@ -76,12 +79,15 @@ def test_result_line_marks_uncertain_readings():
 
 
 def test_summary_without_refusals_or_skips():
-    counts = RunCounts(done=1, failed=2)
+    counts = RunCounts(done=1, failed=2, decoded=3)
     assert (
         run_summary(counts, 2.0, Path("o/predictions.jsonl"))
         == "1 read, 2 failed, 1.5 images/s; results: o/predictions.jsonl"
     )
-    counts = RunCounts(done=12, failed=3, refused={"lateral": 1, "ct": 1})
-    assert run_summary(counts, 0.0, Path("p")).startswith(
-        "12 read, 2 refused (1 ct, 1 lateral), 1 failed, 0.0 images/s"
+    assert (
+        run_summary(counts, 2.0, Path("o/predictions.jsonl"), "onnxruntime")
+        == "1 read, 2 failed, 1.5 images/s on onnxruntime; results: o/predictions.jsonl"
     )
+    counts = RunCounts(done=12, failed=3, refused={"lateral": 1, "ct": 1})
+    summary = run_summary(counts, 0.0, Path("p"))  # nothing went through the models: no throughput
+    assert summary.startswith("12 read, 2 refused (1 ct, 1 lateral), 1 failed; results") and "images/s" not in summary

@@ -46,10 +46,26 @@ def test_train_segmentation_quick(tmp_path, cold_cache):
     }
 
 
-def test_train_diagnosis_quick(tmp_path, cold_cache):
+def test_train_diagnosis_quick(tmp_path, cold_cache, capsys):
     """The shipped (source-blind heads) recipe, computing stage-2 features for its few images only."""
+    from covidcxr.cli.smoke import SMOKE_BANNER, SMOKE_NOTE
+
     run = tmp_path / "diag"
     assert main(["train", "diagnosis", "--quick", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(SMOKE_BANNER) == 2 and out.index(SMOKE_BANNER) < out.index("AUROC")  # before and after its numbers
+    for path in run.rglob("*"):  # every file it wrote says so, but the weights (their spec does)
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            assert SMOKE_NOTE in (data.get("smoke_note"), data.get("training", {}).get("smoke_note")), path
+        elif path.suffix == ".md":
+            assert path.read_text().startswith("> **Smoke run (--quick)**"), path
+        elif path.suffix == ".png":
+            from PIL import Image
+
+            assert Image.open(path).info.get("smoke_note") == SMOKE_NOTE, path
+        else:
+            assert path.is_dir() or path.suffix == ".pt", path
     spec = _spec(run / "export" / "source_blind_diagnosis-quick.json", "diagnosis")
     assert spec.training["config"]["design"] == "within_archive" and spec.training["config"]["quick"] is True
     assert spec.training["data"]["train_samples"] < 40

@@ -82,7 +82,8 @@ def _assert_error(response, status: int, *words: str) -> str:
 def test_health_lists_every_model(client, pipeline):
     r = client.get("/health")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "models": pipeline.models}
+    assert r.json() == {"status": "ok", "models": pipeline.models, "backend": pipeline.backend}
+    assert pipeline.backend in ("torch", "onnxruntime")
     assert set(r.json()["models"]) == {"lungs", "diagnosis", "gate", "lesions", "severity"}
 
 

@@ -53,6 +53,7 @@ class FakePredictor:
 
     def __init__(self) -> None:
         self.uncertain = True
+        self.empty_map = False  # a lesion-evidence map with no lesion in it
 
     def run(self, images: list[np.ndarray]) -> list[Result]:
         out = []
@@ -66,11 +67,11 @@ class FakePredictor:
                     uncertain=self.uncertain,
                     uncertain_reason=UNSURE if self.uncertain else None,
                     gate_probability=0.9,
-                    saliency_method="Grad-CAM",
-                    saliency_in_lungs=0.5,
+                    saliency_method="lesion evidence" if self.empty_map else "Grad-CAM",
+                    saliency_in_lungs=float("nan") if self.empty_map else 0.5,
                     model=self.models,
                     lung_mask=mask,
-                    heatmap=im,
+                    heatmap=np.zeros_like(im) if self.empty_map else im,
                 )
             )
         return out
@@ -122,7 +123,7 @@ def fake_page(browser, fake_server) -> tuple[Page, FakePredictor]:
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url)
     yield page, predictor
-    predictor.uncertain = True
+    predictor.uncertain, predictor.empty_map = True, False
     context.close()
 
 
@@ -337,3 +338,34 @@ def test_api_docs_render_with_the_internet_blocked(browser, server_url):
         assert not blocked, blocked
     finally:
         context.close()
+
+
+def test_probability_bars_stay_in_their_column_at_1280_px(browser, server_url):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server_url)
+    _read_sample(page)
+    expect(page.locator("#findings")).to_be_visible()
+    edges = page.evaluate(
+        """() => ({
+        bars: [...document.querySelectorAll('#probabilities meter')].map(m => m.getBoundingClientRect().right),
+        column: document.querySelector('#probabilities').closest('section').getBoundingClientRect().right,
+        findings: document.querySelector('#findings').getBoundingClientRect().left,
+        })"""
+    )
+    context.close()
+    assert len(edges["bars"]) == len(CLASSES)
+    assert max(edges["bars"]) <= edges["column"] + 0.5 < edges["findings"], edges
+
+
+def test_empty_heat_map_tile_says_no_lesion_evidence(fake_page):
+    page, predictor = fake_page
+    predictor.empty_map = True
+    page.set_input_files("#file", str(SAMPLE))
+    expect(page.locator("#result")).to_be_visible(timeout=TIMEOUT_MS)
+    empty = page.locator("#heatmap-empty")
+    expect(empty).to_be_visible()
+    expect(empty).to_contain_text("No lesion evidence found")
+    expect(page.locator("#heatmap")).to_be_hidden()  # no black square
+    expect(page.locator("#heatmap-method")).to_contain_text("no lesion evidence found")

@@ -17,15 +17,18 @@ import sys
 
 from .common import SAMPLE, UserError, writable_out
 from .inference import allowed_hosts
-from .parser import build_parser
+from .parser import build_parser, parse
 
 __all__ = ["SAMPLE", "UserError", "allowed_hosts", "build_parser", "is_user_error", "main", "writable_out"]
 
 log = logging.getLogger("covidcxr")
 
-# RuntimeErrors whose message is a sentence for the user (a missing extra: "... needs the serve extra ...:
-# pip install 'covidcxr[serve]'"), not a bug.
+# RuntimeErrors whose message is a sentence for the user (a missing extra: "... needs the train extra ...:
+# pip install 'covidcxr[train]'"), not a bug.
 USER_RUNTIME_MARKERS = ("pip install",)
+#: Libraries of the train extra: a command of the light install that needs one says how to add it.
+TRAIN_EXTRA = {"torch", "torchvision", "timm", "segmentation_models_pytorch", "captum", "sklearn", "skimage"}
+TRAIN_EXTRA |= {"cv2", "yaml", "onnx", "torchxrayvision"}
 
 
 def is_user_error(err: BaseException) -> bool:
@@ -41,7 +44,7 @@ def is_user_error(err: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -55,6 +58,16 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug: its traceback
         log.info("details", exc_info=True)  # with -v
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # the light install (no PyTorch) running a training or evaluation command
+        if (err.name or "").split(".")[0] not in TRAIN_EXTRA:
+            raise  # a bug: its traceback
+        log.info("details", exc_info=True)
+        what = " ".join(a for a in (args.command, getattr(args, "task", None) or getattr(args, "format", None)) if a)
+        print(
+            f"error: covidcxr {what} needs the train extra ({err.name} is missing): pip install 'covidcxr[train]'",
+            file=sys.stderr,
+        )
         return 2
     except OSError as err:  # a disk or permission problem met on the way: one line, the traceback with -v
         log.info("details", exc_info=True)

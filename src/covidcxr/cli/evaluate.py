@@ -144,10 +144,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from ..export import export_onnx
     from ..infer import default_onnx_dir
+    from ..specs import SHIPPED_ONNX_DIR
 
-    out = args.out or default_onnx_dir()
+    if args.shipped and args.out:
+        raise UserError(f"--shipped writes into the package ({SHIPPED_ONNX_DIR}); drop --out, or drop --shipped")
+    custom = [args.lung_weights, args.diagnosis_weights, args.gate_weights, args.lesion_weights, args.severity_weights]
+    if args.shipped and any(custom):
+        raise UserError(
+            "--shipped exports the shipped weights; drop the --*-weights options, or export them with --out DIR"
+        )
+    try:
+        from ..export import check_shipped_target, export_onnx
+    except ImportError as err:
+        raise RuntimeError(
+            f"covidcxr export onnx needs the train extra ({err.name} is missing): pip install 'covidcxr[train]'"
+        ) from err
+    out = check_shipped_target(SHIPPED_ONNX_DIR if args.shipped else (args.out or default_onnx_dir()), args.force)
     for path in export_onnx(
         out,
         lungs=args.lung_weights,
@@ -157,7 +170,12 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         severity=args.severity_weights,
     ):
         print(f"{path}\t{path.stat().st_size / 1e6:.1f} MB")
-    print(f"use with: covidcxr predict --backend onnxruntime --onnx-dir {out} ...")
+    if out.resolve() == SHIPPED_ONNX_DIR.resolve():
+        print(
+            "the shipped graphs are renewed: `covidcxr predict` runs them when PyTorch is absent (--backend onnxruntime)"
+        )
+    else:
+        print(f"use with: covidcxr predict --backend onnxruntime --onnx-dir {out} ...")
     return 0
 
 

@@ -12,8 +12,8 @@ DATA_ROOT_HELP = (
     "else ../shared/data (from the working directory, then beside this source checkout)"
 )
 ONNX_DIR_HELP = (
-    "models written by `covidcxr export onnx` (default $COVIDCXR_CACHE/onnx, else ~/.cache/covidcxr/onnx); "
-    "with --backend onnxruntime"
+    "ONNX graphs written by `covidcxr export onnx --out DIR` (default: the graphs of the shipped models, "
+    "in the package); with the onnxruntime backend"
 )
 SHIPPED = "(default: the shipped model)"
 SPEC = "SPEC"  # metavar of every weights option: a weights spec JSON (covidcxr.specs.WeightSpec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from itertools import chain
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -91,11 +92,23 @@ def predict_locked(args: argparse.Namespace) -> int:
         counts=counts,
     )
     start = time.perf_counter()
-    for row in rows:
+    first = next(rows, None)  # the inputs are planned by now: say at once what a rerun skips
+    if counts.skipped:
+        tqdm.write(skipped_line(counts, Path(args.out) / "predictions.jsonl"), file=sys.stderr)
+    for row in chain([first] if first is not None else [], rows):
         write_row(row, counts)
     seconds = time.perf_counter() - start
-    print(run_summary(counts, seconds, Path(args.out) / "predictions.jsonl"), file=sys.stderr)
+    backend = getattr(predictor, "backend", None)
+    print(run_summary(counts, seconds, Path(args.out) / "predictions.jsonl", backend), file=sys.stderr)
     return 2 if counts.failed or counts.skipped_errors else 0
+
+
+def skipped_line(counts, jsonl: Path) -> str:
+    """What a rerun leaves out, e.g. ``skipping 5 of 7 inputs already in out/predictions.jsonl (--overwrite reads them again)``."""
+    line = f"skipping {counts.skipped} of {counts.inputs} inputs already in {jsonl} (--overwrite reads them again"
+    if counts.skipped_errors:
+        line += f"; {counts.skipped_errors} of them are errors: --retry-errors runs those again"
+    return line + ")"
 
 
 def result_line(row: dict) -> str:
@@ -123,13 +136,17 @@ def write_row(row: dict, counts) -> None:
         tqdm.write(f"warning: {row['path']}: {warning}", file=sys.stderr)
 
 
-def run_summary(counts, seconds: float, jsonl: Path) -> str:
-    """The last line of a predict run, e.g. ``12 read, 2 refused (1 lateral, 1 ct), 1 failed, 3.4 images/s; results: ...``.
+def run_summary(counts, seconds: float, jsonl: Path, backend: str | None = None) -> str:
+    """The last line of a predict run, e.g. ``12 read, 2 refused (1 lateral, 1 ct), 1 failed, 3.4 images/s on onnxruntime; results: ...``.
+
+    The throughput counts the images the models ran on; a run that ran them on none (every input
+    missing, unreadable or already done) gives none.
 
     Args:
         counts: the run's :class:`covidcxr.batch.RunCounts`, refusals counted by reason.
         seconds: wall time of the loop over the inputs (models loaded).
         jsonl: the results file.
+        backend: where the models ran (``torch``, ``onnxruntime``).
     """
     refused = sum(counts.refused.values())
     parts = [f"{counts.done} read"]
@@ -142,8 +159,11 @@ def run_summary(counts, seconds: float, jsonl: Path) -> str:
         if counts.skipped_errors:
             kept += f"; {counts.skipped_errors} of them errors: --retry-errors runs them again"
         parts.append(kept + ")")
-    rows = counts.done + counts.failed
-    parts.append(f"{rows / seconds if seconds > 0 else 0.0:.1f} images/s")
+    on = f" on {backend}" if backend else ""
+    if counts.decoded and seconds > 0:
+        parts.append(f"{counts.decoded / seconds:.1f} images/s{on}")
+    elif on:
+        parts.append(f"models{on}")
     return ", ".join(parts) + f"; results: {jsonl}"
 
 
@@ -154,7 +174,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from ..web import create_app
     except ImportError as err:
         raise RuntimeError(
-            f"covidcxr serve needs the serve extra ({err.name} is missing): pip install 'covidcxr[serve]'"
+            f"covidcxr serve needs {err.name}, which `pip install covidcxr` installs; it is missing here: "
+            "pip install 'fastapi>=0.115' 'uvicorn>=0.30' python-multipart swagger-ui-bundle"
         ) from err
     check_serve_limits(args)
     app = create_app(
@@ -170,7 +191,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         read_timeout=args.read_timeout,
     )
     print(
-        f"covidcxr: web page and API on http://{args.host}:{args.port}/ (API docs at /docs); research and teaching only",
+        f"covidcxr: web page and API on http://{args.host}:{args.port}/ (API docs at /docs; models on "
+        f"{app.state.backend}); research and teaching only",
         file=sys.stderr,
     )
     uvicorn.run(

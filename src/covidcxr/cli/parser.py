@@ -15,7 +15,11 @@ from .inference import cmd_predict, cmd_segment, cmd_serve
 from .parser_evaluate import add_evaluate_tasks
 from .train import cmd_train_diagnosis, cmd_train_gate, cmd_train_segmentation, cmd_train_severity
 
-BACKENDS = ["torch", "onnxruntime"]
+BACKENDS = ["auto", "torch", "onnxruntime"]
+BACKEND_HELP = (
+    "where the models run: auto (default) is torch where PyTorch is installed (the train extra), else onnxruntime "
+    "on the ONNX graphs shipped in the package (no PyTorch needed)"
+)
 NO_GATE_HELP = "read images the gate would refuse (research use; a warning is kept)"
 
 
@@ -45,6 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     add_splits(sub)
     return p
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args``, except that an unknown option is refused with the usage of the command it was given to.
+
+    ``covidcxr predict --fast`` then prints ``predict``'s usage and options, not the list of commands.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command parser that ``args`` were parsed by: ``covidcxr``, ``predict``, ``train diagnosis`` ..."""
+    while parser._subparsers is not None:
+        action = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
+        chosen = getattr(args, action.dest, None)
+        if chosen not in action.choices:
+            break
+        parser = action.choices[chosen]
+    return parser
 
 
 def add_segment(sub) -> None:
@@ -107,12 +133,7 @@ def add_predict(sub) -> None:
     add_weights(pred, "--lesion-weights", f"lesion-decoder weights spec JSON {SHIPPED}")
     add_weights(pred, "--severity-weights", f"severity-head weights spec JSON {SHIPPED}")
     pred.add_argument("--no-severity", action="store_true", help="skip lesions and severity scores")
-    pred.add_argument(
-        "--backend",
-        default="torch",
-        choices=BACKENDS,
-        help="run the models on PyTorch (default) or onnxruntime (no PyTorch needed)",
-    )
+    pred.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     pred.add_argument(
         "--onnx-dir",
         metavar="DIR",
@@ -140,7 +161,7 @@ def add_serve(sub) -> None:
     srv = command(
         sub,
         "serve",
-        "web page and REST API (POST /v1/predict) for the whole pipeline; needs the serve extra",
+        "web page and REST API (POST /v1/predict) for the whole pipeline",
         "covidcxr serve    # http://127.0.0.1:8000/",
         "covidcxr serve --host 0.0.0.0 --port 8080 --allowed-host cxr.example.org",
         "covidcxr serve --backend onnxruntime --no-saliency --max-upload-mb 10",
@@ -191,9 +212,7 @@ def add_serve(sub) -> None:
     srv.add_argument("--no-gate", action="store_true", help=NO_GATE_HELP)
     srv.add_argument("--no-saliency", action="store_true", help="skip Grad-CAM (faster; heatmap is null)")
     srv.add_argument("--no-severity", action="store_true", help="skip lesions and severity scores")
-    srv.add_argument(
-        "--backend", default="torch", choices=BACKENDS, help="run the models on PyTorch (default) or onnxruntime"
-    )
+    srv.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     srv.add_argument(
         "--onnx-dir",
         metavar="DIR",
@@ -321,12 +340,20 @@ def add_export(sub) -> None:
         "onnx",
         "every shipped model as ONNX + spec, for --backend onnxruntime",
         "covidcxr export onnx    # into ~/.cache/covidcxr/onnx",
+        "covidcxr export onnx --shipped --force    # renew the graphs shipped in the package after its weights changed",
         "covidcxr export onnx --out onnx/ && covidcxr predict --backend onnxruntime --onnx-dir onnx/ --out out/",
         "covidcxr export onnx --out onnx/ --lung-weights runs/segmentation/export/unet_mobilenetv2_lungs.json",
     )
     onx.add_argument(
         "--out", metavar="DIR", help="output folder (default ~/.cache/covidcxr/onnx, or $COVIDCXR_CACHE/onnx)"
     )
+    onx.add_argument(
+        "--shipped",
+        action="store_true",
+        help="write the shipped weights' graphs into the package (src/covidcxr/weights/onnx/), what the "
+        "onnxruntime backend runs by default; with --force to replace the graphs there",
+    )
+    onx.add_argument("--force", action="store_true", help="replace the shipped graphs (with --shipped)")
     add_weights(onx, "--diagnosis-weights", f"diagnosis weights spec JSON {SHIPPED}", was_weights=True)
     add_weights(onx, "--lung-weights", f"lung-segmentation weights spec JSON {SHIPPED}")
     add_weights(onx, "--gate-weights", "input-gate weights spec JSON (default: the shipped gate)")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .common import UserError
 from .evaluate import print_seg_summary
+from .smoke import SMOKE_BANNER, mark_smoke_run
 
 
 def command_of(args: argparse.Namespace) -> str:
@@ -122,11 +123,16 @@ def cmd_train_diagnosis(args: argparse.Namespace) -> int:
     cfg = train_config(args, HeadsConfig)
     export = export_dir(args, cfg.out_dir, [export_name(cfg.export_name, MODEL, cfg.out_dir, cfg.quick)])
     summary = train_heads(cfg, export_dir=export, command=command_of(args))
+    if cfg.quick:  # before its numbers, and into every file it wrote
+        mark_smoke_run(cfg.out_dir, export)
+        print(SMOKE_BANNER)
     print(
         f"run folder: {cfg.out_dir}\nweights: {summary['spec']}\ninternal test macro AUROC: {summary['internal_test']['macro_auroc_ci']['value']:.3f}"
     )
     if "loso" in summary:
         print((Path(cfg.out_dir) / "loso" / "loso.md").read_text())
+    if cfg.quick:
+        print(SMOKE_BANNER)
     return 0
 
 

@@ -46,7 +46,7 @@ class Diagnoser:
 
     @classmethod
     def from_spec(
-        cls, spec_path: str | Path | None = None, backend: str = "torch", onnx_dir: str | Path | None = None
+        cls, spec_path: str | Path | None = None, backend: str = "auto", onnx_dir: str | Path | None = None
     ) -> Diagnoser:
         """Load a weights spec (default: the shipped diagnosis model)."""
         return cls(load_runner("diagnosis", spec_path, backend, onnx_dir))

@@ -296,7 +296,7 @@ class Gate:
 
     @classmethod
     def from_spec(
-        cls, spec_path: str | Path | None = None, backend: str = "torch", onnx_dir: str | Path | None = None
+        cls, spec_path: str | Path | None = None, backend: str = "auto", onnx_dir: str | Path | None = None
     ) -> Gate:
         return cls(load_runner("gate", spec_path, backend, onnx_dir))
 

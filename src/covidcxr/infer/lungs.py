@@ -52,7 +52,7 @@ class LungSegmenter:
 
     @classmethod
     def from_spec(
-        cls, spec_path: str | Path | None = None, backend: str = "torch", onnx_dir: str | Path | None = None
+        cls, spec_path: str | Path | None = None, backend: str = "auto", onnx_dir: str | Path | None = None
     ) -> LungSegmenter:
         """Load a weights spec (default: the shipped lung model)."""
         return cls(load_runner("lungs", spec_path, backend, onnx_dir))

@@ -7,6 +7,7 @@ objects: what ``covidcxr predict``, the web page and the Python API all return.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -22,9 +23,11 @@ from .gate import OVERRIDE as CLI_OVERRIDE
 from .gate import Gate, GateDecision, blank_reason, refusal_reason
 from .lungs import LungSegmenter
 from .result import Result
-from .runners import BACKENDS
+from .runners import AUTO, resolve_backend
 from .severity import SeverityScorer
 from .uncertainty import uncertain_reason
+
+log = logging.getLogger(__name__)
 
 #: Lung masks covering less (more) of the image than this get a warning.
 LUNG_AREA_RANGE = (0.08, 0.75)
@@ -94,15 +97,16 @@ class Predictor:
         severity: bool = True,
         lesions: str | None = None,
         severity_head: str | None = None,
-        backend: str = "torch",
+        backend: str = AUTO,
         onnx_dir: str | None = None,
     ) -> Predictor:
         """Every model from its spec (default: shipped) on ``backend``: ``torch`` (``.pt``) or ``onnxruntime``.
 
-        ``onnxruntime`` reads the ONNX files ``covidcxr export onnx`` wrote to ``onnx_dir`` and imports no PyTorch.
+        ``auto`` (the default) is PyTorch where it is installed (``pip install 'covidcxr[train]'``), else
+        onnxruntime. ``onnxruntime`` runs the ONNX graphs shipped in the package (or those ``covidcxr export
+        onnx`` wrote to ``onnx_dir``) and imports no PyTorch. :attr:`backend` says which one runs.
         """
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        backend = resolve_backend(backend)
         where = {"backend": backend, "onnx_dir": onnx_dir}
         try:
             diagnoser = Diagnoser.from_spec(diagnosis, **where)
@@ -112,10 +116,16 @@ class Predictor:
             parts = LungSegmenter.from_spec(lungs, **where), Gate.from_spec(gate, **where)
         except ImportError as err:
             raise RuntimeError(
-                f"the PyTorch backend needs the torch extra ({err.name} is missing): "
-                "pip install 'covidcxr[torch]', or use the onnxruntime backend"
+                f"the PyTorch backend needs the train extra ({err.name} is missing): "
+                "pip install 'covidcxr[train]', or use the onnxruntime backend (--backend onnxruntime)"
             ) from err
+        log.info("models on %s", backend)
         return cls(parts[0], diagnoser, parts[1], use_gate, saliency, scorer, show_severity=severity)
+
+    @property
+    def backend(self) -> str:
+        """Where the models run: ``torch`` or ``onnxruntime``."""
+        return getattr(self.segmenter.runner, "backend", "torch")
 
     @property
     def models(self) -> dict:
@@ -147,8 +157,8 @@ class Predictor:
                 good.append((i, name, image_from(item, name=name)))
             except ImageReadError as err:
                 results[i] = Result(path=name, error=str(err), model=self.models)
-        for (i, name, _), res in zip(good, self.run([im for _, _, im in good]), strict=True):
-            res.path = name
+        for (i, name, image), res in zip(good, self.run([im for _, _, im in good]), strict=True):
+            res.path, res.image = name, image  # kept for Result.save's report
             if res.error:
                 res.error = f"{name}: {res.error.replace(CLI_OVERRIDE, PYTHON_OVERRIDE)}"
             results[i] = res
@@ -158,7 +168,7 @@ class Predictor:
         """One :class:`Result` per image (H, W) float32 in [0, 1], in order."""
         models = self.models
         blank = [blank_reason(im) for im in images]
-        results = [Result(error=b, refusal_reason=refusal_reason(b), model=models) for b in blank]
+        results = [Result(error=b, refusal_reason=refusal_reason(b), model=models, backend=self.backend) for b in blank]
         todo = [i for i, r in enumerate(results) if r.ok]
         if not todo:
             return results

@@ -8,15 +8,21 @@ pre- and post-processing in NumPy around a runner, so the two backends differ on
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..specs import SHIPPED, WeightSpec, sha256_file
+from ..specs import SHIPPED, SHIPPED_ONNX_DIR, WEIGHTS_DIR, WeightSpec, sha256_file
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime")
+#: What ``backend="auto"`` means: PyTorch where it is installed (the train extra), else onnxruntime.
+AUTO = "auto"
 
 
 @runtime_checkable
@@ -35,8 +41,29 @@ def default_onnx_dir() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "covidcxr") / "onnx"
 
 
+def resolve_backend(backend: str = AUTO) -> str:
+    """``torch`` or ``onnxruntime``: ``auto`` is PyTorch when it is installed, else onnxruntime (the light install).
+
+    Finding out imports neither library.
+
+    Raises:
+        ValueError: ``backend`` is none of ``auto``, ``torch``, ``onnxruntime``.
+    """
+    if backend == AUTO:
+        try:
+            found = importlib.util.find_spec("torch") is not None
+        except (ImportError, ValueError):  # an import system that refuses it: as good as absent
+            found = False
+        return "torch" if found else "onnxruntime"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {(AUTO, *BACKENDS)}, got {backend!r}")
+    return backend
+
+
 class TorchRunner:
     """A model loaded from a ``.pt`` weights spec, run through its graph module on the CPU."""
+
+    backend = "torch"
 
     def __init__(self, model, spec: WeightSpec) -> None:
         import torch
@@ -73,17 +100,30 @@ class TorchRunner:
 class OrtRunner:
     """An ONNX model named by a weights spec (``covidcxr export onnx``); the file's sha256 is checked first."""
 
+    backend = "onnxruntime"
+
     def __init__(self, spec_path: str | Path) -> None:
         try:
             import onnxruntime as ort
         except ImportError as err:
-            raise RuntimeError("the onnxruntime backend needs the infer extra: pip install 'covidcxr[infer]'") from err
+            raise RuntimeError(
+                "the onnxruntime backend needs onnxruntime, which `pip install covidcxr` installs: "
+                "pip install 'onnxruntime>=1.17'"
+            ) from err
         spec_path = Path(spec_path)
         if not spec_path.is_file():
+            shipped = spec_path.parent.resolve() == SHIPPED_ONNX_DIR.resolve()
+            how = "covidcxr export onnx --shipped" if shipped else f"covidcxr export onnx --out {spec_path.parent}"
             raise FileNotFoundError(
-                f"{spec_path}: ONNX weights spec not found; run `covidcxr export onnx --out {spec_path.parent}` first"
+                f"{spec_path}: ONNX weights spec not found; run `{how}` first (needs the train extra)"
             )
         self.spec = WeightSpec.from_json(spec_path)
+        if not self.spec.file.endswith(".onnx"):
+            raise ValueError(
+                f"{spec_path}: names {self.spec.file!r}, PyTorch weights, not an ONNX graph; run them with "
+                f"--backend torch (pip install 'covidcxr[train]'), or export them first: "
+                f"covidcxr export onnx --out DIR, then pass DIR's spec"
+            )
         path = spec_path.parent / self.spec.file
         if path.resolve().parent != spec_path.parent.resolve():
             raise ValueError(f"{spec_path}: its file {self.spec.file!r} lies outside the spec's folder")
@@ -106,12 +146,40 @@ class OrtRunner:
 
 
 def load_runner(
-    kind: str, spec_path: str | Path | None = None, backend: str = "torch", onnx_dir: str | Path | None = None
+    kind: str, spec_path: str | Path | None = None, backend: str = AUTO, onnx_dir: str | Path | None = None
 ) -> Runner:
-    """The runner of one model: a ``.pt`` spec (torch; None: shipped) or the exported ONNX of ``kind``."""
+    """The runner of one model: a ``.pt`` spec (torch; None: shipped) or the ONNX graph of ``kind``.
+
+    Args:
+        kind: one of :data:`covidcxr.specs.SHIPPED`.
+        spec_path: the model's spec; None: the shipped model (on onnxruntime, ``onnx_dir``'s graph of it).
+        backend: ``torch``, ``onnxruntime`` or ``auto`` (:func:`resolve_backend`).
+        onnx_dir: where ``covidcxr export onnx`` wrote the graphs (default: the graphs shipped in the package).
+    """
+    backend = resolve_backend(backend)
     if backend == "torch":
         return TorchRunner.load(spec_path, kind)
-    if backend == "onnxruntime":
-        folder = Path(onnx_dir) if onnx_dir else default_onnx_dir()
-        return OrtRunner(Path(spec_path) if spec_path else folder / f"{SHIPPED[kind]}.json")
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    folder = Path(onnx_dir) if onnx_dir else SHIPPED_ONNX_DIR
+    runner = OrtRunner(Path(spec_path) if spec_path else folder / f"{SHIPPED[kind]}.json")
+    if spec_path is None and onnx_dir is None:
+        check_shipped_graph(runner.spec, kind)
+    return runner
+
+
+def check_shipped_graph(onnx_spec: WeightSpec, kind: str) -> None:
+    """Refuse a shipped graph exported from other weights than the shipped ``.pt`` of ``kind`` (its spec is read, not hashed).
+
+    Raises:
+        ValueError: the graph is stale (the weights were retrained and the graphs not exported again); one sentence.
+    """
+    pt_spec = WEIGHTS_DIR / f"{SHIPPED[kind]}.json"
+    if not pt_spec.is_file():  # a package shipping the graphs only
+        return
+    source = onnx_spec.training.get("exported_from", {}).get("sha256")
+    current = WeightSpec.from_json(pt_spec).sha256
+    if source != current:
+        raise ValueError(
+            f"the shipped ONNX graph of {SHIPPED[kind]} was exported from other weights ({str(source)[:12]}…) than "
+            f"the shipped {SHIPPED[kind]}.pt ({current[:12]}…); run `covidcxr export onnx --shipped --force`, "
+            "or use --backend torch"
+        )

@@ -45,7 +45,7 @@ class SeverityScorer:
         cls,
         lesions: str | Path | None = None,
         severity: str | Path | None = None,
-        backend: str = "torch",
+        backend: str = "auto",
         onnx_dir: str | Path | None = None,
     ) -> SeverityScorer:
         """The lesion decoder and severity head of two specs (default: shipped)."""

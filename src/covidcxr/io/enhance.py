@@ -4,6 +4,9 @@ One function, :func:`enhance`, shared by training and inference on both backends
 import: the onnxruntime install uses it too). Which method a model was trained with is
 recorded in its weights spec (``WeightSpec.enhancement``), and inference applies exactly that.
 
+OpenCV is imported only when a method other than ``none`` runs: the shipped models use none,
+and the light install (``pip install covidcxr``) does not carry OpenCV (the train extra does).
+
 Every size-dependent parameter (CLAHE tile grid, dark-channel patch, guided-filter radius) is
 a fixed fraction of the image, so a 256-px view and a 3000-px original are treated alike.
 The remaining constants are part of a method's definition: the spec records only the
@@ -13,7 +16,6 @@ other pixels than they were trained on.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 ENHANCEMENTS = ("none", "clahe", "dehaze")
@@ -32,6 +34,18 @@ DEHAZE_T0 = (
 )
 DEHAZE_TOP = 0.001  # share of the brightest dark-channel pixels that estimates the atmospheric light
 DEHAZE_WORK = 512  # guided-filter coefficients computed with the shorter side brought down to about this
+
+
+def _cv2():
+    """OpenCV, or a sentence saying how to install it."""
+    try:
+        import cv2
+    except ImportError as err:
+        raise RuntimeError(
+            "this model's spec names an X-ray enhancement (CLAHE or dehazing), which needs OpenCV: "
+            "pip install 'covidcxr[train]' (or opencv-python-headless)"
+        ) from err
+    return cv2
 
 
 def check_enhancement(method: str) -> str:
@@ -90,6 +104,7 @@ def clahe(image: np.ndarray) -> np.ndarray:
     h, w = image.shape
     grid = (max(1, min(CLAHE_GRID, w // 8)), max(1, min(CLAHE_GRID, h // 8)))  # OpenCV: (columns, rows)
     eight_bit = (image * 255 + 0.5).astype(np.uint8)
+    cv2 = _cv2()
     out = cv2.createCLAHE(clipLimit=CLAHE_CLIP, tileGridSize=grid).apply(eight_bit)
     return out.astype(np.float32) / np.float32(255)
 
@@ -121,6 +136,7 @@ def dehaze(image: np.ndarray) -> np.ndarray:
     """
     short = min(image.shape)
     patch = max(3, int(round(short * DEHAZE_PATCH)) | 1)  # odd, so the window is centred
+    cv2 = _cv2()
     dark = cv2.erode(image, cv2.getStructuringElement(cv2.MORPH_RECT, (patch, patch)), borderType=cv2.BORDER_REPLICATE)
     k = max(1, int(dark.size * DEHAZE_TOP))
     brightest = np.argpartition(dark.ravel(), dark.size - k)[-k:]
@@ -161,6 +177,7 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, s
     Returns:
         (H, W) float32.
     """
+    cv2 = _cv2()
     h, w = guide.shape
     small = (max(1, round(w / subsample)), max(1, round(h / subsample)))  # OpenCV: (width, height)
     if subsample > 1:

@@ -1,8 +1,8 @@
 """``covidcxr serve``: a REST API and an offline web page in front of :class:`covidcxr.infer.Predictor`.
 
 Thin by design: the app reads the upload with :func:`covidcxr.io.read_image`, runs the
-pipeline and builds the same row as ``predictions.jsonl``; nothing else. Needs the
-``serve`` extra (``pip install "covidcxr[serve]"``).
+pipeline and builds the same row as ``predictions.jsonl``; nothing else. Its libraries (FastAPI,
+uvicorn) come with the base install (``pip install covidcxr``).
 """
 
 from __future__ import annotations

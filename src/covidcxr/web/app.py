@@ -270,7 +270,7 @@ def create_app(
     use_gate: bool = True,
     saliency: bool = True,
     severity: bool = True,
-    backend: str = "torch",
+    backend: str = "auto",
     onnx_dir: str | None = None,
     *,
     max_pixels: int = SERVE_MAX_PIXELS,
@@ -287,7 +287,8 @@ def create_app(
         use_gate: Refuse images the input gate does not take for a frontal chest X-ray.
         saliency: Compute the Grad-CAM heat map.
         severity: Score lesions and severity.
-        backend, onnx_dir: ``"onnxruntime"`` runs the models exported by ``covidcxr export onnx`` without PyTorch.
+        backend, onnx_dir: ``"onnxruntime"`` runs the shipped ONNX graphs (or those ``covidcxr export onnx``
+            wrote to ``onnx_dir``) without PyTorch; ``"auto"``: torch where it is installed, else onnxruntime.
         max_pixels: Largest image, in pixels, read from its header before decoding (413 above it).
         max_queue: Requests waiting for the models at most, besides the one being read (503 above it).
         allowed_hosts: Host names answered (400 for others); ``"*"`` for any. The default is the
@@ -316,6 +317,7 @@ def create_app(
         redoc_url=None,
     )
     # Added innermost first: headers on every answer, then Host/Origin, the queue, the upload limit.
+    app.state.backend = getattr(pipeline, "backend", None)  # said by `covidcxr serve` when it starts
     app.add_middleware(
         UploadLimit, max_body=max_upload_bytes + _MULTIPART_OVERHEAD, message=too_large, read_timeout=read_timeout
     )
@@ -332,7 +334,7 @@ def create_app(
 
     @app.get("/health", response_model=Health, summary="Liveness and the loaded weight files")
     async def health() -> dict:
-        return {"status": "ok", "models": models}
+        return {"status": "ok", "models": models, "backend": app.state.backend}
 
     _add_predict(app, thread.runs(_reader(pipeline, queue, max_upload_bytes, max_pixels, too_large)))
 

@@ -23,6 +23,7 @@ class Health(BaseModel):
     models: dict[str, ModelInfo] = Field(
         description="Name and sha256 of each weight file loaded (lungs, diagnosis, gate, lesions, severity)."
     )
+    backend: str | None = Field(default=None, description="Where the models run: torch or onnxruntime.")
 
 
 class PNG(BaseModel):
@@ -112,6 +113,7 @@ class Prediction(BaseModel):
     )
     overlays: Overlays = Field(description="Transparent RGBA PNGs at the size of `image`, to stack over it.")
     model: dict[str, ModelInfo]
+    backend: str | None = Field(default=None, description="Where the models ran: torch or onnxruntime.")
     warnings: list[str]
     lung_area: float
     gate_probability: float

@@ -38,6 +38,25 @@ function setLayer(id, png) {
   img.hidden = !png || !toggle.checked;
 }
 
+// A heat map with nothing in it (no lesion found; no evidence for the class): said in words, not shown as a black square.
+function noEvidence(row) {
+  return Boolean(row.heatmap) && typeof row.saliency_in_lungs !== "number";
+}
+
+function emptyMapWords(row) {
+  return row.saliency_method === "lesion evidence"
+    ? "No lesion evidence found: the lesion model marked nothing inside the lungs."
+    : "No evidence for the predicted class found: the heat map is empty.";
+}
+
+function showHeatmapTile(row) {
+  const empty = noEvidence(row);
+  setImage("heatmap", row.heatmap);
+  $("heatmap").hidden = empty;
+  $("heatmap-empty").textContent = empty ? emptyMapWords(row) : "";
+  show("heatmap-empty", empty);
+}
+
 function showOverlays(row) {
   const overlays = row.overlays || {};
   $("xray").src = `data:image/png;base64,${row.image.png_base64}`;
@@ -48,7 +67,9 @@ function showOverlays(row) {
   show("legend-heatmap", Boolean(overlays.heatmap));
   const method = row.saliency_method || "heat map";
   const inside = typeof row.saliency_in_lungs === "number" ? `; ${percent(row.saliency_in_lungs)} of it inside the lungs` : "";
-  $("heatmap-method").textContent = `(${method}: where the reading looked${inside}; below 15% not drawn)`;
+  $("heatmap-method").textContent = noEvidence(row)
+    ? `(${method}: ${emptyMapWords(row).split(":")[0].toLowerCase()})`
+    : `(${method}: where the reading looked${inside}; below 15% not drawn)`;
   $("heatmap-caption").textContent = `Heat map (${method}): bright where the reading looked`;
 }
 
@@ -129,7 +150,7 @@ function showResult(row) {
   showSeverity(row.severity);
   showFindings(row.findings);
   setImage("report", row.report);
-  setImage("heatmap", row.heatmap);
+  showHeatmapTile(row);
   setImage("lung-mask", row.lung_mask);
   const brief = { ...row };
   for (const key of ["report", "heatmap", "lung_mask", "image"]) if (brief[key]) brief[key] = "(PNG shown above)";
