@@ -11,9 +11,9 @@ are the same everywhere:
 - **Frames.** Multi-frame files are refused from their first frame's header: Pillow's
   ``is_animated`` looks for a second frame only, where ``n_frames`` walks all of them (a TIFF
   with 200,000 IFDs took minutes).
-- **DICOM.** The header is read before the pixel data, and the pixel data's declared length
-  must equal Rows x Columns x frames x samples x bits (rounded up to even) before a byte of it
-  is read. A deflated data set is inflated incrementally: at most :data:`DICOM_HEADER_MAX_BYTES`
+- **DICOM.** The header is read before the pixel data, and the declared length of native
+  (uncompressed) pixel data must match Rows x Columns x frames x samples x bits (at least that,
+  and less than a frame more: padding passes, surplus frames do not) before a byte of it is read. A deflated data set is inflated incrementally: at most :data:`DICOM_HEADER_MAX_BYTES`
   for the header and then exactly the pixel data it declares, so a small file that inflates to
   gigabytes costs no more than the image it claims to hold.
 """
@@ -33,6 +33,7 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset, read_preamble
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from .errors import ImageReadError, ImageTooLargeError
@@ -180,7 +181,7 @@ def dicom_dataset(fh: BinaryIO, size: int, label: str, max_pixels: int) -> Datas
     rows, cols = int(header.Rows), int(header.Columns)
     check_file_size(size, cols, rows, label)
     _, vr, length, offset = element  # type: ignore[misc]
-    if length != _UNDEFINED and at + offset + length > size:
+    if length != _UNDEFINED and _native(header) and at + offset + length > size:
         raise ImageReadError(
             label,
             f"DICOM pixel data is truncated: the header declares {length:,} bytes, the file holds "
@@ -282,22 +283,29 @@ def _check_dicom_header(header: Dataset, element: tuple | None, label: str, max_
         raise ImageReadError(label, "DICOM header lacks Rows/Columns, so the pixel data cannot be laid out")
     check_size(cols, rows, label, max_pixels)
     length = element[2]
-    if length == _UNDEFINED:  # encapsulated (compressed): the decoder checks each frame against the header
-        return
+    if length == _UNDEFINED or not _native(header):
+        return  # encapsulated: the decoder checks each frame against the header
     if samples not in (1, 3, 4) or bits not in (1, 8, 16, 32, 64):
         raise ImageReadError(
             label,
             f"DICOM header has SamplesPerPixel={samples}, BitsAllocated={bits}; expected 1 or 3 samples of 8-64 bits",
         )
-    expected = (rows * cols * n_frames * samples * bits + 7) // 8
-    expected += expected % 2  # values have even length
-    if length != expected:
+    expected = get_expected_length(header, unit="bytes")  # YBR_FULL_422 and 1-bit data taken into account
+    # Padding to even length, and a little more (some writers pad further), is let through; a
+    # frame's worth too many would be read as another frame (a 64x64 image as 16x64), too few is a cut file.
+    if not expected <= length < 2 * expected:
         raise ImageReadError(
             label,
             f"DICOM pixel data length disagrees with its header: {length:,} bytes where Rows x Columns x frames x "
             f"samples x bits ({rows} x {cols} x {n_frames} x {samples} x {bits}) needs {expected:,} (a broken or "
             f"hostile file); {_FIX_EXPORT}",
         )
+
+
+def _native(header: Dataset) -> bool:
+    """Whether the pixel data is stored uncompressed (a bare data set without file meta is)."""
+    syntax = (header.get("file_meta") or {}).get("TransferSyntaxUID")
+    return syntax is None or not syntax.is_compressed
 
 
 class _Inflated(io.RawIOBase):
