@@ -66,6 +66,7 @@ def test_deflated_header_bomb_stops_at_the_header_cap(tmp_path: Path, monkeypatc
     assert peak < 8 * 2**20, peak
 
 
+@pytest.mark.filterwarnings("ignore:The pixel data is .* excess padding")
 def test_surplus_pixel_data_is_not_read_as_more_frames(tmp_path: Path) -> None:
     ds = dicom_header(syntax=pydicom.uid.ExplicitVRLittleEndian)
     ds.PixelData = np.concatenate([RAMP] * 16).tobytes()  # 16 frames' worth, no NumberOfFrames
