@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import fcntl
 import fnmatch
-import functools
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import ImageReadError, is_supported_file, read_image
+from .workers import HELD_LOCKS, decoding_loader
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ _GLOB_CHARS = frozenset("*?[")
 MAX_STEM_BYTES = 200
 #: The lock file ``covidcxr predict`` holds in its output folder while it writes there.
 LOCK_NAME = ".predictions.lock"
-#: File descriptors of the output locks this process holds: a forked worker closes its copies.
-HELD_LOCKS: set[int] = set()
 
 #: One decoded input: (index into the file list, image or None, error message or None).
 Item = tuple[int, np.ndarray | None, str | None]
@@ -314,20 +312,7 @@ def read_batches(files: Sequence[str | Path], batch_size: int, workers: int = 0)
     dataset = ImageFiles(files)
     if workers == 0 or not files:
         return _batches_here(dataset, batch_size)
-    from torch.utils.data import DataLoader
-
-    from .workers import worker_init
-
-    return iter(
-        DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=workers,
-            collate_fn=keep_items,
-            worker_init_fn=functools.partial(worker_init, os.getpid()),
-        )
-    )
+    return iter(decoding_loader(dataset, batch_size, workers, keep_items))
 
 
 def _batches_here(dataset: ImageFiles, batch_size: int) -> Iterator[list[Item]]:
@@ -336,11 +321,7 @@ def _batches_here(dataset: ImageFiles, batch_size: int) -> Iterator[list[Item]]:
 
 
 def resume_key(path: str | Path) -> str:
-    """An input's identity for resuming: its real path, so ``scans/a.png``, ``./scans/a.png`` and ``/abs/scans/a.png`` are one input.
-
-    A relative path is taken relative to the current folder, as the run that wrote it took it
-    (run the resumed command from the same folder, or with absolute paths).
-    """
+    """An input's identity for resuming: its real path (``scans/a.png``, ``./scans/a.png``, ``/abs/scans/a.png``: one input)."""
     return os.path.realpath(path)
 
 
@@ -361,10 +342,6 @@ class Done:
     def __contains__(self, path: str) -> bool:
         key = resume_key(path)
         return key in self.stems or key in self.errors
-
-    def stem(self, path: str) -> str | None:
-        """The output stem an earlier run gave ``path`` (however it was spelled then), or None."""
-        return self.stems.get(resume_key(path))
 
 
 def read_predictions(jsonl: str | Path) -> Done:

@@ -125,7 +125,7 @@ def _plan(
         drop_error_rows(jsonl, retry)
         done.errors -= {resume_key(p) for p in retry}
     # Inputs are matched by real path, so a folder spelled another way than last time keeps its names.
-    reserved = {**done.stems, **{f: stem for f in files if (stem := done.stem(f)) is not None}}
+    reserved = {**done.stems, **{f: stem for f in files if (stem := done.stems.get(resume_key(f))) is not None}}
     stems = unique_stems(files, reserved)  # over the full list, so names do not depend on what was done
     todo = [i for i, f in enumerate(files) if f not in done]
     counts.inputs = len(files) + len(missing)

@@ -8,7 +8,7 @@ them by hand. :func:`worker_init` runs first in each worker and makes it
 
 - die with its parent: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux, else a watchdog thread
   that exits once the parent is gone;
-- let go of the parent's output lock (:data:`covidcxr.batch.HELD_LOCKS`): the kernel releases
+- let go of the parent's output lock (:data:`HELD_LOCKS`, filled by :func:`covidcxr.batch.output_lock`): the kernel releases
   an ``flock`` when the last descriptor of it closes, and a worker's copy would keep it.
 """
 
@@ -17,18 +17,33 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+#: File descriptors of the output locks this process holds (:func:`covidcxr.batch.output_lock`): a forked worker closes its copies.
+HELD_LOCKS: set[int] = set()
 #: Seconds between two looks at the parent, where the kernel cannot be asked to signal its death.
 WATCH_INTERVAL_S = 0.5
+
+
+def decoding_loader(dataset: Any, batch_size: int, workers: int, collate_fn: Callable) -> Any:
+    """A ``torch.utils.data.DataLoader`` over ``dataset`` in file order whose ``workers`` processes die with this one."""
+    from torch.utils.data import DataLoader
+
+    init = functools.partial(worker_init, os.getpid())
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_fn, worker_init_fn=init
+    )
 
 
 def worker_init(parent_pid: int, worker_id: int = 0) -> None:
@@ -40,8 +55,6 @@ def worker_init(parent_pid: int, worker_id: int = 0) -> None:
         parent_pid: the process id of the run that forks the workers.
         worker_id: the DataLoader's number for this worker (unused).
     """
-    from .batch import HELD_LOCKS
-
     for fd in list(HELD_LOCKS):
         with contextlib.suppress(OSError):
             os.close(fd)  # this copy only: the parent keeps its lock
