@@ -171,3 +171,32 @@ def test_bombs_are_answered_4xx(tmp_path):
         r = c.post("/v1/predict", files={"file": ("pages.tif", tiff)})
         assert r.status_code == 422 and "multi-page TIFF" in r.json()["error"]
         assert c.post("/v1/predict", files={"file": ("x.png", XRAY)}).status_code == 200
+
+
+def test_a_body_that_completes_while_the_queue_is_full_gets_503():
+    entered, release = threading.Event(), threading.Event()
+
+    class Blocking(FakePredictor):
+        def run(self, images):
+            entered.set()
+            release.wait(10)
+            return super().run(images)
+
+    app = create_app(Blocking(), allowed_hosts=["testserver"], max_queue=0)
+    answers: dict[str, tuple[int, bytes]] = {}
+
+    async def late() -> None:  # arrives first, when the queue is empty, and completes once it is full
+        answers["late"] = await _request(app, _drip(_multipart("x.png", XRAY[:200]), 0.01))
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(late)
+            await anyio.sleep(0.2)
+            tg.start_soon(_request, app, _whole(_multipart("x.png", XRAY)))
+            while not entered.is_set() or "late" not in answers:
+                await anyio.sleep(0.02)
+            release.set()
+
+    anyio.run(main)
+    status, body = answers["late"]
+    assert status == 503 and b"the server is busy" in body
