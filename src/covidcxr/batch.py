@@ -321,7 +321,7 @@ def _batches_here(dataset: ImageFiles, batch_size: int) -> Iterator[list[Item]]:
 
 
 def resume_key(path: str | Path) -> str:
-    """An input's identity for resuming: its real path (``scans/a.png``, ``./scans/a.png``, ``/abs/scans/a.png``: one input)."""
+    """An input's identity for resuming: its real path (``scans/a.png``, ``./scans/a.png``, ``/abs/scans/a.png``)."""
     return os.path.realpath(path)
 
 

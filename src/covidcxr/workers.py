@@ -8,8 +8,9 @@ them by hand. :func:`worker_init` runs first in each worker and makes it
 
 - die with its parent: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux, else a watchdog thread
   that exits once the parent is gone;
-- let go of the parent's output lock (:data:`HELD_LOCKS`, filled by :func:`covidcxr.batch.output_lock`): the kernel releases
-  an ``flock`` when the last descriptor of it closes, and a worker's copy would keep it.
+- let go of the parent's output lock (:data:`HELD_LOCKS`, filled by :func:`covidcxr.batch.output_lock`):
+  the kernel releases an ``flock`` when the last descriptor of it closes, and a worker's copy
+  would keep it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
-import logging
 import os
 import signal
 import sys
@@ -27,17 +27,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger(__name__)
-
 _PR_SET_PDEATHSIG = 1
-#: File descriptors of the output locks this process holds (:func:`covidcxr.batch.output_lock`): a forked worker closes its copies.
+#: File descriptors of the output locks this process holds (:func:`covidcxr.batch.output_lock`);
+#: a forked worker closes its copies.
 HELD_LOCKS: set[int] = set()
 #: Seconds between two looks at the parent, where the kernel cannot be asked to signal its death.
 WATCH_INTERVAL_S = 0.5
 
 
 def decoding_loader(dataset: Any, batch_size: int, workers: int, collate_fn: Callable) -> Any:
-    """A ``torch.utils.data.DataLoader`` over ``dataset`` in file order whose ``workers`` processes die with this one."""
+    """A ``torch.utils.data.DataLoader`` over ``dataset`` in order, whose ``workers`` processes die with this one."""
     from torch.utils.data import DataLoader
 
     init = functools.partial(worker_init, os.getpid())

@@ -13,7 +13,8 @@ are the same everywhere:
   with 200,000 IFDs took minutes).
 - **DICOM.** The header is read before the pixel data, and the declared length of native
   (uncompressed) pixel data must match Rows x Columns x frames x samples x bits (at least that,
-  and less than a frame more: padding passes, surplus frames do not) before a byte of it is read. A deflated data set is inflated incrementally: at most :data:`DICOM_HEADER_MAX_BYTES`
+  and less than a frame more: padding passes, surplus frames do not) before a byte of it is read.
+  A deflated data set is inflated incrementally: at most :data:`DICOM_HEADER_MAX_BYTES`
   for the header and then exactly the pixel data it declares, so a small file that inflates to
   gigabytes costs no more than the image it claims to hold.
 """
@@ -241,7 +242,7 @@ def _deflated_dataset(fh: BinaryIO, size: int, label: str, max_pixels: int) -> D
 
 
 def _pixel_element(raw: bytes, implicit: bool, little: bool) -> tuple[int, str, int, int] | None:
-    """``(tag, VR, declared length, offset of the value)`` of the element header in ``raw``, or None if it is not pixel data."""
+    """``(tag, VR, declared length, offset of the value)`` of the element header in ``raw``; None if not pixel data."""
     if len(raw) < 8:
         return None
     end = "<" if little else ">"

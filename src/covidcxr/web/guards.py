@@ -111,7 +111,7 @@ class Queue:
 
 
 class Admission:
-    """A place in the queue for ``POST /v1/predict`` once its whole body has arrived; 503 with ``Retry-After`` when full.
+    """A place in the queue for ``POST /v1/predict`` once its whole body has arrived; 503 and ``Retry-After`` when full.
 
     An upload still arriving holds no place: clients that drip their bodies a byte a second do
     not stand between a complete upload and the models (:class:`UploadLimit` ends them at its
