@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import ImageReadError, is_supported_file, read_image
+from .workers import HELD_LOCKS, decoding_loader
 
 log = logging.getLogger(__name__)
 
@@ -311,9 +312,7 @@ def read_batches(files: Sequence[str | Path], batch_size: int, workers: int = 0)
     dataset = ImageFiles(files)
     if workers == 0 or not files:
         return _batches_here(dataset, batch_size)
-    from torch.utils.data import DataLoader
-
-    return iter(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=keep_items))
+    return iter(decoding_loader(dataset, batch_size, workers, keep_items))
 
 
 def _batches_here(dataset: ImageFiles, batch_size: int) -> Iterator[list[Item]]:
@@ -321,13 +320,18 @@ def _batches_here(dataset: ImageFiles, batch_size: int) -> Iterator[list[Item]]:
         yield [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
 
 
+def resume_key(path: str | Path) -> str:
+    """An input's identity for resuming: its real path (``scans/a.png``, ``./scans/a.png``, ``/abs/scans/a.png``)."""
+    return os.path.realpath(path)
+
+
 @dataclass
 class Done:
-    """What an earlier run left in ``predictions.jsonl``.
+    """What an earlier run left in ``predictions.jsonl``, by :func:`resume_key` of each row's path.
 
     Attributes:
-        stems: output stem of each input read without error, by path.
-        errors: paths whose only rows are errors.
+        stems: output stem of each input read without error, by resume key.
+        errors: resume keys of inputs whose only rows are errors.
         models: the distinct ``model`` entries of the rows read without error (JSON text).
     """
 
@@ -336,7 +340,8 @@ class Done:
     models: set[str] = field(default_factory=set)
 
     def __contains__(self, path: str) -> bool:
-        return path in self.stems or path in self.errors
+        key = resume_key(path)
+        return key in self.stems or key in self.errors
 
 
 def read_predictions(jsonl: str | Path) -> Done:
@@ -375,7 +380,7 @@ def read_predictions(jsonl: str | Path) -> Done:
                 continue
             try:
                 row = json.loads(line)
-                path = row["path"]
+                path = resume_key(row["path"])
             except (ValueError, KeyError, TypeError):
                 raise ValueError(
                     f"{jsonl}: line {n} is not a prediction row; fix or delete it, or start afresh with --overwrite"
@@ -386,7 +391,7 @@ def read_predictions(jsonl: str | Path) -> Done:
             else:
                 done.errors.discard(path)
                 mask = row.get("lung_mask")
-                done.stems[path] = Path(mask).name.removesuffix("_lungs.png") if mask else Path(path).stem
+                done.stems[path] = Path(mask).name.removesuffix("_lungs.png") if mask else Path(row["path"]).stem
                 done.models.add(json.dumps(row.get("model"), sort_keys=True))
     return done
 
@@ -416,7 +421,7 @@ def output_lock(out_dir: str | Path, what: str = "covidcxr predict") -> Iterator
         OutputBusyError: another process holds the lock; the message names it.
     """
     path = Path(out_dir) / LOCK_NAME
-    with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+") as fh:
+    with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), "r+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -429,9 +434,11 @@ def output_lock(out_dir: str | Path, what: str = "covidcxr predict") -> Iterator
         fh.truncate()
         fh.write(f"{os.getpid()}: {what} {' '.join(sys.argv[1:])}\n")
         fh.flush()
+        HELD_LOCKS.add(fh.fileno())  # decoding workers forked meanwhile close their copy (covidcxr.workers)
         try:
             yield path
         finally:
+            HELD_LOCKS.discard(fh.fileno())
             fh.seek(0)
             fh.truncate()  # the file stays: deleting it would let a third run lock a new file beside a waiting one
 
@@ -445,11 +452,12 @@ def drop_error_rows(jsonl: str | Path, paths: set[str]) -> None:
     jsonl = Path(jsonl)
     if not paths or not jsonl.is_file():
         return
+    keys = {resume_key(p) for p in paths}
     tmp = jsonl.with_name(jsonl.name + ".tmp")
     with open(jsonl, "rb") as src, open(tmp, "wb") as dst:
         for line in src:
             row = json.loads(line) if line.strip() else None
-            if not (row and "error" in row and row["path"] in paths):
+            if not (row and "error" in row and resume_key(row["path"]) in keys):
                 dst.write(line)
     os.replace(tmp, jsonl)
 

@@ -24,6 +24,7 @@ from .batch import (
     expand_inputs,
     read_batches,
     read_predictions,
+    resume_key,
     trim_heap,
     unique_stems,
 )
@@ -122,14 +123,16 @@ def _plan(
             "pass the same ones to resume, or --overwrite to start afresh, or another --out"
         )
     if retry_errors and done.errors:
-        retry = {p for p in chain(files, (raw for raw, _ in missing)) if p in done.errors}
+        retry = {p for p in chain(files, (raw for raw, _ in missing)) if resume_key(p) in done.errors}
         drop_error_rows(jsonl, retry)
-        done.errors -= retry
-    stems = unique_stems(files, done.stems)  # over the full list, so names do not depend on what was done
+        done.errors -= {resume_key(p) for p in retry}
+    # Inputs are matched by real path, so a folder spelled another way than last time keeps its names.
+    reserved = {**done.stems, **{f: stem for f in files if (stem := done.stems.get(resume_key(f))) is not None}}
+    stems = unique_stems(files, reserved)  # over the full list, so names do not depend on what was done
     todo = [i for i, f in enumerate(files) if f not in done]
     counts.inputs = len(files) + len(missing)
     counts.skipped = counts.inputs - len(todo) - sum(raw not in done for raw, _ in missing)
-    counts.skipped_errors = sum(p in done.errors for p in chain(files, (raw for raw, _ in missing)))
+    counts.skipped_errors = sum(resume_key(p) in done.errors for p in chain(files, (raw for raw, _ in missing)))
     if counts.skipped:
         log.info(
             "%s: %d of %d inputs already done, skipped (%d with errors%s)",

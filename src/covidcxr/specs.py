@@ -66,7 +66,14 @@ class WeightSpec:
 
     @classmethod
     def from_json(cls, path: str | Path) -> WeightSpec:
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{path}: not a weights spec: broken JSON ({err}); pass the .json file written with the weights"
+            ) from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: not a weights spec: expected a JSON object of fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -203,3 +203,27 @@ def test_resuming_with_other_weights_is_refused(predict, tree, tmp_path, capsys)
     (out / "predictions.jsonl").write_text(json.dumps(row) + "\n")
     assert predict(tree / "e/z.jpg", "--out", out) == 2
     assert "other weights" in capsys.readouterr().err and len(_rows(out)) == 1
+
+
+def test_resume_matches_inputs_however_their_path_is_spelled(predict, tree, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    assert predict("in/a", "in/d", "--out", out) == 0
+    first = _rows(out)
+    assert predict(tree / "a", "./in/d/../d", "--out", out) == 0  # absolute, and with a detour
+    assert _rows(out) == first
+    assert predict(tree, "--out", out) == 0  # three new inputs; the two done keep their names
+    rows = _rows(out)
+    assert len(rows) == 5 and len({r["lung_mask"] for r in rows}) == 5
+    masks = {r["path"]: r["lung_mask"].rsplit("/", 1)[-1] for r in rows}
+    assert masks["in/a/x.png"] == "x_lungs.png" and masks["in/d/y.jpeg"] == "y_lungs.png"
+
+
+def test_broken_spec_json_names_the_file_and_empty_out_is_refused(tmp_path, capsys):
+    spec = tmp_path / "lungs.json"
+    spec.write_text('{"arch": ')
+    assert main(["predict", "--out", str(tmp_path / "o"), "--lung-weights", str(spec), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {spec}: not a weights spec: broken JSON" in err and "Traceback" not in err
+    assert main(["predict", "--out", "", "-q"]) == 2
+    assert capsys.readouterr().err.startswith("error: --out is empty; pass a folder you can write to")

@@ -282,7 +282,8 @@ def test_two_concurrent_writers_lose_and_duplicate_no_row(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     code = (
         f"import sys; sys.path.insert(0, {str(HERE)!r}); from test_hardening import FakePredictor; from covidcxr.infer import Predictor; "
-        "Predictor.load = staticmethod(lambda **_: FakePredictor(0.05)); from covidcxr.cli import main; sys.exit(main(sys.argv[1:]))"
+        # 0.12 s a reading: slow enough that the second run starts while the first writes, also on a busy machine
+        "Predictor.load = staticmethod(lambda **_: FakePredictor(0.12)); from covidcxr.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     first = subprocess.Popen(
         [sys.executable, "-c", code, "predict", str(inp), "--out", str(out), "-q", "--batch-size", "1", "--no-report"],

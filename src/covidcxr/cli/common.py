@@ -26,11 +26,13 @@ def writable_out(out: str | Path) -> Path:
         The folder.
 
     Raises:
-        UserError: ``out`` is a file, lies under a file, or cannot be created or written to
-            (read-only, another user's, a system folder such as /sys); one sentence.
+        UserError: ``out`` is empty, is a file, lies under a file, or cannot be created or written
+            to (read-only, another user's, a system folder such as /sys); one sentence.
     """
-    path = Path(out)
     fix = "pass a folder you can write to as --out (it is created if missing)"
+    if not str(out).strip():
+        raise UserError(f"--out is empty; {fix}, e.g. --out results/ (--out . for the current folder)")
+    path = Path(out)
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; {fix}")
     try:

@@ -189,6 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         allowed_hosts=allowed_hosts(args.host, args.allowed_host),
         read_timeout=args.read_timeout,
+        upload_timeout=args.upload_timeout,
     )
     print(
         f"covidcxr: web page and API on http://{args.host}:{args.port}/ (API docs at /docs; models on "
@@ -218,6 +219,7 @@ def check_serve_limits(args: argparse.Namespace) -> None:
         ("--limit-concurrency", args.limit_concurrency),
         ("--timeout-keep-alive", args.timeout_keep_alive),
         ("--read-timeout", args.read_timeout),
+        ("--upload-timeout", args.upload_timeout),
     ):
         if value <= 0:
             raise UserError(f"{name} must be positive, got {value}")

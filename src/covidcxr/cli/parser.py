@@ -209,6 +209,12 @@ def add_serve(sub) -> None:
         default=20.0,
         help="seconds the server waits for the next part of an upload before it answers 408",
     )
+    srv.add_argument(
+        "--upload-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a whole upload may take before the server answers 408, however steadily it arrives",
+    )
     srv.add_argument("--no-gate", action="store_true", help=NO_GATE_HELP)
     srv.add_argument("--no-saliency", action="store_true", help="skip Grad-CAM (faster; heatmap is null)")
     srv.add_argument("--no-severity", action="store_true", help="skip lesions and severity scores")

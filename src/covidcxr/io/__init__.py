@@ -13,17 +13,25 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import numpy as np
-import pydicom
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from .bounded import (
+    MAX_PIXELS,
+    MIN_SIDE,
+    check_file_size,
+    check_single_frame,
+    check_size,
+    dicom_dataset,
+    head,
+    open_source,
+)
 from .errors import ImageReadError, ImageTooLargeError
 from .pixels import image_from, luminance, minmax, pil_pixels
 from .writers import heatmap_png, mask_png, png_bytes, rgb_png
@@ -53,17 +61,11 @@ __all__ = [
     "read_image",
 ]
 
-MAX_PIXELS: int = 100_000_000
-"""Images with more pixels are refused before decoding (decompression bombs)."""
-
 SERVE_MAX_PIXELS: int = 36_000_000
 """The server's limit (``covidcxr serve --max-pixels``): 6000x6000, above any chest X-ray
 detector yet well below :data:`MAX_PIXELS`. Reading an image through the whole pipeline holds
 about 25 bytes per pixel, so a 9999x9999 upload of 100 kB would cost some 2.5 GB; such an
 image is refused from its header, before any pixel is decoded."""
-
-MIN_SIDE: int = 32
-"""Images with a side shorter than this are refused."""
 
 NORMALIZATION = "per_image_zscore"
 """Name of the normalization done by :func:`normalize`; weights specs record it."""
@@ -123,22 +125,26 @@ def read_image(
 
     Raises:
         ImageReadError: The file is missing, empty, not an image, truncated,
-            too small or too large, multi-frame, CMYK, blank, or its pixel data
-            cannot be decoded. No other exception escapes for bad content.
+            too small or too large (also a file far larger than the image its
+            header declares), multi-frame, CMYK, blank, a DICOM whose pixel data
+            length disagrees with its header or that inflates past its header's
+            promise, or its pixel data cannot be decoded. No other exception
+            escapes for bad content. The checks are those of
+            :mod:`covidcxr.io.bounded`, made before the file's bulk is read.
         TypeError: ``source`` is neither a path nor bytes.
     """
-    data, label = _read_source(source, name)
-    if not data:
-        raise ImageReadError(label, f"file is empty (0 bytes); {_FIX_EXPORT}")
-    try:
-        if data[128:132] == b"DICM":
-            image = _read_dicom(data, label, max_pixels)
-        else:
-            image = _read_pil_or_bare_dicom(data, label, max_pixels)
-    except ImageReadError:
-        raise
-    except Exception as err:  # a decoder failed in a way we did not foresee
-        raise ImageReadError(label, f"could not read the image ({type(err).__name__}: {err})") from err
+    with open_source(source, name) as (fh, size, label):
+        if not size:
+            raise ImageReadError(label, f"file is empty (0 bytes); {_FIX_EXPORT}")
+        try:
+            if head(fh, 132)[128:132] == b"DICM":
+                image = _read_dicom(fh, size, label, max_pixels)
+            else:
+                image = _read_pil_or_bare_dicom(fh, size, label, max_pixels)
+        except ImageReadError:
+            raise
+        except Exception as err:  # a decoder failed in a way we did not foresee
+            raise ImageReadError(label, f"could not read the image ({type(err).__name__}: {err})") from err
     if not np.isfinite(image).all():
         raise ImageReadError(label, "image contains NaN or infinite values; re-export it")
     if image.min() == image.max():
@@ -181,23 +187,6 @@ def normalize(image: _ArrayT) -> _ArrayT:
 # Source, sniffing and checks shared by both readers
 
 
-def _read_source(source: str | os.PathLike[str] | bytes, name: str | None) -> tuple[bytes, str]:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), name or "<bytes>"
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"read_image expects a path or bytes, got {type(source).__name__}")
-    path = Path(source)
-    label = name or str(source)
-    if not path.exists():
-        raise ImageReadError(label, "file not found; check the path")
-    if path.is_dir():
-        raise ImageReadError(label, "is a directory, not an image file; pass one file or walk the folder")
-    try:
-        return path.read_bytes(), label
-    except OSError as err:
-        raise ImageReadError(label, f"could not read the file ({err.strerror or err})") from err
-
-
 def _describe_non_image(data: bytes) -> str:
     """Say what a file Pillow and pydicom could not identify seems to be."""
     head = data[:1024].lstrip().lower()
@@ -221,20 +210,6 @@ def _looks_like_bare_dicom(data: bytes) -> bool:
     return len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00")
 
 
-def _check_size(width: int, height: int, label: str, max_pixels: int) -> None:
-    if width * height > max_pixels:
-        raise ImageTooLargeError(
-            label,
-            f"image is too large: {width}x{height} px = {width * height:,} pixels exceeds "
-            f"max_pixels={max_pixels:,} (possible decompression bomb); raise max_pixels only "
-            "for files you trust",
-        )
-    if min(width, height) < MIN_SIDE:
-        raise ImageReadError(
-            label, f"image is too small to be a chest X-ray: {width}x{height} px (minimum {MIN_SIDE} px a side)"
-        )
-
-
 @functools.lru_cache(maxsize=1)
 def _warn_truncated_allowed() -> None:
     logger.warning(
@@ -247,34 +222,31 @@ def _warn_truncated_allowed() -> None:
 # PNG / JPEG / TIFF / BMP via Pillow
 
 
-def _read_pil_or_bare_dicom(data: bytes, label: str, max_pixels: int) -> np.ndarray:
+def _read_pil_or_bare_dicom(fh: BinaryIO, size: int, label: str, max_pixels: int) -> np.ndarray:
     try:
-        img = Image.open(BytesIO(data))  # lazy: reads the header only
+        img = Image.open(fh)  # lazy: reads the header only
     except Image.DecompressionBombError as err:
         raise ImageTooLargeError(label, f"image is too large (possible decompression bomb): {err}") from err
     except UnidentifiedImageError:
-        if _looks_like_bare_dicom(data):
-            return _read_dicom(data, label, max_pixels)
-        raise ImageReadError(label, _describe_non_image(data)) from None
+        start = head(fh)
+        if _looks_like_bare_dicom(start):
+            return _read_dicom(fh, size, label, max_pixels)
+        raise ImageReadError(label, _describe_non_image(start)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageReadError(label, f"image header is truncated or corrupt ({err}); {_FIX_EXPORT}") from err
     with img:
-        return _pil_to_array(img, label, max_pixels)
+        return _pil_to_array(img, size, label, max_pixels)
 
 
-def _pil_to_array(img: Image.Image, label: str, max_pixels: int) -> np.ndarray:
+def _pil_to_array(img: Image.Image, size: int, label: str, max_pixels: int) -> np.ndarray:
     fmt = img.format or "image"
-    n_frames = getattr(img, "n_frames", 1)
-    if n_frames > 1 and fmt != "MPO":  # MPO: camera JPEG whose first frame is the picture
-        kind = {"GIF": "animated GIF", "TIFF": "multi-page TIFF"}.get(fmt, f"multi-frame {fmt}")
-        raise ImageReadError(
-            label, f"{kind} with {n_frames} frames is not supported; export the one frame you want as PNG"
-        )
+    check_single_frame(img, label)
     if img.mode == "CMYK":
         raise ImageReadError(
             label, f"CMYK {fmt} is a print-colour image, not a radiograph export; save it as grayscale PNG"
         )
-    _check_size(*img.size, label, max_pixels)
+    check_size(*img.size, label, max_pixels)
+    check_file_size(size, *img.size, label)
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         _warn_truncated_allowed()
     try:
@@ -294,23 +266,8 @@ def _pil_to_array(img: Image.Image, label: str, max_pixels: int) -> np.ndarray:
 # DICOM via pydicom
 
 
-def _read_dicom(data: bytes, label: str, max_pixels: int) -> np.ndarray:
-    try:
-        ds = pydicom.dcmread(BytesIO(data), force=True)
-    except Exception as err:
-        raise ImageReadError(label, f"DICOM header is truncated or corrupt ({err}); {_FIX_EXPORT}") from err
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise ImageReadError(label, "DICOM file has no pixel data (is it a structured report or presentation state?)")
-    try:
-        n_frames = int(ds.get("NumberOfFrames") or 1)
-        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-    except (TypeError, ValueError) as err:
-        raise ImageReadError(label, f"DICOM header has invalid NumberOfFrames/Rows/Columns ({err})") from err
-    if n_frames > 1:
-        raise ImageReadError(label, f"multi-frame DICOM is not supported ({n_frames} frames); export a single frame")
-    if rows <= 0 or cols <= 0:
-        raise ImageReadError(label, "DICOM header lacks Rows/Columns, so the pixel data cannot be laid out")
-    _check_size(cols, rows, label, max_pixels)
+def _read_dicom(fh: BinaryIO, size: int, label: str, max_pixels: int) -> np.ndarray:
+    ds = dicom_dataset(fh, size, label, max_pixels)  # header, frames, size and pixel length checked first
     arr = _decode_dicom(ds, label)
     return _dicom_display(arr, ds, label)
 

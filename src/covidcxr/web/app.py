@@ -18,9 +18,12 @@ Admission, outermost first:
   posts that need no CORS preflight, so a web page elsewhere cannot drive the models; curl and
   scripts send none and are not affected.
 - **Queue.** At most ``max_queue`` requests wait for the models, one more is being read; the
-  next get 503 with ``Retry-After`` before their body is read.
+  next get 503 with ``Retry-After``. A request takes its place once its whole body has arrived,
+  so uploads still dripping in hold no place ahead of complete ones; a client that hangs up
+  before its turn has its reading dropped, never run.
 - **Upload size and pace.** Bodies over the limit get 413; a body that stalls for
-  ``read_timeout`` seconds gets 408.
+  ``read_timeout`` seconds, or is not complete ``upload_timeout`` seconds after the request
+  began, gets 408.
 - **Image size.** The pixel count is read from the header and checked against ``max_pixels``
   (default :data:`covidcxr.io.SERVE_MAX_PIXELS`, well below the command line's) before any
   pixel is decoded (413).
@@ -68,6 +71,7 @@ from ..predict import write_report
 from .docs import add_docs
 from .guards import (
     DEFAULT_READ_TIMEOUT_S,
+    DEFAULT_UPLOAD_TIMEOUT_S,
     LOOPBACK_HOSTS,
     SECURITY_HEADERS,
     Admission,
@@ -261,7 +265,23 @@ def _add_predict(app: FastAPI, read: Callable[[BinaryIO, str], Awaitable[dict]])
                 422, "several parts named 'file'; send one X-ray per request (curl -F file=@scan.png URL/v1/predict)"
             )
         name = Path(file.filename or "").name or "upload"
-        return await read(file.file, name)
+        reading = asyncio.ensure_future(read(file.file, name))
+        hung_up = asyncio.ensure_future(_disconnect(request))
+        try:
+            await asyncio.wait({reading, hung_up}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hung_up.cancel()
+        if not reading.done():
+            reading.cancel()  # still waiting for the model thread: it never runs
+            log.info("%s: the client hung up before its reading; dropped", name)
+            raise HTTPException(499, "the client closed the connection before its reading")
+        return reading.result()
+
+
+async def _disconnect(request: Request) -> None:
+    """Return when the client hangs up; after a complete body, the only message left to receive is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def create_app(
@@ -277,6 +297,7 @@ def create_app(
     max_queue: int = DEFAULT_MAX_QUEUE,
     allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
     read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+    upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT_S,
 ) -> FastAPI:
     """Build the app around one pipeline, loaded here once (or injected, as the tests do).
 
@@ -294,6 +315,7 @@ def create_app(
         allowed_hosts: Host names answered (400 for others); ``"*"`` for any. The default is the
             loopback names: TestClient's ``testserver`` needs adding.
         read_timeout: Seconds an upload may stall before 408.
+        upload_timeout: Seconds a whole upload may take before 408, however steadily it arrives.
 
     Returns:
         The FastAPI app, ready for uvicorn or ``fastapi.testclient.TestClient``.
@@ -319,7 +341,11 @@ def create_app(
     # Added innermost first: headers on every answer, then Host/Origin, the queue, the upload limit.
     app.state.backend = getattr(pipeline, "backend", None)  # said by `covidcxr serve` when it starts
     app.add_middleware(
-        UploadLimit, max_body=max_upload_bytes + _MULTIPART_OVERHEAD, message=too_large, read_timeout=read_timeout
+        UploadLimit,
+        max_body=max_upload_bytes + _MULTIPART_OVERHEAD,
+        message=too_large,
+        read_timeout=read_timeout,
+        upload_timeout=upload_timeout,
     )
     app.add_middleware(Admission, queue=queue)
     app.add_middleware(HostCheck, allowed_hosts=list(allowed_hosts))

@@ -13,6 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEFAULT_READ_TIMEOUT_S = 20.0
+#: Seconds a whole upload may take (``covidcxr serve --upload-timeout``): 20 MB at 3 Mbit/s.
+DEFAULT_UPLOAD_TIMEOUT_S = 60.0
 #: Host names answered by default: the loopback ones (``covidcxr serve --allowed-host`` adds more).
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 #: Headers on every answer: no MIME sniffing, no framing by other sites, nothing loaded from elsewhere.
@@ -109,7 +111,13 @@ class Queue:
 
 
 class Admission:
-    """503 with ``Retry-After`` for ``POST /v1/predict`` while ``queue.limit`` requests are admitted, before the body is read."""
+    """A place in the queue for ``POST /v1/predict`` once its whole body has arrived; 503 and ``Retry-After`` when full.
+
+    An upload still arriving holds no place: clients that drip their bodies a byte a second do
+    not stand between a complete upload and the models (:class:`UploadLimit` ends them at its
+    deadline). A request that arrives while the queue is full is refused at once, before its body
+    is read; one whose body completes while the queue is full is refused then.
+    """
 
     def __init__(self, app: ASGIApp, queue: Queue, path: str = "/v1/predict") -> None:
         self.app, self.queue, self.path = app, queue, path
@@ -120,27 +128,51 @@ class Admission:
             return
         q = self.queue
         if q.admitted >= q.limit:
-            message = f"the server is busy ({q.admitted} requests queued); try again in {q.retry_after()} s"
-            await JSONResponse({"error": message}, status_code=503, headers={"Retry-After": str(q.retry_after())})(
-                scope, receive, send
-            )
+            await JSONResponse({"error": self.busy()}, status_code=503, headers=self.retry())(scope, receive, send)
             return
-        q.admitted += 1
+        admitted = False
+
+        async def admit() -> Message:
+            nonlocal admitted
+            message = await receive()
+            if not admitted and message["type"] == "http.request" and not message.get("more_body", False):
+                if q.admitted >= q.limit:
+                    raise HTTPException(503, self.busy(), headers=self.retry())
+                q.admitted += 1
+                admitted = True
+            return message
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, admit, send)
         finally:
-            q.admitted -= 1
+            if admitted:
+                q.admitted -= 1
+
+    def busy(self) -> str:
+        return f"the server is busy ({self.queue.admitted} requests queued); try again in {self.queue.retry_after()} s"
+
+    def retry(self) -> dict[str, str]:
+        return {"Retry-After": str(self.queue.retry_after())}
 
 
 class UploadLimit:
     """Refuse request bodies over ``max_body`` bytes before they are parsed: from Content-Length, else while reading.
 
-    A body whose next part does not arrive within ``read_timeout`` seconds is refused with 408,
-    so a half-sent upload does not hold its place for ever.
+    A body whose next part does not arrive within ``read_timeout`` seconds, or that is not
+    complete ``upload_timeout`` seconds after the request began, is refused with 408: a
+    half-sent upload does not hold its connection for ever, however slowly it drips.
     """
 
-    def __init__(self, app: ASGIApp, max_body: int, message: str, read_timeout: float = DEFAULT_READ_TIMEOUT_S) -> None:
-        self.app, self.max_body, self.message, self.read_timeout = app, max_body, message, read_timeout
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body: int,
+        message: str,
+        read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+        upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT_S,
+    ) -> None:
+        self.app, self.max_body, self.message = app, max_body, message
+        self.read_timeout, self.upload_timeout = read_timeout, upload_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -151,15 +183,23 @@ class UploadLimit:
             await JSONResponse({"error": self.message}, status_code=413)(scope, receive, send)
             return
         seen, complete = 0, False
+        deadline = anyio.current_time() + self.upload_timeout
 
         async def counted() -> Message:
             nonlocal seen, complete
             if complete:  # after the body only a disconnect can come, whenever it comes
                 return await receive()
+            left = deadline - anyio.current_time()
             try:
-                with anyio.fail_after(self.read_timeout):
+                with anyio.fail_after(max(min(self.read_timeout, left), 0)):
                     message = await receive()
             except TimeoutError:
+                if left <= self.read_timeout:
+                    raise HTTPException(
+                        408,
+                        f"the upload did not arrive within {self.upload_timeout:g} s; send it again over a faster "
+                        "connection, or restart the server with a larger --upload-timeout",
+                    ) from None
                 raise HTTPException(408, f"the upload stalled for {self.read_timeout:g} s; send it again") from None
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             seen += len(message.get("body", b""))
