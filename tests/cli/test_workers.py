@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from covidcxr.batch import OutputBusyError, output_lock
-from covidcxr.workers import worker_init
+from covidcxr.batch.workers import worker_init
 
 
 def _alive(pid: int) -> bool:

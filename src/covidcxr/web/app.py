@@ -284,6 +284,14 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
+def _add_guards(app: FastAPI, queue, allowed_hosts: Sequence[str], **upload) -> None:
+    """Middleware, added innermost first: headers on every answer, then Host/Origin, the queue, the upload limit."""
+    app.add_middleware(UploadLimit, **upload)
+    app.add_middleware(Admission, queue=queue)
+    app.add_middleware(HostCheck, allowed_hosts=list(allowed_hosts))
+    app.add_middleware(SecurityHeaders)
+
+
 def create_app(
     pipeline: Predictor | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
@@ -338,18 +346,9 @@ def create_app(
         docs_url=None,  # served below from this server's own copy of Swagger UI, not from a CDN
         redoc_url=None,
     )
-    # Added innermost first: headers on every answer, then Host/Origin, the queue, the upload limit.
     app.state.backend = getattr(pipeline, "backend", None)  # said by `covidcxr serve` when it starts
-    app.add_middleware(
-        UploadLimit,
-        max_body=max_upload_bytes + _MULTIPART_OVERHEAD,
-        message=too_large,
-        read_timeout=read_timeout,
-        upload_timeout=upload_timeout,
-    )
-    app.add_middleware(Admission, queue=queue)
-    app.add_middleware(HostCheck, allowed_hosts=list(allowed_hosts))
-    app.add_middleware(SecurityHeaders)
+    upload = {"max_body": max_upload_bytes + _MULTIPART_OVERHEAD, "message": too_large}
+    _add_guards(app, queue, allowed_hosts, **upload, read_timeout=read_timeout, upload_timeout=upload_timeout)
     _add_error_handlers(app)
     add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
