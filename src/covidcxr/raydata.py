@@ -167,6 +167,13 @@ class ReadActor:
             os.chdir(cwd)
         self.predictor = Predictor.load(**load)
         if gpu:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RuntimeError(
+                    "--gpus-per-worker: Ray gave this worker a GPU but PyTorch sees none; install a CUDA build "
+                    "of PyTorch on every GPU node, or leave --gpus-per-worker out"
+                )
             self.predictor.to("cuda")
         self.out, self.report = Path(out), report
         self.id = ray.get_runtime_context().get_actor_id()
