@@ -279,3 +279,14 @@ def _running(process, psutil) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_the_ray_summary_gives_each_workers_rate_and_their_sum():
+    from covidcxr.cli.inference import ray_summary
+    from covidcxr.raydata import WorkerStats
+
+    rows = RayRows({}, startup_seconds=4.25)
+    rows.workers = {"a": WorkerStats(12, 3.0), "b": WorkerStats(9, 3.0)}
+    assert ray_summary(rows).startswith("ray: 2 workers, 4.0 + 3.0 = 7.0 images/s while busy")
+    rows.workers = {str(i): WorkerStats(10 + i, 2.0) for i in range(10)}
+    assert "5.0 to 9.5 each, 72.5 images/s together" in ray_summary(rows)

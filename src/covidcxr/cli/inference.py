@@ -148,11 +148,14 @@ def check_engine(args: argparse.Namespace) -> None:
 
 
 def ray_summary(read_rows) -> str:
-    """``ray: 2 workers, 3.1 + 2.9 = 6.0 images/s while busy; cluster up in 4.2 s``: sizes a cluster (workers x rate)."""
+    """``ray: 2 workers, 3.1 + 2.9 = 6.0 images/s while busy (...)``: what sizes a cluster (workers x rate)."""
     rates = [w.rate for w in read_rows.workers.values()]
-    each = " + ".join(f"{r:.1f}" for r in rates)
+    if len(rates) <= 8:
+        rate = " + ".join(f"{r:.1f}" for r in rates) + f" = {sum(rates):.1f} images/s while busy"
+    else:
+        rate = f"{min(rates):.1f} to {max(rates):.1f} each, {sum(rates):.1f} images/s together while busy"
     return (
-        f"ray: {len(rates)} worker{'s' if len(rates) > 1 else ''}, {each} = {sum(rates):.1f} images/s while busy "
+        f"ray: {len(rates)} worker{'s' if len(rates) > 1 else ''}, {rate} "
         f"(a worker reads {sum(rates) / len(rates):.1f} images/s); cluster up in {read_rows.startup_seconds:.1f} s"
     )
 
