@@ -82,7 +82,6 @@ def add_predict(sub) -> None:
         "covidcxr predict scans/ 'more/**/*.dcm' --csv list.csv --out out/ --workers 2",
         "covidcxr predict scans/ --out out/ --backend onnxruntime --no-saliency --no-report",
         "covidcxr predict scans/ --out out/ --retry-errors    # resume, and run the failed inputs again",
-        "covidcxr predict archive/ --out out/ --engine ray --address auto --no-report --parquet    # on a Ray cluster",
     )
     pred.add_argument(
         "inputs",
