@@ -26,7 +26,9 @@ TINY = {
     "segment_memory.py": ["--small", "2", "--large", "4"],
     "serve.py": ["--requests", "2"],
     "serve_load.py": ["--per-source", "1", "--huge", "1", "--timeout", "120"],
-    "startup.py": ["--rounds", "1"],
+    "startup.py": ["--rounds", "1", "--light-python", sys.executable],  # this venv stands in for the light one
+    "hostile_inputs.py": ["--skip", "server", "kill9"],  # the bombs through covidcxr predict (about a minute)
+    "predict_ray.py": ["--n", "4", "--reps", "1", "--workers", "1", "--batch-size", "2"],
 }
 
 

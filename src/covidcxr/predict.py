@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from itertools import chain
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .batch import (
     Done,
+    Item,
     RunCounts,
     drop_error_rows,
     expand_inputs,
@@ -34,6 +36,9 @@ from .report import save_report
 
 log = logging.getLogger(__name__)
 
+#: ``read_rows(files, stems, out, report)``: yields ``(inputs finished, their rows)`` as they finish.
+ReadRows = Callable[[list[str], list[str], Path, bool], Iterable[tuple[int, Iterable[dict]]]]
+
 
 def predict_files(
     inputs: list[str],
@@ -48,6 +53,7 @@ def predict_files(
     overwrite: bool = False,
     retry_errors: bool = False,
     counts: RunCounts | None = None,
+    read_rows: ReadRows | None = None,
 ) -> Iterator[dict]:
     """Run the pipeline on files, folders, glob patterns and CSV lists; yields each new row as it is written.
 
@@ -72,6 +78,9 @@ def predict_files(
         overwrite: start ``predictions.jsonl`` afresh instead of appending to it.
         retry_errors: run again the inputs whose earlier row is an error.
         counts: filled in as the run goes (inputs, skipped, done, failed), for a summary.
+        read_rows: what reads the inputs still to do (default: :func:`read_here`, in this process,
+            with ``batch_size`` and ``workers``); :class:`covidcxr.raydata.RayRows` spreads them
+            over a Ray cluster. Listing, resuming and writing ``predictions.jsonl`` stay here.
 
     Yields:
         Each row appended to ``predictions.jsonl``: results, or ``path`` and ``error``.
@@ -101,16 +110,45 @@ def predict_files(
         for raw, msg in missing:
             if raw not in done:
                 yield emit({"path": raw, "error": f"{raw}: {msg}"})
-        for batch in read_batches([files[i] for i in todo], batch_size, workers):
-            for j, _, err in batch:
-                if err is not None:
-                    yield emit({"path": files[todo[j]], "error": err})
-            good = [(todo[j], im) for j, im, _ in batch if im is not None]
-            counts.decoded += len(good)
-            for row in _read_batch(predictor, good, files, stems, out, report):
+        if read_rows is None:
+            read_rows = partial(read_here, predictor, batch_size=batch_size, workers=workers)
+        for _, rows in read_rows([files[i] for i in todo], [stems[i] for i in todo], out, report):
+            for row in rows:
+                counts.decoded += "error" not in row  # the throughput counts images read
                 yield emit(row)
-            del batch, good
-            trim_heap()  # memory stays flat over thousands of batches (see covidcxr.batch.trim_heap)
+
+
+def read_here(
+    predictor: Predictor,
+    files: list[str],
+    stems: list[str],
+    out: Path,
+    report: bool,
+    *,
+    batch_size: int = 8,
+    workers: int = 0,
+) -> Iterator[tuple[int, Iterator[dict]]]:
+    """The local engine: batches decoded here (or in ``workers`` processes) and read by ``predictor``.
+
+    Yields:
+        ``(len(batch), its rows)`` per batch, in file order; the rows are made (and their PNGs
+        written) as they are taken.
+    """
+    for batch in read_batches(files, batch_size, workers):
+        yield len(batch), read_items(predictor, batch, files, stems, out, report)
+        del batch
+        trim_heap()  # memory stays flat over thousands of batches (see covidcxr.batch.trim_heap)
+
+
+def read_items(
+    predictor: Predictor, batch: list[Item], files: Sequence[str], stems: Sequence[str], out: Path, report: bool
+) -> Iterator[dict]:
+    """The rows of one decoded batch (items index ``files`` and ``stems``): read errors first, then the readings."""
+    for j, _, err in batch:
+        if err is not None:
+            yield {"path": files[j], "error": err}
+    good = [(j, im) for j, im, _ in batch if im is not None]
+    yield from _read_batch(predictor, good, files, stems, out, report)
 
 
 def _plan(
@@ -145,7 +183,7 @@ def _plan(
     return stems, todo
 
 
-def _read_batch(predictor: Predictor, good: list, files: list[str], stems: list[str], out: Path, report: bool):
+def _read_batch(predictor: Predictor, good: list, files: Sequence[str], stems: Sequence[str], out: Path, report: bool):
     """The rows of one decoded batch, its PNGs written; a failure to write one input costs its row only."""
     results = predictor.run([im for _, im in good]) if good else []
     for (i, image), res in zip(good, results, strict=True):

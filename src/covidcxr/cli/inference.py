@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from itertools import chain
@@ -53,6 +54,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.workers < 0:
         raise UserError(f"need --batch-size >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    check_engine(args)
     # Before the models load (seconds): a bad --out, or another run writing there, is said at once.
     with output_lock(writable_out(args.out)):
         return predict_locked(args)
@@ -65,18 +67,24 @@ def predict_locked(args: argparse.Namespace) -> int:
     from ..predict import predict_files
 
     inputs = args.inputs or ([] if args.csv else [str(SAMPLE)])
-    predictor = Predictor.load(
-        lungs=args.lung_weights,
-        diagnosis=args.diagnosis_weights,
-        gate=args.gate_weights,
-        use_gate=not args.no_gate,
-        saliency=not args.no_saliency,
-        severity=not args.no_severity,
-        lesions=args.lesion_weights,
-        severity_head=args.severity_weights,
-        backend=args.backend,
-        onnx_dir=args.onnx_dir,
-    )
+    load = {
+        "lungs": args.lung_weights,
+        "diagnosis": args.diagnosis_weights,
+        "gate": args.gate_weights,
+        "use_gate": not args.no_gate,
+        "saliency": not args.no_saliency,
+        "severity": not args.no_severity,
+        "lesions": args.lesion_weights,
+        "severity_head": args.severity_weights,
+        "backend": args.backend,
+        "onnx_dir": args.onnx_dir,
+    }
+    predictor = Predictor.load(**load)  # with --engine ray: checks the weights, and what resuming needs
+    read_rows = None
+    if args.engine == "ray":
+        from ..raydata import RayRows
+
+        read_rows = RayRows(load, args.address, args.num_workers, args.gpus_per_worker, args.batch_size)
     counts = RunCounts()
     rows = predict_files(
         inputs,
@@ -90,6 +98,7 @@ def predict_locked(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         retry_errors=args.retry_errors,
         counts=counts,
+        read_rows=read_rows,
     )
     start = time.perf_counter()
     first = next(rows, None)  # the inputs are planned by now: say at once what a rerun skips
@@ -98,8 +107,15 @@ def predict_locked(args: argparse.Namespace) -> int:
     for row in chain([first] if first is not None else [], rows):
         write_row(row, counts)
     seconds = time.perf_counter() - start
+    jsonl = Path(args.out) / "predictions.jsonl"
+    if read_rows is not None and read_rows.workers:
+        print(ray_summary(read_rows), file=sys.stderr)
+    if args.parquet:
+        from ..raydata import write_parquet
+
+        print(f"parquet copy: {write_parquet(jsonl)}", file=sys.stderr)
     backend = getattr(predictor, "backend", None)
-    print(run_summary(counts, seconds, Path(args.out) / "predictions.jsonl", backend), file=sys.stderr)
+    print(run_summary(counts, seconds, jsonl, backend), file=sys.stderr)
     return 2 if counts.failed or counts.skipped_errors else 0
 
 
@@ -109,6 +125,52 @@ def skipped_line(counts, jsonl: Path) -> str:
     if counts.skipped_errors:
         line += f"; {counts.skipped_errors} of them are errors: --retry-errors runs those again"
     return line + ")"
+
+
+def check_engine(args: argparse.Namespace) -> None:
+    """Refuse engine options that do not go together, and a missing Ray or pyarrow, before the models load."""
+    if args.parquet and importlib.util.find_spec("pyarrow") is None:
+        raise UserError("--parquet needs pyarrow, which is not installed: pip install 'covidcxr[ray]' (or pyarrow)")
+    ray_only = [
+        name
+        for name, value in (
+            ("--address", args.address),
+            ("--num-workers", args.num_workers),
+            ("--gpus-per-worker", args.gpus_per_worker),
+        )
+        if value
+    ]
+    if args.engine != "ray":
+        if ray_only:
+            raise UserError(f"{', '.join(ray_only)} only work with --engine ray; add it, or leave them out")
+        return
+    if args.workers:
+        raise UserError(
+            "--workers is for --engine local; with --engine ray each actor decodes its own batches "
+            "(--num-workers sets how many actors)"
+        )
+    if args.num_workers is not None and args.num_workers < 1:
+        raise UserError(f"--num-workers must be at least 1, got {args.num_workers}")
+    if args.gpus_per_worker < 0:
+        raise UserError(f"--gpus-per-worker must be 0 or more, got {args.gpus_per_worker:g}")
+    if args.gpus_per_worker and args.backend != "torch":
+        raise UserError("--gpus-per-worker runs the models on GPUs with PyTorch; leave out --backend onnxruntime")
+    from ..raydata import require_ray
+
+    require_ray()
+
+
+def ray_summary(read_rows) -> str:
+    """``ray: 2 workers, 3.1 + 2.9 = 6.0 images/s while busy (...)``: what sizes a cluster (workers x rate)."""
+    rates = [w.rate for w in read_rows.workers.values()]
+    if len(rates) <= 8:
+        rate = " + ".join(f"{r:.1f}" for r in rates) + f" = {sum(rates):.1f} images/s while busy"
+    else:
+        rate = f"{min(rates):.1f} to {max(rates):.1f} each, {sum(rates):.1f} images/s together while busy"
+    return (
+        f"ray: {len(rates)} worker{'s' if len(rates) > 1 else ''}, {rate} "
+        f"(a worker reads {sum(rates) / len(rates):.1f} images/s); cluster up in {read_rows.startup_seconds:.1f} s"
+    )
 
 
 def result_line(row: dict) -> str:

@@ -150,11 +150,48 @@ def add_predict(sub) -> None:
         help="processes decoding images in parallel (default 0: decode between batches)",
     )
     pred.add_argument("--overwrite", action="store_true", help="start predictions.jsonl afresh instead of resuming it")
+    add_engine(pred)
     pred.add_argument(
         "--retry-errors", action="store_true", help="when resuming, run again the inputs whose row is an error"
     )
     pred.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pred.set_defaults(func=cmd_predict)
+
+
+def add_engine(pred) -> None:
+    """``predict``'s engine options: the local batch, or Ray Data actors (the ray extra)."""
+    pred.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="local: this process reads the batches (default); ray: a pool of Ray Data actors, each with its own "
+        "models, on this machine or a cluster (pip install 'covidcxr[ray]')",
+    )
+    pred.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="--engine ray: join the Ray cluster at ADDR (printed by `ray start --head`; 'auto': the one on this "
+        "machine); default: start a private one on this machine for the run",
+    )
+    pred.add_argument(
+        "--num-workers",
+        type=int,
+        metavar="N",
+        help="--engine ray: actors, each loading the models once (default: one per CPU of the cluster, "
+        "or per --gpus-per-worker GPUs)",
+    )
+    pred.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="--engine ray: GPUs each actor asks for; its models then run on one (torch backend; default 0: CPU)",
+    )
+    pred.add_argument(
+        "--parquet",
+        action="store_true",
+        help="also write predictions.parquet, a copy of every row of predictions.jsonl (needs pyarrow: the ray extra)",
+    )
 
 
 def add_serve(sub) -> None:

@@ -122,6 +122,21 @@ class Predictor:
         log.info("models on %s", backend)
         return cls(parts[0], diagnoser, parts[1], use_gate, saliency, scorer, show_severity=severity)
 
+    def to(self, device: str) -> Predictor:
+        """Run every PyTorch model on ``device`` (``"cuda"``: a GPU); only on the torch backend.
+
+        Raises:
+            ValueError: A model runs on onnxruntime, which this does not move.
+        """
+        runners = [self.segmenter.runner, self.diagnoser.runner]
+        runners += [self.gate.runner] if self.gate is not None else []
+        runners += [self.severity.lesion_runner, self.severity.head_runner] if self.severity is not None else []
+        if not all(hasattr(r, "to") for r in runners):
+            raise ValueError(f"only the torch backend runs on {device}; load the Predictor with backend='torch'")
+        for runner in runners:
+            runner.to(device)
+        return self
+
     @property
     def backend(self) -> str:
         """Where the models run: ``torch`` or ``onnxruntime``."""

@@ -61,7 +61,7 @@ def resolve_backend(backend: str = AUTO) -> str:
 
 
 class TorchRunner:
-    """A model loaded from a ``.pt`` weights spec, run through its graph module on the CPU."""
+    """A model loaded from a ``.pt`` weights spec, run through its graph module on the CPU (or :meth:`to` a GPU)."""
 
     backend = "torch"
 
@@ -75,6 +75,15 @@ class TorchRunner:
         # channels_last: faster CPU convolutions (a no-op for the linear models)
         self.module = g.module.eval().to(memory_format=torch.channels_last)
         self.inputs, self.outputs = g.inputs, g.outputs
+        self.device = torch.device("cpu")
+
+    def to(self, device: str) -> TorchRunner:
+        """Run on ``device`` (``"cuda"``, ``"cuda:1"``, ``"cpu"``) from now on; arrays still go in and out on the CPU."""
+        import torch
+
+        self.device = torch.device(device)
+        self.module = self.module.to(self.device)
+        return self
 
     @classmethod
     def load(cls, spec_path: str | Path | None, kind: str) -> TorchRunner:
@@ -89,12 +98,12 @@ class TorchRunner:
 
         tensors = []
         for name in self.inputs:
-            t = torch.from_numpy(np.ascontiguousarray(arrays[name], np.float32))
+            t = torch.from_numpy(np.ascontiguousarray(arrays[name], np.float32)).to(self.device)
             tensors.append(t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t)
         with torch.inference_mode():
             out = self.module(*tensors)
         out = out if isinstance(out, tuple | list) else (out,)
-        return [o.float().numpy() for o in out]
+        return [o.float().cpu().numpy() for o in out]
 
 
 class OrtRunner:
