@@ -95,3 +95,8 @@ def split_of(record: dict, path: str | Path = SPLIT_FILE) -> str:
         or patients.get(record["patient_id"])
         or assign_split(record["patient_id"])
     )
+
+
+def fold_of(patient_key: str, folds: int) -> int:
+    """Fold of a patient: sha256 of ``dataset:patient_id`` mod ``folds`` (stable, stateless)."""
+    return int.from_bytes(hashlib.sha256(patient_key.encode()).digest()[:8], "big") % folds

@@ -36,13 +36,13 @@ from torch.utils.data import DataLoader
 
 from ..data import load_records
 from ..data.classification import CLASSES, DiagnosisDataset, classification_samples
-from ..data.splits import SPLIT_VERSION
+from ..data.splits import SPLIT_VERSION, fold_of
 from ..data.transforms import diagnosis_augment
 from ..engine.common import distributed
 from ..engine.common.loop import Loop
 from ..engine.common.runs import device as device_of
 from ..engine.common.runs import epoch_seed, export_name, provenance, rank_seed, start_run
-from ..engine.diagnosis.views import SAMPLINGS, fold_of, prepare_views, sample_weights, views_cache_dir
+from ..engine.diagnosis.views import SAMPLINGS, prepare_views, sample_weights, views_cache_dir
 from ..io import NORMALIZATION
 from ..io.enhance import check_enhancement
 from ..models import WeightSpec, save_weights

@@ -34,11 +34,12 @@ from tqdm.auto import tqdm
 
 from ..data import load_records
 from ..data.classification import CLASSES, DiagnosisDataset, classification_samples
+from ..data.splits import fold_of
 from ..data.transforms import diagnosis_augment
 from ..engine.common import distributed
 from ..engine.common.runs import device as device_of
 from ..engine.common.runs import epoch_seed
-from ..engine.diagnosis.views import fold_of, prepare_views, sample_weights
+from ..engine.diagnosis.views import prepare_views, sample_weights
 from ..io import NORMALIZATION
 from ..io.enhance import ENHANCEMENTS
 from ..models import WeightSpec, eval_mode

@@ -130,8 +130,3 @@ def sample_weights(labels: np.ndarray, sources: list[str], sampling: str = "clas
             group = in_class & np.array([s == src for s in sources])
             w[group] = 1.0 / (len(srcs) * group.sum())
     return w / w.sum()
-
-
-def fold_of(patient_key: str, folds: int) -> int:
-    """Fold of a patient: sha256 of ``dataset:patient_id`` mod ``folds`` (stable, stateless)."""
-    return int.from_bytes(hashlib.sha256(patient_key.encode()).digest()[:8], "big") % folds

@@ -14,10 +14,10 @@ from tqdm.auto import tqdm
 from ...data import load_records
 from ...data.classification import classification_samples
 from ...data.severity import LESIONS, brixia_scores, expert_scores, lesion_samples, read_lesions
+from ...data.splits import fold_of
 from ...data.transforms import resize_image, resize_mask
 from ...io import normalize, read_image
 from ...io.enhance import enhance
-from ..diagnosis.views import fold_of
 
 
 @dataclass

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ...data.severity import LESIONS, read_lesions
+from ...data.splits import fold_of
 from ...data.transforms import resize_mask, segmentation_augment, upsample_logits
 from ...infer import LungSegmenter
 from ...infer.zones import severity_features
@@ -21,7 +22,6 @@ from ...models import create_model, eval_mode
 from ..common.loop import Loop
 from ..common.runs import autocast, epoch_seed
 from ..common.runs import device as device_of
-from ..diagnosis.views import fold_of
 from .data import LesionDataset, SeverityConfig
 
 log = logging.getLogger(__name__)

@@ -29,13 +29,12 @@ import torch
 from ... import plots
 from ...config import save_config
 from ...data.severity import LESIONS, read_lesions
-from ...data.splits import SPLIT_VERSION
+from ...data.splits import SPLIT_VERSION, fold_of
 from ...infer import LungSegmenter
 from ...infer.zones import columns
 from ...io import NORMALIZATION, read_image
 from ...models import WeightSpec, save_weights
 from ..common.runs import check_run_folder, export_name, provenance, weights_record
-from ..diagnosis.views import fold_of
 from .data import SeverityConfig, severity_samples
 from .lesions import final_or_fold, fold_decoders, lesion_loss, lesion_metrics, lesion_outputs, train_lesion_decoder
 from .scores import (
