@@ -33,6 +33,9 @@ from .report import save_report
 
 log = logging.getLogger(__name__)
 
+#: How to read an image the gate refused, said to a command-line user (the Python API and the web page say it their way).
+CLI_OVERRIDE = "use --no-gate to force a reading (research use)"
+
 
 def predict_files(
     inputs: list[str],
@@ -146,7 +149,7 @@ def _read_batch(predictor: Predictor, good: list, files: list[str], stems: list[
     for (i, image), res in zip(good, results, strict=True):
         res.path = files[i]
         if not res.ok:
-            res.error = f"{files[i]}: {res.error}"
+            res.error = f"{files[i]}: {res.error}" + (f"; {CLI_OVERRIDE}" if res.overridable else "")
         try:
             yield write_outputs(res, image, stems[i], out, report)
         except Exception as err:  # its name, a full disk: the batch goes on
