@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 #: ``read_rows(files, stems, out, report)``: yields ``(inputs finished, their rows)`` as they finish.
 ReadRows = Callable[[list[str], list[str], Path, bool], Iterable[tuple[int, Iterable[dict]]]]
 
+#: How to read an image the gate refused, said to a command-line user (the Python API and the web page say it their way).
+CLI_OVERRIDE = "use --no-gate to force a reading (research use)"
+
 
 def predict_files(
     inputs: list[str],
@@ -189,7 +192,7 @@ def _read_batch(predictor: Predictor, good: list, files: Sequence[str], stems: S
     for (i, image), res in zip(good, results, strict=True):
         res.path = files[i]
         if not res.ok:
-            res.error = f"{files[i]}: {res.error}"
+            res.error = f"{files[i]}: {res.error}" + (f"; {CLI_OVERRIDE}" if res.overridable else "")
         try:
             yield write_outputs(res, image, stems[i], out, report)
         except Exception as err:  # its name, a full disk: the batch goes on

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from covidcxr.models import create_model, eval_mode, list_models, model_task
+from covidcxr.research import discriminator  # noqa: F401  (registers patchgan: the research designs are tested too)
 
 ALL = list_models()
 #: Arguments an architecture needs besides the defaults.

@@ -19,8 +19,8 @@ from schemathesis import GenerationMode
 from covidcxr.cli import SAMPLE, build_parser, main
 from covidcxr.data.classification import CLASSES
 from covidcxr.infer import Predictor, Result
-from covidcxr.infer.gate import OVERRIDE
 from covidcxr.infer.uncertainty import CAVEAT
+from covidcxr.predict import CLI_OVERRIDE
 from covidcxr.web import create_app
 from covidcxr.web.app import DISPLAY_SIDE, Prediction
 
@@ -332,7 +332,7 @@ def test_gate_refusal_is_worded_for_a_web_user(client):
     message = _assert_error(
         client.post("/v1/predict", files={"file": ("noise.png", noise, "image/png")}), 422, "noise.png"
     )
-    assert OVERRIDE not in message
+    assert CLI_OVERRIDE not in message
     assert "frontal chest X-rays only" in message
     # Every mention of --no-gate says it is an option of covidcxr serve.
     assert "--no-gate" in message

@@ -2,7 +2,7 @@
 
 Three checks, cheapest first:
 
-1. ``blank_reason``: a blank or near-uniform image (almost no contrast) is refused at once.
+1. ``blank_refusal``: a blank or near-uniform image (almost no contrast) is refused at once.
 2. ``FrontalGate``: logistic regression on what stage 1 already computes for every image:
    the U-Net encoder's pooled deepest features and three facts about the lung mask it found
    (share of the image that is lung, left/right balance, image aspect). Trained on the
@@ -10,15 +10,18 @@ Three checks, cheapest first:
    (scikit-image's sample images, cropped and turned) and synthetic images (noise,
    gradients, shapes, smooth textures). The threshold keeps false refusals of frontal
    validation images at or under 1%.
-3. ``intensity_refusal``: ten intensity facts of the image inside and outside the lung mask
+3. the intensity check: ten intensity facts of the image inside and outside the lung mask
    it found (``intensity_facts``), compared with those of the frontal training X-rays by a
    Mahalanobis distance (Ledoit-Wolf covariance). A coronal CT reconstruction looks like a
    frontal chest to the encoder, but its lungs are far darker than the uniform soft tissue
    around them, with no ribs over them; the distance catches what the linear gate lets
    through. The limit is a high percentile of the frontal training distances.
 
-The gate costs one matrix-vector product and a 256-px intensity summary per image; ``--no-gate``
-skips it for research use.
+:func:`decide` is the one rule that turns the checks' numbers into a :class:`GateDecision`
+(accepted or not, a reason code, the deciding score and its limit), for ``covidcxr predict``
+and the training report alike; the front ends (command line, Python API, web page) word it for
+their reader. The gate costs one matrix-vector product and a 256-px intensity summary per image;
+``--no-gate`` keeps its refusals as warnings, for research use.
 
 This module is what inference needs (numpy only); the gate is fitted and evaluated by
 :mod:`covidcxr.engine.gate.train`.
@@ -27,8 +30,8 @@ This module is what inference needs (numpy only); the gate is fitted and evaluat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -39,16 +42,7 @@ from .runners import Runner, load_runner
 #: Images whose intensity standard deviation (in [0, 1] units) is below this are blank.
 BLANK_STD = 0.02
 
-
-def blank_reason(image: np.ndarray) -> str | None:
-    """A refusal message for a blank or near-uniform image, else ``None``."""
-    std = float(image.std())
-    if std < BLANK_STD:
-        return f"blank or near-uniform image (intensity spread {std:.3f}); not a chest X-ray"
-    return None
-
-
-#: What the gate saw, by reason code: the words of a refusal (see :func:`seen_kind`).
+#: What the gate saw, by reason code: the words of a refusal (see :func:`seen_kinds`).
 REASONS = {
     "lateral": "looks like a lateral view",
     "ct": "looks like a CT slice",
@@ -56,30 +50,63 @@ REASONS = {
     "photo": "looks like a photograph or drawing, not an X-ray",
     "unsure": "not clearly a frontal chest X-ray",
 }
-#: How to read a refused image anyway, said to a command-line user (the web page and the Python API say it their way).
-OVERRIDE = "use --no-gate to force a reading (research use)"
 
 
-def refusal(p_frontal: float, threshold: float, reason: str = "unsure") -> str | None:
-    """The refusal message for a gate probability under the threshold, else ``None``.
+@dataclass(frozen=True)
+class GateDecision:
+    """The gate's answer for one image: a value each front end words for its own reader.
 
-    Args:
-        p_frontal: the gate's P(frontal chest X-ray).
-        threshold: the spec's threshold.
-        reason: what the image looked like, a key of :data:`REASONS` (:func:`seen_kind`).
+    Attributes:
+        accepted: the image goes on to be read.
+        reason: ``"frontal"`` when accepted, ``"blank"``, or what a refused image looked like
+            (a key of :data:`REASONS`).
+        check: the check that refused it: ``"blank"``, ``"gate"`` (the linear gate) or
+            ``"intensity"`` (the intensity check); ``None`` when accepted.
+        probability: the linear gate's P(frontal chest X-ray) (NaN for a blank image, which never reaches it).
+        score: the deciding check's number: P(frontal) for the gate (and an accepted image),
+            the intensity distance, or a blank image's intensity spread.
+        limit: its limit: the gate's threshold (refused below), the intensity limit (refused
+            above) or :data:`BLANK_STD` (refused below).
     """
-    if p_frontal >= threshold:
-        return None
-    return f"not recognised as a frontal chest X-ray: {REASONS[reason]} (gate probability {p_frontal:.2f} < {threshold:.2f}); {OVERRIDE}"
+
+    accepted: bool
+    reason: str
+    check: str | None
+    probability: float
+    score: float
+    limit: float
+
+    @property
+    def overridable(self) -> bool:
+        """A refusal that ``--no-gate`` (``use_gate=False``) reads anyway: every refusal but a blank image's."""
+        return not self.accepted and self.check != "blank"
+
+    def describe(self) -> str:
+        """What the gate saw, in the words every front end shares; each adds its own way to read a refused image anyway."""
+        if self.check == "blank":
+            return f"blank or near-uniform image (intensity spread {self.score:.3f}); not a chest X-ray"
+        if self.check == "gate":
+            why = f"gate probability {self.score:.2f} < {self.limit:.2f}"
+        elif self.check == "intensity":
+            why = (
+                "its intensities inside and outside the lungs are unlike an X-ray's, as in a CT reconstruction: "
+                f"score {self.score:.1f} > {self.limit:.1f}"
+            )
+        else:
+            return f"recognised as a frontal chest X-ray (gate probability {self.probability:.2f})"
+        return f"not recognised as a frontal chest X-ray: {REASONS[self.reason]} ({why})"
 
 
-def refusal_reason(message: str | None) -> str | None:
-    """The reason code of a refusal message (a key of :data:`REASONS`, or ``"blank"``), else ``None``."""
-    if not message:
-        return None
-    if message.startswith("blank or near-uniform"):
-        return "blank"
-    return next((code for code, words in REASONS.items() if f": {words} (" in message), None)
+#: The decision for an image read without a gate.
+UNGATED = GateDecision(accepted=True, reason="frontal", check=None, probability=1.0, score=1.0, limit=0.0)
+
+
+def blank_refusal(image: np.ndarray) -> GateDecision | None:
+    """The refusal of a blank or near-uniform image (intensity spread under :data:`BLANK_STD`), else ``None``."""
+    std = float(image.std())
+    if std < BLANK_STD:
+        return GateDecision(False, "blank", "blank", float("nan"), std, BLANK_STD)
+    return None
 
 
 #: Names of :func:`intensity_facts`, in order.
@@ -95,68 +122,27 @@ INTENSITY_FACTS = (
     "lung gradient",
     "lung spread",
 )
-#: The facts read inside the lung mask: what a CT slice's lungs differ in, whatever surrounds a film.
-LUNG_FACTS = ("lung p10", "lung p50", "lung p90", "lung gradient", "lung spread")
 #: Frontal training images whose intensity distance lies above the limit: the limit is this percentile (chosen on validation).
 INTENSITY_PERCENTILE = 99.8
 _FACTS_SIZE = 256
 
 
-#: ``intensity_check["crop"]`` values: where the facts are read (absent: ``borders``).
-CROPS = ("borders", "film")
-
-
-def film_box(image: np.ndarray, min_side: float = 0.3) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) of the exposed film inside a bright, smooth surround (the whole image when there is none).
-
-    Edge rows and columns are trimmed while they are surround: bright (median and most pixels
-    > 0.5) and smooth (under 5% of their pixels on an edge: gradient > 0.01 per pixel of a
-    128-px copy), as
-    around a film exposed without tight collimation. Dark surrounds (a CT slice's air) are
-    left: they are what the intensity check tells apart. A box under ``min_side`` of a
-    side is not trusted (the whole image is kept).
-    """
-    from ..io.resize import resize_aa
-
-    h, w = image.shape
-    small = resize_aa(np.asarray(image, np.float32), (128, 128))
-    edge = np.hypot(*np.gradient(small)) > 0.01
-    bright = small > 0.5
-    surround_row = (edge.mean(1) < 0.05) & (np.median(small, 1) > 0.5) & (bright.mean(1) > 0.5)
-    surround_col = (edge.mean(0) < 0.05) & (np.median(small, 0) > 0.5) & (bright.mean(0) > 0.5)
-
-    def span(flags: np.ndarray) -> tuple[int, int]:
-        keep = np.flatnonzero(~flags)
-        return (int(keep[0]), int(keep[-1]) + 1) if len(keep) else (0, len(flags))
-
-    (r0, r1), (c0, c1) = span(surround_row), span(surround_col)
-    if (r1 - r0) < min_side * 128 or (c1 - c0) < min_side * 128:
-        return 0, h, 0, w
-    return r0 * h // 128, -(-r1 * h // 128), c0 * w // 128, -(-c1 * w // 128)
-
-
-def intensity_facts(image: np.ndarray, mask: np.ndarray, crop: str = "borders") -> np.ndarray:
+def intensity_facts(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Ten intensity facts (:data:`INTENSITY_FACTS`) of an image in [0, 1] and its lung mask, (10,) float32.
 
     Read at 256 x 256 whatever the image's size, after uniform borders (letterbox bands,
-    rows or columns with less than 0.05 of intensity range) are cut off and, with
-    ``crop="film"``, a bright smooth surround too (:func:`film_box`): percentiles
+    rows or columns with less than 0.05 of intensity range) are cut off: percentiles
     10/50/90 inside and outside the lungs, their median difference, the share of near-black
     pixels (< 0.05), the mean gradient magnitude and the intensity spread inside the lungs.
     """
     from ..io.resize import resize_aa, resize_nearest
 
-    if crop not in CROPS:
-        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
     rows, cols = np.flatnonzero(np.ptp(image, axis=1) >= 0.05), np.flatnonzero(np.ptp(image, axis=0) >= 0.05)
     if len(rows) and len(cols):
         image, mask = (
             image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1],
             mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1],
         )
-    if crop == "film":
-        y0, y1, x0, x1 = film_box(image)
-        image, mask = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
     size = (_FACTS_SIZE, _FACTS_SIZE)
     small = resize_aa(np.asarray(image, np.float32), size)
     lungs = resize_nearest(np.asarray(mask, np.uint8), size) > 0
@@ -178,37 +164,25 @@ def intensity_facts(image: np.ndarray, mask: np.ndarray, crop: str = "borders") 
     )
 
 
+#: What an intensity check holds (``kinds``: the reason head kept beside it).
+_CHECK_KEYS = {"facts", "mean", "precision", "percentile", "limit", "kinds"}
+
+
 def intensity_distance(facts: np.ndarray, check: dict) -> np.ndarray:
-    """How unlike a frontal X-ray's the intensity facts (N, 10) are, (N,); refused above ``check["limit"]``.
+    """Mahalanobis distance (N,) of intensity facts (N, 10) from the frontal training X-rays (``check``: mean, precision).
 
-    Only the facts named in ``check["facts"]`` (all ten when absent) are read, in that order.
-
-    The check's ``kind``: ``mahalanobis`` (default): the distance from the frontal training X-rays
-    (``mean``, ``precision``); ``classifier``: the logit of P(lateral view or CT slice) of a
-    logistic regression on the standardised facts (``mean``, ``scale``, ``coef``, ``intercept``).
+    Refused above ``check["limit"]``. A check written by a design that was tried and not shipped
+    (other facts, a film crop, a classifier, agreement with the reason head) raises ValueError
+    rather than be read wrongly.
     """
-    f = np.atleast_2d(facts).astype(np.float64)
-    f = f[:, [INTENSITY_FACTS.index(name) for name in check.get("facts", INTENSITY_FACTS)]]
-    if check.get("kind", "mahalanobis") == "classifier":
-        z = (f - np.asarray(check["mean"], np.float64)) / np.asarray(check["scale"], np.float64)
-        return z @ np.asarray(check["coef"], np.float64) + float(check["intercept"])
-    d = f - np.asarray(check["mean"], np.float64)
+    unknown = sorted(set(check) - _CHECK_KEYS)
+    if unknown or list(check.get("facts", INTENSITY_FACTS)) != list(INTENSITY_FACTS):
+        raise ValueError(
+            f"this gate's intensity check was written by a design that is not shipped (options {unknown}, "
+            f"facts {check.get('facts')}); use the shipped gate or refit one with covidcxr train gate"
+        )
+    d = np.atleast_2d(facts).astype(np.float64) - np.asarray(check["mean"], np.float64)
     return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", d, np.asarray(check["precision"], np.float64), d), 0))
-
-
-def _intensity_message(dist: float, limit: float, reason: str) -> str:
-    return (
-        f"not recognised as a frontal chest X-ray: {REASONS[reason]} (its intensities inside and outside the lungs are unlike an "
-        f"X-ray's, as in a CT reconstruction: score {dist:.1f} > {limit:.1f}); {OVERRIDE}"
-    )
-
-
-def intensity_refusal(image: np.ndarray, mask: np.ndarray, check: dict, reason: str = "ct") -> str | None:
-    """The refusal message for an image whose intensities are unlike a frontal X-ray's, else ``None`` (also when ``check`` is empty)."""
-    if not check:
-        return None
-    dist = float(intensity_distance(intensity_facts(image, mask, check.get("crop", "borders")), check)[0])
-    return None if dist <= check["limit"] else _intensity_message(dist, check["limit"], reason)
 
 
 #: An image the reason head does not take for a chest, with less lung than this share of it, is "no chest found".
@@ -229,45 +203,58 @@ def kind_probabilities(inputs: np.ndarray, head: dict) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def seen_kind(p_frontal: float, mask: np.ndarray, facts: np.ndarray | None, head: dict | None) -> str:
-    """What a refused image looks like, a key of :data:`REASONS`: the reason head's most likely kind.
+def seen_kinds(p_frontal: np.ndarray, geo: np.ndarray, facts: np.ndarray | None, head: dict | None) -> list[str]:
+    """What each image looks like, a key of :data:`REASONS`: the reason head's most likely kind.
 
     The head (frontal / lateral / CT / other, fitted beside the gate) only words a refusal; the
     gate and the intensity check decide it. "other" reads as "no chest found" when the lung
-    mask is almost empty, else as a photograph; "frontal" (the gate refused what the head
-    takes for a frontal film) as "not clearly a frontal chest X-ray".
+    mask is almost empty (lung share, ``geo[:, 0]``), else as a photograph; "frontal" (the gate
+    refused what the head takes for a frontal film) as "not clearly a frontal chest X-ray".
+    Without a head (or facts) every image is "unsure".
     """
+    n = len(np.atleast_1d(p_frontal))
     if not head or facts is None:
-        return "unsure"
-    geo = geometry(mask)
-    kind = head["labels"][
-        int(kind_probabilities(kind_inputs(np.array([p_frontal]), geo[None], facts[None]), head)[0].argmax())
+        return ["unsure"] * n
+    geo = np.atleast_2d(geo)
+    best = kind_probabilities(kind_inputs(p_frontal, geo, facts), head).argmax(axis=1)
+    kinds = [head["labels"][int(i)] for i in best]
+    return [
+        ("no_chest" if share < NO_CHEST_LUNG_SHARE else "photo")
+        if kind == "other"
+        else {"lateral": "lateral", "CT": "ct"}.get(kind, "unsure")
+        for kind, share in zip(kinds, geo[:, 0], strict=True)
     ]
-    if kind == "other":
-        return "no_chest" if geo[0] < NO_CHEST_LUNG_SHARE else "photo"
-    return {"lateral": "lateral", "CT": "ct"}.get(kind, "unsure")
 
 
-def gate_refusal(p_frontal: float, image: np.ndarray, mask: np.ndarray, spec) -> str | None:
-    """The gate's decision on one image, given its gate probability and lung mask: a refusal message or ``None``.
+def decide(p_frontal: np.ndarray, geo: np.ndarray, facts: np.ndarray | None, spec) -> list[GateDecision]:
+    """The gate's decision on each of N images: the one rule, for predict and for the training report alike.
 
-    The linear gate first (``spec.threshold``), then the intensity check (``spec.intensity_check``;
-    with ``agree: "kinds"`` it refuses only what the reason head does not take for a frontal film);
-    the message says what the image looks like (:func:`seen_kind`, from the reason head kept in
-    ``spec.intensity_check["kinds"]``) and how to override.
+    The linear gate first (refused when P(frontal) < ``spec.threshold``), then the intensity
+    check (``spec.intensity_check``: refused when the distance exceeds its limit; off when the
+    spec has none). A refusal's reason is what the reason head (``spec.intensity_check["kinds"]``)
+    takes the image for (:func:`seen_kinds`); an image the intensity check alone refuses and
+    the head takes for a frontal film reads as a CT slice.
+
+    Args:
+        p_frontal: the gate's P(frontal chest X-ray), (N,).
+        geo: the lung masks' geometry (:func:`covidcxr.postprocess.geometry`), (N, 3).
+        facts: their intensity facts (:func:`intensity_facts`), (N, 10); may be ``None`` when the spec has no check.
+        spec: anything with ``threshold`` and ``intensity_check`` (a gate's WeightSpec).
     """
+    p = np.asarray(p_frontal, np.float64).reshape(-1)
     check = spec.intensity_check or {}
-    facts = intensity_facts(image, mask, check.get("crop", "borders")) if check else None
-    dist = float(intensity_distance(facts, check)[0]) if check else 0.0
-    by_gate = p_frontal < spec.threshold
-    if not by_gate and not (check and dist > check["limit"]):
-        return None
-    reason = seen_kind(p_frontal, mask, facts, check.get("kinds"))
-    if by_gate:
-        return refusal(p_frontal, spec.threshold, reason)
-    if check.get("agree") == "kinds" and reason == "unsure":  # the head takes it for a frontal film
-        return None
-    return _intensity_message(dist, check["limit"], "ct" if reason == "unsure" else reason)
+    dist = intensity_distance(facts, check) if check else np.zeros(len(p))
+    reasons = seen_kinds(p, geo, facts, check.get("kinds"))
+    out = []
+    for pi, di, reason in zip(p, dist, reasons, strict=True):
+        if pi < spec.threshold:
+            out.append(GateDecision(False, reason, "gate", float(pi), float(pi), spec.threshold))
+        elif check and di > check["limit"]:
+            ct = "ct" if reason == "unsure" else reason
+            out.append(GateDecision(False, ct, "intensity", float(pi), float(di), check["limit"]))
+        else:
+            out.append(GateDecision(True, "frontal", None, float(pi), float(pi), spec.threshold))
+    return out
 
 
 def gate_records(records: list[dict], split: str) -> tuple[list[dict], list[dict]]:
@@ -283,11 +270,6 @@ def gate_records(records: list[dict], split: str) -> tuple[list[dict], list[dict
 # The stage: the gate model on a runner, and the decision for each image.
 
 
-class GateDecision(NamedTuple):
-    probability: float  # P(frontal chest X-ray)
-    refusal: str | None  # what the gate saw, in words, when it refuses
-
-
 class Gate:
     """P(frontal chest X-ray) from the stage-1 encoder's features and the lung mask, and the refusal rule."""
 
@@ -300,17 +282,17 @@ class Gate:
     ) -> Gate:
         return cls(load_runner("gate", spec_path, backend, onnx_dir))
 
-    def probability(self, features: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
-        """P(frontal) (N,) from pooled encoder features (N, C) and lung masks."""
-        x = np.concatenate([np.asarray(features, np.float32), np.stack([geometry(m) for m in masks])], axis=1)
+    def probability(self, features: np.ndarray, geo: np.ndarray) -> np.ndarray:
+        """P(frontal) (N,) from pooled encoder features (N, C) and the lung masks' geometry (N, 3)."""
+        x = np.concatenate([np.asarray(features, np.float32), np.asarray(geo, np.float32)], axis=1)
         return sigmoid(self.runner.run(features=x)[0])
 
     def decide(
         self, images: Sequence[np.ndarray], encoder: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     ) -> list[GateDecision]:
-        """The gate's answer for each image of one stage-1 pass."""
-        p = self.probability(pooled_features(encoder), masks)
-        return [
-            GateDecision(float(pi), gate_refusal(float(pi), im, m, self.spec))
-            for pi, im, m in zip(p, images, masks, strict=True)
-        ]
+        """The gate's decision (:func:`decide`) on each image of one stage-1 pass."""
+        geo = np.stack([geometry(m) for m in masks])
+        p = self.probability(pooled_features(encoder), geo)
+        check = self.spec.intensity_check
+        facts = np.stack([intensity_facts(im, m) for im, m in zip(images, masks, strict=True)]) if check else None
+        return decide(p, geo, facts, self.spec)

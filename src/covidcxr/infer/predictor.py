@@ -19,8 +19,7 @@ from ..specs import source_sha256
 from ..views import lesion_evidence, lung_share
 from .diagnosis import Diagnoser
 from .findings import finding_facts, findings_summary
-from .gate import OVERRIDE as CLI_OVERRIDE
-from .gate import Gate, GateDecision, blank_reason, refusal_reason
+from .gate import UNGATED, Gate, blank_refusal
 from .lungs import LungSegmenter
 from .result import Result
 from .runners import AUTO, resolve_backend
@@ -175,15 +174,18 @@ class Predictor:
         for (i, name, image), res in zip(good, self.run([im for _, _, im in good]), strict=True):
             res.path, res.image = name, image  # kept for Result.save's report
             if res.error:
-                res.error = f"{name}: {res.error.replace(CLI_OVERRIDE, PYTHON_OVERRIDE)}"
+                res.error = f"{name}: {res.error}" + (f"; {PYTHON_OVERRIDE}" if res.overridable else "")
             results[i] = res
         return results[0] if single else results
 
     def run(self, images: Sequence[np.ndarray]) -> list[Result]:
         """One :class:`Result` per image (H, W) float32 in [0, 1], in order."""
         models = self.models
-        blank = [blank_reason(im) for im in images]
-        results = [Result(error=b, refusal_reason=refusal_reason(b), model=models, backend=self.backend) for b in blank]
+        results = [Result(model=models, backend=self.backend) for _ in images]
+        for res, image in zip(results, images, strict=True):
+            blank = blank_refusal(image)
+            if blank is not None:
+                res.error, res.refusal_reason = blank.describe(), blank.reason
         todo = [i for i, r in enumerate(results) if r.ok]
         if not todo:
             return results
@@ -192,17 +194,17 @@ class Predictor:
         decisions = (
             self.gate.decide([images[i] for i in todo], lungs.encoder, masks)
             if self.gate is not None
-            else [GateDecision(1.0, None)] * len(todo)
+            else [UNGATED] * len(todo)
         )
         rows = []  # rows of the stage-1 batch that go on
         for j, (i, decision) in enumerate(zip(todo, decisions, strict=True)):
             res = results[i]
             res.lung_mask, res.gate_probability = masks[j], decision.probability
-            if decision.refusal and self.use_gate:
-                res.error, res.refusal_reason = decision.refusal, refusal_reason(decision.refusal)
+            if not decision.accepted and self.use_gate:
+                res.error, res.refusal_reason = decision.describe(), decision.reason
                 continue
-            if decision.refusal:
-                res.warnings.append(f"gate skipped (--no-gate): {decision.refusal.split(';')[0]}")
+            if not decision.accepted:
+                res.warnings.append(f"gate skipped (--no-gate): {decision.describe()}")
             res.warnings.extend(image_warnings(images[i], masks[j]))
             rows.append(j)
         if rows:

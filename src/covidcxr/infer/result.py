@@ -13,7 +13,8 @@ import numpy as np
 class Result:
     """One image's reading; :meth:`to_dict` is its ``predictions.jsonl`` row.
 
-    A refused or unreadable image has ``error`` (a sentence) and, when the gate refused it,
+    A refused or unreadable image has ``error`` (a sentence; each front end adds its own way to
+    read a refused image anyway, see :attr:`overridable`) and, when the gate refused it,
     ``refusal_reason`` (a code); the rest is then empty. Arrays: ``lung_mask`` (H, W) bool and
     ``heatmap`` (H, W) float in [0, 1] at the image's own size; ``lesions`` (K, S, S) bool and
     ``zones`` (S, S) uint8 on the lung model's input grid. :meth:`save` writes what ``covidcxr predict``
@@ -46,6 +47,11 @@ class Result:
     def ok(self) -> bool:
         """True when the image was read (not refused, not failed)."""
         return self.error is None
+
+    @property
+    def overridable(self) -> bool:
+        """True when the gate refused the image and reading without it would read it: every refusal but a blank image's."""
+        return self.refusal_reason is not None and self.refusal_reason != "blank"
 
     @property
     def lung_area(self) -> float | None:

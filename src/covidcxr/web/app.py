@@ -5,7 +5,7 @@
 inline as base64. For the page it adds the image as read (grey PNG, longer side at most
 :data:`DISPLAY_SIDE`) and transparent overlays at that size (lung outline, heat map,
 lesions, Brixia zones), and ``saliency_method``, what the heat map shows. A gate refusal
-ends with :data:`WEB_OVERRIDE` instead of the command line's ``--no-gate`` hint. Every refusal is ``{"error": "..."}``: 413 for an upload or an image over
+ends with :data:`WEB_OVERRIDE`, this server's way to read the image anyway. Every refusal is ``{"error": "..."}``: 413 for an upload or an image over
 the limits, 422 for a missing or repeated field, an unreadable file (the CLI's reader and its
 refusals) or an image the gate refuses, 503 (with ``Retry-After``) when the queue is full.
 
@@ -65,7 +65,6 @@ from starlette.exceptions import HTTPException
 from .. import __version__
 from ..batch import trim_heap
 from ..infer import Predictor, Result
-from ..infer.gate import OVERRIDE
 from ..io import SERVE_MAX_PIXELS, ImageReadError, ImageTooLargeError, heatmap_png, mask_png, png_bytes, read_image
 from ..predict import write_report
 from .docs import add_docs
@@ -101,7 +100,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_QUEUE = 32
-#: How to read a refused image anyway, said to a user of the page or the API (the gate says :data:`covidcxr.infer.gate.OVERRIDE`).
+#: How to read a refused image anyway, said to a user of the page or the API (the command line says :data:`covidcxr.predict.CLI_OVERRIDE`).
 WEB_OVERRIDE = (
     "this server reads frontal chest X-rays only (PA or AP); upload one, "
     "or restart it as covidcxr serve --no-gate to read anyway (research use)"
@@ -162,9 +161,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 # The app
 
 
-def web_message(error: str) -> str:
-    """A refusal worded for a user of the page or the API: the command line's ``--no-gate`` hint replaced."""
-    return error.replace(OVERRIDE, WEB_OVERRIDE)
+def web_message(result: Result) -> str:
+    """The error of a reading, worded for a user of the page or the API: a gate refusal ends with :data:`WEB_OVERRIDE`."""
+    return result.error + (f"; {WEB_OVERRIDE}" if result.overridable else "")
 
 
 def answer(result: Result, image: np.ndarray) -> dict:
@@ -234,7 +233,7 @@ def _reader(
             result = pipeline.run([image])[0]
             result.path = name
             if not result.ok:
-                raise HTTPException(422, f"{name}: {web_message(result.error)}")
+                raise HTTPException(422, f"{name}: {web_message(result)}")
             row = answer(result, image)
         finally:
             del image

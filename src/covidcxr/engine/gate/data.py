@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ...infer.gate import blank_reason, gate_records, intensity_facts
+from ...infer.gate import blank_refusal, gate_records, intensity_facts
 from ...io import ImageReadError, read_image
 from ...postprocess import geometry
-from .images import HOSPITAL_MARKS, augment_frontal, negative_images, variant_images
+from .images import augment_frontal, negative_images
 
 #: Training settings of the shipped gate (docs/experiments/gate-hospital-sources.md).
 MAX_FRONTAL_PER_SOURCE = 600
@@ -43,16 +43,13 @@ def _read_group(records: list[dict], target: int) -> list[tuple[str, str, np.nda
     return out
 
 
-def _featurise(items: list[tuple[str, str, int, np.ndarray]], segmenter, desc: str, crop: str = "borders") -> dict:
-    """Gate inputs of (kind, name, target, image) items: x (features + geometry), y, kind, name, facts; blank images left out.
-
-    ``crop``: where the intensity facts are read (:func:`covidcxr.infer.gate.intensity_facts`).
-    """
-    items = [it for it in items if blank_reason(it[3]) is None]  # blank images never reach the gate
+def _featurise(items: list[tuple[str, str, int, np.ndarray]], segmenter, desc: str) -> dict:
+    """Gate inputs of (kind, name, target, image) items: x (features + geometry), y, kind, name, facts; blank images left out."""
+    items = [it for it in items if blank_refusal(it[3]) is None]  # blank images never reach the gate
     images = [it[3] for it in items]
     feats, masks = gate_features(images, segmenter, desc=desc)
     geo = np.stack([geometry(m) for m in masks])
-    facts = np.stack([intensity_facts(im, m, crop) for im, m in zip(images, masks)])
+    facts = np.stack([intensity_facts(im, m) for im, m in zip(images, masks)])
     return {
         "x": np.concatenate([feats, geo], axis=1),
         "y": np.array([it[2] for it in items]),
@@ -86,15 +83,6 @@ def cached(cache: Path | None, build) -> dict:
     return data
 
 
-def read_cached(cache: Path, built_by: str) -> dict:
-    """The examples of an existing cache (:func:`cached`), or FileNotFoundError saying what builds it."""
-
-    def missing() -> dict:
-        raise FileNotFoundError(f"{cache} is missing or outdated: {built_by} builds it")
-
-    return cached(cache, missing)
-
-
 def _subsample(frontal: list[dict], max_per_source: int, rng: np.random.Generator) -> list[dict]:
     by_source: dict[str, list[dict]] = {}
     for r in frontal:
@@ -116,19 +104,16 @@ def split_data(
     segmenter,
     cache: Path | None = None,
     max_frontal: int = 0,
-    variants: int = 0,
     seed: int = 0,
     negatives: bool = True,
     limit: int = 0,
-    crop: str = "borders",
 ) -> dict:
     """Features, targets, kinds and names of one split's gate examples (cached in ``cache`` when given).
 
-    Options for the train split: at most ``max_frontal`` frontal X-rays per source (0: all),
-    and ``variants`` altered copies of every lateral view and CT slice (tried with 6 on split
-    v1: no better on validation). Validation and test: every image as it is. ``limit`` (a
-    smoke run) keeps at most that many frontal and that many other images per source, and
-    that many non-X-ray images, before any image is read.
+    ``max_frontal``: at most that many frontal X-rays per source of the train split (0: all);
+    validation and test keep every image. ``limit`` (a smoke run) keeps at most that many
+    frontal and that many other images per source, and that many non-X-ray images, before any
+    image is read.
     """
 
     def build() -> dict:
@@ -139,14 +124,12 @@ def split_data(
         if limit:
             frontal, other = _subsample(frontal, limit, rng), _subsample(other, limit, rng)
         items = [(k, n, 1, im) for k, n, im in _read_group(frontal, 1)]
-        for k, n, im in _read_group(other, 0):
-            extra = variant_images(im, variants, rng) if split == "train" else []
-            items += [(k, n if i == 0 else f"{n}#variant{i}", 0, v) for i, v in enumerate([im, *extra])]
+        items += [(k, n, 0, im) for k, n, im in _read_group(other, 0)]
         shown = negative_images(split) if negatives else []
         if limit and len(shown) > limit:
             shown = shown[:: -(-len(shown) // limit)]
         items += [(name.split(":")[0], name, 0, img) for name, img in shown]
-        return _featurise(items, segmenter, f"gate features ({split})", crop)
+        return _featurise(items, segmenter, f"gate features ({split})")
 
     return cached(cache, build)
 
@@ -158,11 +141,9 @@ def augmented_data(
     per_source: int,
     cache: Path | None = None,
     seed: int = 0,
-    marks: tuple[str, ...] = HOSPITAL_MARKS,
     tag: str = "augmented",
-    crop: str = "borders",
 ) -> dict:
-    """Gate examples of :func:`augment_frontal` copies (``marks``) of up to ``per_source`` frontal films per source of a split (target 1).
+    """Gate examples of :func:`augment_frontal` copies of up to ``per_source`` frontal films per source of a split (target 1).
 
     Their kinds and names carry ``tag`` (``<source>:frontal:<tag>``, ``<path>#<tag>``).
     """
@@ -170,38 +151,8 @@ def augmented_data(
     def build() -> dict:
         rng = np.random.default_rng([seed, 7, ("train", "val", "test").index(split)])
         frontal = _subsample(gate_records(records, split)[0], per_source, rng)
-        items = [
-            (f"{k}:{tag}", f"{n}#{tag}", 1, augment_frontal(im, rng, marks)) for k, n, im in _read_group(frontal, 1)
-        ]
-        return _featurise(items, segmenter, f"gate features ({split}, {tag})", crop)
-
-    return cached(cache, build)
-
-
-def marked_negatives(
-    records: list[dict],
-    split: str,
-    segmenter,
-    copies: int,
-    cache: Path | None = None,
-    seed: int = 0,
-    marks: tuple[str, ...] = HOSPITAL_MARKS,
-    crop: str = "borders",
-) -> dict:
-    """Gate examples of ``copies`` :func:`augment_frontal` copies (``marks``) of every lateral view and CT slice of a split (target 0).
-
-    The same marks as the frontal copies, so that a mark is no evidence of a frontal film.
-    Kinds stay ``lateral`` / ``CT``; names carry ``#marked<i>``.
-    """
-
-    def build() -> dict:
-        rng = np.random.default_rng([seed, 11, ("train", "val", "test").index(split)])
-        items = [
-            (k, f"{n}#marked{i}", 0, augment_frontal(im, rng, marks))
-            for k, n, im in _read_group(gate_records(records, split)[1], 0)
-            for i in range(copies)
-        ]
-        return _featurise(items, segmenter, f"gate features ({split}, marked negatives)", crop)
+        items = [(f"{k}:{tag}", f"{n}#{tag}", 1, augment_frontal(im, rng)) for k, n, im in _read_group(frontal, 1)]
+        return _featurise(items, segmenter, f"gate features ({split}, {tag})")
 
     return cached(cache, build)
 
@@ -213,13 +164,10 @@ def gate_data(
     splits=("train", "val", "test"),
     augmented: bool = True,
     limit: int = 0,
-    marks: tuple[str, ...] = HOSPITAL_MARKS,
-    crop: str = "borders",
 ) -> dict[str, dict]:
     """Cached gate examples per split, plus ``<split>_augmented`` (augmented frontal copies) for train and validation.
 
-    ``limit`` (a smoke run): at most that many images of each kind per source and split (:func:`split_data`);
-    ``marks``: what the augmented copies may carry; ``crop``: where the intensity facts are read.
+    ``limit`` (a smoke run): at most that many images of each kind per source and split (:func:`split_data`).
     """
     data = {
         s: split_data(
@@ -229,7 +177,6 @@ def gate_data(
             cache=out / f"features_{s}.npz",
             max_frontal=MAX_FRONTAL_PER_SOURCE if s == "train" else 0,
             limit=limit,
-            crop=crop,
         )
         for s in splits
     }
@@ -237,7 +184,7 @@ def gate_data(
         for s in [s for s in ("train", "val") if s in splits]:
             per_source = min(AUGMENTED_PER_SOURCE[s], limit) if limit else AUGMENTED_PER_SOURCE[s]
             data[f"{s}_augmented"] = augmented_data(
-                records, s, segmenter, per_source, out / f"features_{s}_augmented.npz", marks=marks, crop=crop
+                records, s, segmenter, per_source, out / f"features_{s}_augmented.npz"
             )
     return data
 

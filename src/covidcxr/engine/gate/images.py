@@ -88,25 +88,9 @@ def negative_images(
     return out
 
 
-def variant_images(image: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """``n`` crops (75-100% per side), small turns and gamma changes of an image."""
-    from scipy import ndimage
-
-    out = []
-    h, w = image.shape
-    for _ in range(n):
-        ch, cw = int(h * rng.uniform(0.75, 1.0)), int(w * rng.uniform(0.75, 1.0))
-        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        v = ndimage.rotate(image[y : y + ch, x : x + cw], rng.uniform(-10, 10), reshape=False, order=1, mode="nearest")
-        out.append(np.clip(v, 0, 1) ** rng.uniform(0.7, 1.4))
-    return out
-
-
-#: What :func:`augment_frontal` adds to a frontal film by default (the shipped gate's recipe), each with probability one half (at least one).
+#: What :func:`augment_frontal` adds to a frontal film (the shipped gate's recipe), each with probability one half
+#: (at least one), in the order they are applied: geometry last but one, downscaling last.
 HOSPITAL_MARKS = ("tubes", "ecg", "text", "border", "turn", "small")
-#: Every mark, in the order they are applied (``surround``: tried for the v3 gate, not adopted;
-#: docs/experiments/gate-hospital-sources.md).
-ALL_MARKS = ("tubes", "ecg", "text", "border", "surround", "turn", "small")
 _LABELS = (
     "L",
     "R",
@@ -214,29 +198,6 @@ def _border(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return image
 
 
-def _surround(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The film shrunk to 45-85% per side inside a bright, uneven field, same size.
-
-    As on films exposed without tight collimation (small children's films, most of all): the
-    unexposed surround is light grey to white with a gradient across it, not a uniform band
-    that a border crop could remove.
-    """
-    h, w = image.shape
-    ih, iw = int(h * rng.uniform(0.45, 0.85)), int(w * rng.uniform(0.45, 0.85))
-    if ih < 16 or iw < 16:
-        return image
-    lo = rng.uniform(0.55, 0.9)
-    hi = rng.uniform(lo, 1.0)
-    angle = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    ramp = np.cos(angle) * xx / w + np.sin(angle) * yy / h
-    ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
-    out = (lo + (hi - lo) * ramp + rng.normal(0, 0.01, (h, w))).astype(np.float32)
-    y, x = int(rng.integers(0, h - ih + 1)), int(rng.integers(0, w - iw + 1))
-    out[y : y + ih, x : x + iw] = resize_aa(image, (ih, iw))
-    return out
-
-
 def _turn(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A turn of up to 15 degrees (black or edge-filled corners) and a crop to 75-100% per side, back to the same size."""
     from scipy import ndimage
@@ -261,7 +222,7 @@ def _small(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def augment_frontal(image: np.ndarray, rng: np.random.Generator, marks: tuple[str, ...] = HOSPITAL_MARKS) -> np.ndarray:
-    """A frontal film as a hospital might send it: lines and tubes, ECG leads, text, borders, a bright surround, turned and cropped, 224 px.
+    """A frontal film as a hospital might send it: lines and tubes, ECG leads, text, borders, turned and cropped, 224 px.
 
     Each of ``marks`` is applied with probability one half (at least one is), so the gate
     learns that such films are still frontal chest X-rays.
@@ -269,7 +230,7 @@ def augment_frontal(image: np.ndarray, rng: np.random.Generator, marks: tuple[st
     Args:
         image: (H, W) float32 in [0, 1].
         rng: the random generator (the draws, not global state, decide what is added).
-        marks: which of :data:`ALL_MARKS` may be applied (default :data:`HOSPITAL_MARKS`).
+        marks: which of :data:`HOSPITAL_MARKS` may be applied (default: all).
 
     Returns:
         (H, W) float32 in [0, 1]: same size as ``image``.
@@ -279,12 +240,14 @@ def augment_frontal(image: np.ndarray, rng: np.random.Generator, marks: tuple[st
         "ecg": _ecg,
         "text": _text,
         "border": _border,
-        "surround": _surround,
         "turn": _turn,
         "small": _small,
     }
+    unknown = sorted(set(marks) - set(ops))
+    if unknown:
+        raise ValueError(f"unknown marks {unknown}; known: {list(HOSPITAL_MARKS)}")
     chosen = [m for m in marks if rng.random() < 0.5] or [marks[int(rng.integers(len(marks)))]]
     out = np.asarray(image, np.float32)
-    for m in (m for m in ALL_MARKS if m in chosen):  # geometry last but one, downscaling last
+    for m in (m for m in HOSPITAL_MARKS if m in chosen):
         out = ops[m](out, rng)
     return np.clip(out, 0, 1).astype(np.float32)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ...infer.gate import GateDecision
 
 
 def wilson_interval(refused: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -26,38 +29,27 @@ def rate_with_ci(refused: np.ndarray) -> dict:
     return {"n": n, "refused": k, "rate": k / n if n else float("nan"), "ci": [lo, hi]}
 
 
-def refusal_rates(
-    p: np.ndarray,
-    y: np.ndarray,
-    kinds: list[str],
-    threshold: float,
-    also: np.ndarray | None = None,
-    reasons: list[str] | None = None,
-) -> dict:
-    """Refusals (p < threshold, or ``also`` true) per kind of input with Wilson CIs, by check and reason, and the headline rates.
+def refusal_rates(decisions: Sequence[GateDecision], y: np.ndarray, kinds: list[str]) -> dict:
+    """Refusals per kind of input with Wilson CIs, by check and reason, and the headline rates.
 
+    ``decisions``: the gate's decision on each example (:func:`covidcxr.infer.gate.decide`).
     ``per_kind[kind]``: n, refused, rate, ci, by_gate (the linear gate refuses), by_intensity_only
-    (the intensity check alone refuses) and, when ``reasons`` are given, the refusals by reason.
+    (the intensity check alone refuses) and the refusals by reason code.
     """
-    by_gate = np.asarray(p) < threshold
-    by_int = np.asarray(also, bool) if also is not None else np.zeros(len(by_gate), bool)
-    refused = by_gate | by_int
+    refused = np.array([not d.accepted for d in decisions], bool)
+    by_gate = np.array([d.check == "gate" for d in decisions], bool)
+    by_int = np.array([d.check == "intensity" for d in decisions], bool)
+    reasons = np.array([d.reason for d in decisions])
     kinds_a = np.array(kinds)
     per_kind = {}
     for k in sorted(set(kinds)):
         sel = kinds_a == k
-        row = {
+        per_kind[k] = {
             **rate_with_ci(refused[sel]),
             "by_gate": int(by_gate[sel].sum()),
-            "by_intensity_only": int((by_int & ~by_gate)[sel].sum()),
+            "by_intensity_only": int(by_int[sel].sum()),
+            "reasons": {r: int(n) for r, n in zip(*np.unique(reasons[sel & refused], return_counts=True))},
         }
-        if reasons is not None:
-            row["reasons"] = (
-                {r: int(n) for r, n in zip(*np.unique(np.array(reasons)[sel & refused], return_counts=True))}
-                if (sel & refused).any()
-                else {}
-            )
-        per_kind[k] = row
     lat_ct = np.isin(kinds_a, ["lateral", "CT"])
     y = np.asarray(y)
     return {
@@ -89,21 +81,19 @@ def refusal_table(results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def refused_list(data: dict, p: np.ndarray, decision: dict, split: str) -> list[dict]:
+def refused_list(data: dict, decisions: Sequence[GateDecision], split: str) -> list[dict]:
     """Frontal films refused and lateral views / CT slices let through: what a person should look at."""
     out = []
-    for i, (y, kind, name) in enumerate(zip(data["y"], data["kind"], data["name"])):
-        wrong = decision["refused"][i] if y == 1 else (kind in ("lateral", "CT") and not decision["refused"][i])
-        if wrong:
-            check = "gate" if decision["by_gate"][i] else ("intensity" if decision["by_intensity"][i] else "accepted")
+    for y, kind, name, d in zip(data["y"], data["kind"], data["name"], decisions, strict=True):
+        if (not d.accepted) if y == 1 else (kind in ("lateral", "CT") and d.accepted):
             out.append(
                 {
                     "split": split,
                     "kind": kind,
                     "name": name,
-                    "p_frontal": round(float(p[i]), 4),
-                    "check": check,
-                    "reason": decision["reason"][i] if decision["refused"][i] else "accepted",
+                    "p_frontal": round(d.probability, 4),
+                    "check": d.check or "accepted",
+                    "reason": "accepted" if d.accepted else d.reason,
                 }
             )
     return out

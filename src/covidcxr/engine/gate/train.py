@@ -11,14 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...infer.gate import (
-    INTENSITY_FACTS,
-    INTENSITY_PERCENTILE,
-    NO_CHEST_LUNG_SHARE,
-    intensity_distance,
-    kind_inputs,
-    kind_probabilities,
-)
+from ...infer.gate import INTENSITY_FACTS, INTENSITY_PERCENTILE, decide, intensity_distance, kind_inputs
 from .data import AUGMENTED_PER_SOURCE, MAX_FRONTAL_PER_SOURCE, cached, concat, gate_data, split_data, subset
 from .images import HOSPITAL_MARKS
 from .report import rate_with_ci, refusal_rates, refused_list, source_totals, write_report
@@ -26,13 +19,11 @@ from .report import rate_with_ci, refusal_rates, refused_list, source_totals, wr
 __all__ = [
     "KIND_LABELS",
     "cached",
-    "decide",
     "evaluate_gate",
     "fit_all",
     "fit_intensity_check",
     "score",
     "train_gate",
-    "validate",
 ]
 
 KIND_LABELS = ("frontal", "lateral", "CT", "other")
@@ -45,8 +36,8 @@ QUICK_LIMIT = 6
 def balanced_logistic(x: np.ndarray, y: np.ndarray, C: float):
     """(mean, scale, fitted classifier): class-balanced logistic regression on ``x`` standardised by its own mean and spread.
 
-    The one fitting recipe of the gate's three linear parts (the gate, the reason head, a
-    classifier intensity check); ``mean`` and ``scale`` are stored with each so inference standardises alike.
+    The one fitting recipe of the gate's two linear parts (the gate and the reason head);
+    ``mean`` and ``scale`` are stored with each so inference standardises alike.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -54,86 +45,19 @@ def balanced_logistic(x: np.ndarray, y: np.ndarray, C: float):
     return mean, scale, LogisticRegression(C=C, max_iter=5000, class_weight="balanced").fit((x - mean) / scale, y)
 
 
-def fit_intensity_check(
-    facts: np.ndarray,
-    percentile: float = INTENSITY_PERCENTILE,
-    crop: str = "borders",
-    use: tuple[str, ...] = INTENSITY_FACTS,
-) -> dict:
-    """Mean, precision (Ledoit-Wolf) and limit (``percentile`` of their own distances) of frontal X-rays' facts (N, 10).
-
-    ``crop``: where those facts were read (:func:`covidcxr.infer.gate.intensity_facts`); recorded
-    in the check (``"film"`` only: a check without it reads ``"borders"``) so inference reads the same.
-    ``use``: the facts the check reads (names of :data:`INTENSITY_FACTS`, for example :data:`LUNG_FACTS`).
-    """
+def fit_intensity_check(facts: np.ndarray, percentile: float = INTENSITY_PERCENTILE) -> dict:
+    """Mean, precision (Ledoit-Wolf) and limit (``percentile`` of their own distances) of frontal X-rays' facts (N, 10)."""
     from sklearn.covariance import LedoitWolf
 
-    unknown = sorted(set(use) - set(INTENSITY_FACTS))
-    if unknown:
-        raise ValueError(f"unknown intensity facts {unknown}; known: {list(INTENSITY_FACTS)}")
-    lw = LedoitWolf().fit(facts[:, [INTENSITY_FACTS.index(name) for name in use]])
+    lw = LedoitWolf().fit(facts)
     check = {
-        "facts": list(use),
+        "facts": list(INTENSITY_FACTS),
         "mean": lw.location_.tolist(),
         "precision": lw.precision_.tolist(),
         "percentile": percentile,
-        **({"crop": crop} if crop != "borders" else {}),
     }
     check["limit"] = float(np.percentile(intensity_distance(facts, check), percentile))
     return check
-
-
-def fit_intensity_classifier(frontal: np.ndarray, other: np.ndarray, C: float = 1.0, crop: str = "borders") -> dict:
-    """The intensity check as a classifier: class-balanced logistic regression, lateral/CT facts (M, 10) against frontal (N, 10).
-
-    Refuses where P(lateral or CT) > 0.5: the logit (:func:`intensity_distance`) above ``limit`` 0.
-    """
-    x = np.concatenate([frontal, other])
-    mean, scale, clf = balanced_logistic(x, np.r_[np.zeros(len(frontal)), np.ones(len(other))], C)
-    return {
-        "kind": "classifier",
-        "facts": list(INTENSITY_FACTS),
-        "mean": mean.tolist(),
-        "scale": scale.tolist(),
-        "coef": clf.coef_[0].tolist(),
-        "intercept": float(clf.intercept_[0]),
-        "C": C,
-        "limit": 0.0,
-        **({"crop": crop} if crop != "borders" else {}),
-    }
-
-
-def _codes(probs: np.ndarray, labels: list[str], lung_share: np.ndarray) -> list[str]:
-    kinds = [labels[i] for i in np.asarray(probs).argmax(axis=1)]
-    return [
-        ("no_chest" if share < NO_CHEST_LUNG_SHARE else "photo")
-        if k == "other"
-        else {"lateral": "lateral", "CT": "ct"}.get(k, "unsure")
-        for k, share in zip(kinds, lung_share)
-    ]
-
-
-def decide(p: np.ndarray, data: dict, spec) -> dict:
-    """The gate's decisions on cached examples (``data``: x, facts), as :func:`gate_refusal` takes them one by one.
-
-    Returns:
-        by_gate, by_intensity (each check's own verdict, (N,) bool), refused (either) and
-        reason (a key of :data:`REASONS` per example, the wording a refusal would carry).
-    """
-    check = spec.intensity_check or {}
-    by_gate = np.asarray(p) < spec.threshold
-    by_intensity = intensity_distance(data["facts"], check) > check["limit"] if check else np.zeros(len(by_gate), bool)
-    head = check.get("kinds")
-    geo = np.asarray(data["x"])[:, -3:]
-    reason = (
-        _codes(kind_probabilities(kind_inputs(p, geo, data["facts"]), head), head["labels"], geo[:, 0])
-        if head
-        else ["unsure"] * len(by_gate)
-    )
-    if check.get("agree") == "kinds":  # the check refuses only what the head does not take for frontal
-        by_intensity &= np.array([r != "unsure" for r in reason], bool)
-    reason = [("ct" if r == "unsure" else r) if (i and not g) else r for r, g, i in zip(reason, by_gate, by_intensity)]
-    return {"by_gate": by_gate, "by_intensity": by_intensity, "refused": by_gate | by_intensity, "reason": reason}
 
 
 def fit_gate(x: np.ndarray, y: np.ndarray, C: float = 0.05):
@@ -193,92 +117,33 @@ def fit_all(
     augmented: bool = True,
     percentile: float = INTENSITY_PERCENTILE,
     max_false_refusal: float = 0.01,
-    intensity_with: tuple[str, ...] = (),
-    crop: str = "borders",
-    intensity_kind: str = "mahalanobis",
-    intensity_facts: tuple[str, ...] = INTENSITY_FACTS,
-    negatives_with: tuple[str, ...] = (),
-    agree: str | None = None,
 ):
     """(gate, threshold, intensity check with its reason head) from cached examples; validation sets the threshold only.
 
-    ``intensity_with``: keys of ``data`` (``train_augmented``, ``train_surround``) whose frontal
-    copies the intensity check is fitted on beside the unaltered frontal training films;
-    ``crop``: where the cached facts were read (recorded in the check); ``intensity_kind``:
-    ``mahalanobis`` (the ellipsoid around the frontal facts) or ``classifier``
-    (:func:`fit_intensity_classifier`: frontal films and ``intensity_with`` copies against the
-    training lateral views and CT slices); ``intensity_facts``: the facts a Mahalanobis check reads;
-    ``negatives_with``: keys of ``data`` (``train_marked_negatives``) the gate and reason head also learn from;
-    ``agree="kinds"``: the check refuses only what the reason head does not take for a frontal film.
+    The intensity check is fitted on the unaltered frontal training films; the gate and the
+    reason head on the train split (and its augmented frontal copies when ``augmented``).
     """
     train = concat(data["train"], data["train_augmented"]) if augmented and "train_augmented" in data else data["train"]
-    train = concat(train, *(data[k] for k in negatives_with))
     gate = fit_gate(train["x"], train["y"], C)
     threshold = fit_threshold(gate_probability(gate, data["val"]["x"][data["val"]["y"] == 1]), max_false_refusal)
-    frontal = concat(data["train"], *(data[k] for k in intensity_with))
-    if intensity_kind == "classifier":
-        lateral_ct = np.isin(np.array(data["train"]["kind"]), ["lateral", "CT"])
-        check = fit_intensity_classifier(
-            frontal["facts"][frontal["y"] == 1], data["train"]["facts"][lateral_ct], crop=crop
-        )
-    elif intensity_kind == "mahalanobis":
-        check = fit_intensity_check(frontal["facts"][frontal["y"] == 1], percentile, crop, intensity_facts)
-    else:
-        raise ValueError(f"intensity_kind must be 'mahalanobis' or 'classifier', got {intensity_kind!r}")
+    check = fit_intensity_check(data["train"]["facts"][data["train"]["y"] == 1], percentile)
     check["kinds"] = fit_kind_head(gate_probability(gate, train["x"]), train)
-    if agree is not None:
-        if agree != "kinds":
-            raise ValueError(f"agree must be None or 'kinds', got {agree!r}")
-        check["agree"] = agree
     return gate, threshold, check
+
+
+def decisions(gate, spec, d: dict) -> list:
+    """The gate's decisions (:func:`covidcxr.infer.gate.decide`) on cached examples (``d``: x = features + geometry, facts)."""
+    return decide(gate_probability(gate, d["x"]), d["x"][:, -3:], d["facts"], spec)
 
 
 def score(gate, spec, data: dict[str, dict]) -> tuple[dict, list[dict]]:
     """Refusal rates per split (:func:`refusal_rates`) and the list of wrong decisions (:func:`refused_list`)."""
     results, wrong = {}, []
     for s, d in data.items():
-        p = gate_probability(gate, d["x"])
-        dec = decide(p, d, spec)
-        results[s] = refusal_rates(p, d["y"], d["kind"], spec.threshold, dec["by_intensity"], dec["reason"])
-        wrong += refused_list(d, p, dec, s)
+        dec = decisions(gate, spec, d)
+        results[s] = refusal_rates(dec, d["y"], d["kind"])
+        wrong += refused_list(d, dec, s)
     return results, wrong
-
-
-def validate(data: dict[str, dict], **fit_kw) -> tuple[dict, list[dict], dict]:
-    """A candidate gate (:func:`fit_all` with ``fit_kw``) judged on ``val`` and ``val_augmented`` only.
-
-    Returns:
-        (its threshold and :func:`validation_summary`, its wrong decisions, its intensity check).
-    """
-    gate, threshold, check = fit_all(data, **fit_kw)
-    results, wrong = score(gate, ThresholdSpec(threshold, check), {s: data[s] for s in ("val", "val_augmented")})
-    return {"threshold": threshold, **validation_summary(results)}, wrong, check
-
-
-def validation_summary(results: dict) -> dict:
-    """The adoption rule's four criteria on :func:`score` results of ``val`` and ``val_augmented``.
-
-    Acceptable (docs/experiments/gate-hospital-sources.md): frontal films refused <= 2% in every
-    source, every lateral view and CT slice refused, photographs and synthetic images refused
-    >= 95%, augmented frontal copies refused <= 5%.
-    """
-    r, a = results["val"], results["val_augmented"]
-    frontal = {k.split(":")[0]: [v["refused"], v["n"]] for k, v in r["per_kind"].items() if k.endswith(":frontal")}
-    row = {
-        "frontal_refused_per_source": frontal,
-        "worst_source": max(k / n for k, n in frontal.values()),
-        "lateral_ct": r["lateral_ct"],
-        "non_xray": r["refusal_non_xray"],
-        "augmented_refused": a["false_refusal_frontal"],
-        "augmented_n": a["n_frontal"],
-    }
-    row["acceptable"] = bool(
-        row["worst_source"] <= 0.02
-        and r["lateral_ct"]["refused"] == r["lateral_ct"]["n"]
-        and r["refusal_non_xray"] >= 0.95
-        and a["false_refusal_frontal"] <= 0.05
-    )
-    return row
 
 
 def out_of_fold(data: dict[str, dict], records: list[dict], source: str = "hannover", folds: int = 5, **fit_kw) -> dict:
@@ -306,9 +171,8 @@ def out_of_fold(data: dict[str, dict], records: list[dict], source: str = "hanno
         gate, threshold, check = fit_all(fold, **fit_kw)
         test = held(train) & mine
         d = subset(train, test)
-        refused[np.isin(where, np.flatnonzero(test))] = decide(
-            gate_probability(gate, d["x"]), d, ThresholdSpec(threshold, check)
-        )["refused"]
+        dec = decisions(gate, ThresholdSpec(threshold, check), d)
+        refused[np.isin(where, np.flatnonzero(test))] = [not x.accepted for x in dec]
     return {"source": source, "folds": folds, "patients": len(patients), **rate_with_ci(refused)}
 
 
@@ -389,14 +253,11 @@ def train_gate(
     limit: int = 0,
     quick: bool = False,
     command: str | None = None,
-    marks: tuple[str, ...] = HOSPITAL_MARKS,
-    crop: str = "borders",
 ) -> dict:
     """Fit the gate on the train split (all sources, with augmented frontal copies), pick its threshold on validation, measure it on test, export it.
 
     ``limit``: at most that many images of each kind per source and split (smoke runs, with
-    ``quick``: the spec and gate_eval.json say ``smoke``); ``command``: the command line the spec records;
-    ``marks``: what the augmented copies may carry; ``crop``: where the intensity facts are read.
+    ``quick``: the spec and gate_eval.json say ``smoke``); ``command``: the command line the spec records.
     """
     from ...data import load_records
     from ...data.splits import SPLIT_VERSION
@@ -408,13 +269,12 @@ def train_gate(
     out.mkdir(parents=True, exist_ok=True)
     records = load_records(data_root)
     segmenter = LungSegmenter.from_spec()
-    data = gate_data(records, segmenter, out, augmented=augmented, limit=limit, marks=marks, crop=crop)
+    data = gate_data(records, segmenter, out, augmented=augmented, limit=limit)
     fit_kw = {
         "C": C,
         "augmented": augmented,
         "percentile": percentile,
         "max_false_refusal": max_false_refusal,
-        "crop": crop,
     }
     gate, threshold, check = fit_all(data, **fit_kw)
     results, wrong = score(gate, ThresholdSpec(threshold, check), data)
@@ -425,8 +285,7 @@ def train_gate(
         "C": C,
         "augmented": augmented,
         "percentile": percentile,
-        "marks": list(marks),
-        "crop": crop,
+        "marks": list(HOSPITAL_MARKS),
         "limit": limit,
         "quick": quick,
     }
@@ -476,8 +335,7 @@ def evaluate_gate(
             raise ValueError(f"unknown source(s) {sorted(unknown)}; known: {sorted({r['dataset'] for r in records})}")
         records = [r for r in records if r["dataset"] in sources]
     segmenter = LungSegmenter.from_spec()
-    crop = (spec.intensity_check or {}).get("crop", "borders")
-    data = {s: split_data(records, s, segmenter, negatives=not sources, crop=crop) for s in splits}
+    data = {s: split_data(records, s, segmenter, negatives=not sources) for s in splits}
     results, wrong = score(gate, spec, data)
     totals = source_totals(results, splits)
     write_report(

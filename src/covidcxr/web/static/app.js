@@ -9,17 +9,8 @@ function show(id, visible) {
   $(id).hidden = !visible;
 }
 
-// The command line's hint for a refused image, should an older server send it: said to a page user instead.
-const CLI_OVERRIDE = "use --no-gate to force a reading (research use)";
-const WEB_OVERRIDE =
-  "this page reads frontal chest X-rays only (PA or AP); upload one, or restart the server as covidcxr serve --no-gate to read anyway (research use)";
-
-function plainWords(message) {
-  return message.replace(CLI_OVERRIDE, WEB_OVERRIDE);
-}
-
 function setError(message) {
-  $("error").textContent = plainWords(message);
+  $("error").textContent = message;
   show("error", Boolean(message));
 }
 
