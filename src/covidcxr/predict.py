@@ -47,6 +47,7 @@ def predict_files(
     overwrite: bool = False,
     retry_errors: bool = False,
     counts: RunCounts | None = None,
+    dicom_out: bool = False,
 ) -> Iterator[dict]:
     """Run the pipeline on files, folders, glob patterns and CSV lists; yields each new row as it is written.
 
@@ -71,6 +72,8 @@ def predict_files(
         overwrite: start ``predictions.jsonl`` afresh instead of appending to it.
         retry_errors: run again the inputs whose earlier row is an error.
         counts: filled in as the run goes (inputs, skipped, done, failed), for a summary.
+        dicom_out: for DICOM inputs also write ``<stem>_seg.dcm``, ``_sr.dcm`` and (with the report)
+            ``_sc.dcm`` (:mod:`covidcxr.dicom.outputs`; row key ``dicom``); other inputs get ``dicom_note``.
 
     Yields:
         Each row appended to ``predictions.jsonl``: results, or ``path`` and ``error``.
@@ -103,7 +106,7 @@ def predict_files(
                 if err is not None:
                     yield emit({"path": files[todo[j]], "error": err})
             good = [(todo[j], im) for j, im, _ in batch if im is not None]
-            for row in _read_batch(predictor, good, files, stems, out, report):
+            for row in _read_batch(predictor, good, files, stems, out, report, dicom_out):
                 yield emit(row)
             bar.update(len(batch))
             del batch, good
@@ -140,7 +143,9 @@ def _plan(
     return stems, todo
 
 
-def _read_batch(predictor: Predictor, good: list, files: list[str], stems: list[str], out: Path, report: bool):
+def _read_batch(
+    predictor: Predictor, good: list, files: list[str], stems: list[str], out: Path, report: bool, dicom_out: bool
+):
     """The rows of one decoded batch, its PNGs written; a failure to write one input costs its row only."""
     results = predictor.run([im for _, im in good]) if good else []
     for (i, image), res in zip(good, results, strict=True):
@@ -148,7 +153,8 @@ def _read_batch(predictor: Predictor, good: list, files: list[str], stems: list[
         if not res.ok:
             res.error = f"{files[i]}: {res.error}"
         try:
-            yield write_outputs(res, image, stems[i], out, report)
+            row = write_outputs(res, image, stems[i], out, report)
+            yield write_dicom(res, row, files[i], stems[i], out) if dicom_out and res.ok else row
         except Exception as err:  # its name, a full disk: the batch goes on
             log.info("%s: writing the outputs failed", files[i], exc_info=True)  # the traceback with -v only
             yield {
@@ -171,6 +177,17 @@ def write_outputs(result: Result, image: np.ndarray, stem: str, out: Path, repor
         files["report"] = str(out / f"{stem}_report.png")
         write_report(result, image, files["report"])
     return result.to_dict(files)
+
+
+def write_dicom(result: Result, row: dict, source: str, stem: str, out: Path) -> dict:
+    """Add the DICOM results of a DICOM input to its row (``dicom``: their paths), or a ``dicom_note`` for another input."""
+    from .dicom.outputs import dicom_row
+
+    report = Path(row["report"]).read_bytes() if row.get("report") else None
+    extra = dicom_row(source, source, result, row, report)
+    if "dicom" in extra:
+        extra["dicom"] = extra["dicom"].save(out, stem)
+    return row | extra
 
 
 def write_report(result: Result, image: np.ndarray, path) -> None:

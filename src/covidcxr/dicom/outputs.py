@@ -38,7 +38,7 @@ from .. import __version__
 from ..infer import Result
 from ..resize import resize_bilinear
 
-__all__ = ["RESEARCH_USE", "SCHEME", "DicomResults", "dicom_results", "read_header", "source_note"]
+__all__ = ["RESEARCH_USE", "SCHEME", "DicomResults", "dicom_results", "dicom_row", "read_header", "source_note"]
 
 log = logging.getLogger(__name__)
 
@@ -366,3 +366,18 @@ def capture(source: Dataset, report_png: bytes) -> Dataset:
     sc.BurnedInAnnotation = "YES"  # the report draws the file name and the reading into the pixels
     sc.ImageComments = f"covidcxr report; {RESEARCH_USE}"
     return _finish(sc, "sc")
+
+
+def dicom_row(source: str | Path | bytes, name: str, result: Result, row: dict, report_png: bytes | None) -> dict:
+    """The DICOM results of a reading as ``{"dicom": DicomResults}``, or ``{"dicom_note": ...}`` for a non-DICOM input.
+
+    Args:
+        source: the input file (path or bytes), whose header the results copy.
+        name: the input's name, for the note.
+        result, row: the reading and its ``predictions.jsonl`` row.
+        report_png: the report picture (None: no secondary capture).
+    """
+    header = read_header(source)
+    if header is None:
+        return {"dicom_note": source_note(name)}
+    return {"dicom": dicom_results(header, result, row, report_png)}
