@@ -71,6 +71,5 @@ def _serve_until_interrupted(node) -> int:
         node.stop()
     except KeyboardInterrupt:
         node.drop_queued()
-        node.stop(drop_queued=True)
-    print(f"covidcxr: DICOM node stopped: {node.summary()}", file=sys.stderr, flush=True)
+        node.stop(drop_queued=True)  # logs the summary
     return 0

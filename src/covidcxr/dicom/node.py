@@ -189,6 +189,7 @@ class DicomNode:
         self.forward, self.report, self.max_pixels = forward, report, max_pixels
         self.out = Path(out) if out is not None else None
         self.counts: Counter[str] = Counter()
+        self.peak_waiting = 0  # the most objects seen waiting at once (never above max_queue)
         self.queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self._stopping = threading.Event()
         self._drop = threading.Event()
@@ -286,7 +287,10 @@ class DicomNode:
                 self.queue.put(job, timeout=0.5)  # a full queue holds the sender's C-STORE: back-pressure
             except queue.Full:
                 continue
-            log.info("received %s from %s (%d waiting)", sop_uid, sender, self.queue.qsize())
+            waiting = self.queue.qsize()
+            with self._lock:
+                self.peak_waiting = max(self.peak_waiting, waiting)
+            log.info("received %s from %s (%d waiting)", sop_uid, sender, waiting)
             return SUCCESS
         self._count("refused")
         log.warning("refused %s from %s: the node is stopping", sop_uid, sender)
