@@ -6,8 +6,8 @@ import threading
 import time
 
 import pytest
-from conftest import FakePredictor
 from dicom_files import radiograph, undecodable
+from fakes import FakePredictor
 from orthanc import free_port
 from pydicom import uid
 from pynetdicom import AE, evt
@@ -26,7 +26,9 @@ class Archive:
         ae = AE(ae_title="ARCHIVE")
         for sop_class in (uid.SegmentationStorage, uid.ComprehensiveSRStorage, uid.SecondaryCaptureImageStorage):
             ae.add_supported_context(sop_class, [uid.ExplicitVRLittleEndian, uid.JPEGLSLossless])
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
 
     def _store(self, event) -> int:
         ds = event.dataset

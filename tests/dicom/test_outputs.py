@@ -11,8 +11,8 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from conftest import FakePredictor, fake_result
 from dicom_files import radiograph, write
+from fakes import FakePredictor, fake_result
 from fastapi.testclient import TestClient
 from PIL import Image
 from pydicom import uid

@@ -1,15 +1,12 @@
+"""A made-up reading and a stand-in for the models, for tests of the DICOM plumbing that need no weights."""
+
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from covidcxr.infer import Result
-
-sys.path.insert(0, str(Path(__file__).parent))  # dicom_files, orthanc: helpers shared with benchmarks/
 
 MODELS = {
     "lungs": {"name": "unet_mobilenetv2_lungs", "sha256": "a" * 64},
@@ -77,8 +74,3 @@ class FakePredictor:
         self.calls += 1
         time.sleep(self.delay)
         return [fake_result(im.shape) for im in images]
-
-
-@pytest.fixture()
-def fake_predictor() -> FakePredictor:
-    return FakePredictor()
