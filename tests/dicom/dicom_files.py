@@ -31,6 +31,7 @@ def radiograph(
     patient_id: str = "CXR-TEST-1",
     study_uid: str | None = None,
     max_side: int = 512,
+    side: int | None = None,
 ) -> Dataset:
     """A picture wrapped as a DICOM image of ``modality`` (DX, CR or CT), 12 bits stored, explicit VR little endian.
 
@@ -42,9 +43,14 @@ def radiograph(
         patient_id: PatientID.
         study_uid: StudyInstanceUID (default: a new one).
         max_side: the picture is shrunk so its longer side is at most this (small files, fast tests).
+        side: instead, resize the picture so its longer side is this (a detector-sized image for benchmarks).
     """
     img = Image.open(picture).convert("L")
-    img.thumbnail((max_side, max_side))
+    if side is not None:
+        f = side / max(img.size)
+        img = img.resize((round(img.width * f), round(img.height * f)), Image.Resampling.BICUBIC)
+    else:
+        img.thumbnail((max_side, max_side))
     pixels = (np.asarray(img, np.uint16) * 16).astype(np.uint16)  # 12 bits stored
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CLASSES[modality]

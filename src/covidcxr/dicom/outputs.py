@@ -36,7 +36,6 @@ from pydicom.sr.coding import Code
 
 from .. import __version__
 from ..infer import Result
-from ..resize import resize_bilinear
 
 __all__ = ["RESEARCH_USE", "SCHEME", "DicomResults", "dicom_results", "dicom_row", "read_header", "source_note"]
 
@@ -182,11 +181,13 @@ def lesion_masks(result: Result) -> dict[str, np.ndarray]:
         return {}
     from ..data.severity import LESIONS
 
-    shape = result.lung_mask.shape
-    return {
-        name: (resize_bilinear(np.asarray(m, np.float32), shape) > 0.5) & result.lung_mask
-        for name, m in zip(LESIONS, result.lesions, strict=True)
-    }
+    return {name: _grow(m, result.lung_mask.shape) & result.lung_mask for name, m in zip(LESIONS, result.lesions)}
+
+
+def _grow(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A mask on the model's grid at the image's size: Pillow's bilinear resize of the 0/255 map, cut half way."""
+    grey = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8))
+    return np.asarray(grey.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)) > 127
 
 
 def segmentation(source: Dataset, result: Result) -> Dataset:
@@ -223,7 +224,7 @@ def segmentation(source: Dataset, result: Result) -> Dataset:
         masks.append(mask)
     seg = hd.seg.Segmentation(
         source_images=[source],
-        pixel_array=np.stack(masks, axis=-1)[None].astype(np.uint8),  # (frames=1, H, W, segments)
+        pixel_array=np.stack(masks, axis=-1)[None],  # (frames=1, H, W, segments), bool
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
