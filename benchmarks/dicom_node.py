@@ -154,7 +154,7 @@ def main() -> int:
     report = {
         "latency_s": {
             "median": median,
-            "p90": sorted(singles)[int(0.9 * (len(singles) - 1))],
+            "p90": statistics.quantiles(singles, n=10, method="inclusive")[-1] if len(singles) > 1 else median,
             "mean": statistics.fmean(singles),
             "n": len(singles),
         },
