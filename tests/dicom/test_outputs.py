@@ -138,6 +138,12 @@ def test_non_dicom_inputs_get_a_note_and_refused_readings_no_results(source, fix
     png = (fixtures / "nih_00000710_003.png").read_bytes()
     note = dicom_row(png, "x.png", fake_result((10, 10)), {}, None)
     assert set(note) == {"dicom_note"} and "x.png is not a DICOM file" in note["dicom_note"]
+    no_study = radiograph(max_side=64)
+    del no_study.StudyInstanceUID
+    buf = io.BytesIO()
+    no_study.save_as(buf, enforce_file_format=True)
+    note = dicom_row(buf.getvalue(), "old.dcm", fake_result((no_study.Rows, no_study.Columns)), {}, None)
+    assert "old.dcm is a DICOM file without StudyInstanceUID" in note["dicom_note"]
     refused = fake_result((header.Rows, header.Columns))
     refused.error = "scan.dcm: not recognised as a frontal chest X-ray"
     with pytest.raises(ValueError, match="refused reading"):

@@ -245,10 +245,11 @@ class DicomNode:
         self._drop.set()
 
     def summary(self) -> str:
-        """Counts so far, e.g. ``3 received, 2 read, 1 refused, 0 failed, 6 results forwarded``."""
+        """Counts so far, e.g. ``3 received, 2 read, 1 refused, 0 failed, 6 results forwarded`` (and ``N dropped``)."""
         c = self.counts
+        dropped = f", {c['dropped']} dropped" if c["dropped"] else ""
         return (
-            f"{c['received']} received, {c['read']} read, {c['refused']} refused, {c['failed']} failed, "
+            f"{c['received']} received, {c['read']} read, {c['refused']} refused, {c['failed']} failed{dropped}, "
             f"{c['forwarded']} results forwarded"
         )
 

@@ -45,6 +45,8 @@ RESEARCH_USE = "research use, not for clinical decisions"
 MANUFACTURER = "covidcxr"
 #: The local coding scheme of the concepts without a public code.
 SCHEME = "99COVIDCXR"
+#: What the results copy or reference from the source's header.
+REFERENCED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns")
 #: Series numbers of the three result series (a viewer sorts them after the source's).
 SERIES_NUMBERS = {"seg": 9701, "sr": 9702, "sc": 9703}
 DESCRIPTIONS = {
@@ -121,7 +123,7 @@ def read_header(source: str | Path | bytes) -> Dataset | None:
         ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=not is_part10)
     except (InvalidDicomError, ValueError, EOFError, OSError):
         return None
-    return ds if "SOPInstanceUID" in ds and "StudyInstanceUID" in ds else None
+    return ds
 
 
 def source_note(name: str) -> str:
@@ -370,7 +372,10 @@ def capture(source: Dataset, report_png: bytes) -> Dataset:
 
 
 def dicom_row(source: str | Path | bytes, name: str, result: Result, row: dict, report_png: bytes | None) -> dict:
-    """The DICOM results of a reading as ``{"dicom": DicomResults}``, or ``{"dicom_note": ...}`` for a non-DICOM input.
+    """The DICOM results of a reading as ``{"dicom": DicomResults}``, else ``{"dicom_note": why there are none}``.
+
+    A note, not an error: the input is not DICOM, its header lacks the UIDs the results reference, or
+    highdicom does not take it. The reading itself stands either way.
 
     Args:
         source: the input file (path or bytes), whose header the results copy.
@@ -381,4 +386,14 @@ def dicom_row(source: str | Path | bytes, name: str, result: Result, row: dict, 
     header = read_header(source)
     if header is None:
         return {"dicom_note": source_note(name)}
-    return {"dicom": dicom_results(header, result, row, report_png)}
+    missing = [key for key in REFERENCED if key not in header]
+    if missing:
+        return {
+            "dicom_note": f"{name} is a DICOM file without {', '.join(missing)}, so DICOM results could not "
+            "reference it; export it from the archive again (with its UIDs) to get them"
+        }
+    try:
+        return {"dicom": dicom_results(header, result, row, report_png)}
+    except (ValueError, TypeError, AttributeError, KeyError) as err:  # an unusual header highdicom does not take
+        log.info("%s: DICOM results failed", name, exc_info=True)
+        return {"dicom_note": f"{name}: no DICOM results could be built from its header ({type(err).__name__}: {err})"}
