@@ -194,6 +194,7 @@ class DicomNode:
         self._stopping = threading.Event()
         self._drop = threading.Event()
         self._worker: threading.Thread | None = None
+        self._sentinel_sent = False
         self._server = None
         self._lock = threading.Lock()  # counts, and the predictions.jsonl of --out
 
@@ -226,14 +227,17 @@ class DicomNode:
         """
         if drop_queued:
             self._drop.set()
-        if not self._stopping.is_set():  # a second call (a second Ctrl-C) only waits again
-            self._stopping.set()
+        if not self._stopping.is_set():
+            self._stopping.set()  # a C-STORE waiting for room is now answered 0xA700
             if self._server is not None:
-                self._server.shutdown()  # no new associations; open ones are aborted
+                for assoc in self._server.active_associations:
+                    assoc.abort()
+                self._server.shutdown()  # no new associations
                 self._server = None
-            if self._worker is not None:
-                self.queue.put(None)  # after the queued objects: the worker reads them first
         if self._worker is not None:
+            if not self._sentinel_sent:  # a second call (a second Ctrl-C during the put) tries again
+                self.queue.put(None)  # after the queued objects: the worker reads them first
+                self._sentinel_sent = True
             self._worker.join(timeout)
             if self._worker.is_alive():
                 return
