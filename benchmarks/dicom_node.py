@@ -81,7 +81,15 @@ class NodeProcess:
     def stop(self) -> int:
         """Ctrl-C; returns the node's peak resident memory in bytes."""
         self.proc.send_signal(signal.SIGINT)
-        _, status, usage = os.wait4(self.proc.pid, 0)
+        deadline = time.monotonic() + 120
+        while True:
+            pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"the node did not stop within 120 s of Ctrl-C:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError(f"the node exited with {status}:\n{self.log.read_text()[-3000:]}")
         return usage.ru_maxrss * 1024

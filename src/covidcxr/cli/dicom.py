@@ -57,7 +57,10 @@ def cmd_dicom_node(args: argparse.Namespace) -> int:
 
 def _serve_until_interrupted(node) -> int:
     """Wait for Ctrl-C (or SIGTERM); then read what is queued, or drop it on a second Ctrl-C."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop: the same as Ctrl-C
+    # Ctrl-C, also when started in the background by a shell (which leaves SIGINT ignored), and a service
+    # manager's SIGTERM: both stop the node the same way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
