@@ -113,6 +113,8 @@ def test_node_answers_echo_reads_a_radiograph_and_forwards_seg_sr_sc(archive, tm
         "Segmentation Storage",
     ]
     assert all(ds.StudyInstanceUID == source.StudyInstanceUID for ds in got)
+    sc = next(ds for ds in got if ds.SOPClassUID == uid.SecondaryCaptureImageStorage)
+    assert sc.file_meta.TransferSyntaxUID == uid.JPEGLSLossless  # an archive that takes JPEG-LS gets it
     assert (tmp_path / "predictions.jsonl").read_text().count("\n") == 1
     assert (node.counts["received"], node.counts["read"], node.counts["refused"]) == (2, 1, 1)
     assert node.counts["forwarded"] == 3

@@ -364,7 +364,8 @@ class DicomNode:
         dest = self.forward
         ae = AE(ae_title=self.ae_title)
         for sop_class, syntaxes in _RESULT_SYNTAXES.items():
-            ae.add_requested_context(sop_class, syntaxes)
+            for syntax in syntaxes:  # one context each: an archive that takes JPEG-LS gets the SC compressed
+                ae.add_requested_context(sop_class, syntax)
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
         if not assoc.is_established:
             self._count("failed")
