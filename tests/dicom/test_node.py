@@ -20,12 +20,12 @@ from covidcxr.dicom.node import CANNOT_UNDERSTAND, Destination, DicomNode, scree
 class Archive:
     """A C-STORE SCP on loopback that keeps what it is sent: the archive results are forwarded to."""
 
-    def __init__(self) -> None:
+    def __init__(self, syntaxes: tuple[str, ...] = (uid.ExplicitVRLittleEndian, uid.JPEGLSLossless)) -> None:
         self.received: list = []
         self.port = free_port()
         ae = AE(ae_title="ARCHIVE")
         for sop_class in (uid.SegmentationStorage, uid.ComprehensiveSRStorage, uid.SecondaryCaptureImageStorage):
-            ae.add_supported_context(sop_class, [uid.ExplicitVRLittleEndian, uid.JPEGLSLossless])
+            ae.add_supported_context(sop_class, list(syntaxes))
         self.server = ae.start_server(
             ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
         )
@@ -118,6 +118,20 @@ def test_node_answers_echo_reads_a_radiograph_and_forwards_seg_sr_sc(archive, tm
     assert (tmp_path / "predictions.jsonl").read_text().count("\n") == 1
     assert (node.counts["received"], node.counts["read"], node.counts["refused"]) == (2, 1, 1)
     assert node.counts["forwarded"] == 3
+
+
+def test_an_archive_without_jpeg_ls_gets_the_sc_uncompressed():
+    archive = Archive(syntaxes=(uid.ExplicitVRLittleEndian,))
+    node = _node(FakePredictor(), forward=Destination("127.0.0.1", archive.port, "ARCHIVE"))
+    try:
+        _send(node, radiograph(max_side=128))
+        node.join()
+        got = archive.wait_for(3)
+    finally:
+        node.stop()
+        archive.server.shutdown()
+    sc = next(ds for ds in got if ds.SOPClassUID == uid.SecondaryCaptureImageStorage)
+    assert sc.file_meta.TransferSyntaxUID == uid.ExplicitVRLittleEndian and sc.pixel_array.ndim == 3
 
 
 def test_a_wrong_called_ae_title_is_rejected():
