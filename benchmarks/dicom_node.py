@@ -17,6 +17,11 @@ Two node processes, treated alike: each reads ``--warmup`` images (untimed: firs
 - **Latency** of one image: from the REST call that has Orthanc C-STORE it to the node, to the moment
   Orthanc's ``/instances`` lists its three results (polled every 20 ms). Median, p90, mean over both
   nodes' singles.
+- **Baseline in the same run**: after each timed single, this process reads the same file and runs
+  what ``covidcxr predict FILE`` does for it (``read_image``, ``Predictor.run``, the report PNG) with
+  its own copy of the models while the node is idle. The ratio latency / baseline and the difference
+  are what DICOM adds (C-STORE both ways, SEG/SR/SC, Orthanc storing them); the baseline shows how
+  fast the machine was at that moment.
 - **Burst**: every image must get its three results in Orthanc and one row in the node's
   ``predictions.jsonl`` (none lost); seconds per image = burst wall time / images.
 - **Peak memory**: the node's ``ru_maxrss`` from ``os.wait4`` after Ctrl-C (the kernel's high-water
@@ -110,18 +115,32 @@ def _send_and_wait(orthanc: Orthanc, ids: list[str], known: set[str], timeout: f
         time.sleep(0.02)
 
 
-def run_node(orthanc: Orthanc, root: Path, port: int, args, burst: int, first: int) -> dict:
+def _baseline(predictor, data: bytes) -> float:
+    """Seconds of what ``covidcxr predict FILE`` does for one file: read, the pipeline, the report PNG."""
+    from covidcxr.io import png_bytes, read_image
+    from covidcxr.predict import write_report
+
+    start = time.perf_counter()
+    image = read_image(data)
+    result = predictor.run([image])[0]
+    png_bytes(write_report, result, image)
+    return time.perf_counter() - start
+
+
+def run_node(orthanc: Orthanc, root: Path, port: int, args, burst: int, first: int, predictor) -> dict:
     node = NodeProcess(root, orthanc, port)
     known = set(orthanc.instances())
     upload = lambda i: orthanc.upload(_dx(i, args.side))  # noqa: E731
-    singles = []
+    singles, baseline = [], []
     for k in range(args.warmup + args.n):
         iid = upload(first + k)
         known.add(iid)
         seconds, new = _send_and_wait(orthanc, [iid], known, timeout=120)
         known |= new
+        base = _baseline(predictor, _dx(first + k, args.side))
         if k >= args.warmup:
             singles.append(seconds)
+            baseline.append(base)
     ids = [upload(first + args.warmup + args.n + k) for k in range(burst)]
     known |= set(ids)
     rows_before = node.rows()
@@ -131,6 +150,7 @@ def run_node(orthanc: Orthanc, root: Path, port: int, args, burst: int, first: i
     return {
         "burst": burst,
         "singles_s": singles,
+        "baseline_s": baseline,
         "burst_s": burst_s,
         "burst_s_per_image": burst_s / burst,
         "burst_results": len(new),
@@ -150,14 +170,18 @@ def main() -> int:
     p.add_argument("--side", type=int, default=2048, help="longer side of the images, px")
     p.add_argument("--json", type=Path, help="write the numbers here")
     args = p.parse_args()
+    from covidcxr.infer import Predictor
+
+    predictor = Predictor.load()
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="covidcxr-dicom-bench-") as tmp:
         root, port = Path(tmp), free_port()
         with Orthanc(root / "orthanc", {"covidcxr": ("COVIDCXR", "127.0.0.1", port)}) as orthanc:
-            small = run_node(orthanc, root / "a", port, args, args.small, first=0)
-            large = run_node(orthanc, root / "b", port, args, args.large, first=1000)
+            small = run_node(orthanc, root / "a", port, args, args.small, first=0, predictor=predictor)
+            large = run_node(orthanc, root / "b", port, args, args.large, first=1000, predictor=predictor)
     singles = small["singles_s"] + large["singles_s"]
     median = statistics.median(singles)
+    base = statistics.median(small["baseline_s"] + large["baseline_s"])
     ratio = large["peak_rss_bytes"] / small["peak_rss_bytes"]
     report = {
         "latency_s": {
@@ -166,6 +190,8 @@ def main() -> int:
             "mean": statistics.fmean(singles),
             "n": len(singles),
         },
+        "baseline_s": {"median": base, "what": "read_image + Predictor.run + report PNG, in this process"},
+        "latency_over_baseline": median / base,
         "small": small,
         "large": large,
         "peak_ratio_large_over_small": ratio,
@@ -187,6 +213,8 @@ def main() -> int:
         f"latency per image (Orthanc send -> SEG, SR, SC in Orthanc): median {median:.2f} s, "
         f"p90 {report['latency_s']['p90']:.2f} s over {len(singles)} images of {args.side} px "
         f"(aim <= {LATENCY_AIM:.0f} s)\n"
+        f"baseline, same images in this process (read, pipeline, report PNG): median {base:.2f} s; "
+        f"latency / baseline {median / base:.2f}, DICOM adds {median - base:.2f} s\n"
         f"burst of {args.small}: {small['burst_s_per_image']:.2f} s/image, all answered: {small['all_answered']}; "
         f"burst of {args.large}: {large['burst_s_per_image']:.2f} s/image, all answered: {large['all_answered']}\n"
         f"node peak memory: {small['peak_rss_bytes'] / 2**20:.0f} MiB ({args.small}) vs "
