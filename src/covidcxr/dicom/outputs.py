@@ -313,7 +313,7 @@ def report(source: Dataset, row: dict) -> Dataset:
     every_model = [f"{role}: {m['name']} sha256 {m['sha256']}" for role, m in models.items()]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="covidcxr reading"),
-        finding_type=_CHEST_XRAY,
+        # No finding type: the group holds the whole reading, whatever it found (the prediction says what).
         algorithm_id=hd.sr.AlgorithmIdentification(
             name=diagnosis["name"], version=diagnosis["sha256"][:64], parameters=every_model
         ),
