@@ -167,3 +167,13 @@ def test_serve_answers_dicom_results_on_request(source, fixtures):
         plain = client.post("/v1/predict", files={"file": ("scan.dcm", path.read_bytes())}).json()
         assert "dicom" not in plain and "dicom_note" not in plain
     assert Image.open(io.BytesIO(base64.b64decode(plain["report"]["png_base64"]))).format == "PNG"
+
+
+def test_without_severity_the_seg_has_the_lungs_only_and_the_sr_no_scores(source):
+    _, header = source
+    result = fake_result((header.Rows, header.Columns))
+    result.lesions = result.severity = result.findings = None
+    results = dicom_results(header, result, result.to_dict())
+    assert [s.SegmentLabel for s in results.seg.SegmentSequence] == ["Lungs"]
+    numbers = _content(results.sr, "NUM")
+    assert set(numbers) == {"P-COVID-19", "P-OTHER-PNA", "P-NO-FINDING"} and results.sc is None
