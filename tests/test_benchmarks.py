@@ -28,6 +28,7 @@ TINY = {
     "serve_load.py": ["--per-source", "1", "--huge", "1", "--timeout", "120"],
     "startup.py": ["--rounds", "1", "--light-python", sys.executable],  # this venv stands in for the light one
     "hostile_inputs.py": ["--skip", "server", "kill9"],  # the bombs through covidcxr predict (about a minute)
+    "dicom_node.py": ["--n", "1", "--warmup", "0", "--small", "1", "--large", "2", "--side", "512"],
     "predict_ray.py": ["--n", "4", "--reps", "1", "--workers", "1", "--batch-size", "2"],
 }
 

@@ -57,6 +57,7 @@ def predict_files(
     retry_errors: bool = False,
     counts: RunCounts | None = None,
     read_rows: ReadRows | None = None,
+    dicom_out: bool = False,
 ) -> Iterator[dict]:
     """Run the pipeline on files, folders, glob patterns and CSV lists; yields each new row as it is written.
 
@@ -78,12 +79,12 @@ def predict_files(
         progress: show a progress bar.
         csv_files: CSV files listing more inputs (see :func:`covidcxr.batch.read_csv_paths`).
         workers: processes decoding images in parallel (0: in this process); models always run here.
-        overwrite: start ``predictions.jsonl`` afresh instead of appending to it.
-        retry_errors: run again the inputs whose earlier row is an error.
+        overwrite, retry_errors: start ``predictions.jsonl`` afresh; run again the inputs whose row is an error.
         counts: filled in as the run goes (inputs, skipped, done, failed), for a summary.
-        read_rows: what reads the inputs still to do (default: :func:`read_here`, in this process,
-            with ``batch_size`` and ``workers``); :class:`covidcxr.raydata.RayRows` spreads them
-            over a Ray cluster. Listing, resuming and writing ``predictions.jsonl`` stay here.
+        read_rows: what reads the inputs still to do (default :func:`read_here`, here, with ``batch_size``
+            and ``workers``; :class:`covidcxr.raydata.RayRows`: a Ray cluster). Listing, resume and writing stay here.
+        dicom_out: for DICOM inputs also write ``<stem>_seg.dcm``, ``_sr.dcm`` and (with the report)
+            ``_sc.dcm`` (:mod:`covidcxr.dicom.outputs`; row key ``dicom``); other inputs get ``dicom_note``.
 
     Yields:
         Each row appended to ``predictions.jsonl``: results, or ``path`` and ``error``.
@@ -113,8 +114,11 @@ def predict_files(
         for raw, msg in missing:
             if raw not in done:
                 yield emit({"path": raw, "error": f"{raw}: {msg}"})
-        if read_rows is None:
-            read_rows = partial(read_here, predictor, batch_size=batch_size, workers=workers)
+        if read_rows is not None and dicom_out:
+            raise ValueError("--dicom-out is written by the local engine; leave out --engine ray for DICOM results")
+        read_rows = read_rows or partial(
+            read_here, predictor, batch_size=batch_size, workers=workers, dicom_out=dicom_out
+        )
         for _, rows in read_rows([files[i] for i in todo], [stems[i] for i in todo], out, report):
             for row in rows:
                 counts.decoded += "error" not in row  # the throughput counts images read
@@ -130,6 +134,7 @@ def read_here(
     *,
     batch_size: int = 8,
     workers: int = 0,
+    dicom_out: bool = False,
 ) -> Iterator[tuple[int, Iterator[dict]]]:
     """The local engine: batches decoded here (or in ``workers`` processes) and read by ``predictor``.
 
@@ -138,20 +143,26 @@ def read_here(
         written) as they are taken.
     """
     for batch in read_batches(files, batch_size, workers):
-        yield len(batch), read_items(predictor, batch, files, stems, out, report)
+        yield len(batch), read_items(predictor, batch, files, stems, out, report, dicom_out)
         del batch
         trim_heap()  # memory stays flat over thousands of batches (see covidcxr.batch.trim_heap)
 
 
 def read_items(
-    predictor: Predictor, batch: list[Item], files: Sequence[str], stems: Sequence[str], out: Path, report: bool
+    predictor: Predictor,
+    batch: list[Item],
+    files: Sequence[str],
+    stems: Sequence[str],
+    out: Path,
+    report: bool,
+    dicom_out: bool = False,
 ) -> Iterator[dict]:
     """The rows of one decoded batch (items index ``files`` and ``stems``): read errors first, then the readings."""
     for j, _, err in batch:
         if err is not None:
             yield {"path": files[j], "error": err}
     good = [(j, im) for j, im, _ in batch if im is not None]
-    yield from _read_batch(predictor, good, files, stems, out, report)
+    yield from _read_batch(predictor, good, files, stems, out, report, dicom_out)
 
 
 def _plan(
@@ -186,7 +197,15 @@ def _plan(
     return stems, todo
 
 
-def _read_batch(predictor: Predictor, good: list, files: Sequence[str], stems: Sequence[str], out: Path, report: bool):
+def _read_batch(
+    predictor: Predictor,
+    good: list,
+    files: Sequence[str],
+    stems: Sequence[str],
+    out: Path,
+    report: bool,
+    dicom_out: bool = False,
+):
     """The rows of one decoded batch, its PNGs written; a failure to write one input costs its row only."""
     results = predictor.run([im for _, im in good]) if good else []
     for (i, image), res in zip(good, results, strict=True):
@@ -194,7 +213,8 @@ def _read_batch(predictor: Predictor, good: list, files: Sequence[str], stems: S
         if not res.ok:
             res.error = f"{files[i]}: {res.error}" + (f"; {CLI_OVERRIDE}" if res.overridable else "")
         try:
-            yield write_outputs(res, image, stems[i], out, report)
+            row = write_outputs(res, image, stems[i], out, report)
+            yield write_dicom(res, row, files[i], stems[i], out) if dicom_out and res.ok else row
         except Exception as err:  # its name, a full disk: the batch goes on
             log.info("%s: writing the outputs failed", files[i], exc_info=True)  # the traceback with -v only
             yield {
@@ -217,6 +237,17 @@ def write_outputs(result: Result, image: np.ndarray, stem: str, out: Path, repor
         files["report"] = str(out / f"{stem}_report.png")
         write_report(result, image, files["report"])
     return result.to_dict(files)
+
+
+def write_dicom(result: Result, row: dict, source: str, stem: str, out: Path) -> dict:
+    """Add the DICOM results of a DICOM input to its row (``dicom``: their paths), or a ``dicom_note`` for another input."""
+    from .dicom.outputs import dicom_row
+
+    report = Path(row["report"]).read_bytes() if row.get("report") else None
+    extra = dicom_row(source, source, result, row, report)
+    if "dicom" in extra:
+        extra["dicom"] = extra["dicom"].save(out, stem)
+    return row | extra
 
 
 def write_report(result: Result, image: np.ndarray, path) -> None:

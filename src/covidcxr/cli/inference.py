@@ -67,6 +67,8 @@ def predict_locked(args: argparse.Namespace) -> int:
     from ..predict import predict_files
 
     inputs = args.inputs or ([] if args.csv else [str(SAMPLE)])
+    if args.dicom_out:
+        check_dicom_extra("covidcxr predict --dicom-out")
     load = {
         "lungs": args.lung_weights,
         "diagnosis": args.diagnosis_weights,
@@ -99,6 +101,7 @@ def predict_locked(args: argparse.Namespace) -> int:
         retry_errors=args.retry_errors,
         counts=counts,
         read_rows=read_rows,
+        dicom_out=args.dicom_out,
     )
     start = time.perf_counter()
     first = next(rows, None)  # the inputs are planned by now: say at once what a rerun skips
@@ -196,6 +199,8 @@ def write_row(row: dict, counts) -> None:
     tqdm.write(result_line(row), file=sys.stdout)
     for warning in row.get("warnings") or ():
         tqdm.write(f"warning: {row['path']}: {warning}", file=sys.stderr)
+    if row.get("dicom_note"):
+        tqdm.write(f"note: {row['dicom_note']}", file=sys.stderr)
 
 
 def run_summary(counts, seconds: float, jsonl: Path, backend: str | None = None) -> str:
@@ -227,6 +232,17 @@ def run_summary(counts, seconds: float, jsonl: Path, backend: str | None = None)
     elif on:
         parts.append(f"models{on}")
     return ", ".join(parts) + f"; results: {jsonl}"
+
+
+def check_dicom_extra(what: str) -> None:
+    """Say at once, before the models load, that ``what`` needs highdicom and pynetdicom."""
+    try:
+        import highdicom  # noqa: F401
+        import pynetdicom  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError(
+            f"{what} needs the dicom extra ({err.name} is missing): pip install 'covidcxr[dicom]'"
+        ) from err
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .common import SAMPLE
+from .dicom import cmd_dicom_node
 from .evaluate import (
     cmd_audit,
     cmd_export_onnx,
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log more, and show the traceback of an error")
     p.add_argument("--version", action="version", version=f"covidcxr {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (add_segment, add_predict, add_serve, add_train, add_evaluate, add_export, add_audit):
+    for add in (add_segment, add_predict, add_serve, add_dicom_node, add_train, add_evaluate, add_export, add_audit):
         add(sub)
     add_splits(sub)
     return p
@@ -153,6 +154,12 @@ def add_predict(sub) -> None:
     add_engine(pred)
     pred.add_argument(
         "--retry-errors", action="store_true", help="when resuming, run again the inputs whose row is an error"
+    )
+    pred.add_argument(
+        "--dicom-out",
+        action="store_true",
+        help="for DICOM inputs also write <name>_seg.dcm (lung and lesion masks), <name>_sr.dcm (the reading) and "
+        "<name>_sc.dcm (the report picture) into the source's study; research use (needs the dicom extra)",
     )
     pred.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pred.set_defaults(func=cmd_predict)
@@ -262,6 +269,40 @@ def add_serve(sub) -> None:
         help=ONNX_DIR_HELP,
     )
     srv.set_defaults(func=cmd_serve)
+
+
+def add_dicom_node(sub) -> None:
+    node = command(
+        sub,
+        "dicom-node",
+        "a DICOM node (C-STORE, C-ECHO) a PACS sends chest X-rays to; SEG, SR and report sent back (dicom extra)",
+        "covidcxr dicom-node --ae-title COVIDCXR --port 11112 --forward 127.0.0.1:4242:ORTHANC",
+        "covidcxr dicom-node --host 0.0.0.0 --forward pacs.example.org:104:PACS --out dicom-results/",
+    )
+    node.add_argument("--ae-title", default="COVIDCXR", help="this node's AE title (1-16 characters)")
+    node.add_argument("--port", type=int, default=11112, help="TCP port to listen on")
+    node.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    node.add_argument(
+        "--forward",
+        metavar="HOST:PORT:AET",
+        help="C-STORE each reading's SEG, SR and report there (the sender's archive; default: nowhere)",
+    )
+    node.add_argument(
+        "--out", metavar="DIR", help="also write the results and a predictions.jsonl row per image here (default: none)"
+    )
+    node.add_argument(
+        "--max-queue",
+        type=int,
+        default=4,
+        help="objects received and waiting for the models at most; more wait in their C-STORE",
+    )
+    node.add_argument("--no-report", action="store_true", help="send no report picture (secondary capture)")
+    node.add_argument("--no-gate", action="store_true", help=NO_GATE_HELP)
+    node.add_argument(
+        "--backend", default="torch", choices=BACKENDS, help="run the models on PyTorch (default) or onnxruntime"
+    )
+    node.add_argument("--onnx-dir", metavar="DIR", help=ONNX_DIR_HELP)
+    node.set_defaults(func=cmd_dicom_node)
 
 
 TRAIN_TASKS = {

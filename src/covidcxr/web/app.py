@@ -47,6 +47,8 @@ models), :mod:`~covidcxr.web.overlays` (what the page draws), :mod:`~covidcxr.we
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -56,7 +58,7 @@ from pathlib import Path
 from typing import Annotated, BinaryIO
 
 import numpy as np
-from fastapi import FastAPI, File, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -196,9 +198,9 @@ class _ModelThread:
             self.pools.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="covidcxr-models"))
         return self.pools[0]
 
-    def runs(self, read: Callable[[BinaryIO, str], dict]) -> Callable[[BinaryIO, str], Awaitable[dict]]:
+    def runs(self, read: Callable[..., dict]) -> Callable[..., Awaitable[dict]]:
         """``read`` as a coroutine function that runs it in this thread."""
-        return lambda upload, name: asyncio.get_running_loop().run_in_executor(self.pool(), read, upload, name)
+        return lambda *args: asyncio.get_running_loop().run_in_executor(self.pool(), read, *args)
 
     @asynccontextmanager
     async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
@@ -212,8 +214,8 @@ def _reader(
 ) -> Callable[[BinaryIO, str], dict]:
     """The reading of one upload, for the model thread: decode, run the models, build the answer (or raise the refusal)."""
 
-    def read(upload: BinaryIO, name: str) -> dict:
-        """Decode, run the models, encode the PNGs: in the model thread, one request at a time."""
+    def read(upload: BinaryIO, name: str, dicom: bool = False) -> dict:
+        """Decode, run the models, encode the PNGs (and with ``dicom`` the DICOM results): in the model thread."""
         start = time.perf_counter()
         data = upload.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
@@ -228,6 +230,7 @@ def _reader(
             ) from None
         except ImageReadError as err:
             raise HTTPException(422, str(err)) from None
+        source = data if dicom else None
         del data
         try:
             result = pipeline.run([image])[0]
@@ -235,8 +238,10 @@ def _reader(
             if not result.ok:
                 raise HTTPException(422, f"{name}: {web_message(result)}")
             row = answer(result, image)
+            if source is not None:
+                row |= dicom_answer(source, name, result, row)
         finally:
-            del image
+            del image, source
             trim_heap()  # hand the image's pages back: resident memory stays flat between requests
             queue.seconds = 0.8 * queue.seconds + 0.2 * (time.perf_counter() - start)
         return row
@@ -244,8 +249,29 @@ def _reader(
     return read
 
 
-def _add_predict(app: FastAPI, read: Callable[[BinaryIO, str], Awaitable[dict]]) -> None:
-    """``POST /v1/predict``; ``read(upload, name)`` runs the reading in the model thread."""
+def dicom_answer(source: bytes, name: str, result: Result, row: dict) -> dict:
+    """``dicom``: the SEG, SR and SC of a DICOM upload as base64 DICOM files; ``dicom_note`` for another upload."""
+    try:
+        from ..dicom.outputs import dicom_row
+    except ImportError as err:
+        raise HTTPException(
+            501, f"this server cannot write DICOM results ({err.name} is missing): pip install 'covidcxr[dicom]' there"
+        ) from None
+    report = base64.b64decode(row["report"]["png_base64"]) if row.get("report") else None
+    extra = dicom_row(source, name, result, result.to_dict(), report)
+    if "dicom" in extra:
+        extra["dicom"] = {kind: {"dicom_base64": base64.b64encode(_dicom_bytes(ds)).decode("ascii")} for kind, ds in extra["dicom"].items()}  # fmt: skip
+    return extra
+
+
+def _dicom_bytes(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _add_predict(app: FastAPI, read: Callable[..., Awaitable[dict]]) -> None:
+    """``POST /v1/predict``; ``read(upload, name, dicom)`` runs the reading in the model thread."""
 
     @app.post(
         "/v1/predict",
@@ -255,7 +281,15 @@ def _add_predict(app: FastAPI, read: Callable[[BinaryIO, str], Awaitable[dict]])
         summary="Read one chest X-ray",
     )
     async def predict(
-        request: Request, file: Annotated[UploadFile, File(description="A PNG, JPEG, TIFF, BMP or DICOM chest X-ray.")]
+        request: Request,
+        file: Annotated[UploadFile, File(description="A PNG, JPEG, TIFF, BMP or DICOM chest X-ray.")],
+        dicom: Annotated[
+            bool,
+            Form(
+                description="1: also answer `dicom`, the SEG, SR and report secondary capture of a DICOM upload "
+                "(base64 DICOM files in the upload's study; research use); other uploads get `dicom_note`."
+            ),
+        ] = False,
     ) -> dict:
         # Async, the work in the model thread: the event loop stays free to answer /health and to send
         # finished answers at once, and no thread of the shared pool waits for the models.
@@ -264,7 +298,7 @@ def _add_predict(app: FastAPI, read: Callable[[BinaryIO, str], Awaitable[dict]])
                 422, "several parts named 'file'; send one X-ray per request (curl -F file=@scan.png URL/v1/predict)"
             )
         name = Path(file.filename or "").name or "upload"
-        reading = asyncio.ensure_future(read(file.file, name))
+        reading = asyncio.ensure_future(read(file.file, name, dicom))
         hung_up = asyncio.ensure_future(_disconnect(request))
         try:
             await asyncio.wait({reading, hung_up}, return_when=asyncio.FIRST_COMPLETED)

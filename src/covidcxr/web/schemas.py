@@ -90,6 +90,16 @@ class Overlays(BaseModel):
     )
 
 
+class DicomFile(BaseModel):
+    dicom_base64: str = Field(description="A DICOM Part 10 file, base64-encoded.")
+
+
+class DicomResults(BaseModel):
+    seg: DicomFile = Field(description="Segmentation: the lungs, then ground-glass opacity and consolidation.")
+    sr: DicomFile = Field(description="Comprehensive SR (TID 1500): probabilities, prediction, findings, severity.")
+    sc: DicomFile | None = Field(default=None, description="Secondary capture of the report picture.")
+
+
 class Prediction(BaseModel):
     path: str = Field(description="The uploaded file's name.")
     probabilities: dict[str, float] = Field(
@@ -123,6 +133,13 @@ class Prediction(BaseModel):
         default=None, description="What the diagnosis rests on (source-blind diagnosis models only)."
     )
     severity: Severity | None = None
+    dicom: DicomResults | None = Field(
+        default=None,
+        description="With the form field dicom=1 and a DICOM upload: the results as DICOM files in the upload's study.",
+    )
+    dicom_note: str | None = Field(
+        default=None, description="With dicom=1 and an upload that is not DICOM: why no DICOM results came."
+    )
 
 
 #: The refusals of ``POST /v1/predict``, for the ``responses`` of its route.
