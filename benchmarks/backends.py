@@ -87,15 +87,14 @@ def main() -> int:
             )
     diffs = {"probabilities": 0.0, "gate_probability": 0.0, "mask_pixels": 0.0}
     for a, b in zip(outs["torch"], outs["onnxruntime"]):
-        if a.get("probabilities") and b.get("probabilities"):
+        if a.probabilities and b.probabilities:
             diffs["probabilities"] = max(
                 diffs["probabilities"],
                 max(abs(a.probabilities[c] - b.probabilities[c]) for c in a.probabilities),
             )
-        if "gate_probability" in a:
-            diffs["gate_probability"] = max(
-                diffs["gate_probability"], abs(a["gate_probability"] - b["gate_probability"])
-            )
+        if a.gate_probability is not None and b.gate_probability is not None:
+            diffs["gate_probability"] = max(diffs["gate_probability"], abs(a.gate_probability - b.gate_probability))
+        if a.lung_mask is not None and b.lung_mask is not None:
             diffs["mask_pixels"] = max(diffs["mask_pixels"], float((a.lung_mask != b.lung_mask).mean()))
     res = {k: float(np.median(v)) for k, v in times.items()}
     res["speedup_single"] = res["torch_single"] / res["onnxruntime_single"]

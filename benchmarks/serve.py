@@ -62,7 +62,7 @@ def main() -> int:
 
     pipeline = Predictor.load()
     files = [
-        f for f in pick_frontal(args.data_root, 17) if pipeline.run([read_image(f)])[0]["refusal"] is None
+        f for f in pick_frontal(args.data_root, 17) if pipeline.run([read_image(f)])[0].ok
     ]  # the gate refuses ~2% of frontal images
     port = _free_port()
     app = create_app(
