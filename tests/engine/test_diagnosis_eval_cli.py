@@ -65,11 +65,12 @@ def test_full_test_split_evaluation_reproduces_the_spec(tmp_path):
 
 @pytest.mark.slow
 def test_train_diagnosis_command_smoke(tmp_path):
-    """``covidcxr train diagnosis`` on real lung views: runs, exports a loadable spec, resumes."""
+    """``python -m covidcxr.research train-cnn`` on real lung views: runs, exports a loadable spec, resumes."""
+    from covidcxr.research.__main__ import main as research_main
+
     run = tmp_path / "run"
     args = [
-        "train",
-        "diagnosis",
+        "train-cnn",
         "--config",
         str(CONFIG),
         "--out",
@@ -81,10 +82,10 @@ def test_train_diagnosis_command_smoke(tmp_path):
         "--set",
         "input_size=96",
     ]
-    assert main(args) == 0
+    assert research_main(args) == 0
     model, spec = load_weights(run / "export" / "mobilenet_v2_diagnosis.json", kind="diagnosis")
     assert spec.input_size == (96, 96) and spec.training["data"]["train_samples"] == 48 and spec.temperature > 0
-    assert main(args + ["--resume"]) == 0
+    assert research_main(args + ["--resume"]) == 0
 
 
 @pytest.mark.integration

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from covidcxr.cli import main
 from covidcxr.metrics import class_stratified_bootstrap_ci
+from covidcxr.research.__main__ import main
 from covidcxr.research.cnn_train import macro_auroc
 from covidcxr.research.study import QUICK, StudyConfig, cells, run_study
 from covidcxr.research.study_report import METRICS, best_cells, cell_metrics, write_results
@@ -128,7 +128,7 @@ def test_resume_refuses_other_settings(tmp_path):
 def test_quick_study_runs_and_resumes(tmp_path, capsys):
     out = tmp_path / "study"
     args = [
-        "study",
+        "study",  # python -m covidcxr.research study
         "--quick",
         "--out",
         str(out),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from ..config import load_config
 
 
 def _train_cnn(args: argparse.Namespace) -> int:
+    from ..engine.common import distributed
     from ..engine.common.runs import export_name
     from .cnn_train import DiagTrainConfig, main
 
@@ -20,7 +22,8 @@ def _train_cnn(args: argparse.Namespace) -> int:
     name = export_name(cfg.export_name, cfg.model, cfg.out_dir, cfg.quick)
     export = export_dir(args, cfg.out_dir, [name])
     run = main(cfg, resume=args.resume, export_dir=export, command=command_of(args))
-    print(f"run folder: {run}")
+    if distributed.is_main():  # under torchrun, rank 0 alone reports
+        print(f"run folder: {run}")
     return 0
 
 
@@ -43,6 +46,10 @@ def _study(args: argparse.Namespace) -> int:
     summary = run_study(load_config(StudyConfig, args.config, overrides + list(args.set or [])))
     out = Path(summary["out_dir"])
     print(f"{len(summary['cells'])} cells -> {out / 'results.csv'}, {out / 'results.md'}")
+    print(
+        f"best by internal macro AUROC: {summary['best_internal']}; best by lungs-blacked-out AUROC closest to 0.5: "
+        f"{summary['best_shortcut_free']}; best among those not reading outside the lungs: {summary['best_reading_lungs']}"
+    )
     return 0 if summary["complete"] else 1
 
 
@@ -85,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # research runs say what they export
     try:
         return args.func(args)
     except (UserError, ValueError, FileNotFoundError) as err:
