@@ -112,8 +112,9 @@ def to_image(view_map: np.ndarray, mask: np.ndarray, margin: float, whole: bool 
 
 def lung_share(heat: np.ndarray, lungs: np.ndarray) -> float:
     """Fraction of the heat map's mass inside the lungs (NaN for an all-zero map)."""
+    heat = np.asarray(heat, np.float64)
     total = float(heat.sum())
-    return float(heat[lungs.astype(bool)].sum()) / total if total > 0 else float("nan")
+    return min(1.0, float(heat[lungs.astype(bool)].sum()) / total) if total > 0 else float("nan")
 
 
 def heads_inputs(views, mode: str, grid: int, facts, n_facts: int) -> dict:

@@ -90,3 +90,12 @@ def test_lung_attention_penalty_reads_the_grad_cam_map(name):
     assert float(outside_lungs_share(feats[0], weight, everywhere)) == pytest.approx(0.0, abs=1e-6)
     assert 0.0 < float(outside_lungs_share(feats[0], weight, left)) < 1.0
     assert float(outside_lungs_share(feats[0], weight, torch.zeros(2, 1, 96, 96))) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_lung_share_never_exceeds_one_when_float32_sums_round():
+    """A float32 map almost wholly inside the lungs: the subset sum may round above the total."""
+    rng = np.random.default_rng(0)
+    heat = rng.random((1024, 1024), dtype=np.float32)
+    mask = np.ones(heat.shape, bool)
+    mask[0, 0] = False
+    assert 0.999 < lung_share(heat, mask) <= 1.0
