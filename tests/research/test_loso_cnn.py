@@ -98,12 +98,12 @@ def test_every_fold_is_scored_and_a_rerun_resumes(tiny_views, tmp_path):
     res = run_cnn_loso(tiny_views, tmp_path, recipe, init=None, n_resamples=20)
     row = next(iter(res.values()))
     assert all(0 <= row[k]["value"] <= 1 for k in PRIMARY) and 0 <= row["primary"] <= 1
-    saved = sorted(p.name for p in tmp_path.glob("model-without-*.pt"))
+    saved = sorted(p.parent.name for p in tmp_path.glob("model-without-*/checkpoint.pt"))
     # folds whose objectives read the same sources share one model: covid19-radiography and hannover
     # share the model of all, covid19-radiography + NIH and NIH the model without NIH: 4 trainings, 6 folds
-    assert len(FOLDS) == 6 and len(saved) == 4 and "model-without-none.pt" in saved
+    assert len(FOLDS) == 6 and len(saved) == 4 and "model-without-none" in saved
     assert {"loso.json", "loso.md", "loso.png", "recipe.json"} <= {p.name for p in tmp_path.iterdir()}
-    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("model-without-*.pt")}
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("model-without-*/checkpoint.pt")}
     again = run_cnn_loso(tiny_views, tmp_path, recipe, init=None, n_resamples=20)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished folds are not retrained
     assert next(iter(again.values()))["primary"] == pytest.approx(row["primary"])

@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from ..data.classification import DiagnosisDataset
 from ..data.transforms import diagnosis_augment
-from ..engine.common.runs import autocast, checkpoint
+from ..engine.common.loop import Loop
+from ..engine.common.runs import autocast
 from ..engine.diagnosis.heads import ABNORMAL_SOURCES, COVID, COVID_SOURCES, NORMAL, factorised
 from ..engine.diagnosis.loso import FOLDS, score_folds, write
 
@@ -122,7 +123,7 @@ def train_fold(
     init: str | None,
     path: Path,
 ) -> torch.nn.Module:
-    """Train on the train-split images of ``kept`` sources; resumes from ``path`` (a checkpoint per epoch)."""
+    """Train on the train-split images of ``kept`` sources; resumes from ``path/checkpoint.pt`` (one per epoch)."""
     torch.manual_seed(recipe.seed)
     labels = views["labels"]
     group = objective_groups(labels, sources, kept)
@@ -136,22 +137,16 @@ def train_fold(
     steps = recipe.epochs * (recipe.draws_per_epoch // recipe.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps, pct_start=0.15)
-    start = 0
-    if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = state["epoch"] + 1
-        if start >= recipe.epochs:
-            return model.eval()
     device = torch.device("cpu")
-    for epoch in range(start, recipe.epochs):
+    path.mkdir(parents=True, exist_ok=True)
+    loop = Loop(path, model, opt, sched, recipe.epochs, device, desc=f"fold {path.name}", leave=False, lr=False).load()
+
+    def step(epoch: int) -> dict:
         g = torch.Generator().manual_seed(recipe.seed * 1000 + epoch)
         sampler = WeightedRandomSampler(weights, recipe.draws_per_epoch, replacement=True, generator=g)
         loader = DataLoader(_Indexed(base, index), batch_size=recipe.batch_size, sampler=sampler, drop_last=True)
         model.train()
-        total, n, t0 = 0.0, 0, time.perf_counter()
+        total, n = 0.0, 0
         for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False):
             x = batch["image"].contiguous(memory_format=torch.channels_last)
             with autocast(recipe.amp, device):
@@ -162,10 +157,9 @@ def train_fold(
             opt.step()
             sched.step()
             total, n = total + loss.item() * len(x), n + len(x)
-        log.info("epoch %d: loss %.4f (%.0f s)", epoch + 1, total / max(n, 1), time.perf_counter() - t0)
-        checkpoint(
-            path, model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), epoch=epoch
-        )
+        return {"train_loss": total / max(n, 1)}
+
+    loop.run_epochs(step)
     return model.eval()
 
 
@@ -208,7 +202,7 @@ def run_cnn_loso(
         if key not in trained:
             tag = "-".join(sorted(set(left_out) & readable)) or "none"
             t0 = time.perf_counter()
-            trained[key] = train_fold(views, sources, splits, kept, recipe, init, out / f"model-without-{tag}.pt")
+            trained[key] = train_fold(views, sources, splits, kept, recipe, init, out / f"model-without-{tag}")
             log.info("fold %s: model without %s ready (%.0f s)", fold, tag, time.perf_counter() - t0)
         held = np.flatnonzero(np.isin(sources, left_out))
         p = np.full((len(samples), 3), np.nan)

@@ -37,6 +37,7 @@ from ..data.classification import CLASSES, DiagnosisDataset, classification_samp
 from ..data.splits import fold_of
 from ..data.transforms import diagnosis_augment
 from ..engine.common import distributed
+from ..engine.common.loop import Loop
 from ..engine.common.runs import device as device_of
 from ..engine.common.runs import epoch_seed
 from ..engine.diagnosis.views import prepare_views, sample_weights
@@ -171,19 +172,15 @@ def train_fold(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=dcfg.lr, total_steps=dcfg.epochs * steps, pct_start=0.1
     )
-    for epoch in range(dcfg.epochs):
+
+    def step(epoch: int) -> dict:
         seed = epoch_seed(dcfg.seed, epoch)
         torch.manual_seed(seed + 1)
         draws = distributed.weighted_shard(weights, steps * dcfg.batch_size, seed, rank=0, world_size=1)
-        train_epoch(
-            model,
-            DataLoader(ds, batch_size=dcfg.batch_size, sampler=draws, drop_last=True),
-            optimizer,
-            scheduler,
-            dcfg,
-            epoch,
-            device,
-        )
+        loader = DataLoader(ds, batch_size=dcfg.batch_size, sampler=draws, drop_last=True)
+        return train_epoch(model, loader, optimizer, scheduler, dcfg, epoch, device)
+
+    Loop(None, model, optimizer, scheduler, dcfg.epochs, device, desc="fold", leave=False, lr=False).run_epochs(step)
     return model.cpu()
 
 

@@ -36,7 +36,8 @@ class Loop:
 
     Attributes:
         run: folder of ``checkpoint.pt`` (and, with a ``metric``, ``metrics.json`` and
-            ``learning_curve.png``).
+            ``learning_curve.png``); None: nothing is written and nothing resumed (a fixed-budget
+            fit inside a larger experiment).
         model: the plain module (not its DDP wrapper): checkpointed and kept as the best state.
         optimizer, scheduler: checkpointed and restored with the model.
         epochs: epochs in all, the resumed ones included.
@@ -52,7 +53,7 @@ class Loop:
         lr: record the scheduler's learning rate in the history.
     """
 
-    run: Path
+    run: Path | None
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -74,7 +75,7 @@ class Loop:
     stale: int = 0
 
     def __post_init__(self) -> None:
-        self.run = Path(self.run)
+        self.run = Path(self.run) if self.run is not None else None
         if self.metric and not self.best:
             self.best = {self.best_key: -1.0, "epoch": -1, "state": None}
 
@@ -84,7 +85,7 @@ class Loop:
 
     def load(self, resume: bool = True) -> Loop:
         """Continue from ``checkpoint.pt`` when ``resume`` and it exists; every rank checks it starts where rank 0 does."""
-        if resume and self.path.is_file():
+        if resume and self.run is not None and self.path.is_file():
             ckpt = torch.load(self.path, map_location=self.device, weights_only=True)
             if self.check is not None:
                 self.check(ckpt)
@@ -131,7 +132,7 @@ class Loop:
             if self.metric:
                 postfix[self.metric] = f"{val[self.metric]:.4f}"
             bar.set_postfix(**postfix)
-            if main_rank:
+            if main_rank and self.run is not None:
                 self._save(epoch)
         return self
 
