@@ -6,9 +6,9 @@
 Sources (read only):
   src/covidcxr/weights/*.json              weights specs: name, task, architecture, sha256, training, metrics
   docs/results/stage2-{loso,prior,cnn,archive}/loso.json  leave-one-source-out of every stage-2 design
-  docs/results/gate-hospital/gate_eval.json  input gate, refusals per source and split
+  docs/results/gate-lungs-D/gate_eval.json  input gate, refusals per source and split
   docs/results/severity/severity_eval.json severity heads, 50 patient-grouped splits
-  docs/results/segmentation-adversarial/comparison.json  the shipped lung model's HD95 CIs (model A)
+  docs/results/lungs-through-opacity/D-test/comparison.json  the shipped lung model's HD95 CIs
 
 A table lives between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in the card; the
 text between the markers is replaced, everything else is left as written. Standard library only.
@@ -160,16 +160,21 @@ def t_models(src: Sources) -> list[str]:
     return [source_note("src/covidcxr/weights/*.json")] + table(header, rows)
 
 
+#: The paired test comparison that holds the shipped lung model's HD95 CIs.
+LUNG_COMPARISON = "lungs-through-opacity/D-test/comparison.json"
+
+
 def t_segmentation(src: Sources) -> list[str]:
     spec = spec_for(src.specs, "lung-segmentation")
     m = spec["metrics"]
     hd95_ci = {}
     try:
-        comparison = src.result("segmentation-adversarial/comparison.json")
+        comparison = src.result(LUNG_COMPARISON)
     except FileNotFoundError:
         comparison = {}
-    if comparison.get("sha256", {}).get("a") == spec["sha256"] and comparison.get("split") == m.get("split"):
-        hd95_ci = {k: v["hd95_a"] for k, v in comparison["per_source"].items()}
+    side = next((k for k, v in comparison.get("sha256", {}).items() if v == spec["sha256"]), None)
+    if side and comparison.get("split") == m.get("split"):
+        hd95_ci = {k: v[f"hd95_{side}"] for k, v in comparison["per_source"].items()}
     rows = []
     for key, label in SEGMENTATION_SOURCES:
         dice = m["dice"][key]
@@ -185,13 +190,13 @@ def t_segmentation(src: Sources) -> list[str]:
                 "",
             ]
         )
-    note = source_note(f"{spec['name']}.json metrics", "segmentation-adversarial/comparison.json (HD95 CIs, model A)")
+    note = source_note(f"{spec['name']}.json metrics", f"{LUNG_COMPARISON} (HD95 CIs)")
     header = [f"mask source ({m.get('split', '?')} split)", "n", "Dice (95% CI)", "HD95 px (95% CI)"]
     return [note] + table(header, rows)
 
 
 def t_gate(src: Sources) -> list[str]:
-    ev = src.result("gate-hospital/gate_eval.json")
+    ev = src.result("gate-lungs-D/gate_eval.json")
     test = ev["results"]["test"]
     kinds = test["per_kind"]
     rows = []
@@ -216,7 +221,7 @@ def t_gate(src: Sources) -> list[str]:
         if kind in kinds:
             rows.append([label, refusals(kinds[kind]), "", "reported"])
     header = ["input", "test split: refused / n = rate [Wilson 95% CI]", "all splits", "aim"]
-    return [source_note("gate-hospital/gate_eval.json")] + table(header, rows)
+    return [source_note("gate-lungs-D/gate_eval.json")] + table(header, rows)
 
 
 def shipped_design(src: Sources) -> str:
@@ -232,6 +237,18 @@ def loso_comparisons(row: dict) -> list[str]:
 LOSO_RESULTS = ("stage2-loso/loso.json", "stage2-prior/loso.json", "stage2-cnn/loso.json", "stage2-archive/loso.json")
 
 
+#: The LOSO run of the shipped chain (the stage-2 heads on the findings of the shipped lung and lesion models).
+SHIPPED_LOSO = "stage2-lungs-only/loso.json"
+
+
+def shipped_loso(src: Sources) -> tuple[dict, str]:
+    """The shipped design's LOSO row and its file: :data:`SHIPPED_LOSO`, else the design's first row."""
+    try:
+        return src.result(SHIPPED_LOSO)["results"][shipped_design(src)], SHIPPED_LOSO
+    except (FileNotFoundError, KeyError):
+        return loso_rows(src)[shipped_design(src)]
+
+
 def loso_rows(src: Sources) -> dict[str, tuple[dict, str]]:
     """design / features -> (its LOSO row, the file it came from), over :data:`LOSO_RESULTS`."""
     rows: dict[str, tuple[dict, str]] = {}
@@ -243,7 +260,7 @@ def loso_rows(src: Sources) -> dict[str, tuple[dict, str]]:
 
 def t_loso(src: Sources) -> list[str]:
     design = shipped_design(src)
-    row, rel = loso_rows(src)[design]
+    row, rel = shipped_loso(src)
     rows = []
     for comparison in loso_comparisons(row):
         d = row[comparison]
@@ -390,10 +407,10 @@ def consistency(src: Sources) -> list[str]:
             problems.append(f"{what}: spec {a} vs results {b}")
 
     try:
-        loso = loso_rows(src)[shipped_design(src)][0]
+        loso = shipped_loso(src)[0]
         for k, v in spec_for(src.specs, "diagnosis")["metrics"].get("loso", {}).items():
             compare(f"LOSO {k}", v, loso[k]["value"])
-        gate = src.result("gate-hospital/gate_eval.json")["results"]["test"]["per_kind"]
+        gate = src.result("gate-lungs-D/gate_eval.json")["results"]["test"]["per_kind"]
         for k, v in spec_for(src.specs, "gate")["metrics"].get("frontal_refused_per_source", {}).items():
             compare(f"gate test refusals {k}", v, gate[f"{k}:frontal"]["rate"])
         sev = src.result("severity/severity_eval.json")

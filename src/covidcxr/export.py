@@ -93,14 +93,13 @@ def export_onnx(
         )
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    lung_model, lung_spec = load_weights(lungs, kind="lungs")
-    x = example_inputs(lung_model, lung_spec)
-    written.append(_export(graph(lung_model, lung_spec), x, lung_spec, out))
-    with torch.no_grad():
-        feats = tuple(lung_model.net.encoder(x[0]))  # the lesion graph reads the lung encoder's features
-    lesion_model, lesion_spec = load_weights(lesions, kind="lesions")
-    written.append(_export(graph(lesion_model, lesion_spec), feats, lesion_spec, out))
-    for path, kind in ((diagnosis, "diagnosis"), (gate, "gate"), (severity, "severity")):
+    for path, kind in (
+        (lungs, "lungs"),
+        (lesions, "lesions"),
+        (diagnosis, "diagnosis"),
+        (gate, "gate"),
+        (severity, "severity"),
+    ):
         model, spec = load_weights(path, kind=kind)
         written.append(_export(graph(model, spec), example_inputs(model, spec), spec, out))
     return written

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .io import normalize
-from .io.resize import resize_aa, resize_bilinear
+from .io.resize import resize_aa, resize_bilinear, resize_nearest
 
 LUNG_INPUTS = ("crop", "masked", "whole")
 #: What the classifier may be shown: the trained inputs, and the audit's counterfactual.
@@ -77,6 +77,37 @@ def lung_view(
     lungs = np.asarray(mask[y0:y1, x0:x1], np.float32)
     view = np.clip(resize_aa(crop, (size, size)), 0, 1)[None]
     return view, (resize_aa(lungs, (size, size)) > 0.5).astype(np.float32)[None]
+
+
+#: The lesion model's input scaling (its specs record the name): the displayed intensity v in [0, 1]
+#: inside the lungs as ``(v - 0.5) / 0.25``; everything outside the lungs black (v = 0). No
+#: statistic of the image enters, so a pixel outside the lungs cannot change the input.
+LUNGS_ONLY = "lungs_only_fixed"
+LUNGS_ONLY_MEAN, LUNGS_ONLY_STD = 0.5, 0.25
+
+
+def lungs_only(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """What the lesion model reads: the lungs alone, stretched to ``size`` (the lung model's grid).
+
+    The image is blacked out outside the lung mask at its own size first, so the antialiased
+    resize mixes no outside pixel into a lung pixel; then everything outside the resized mask is
+    black again, and the intensity is scaled by :data:`LUNGS_ONLY` (fixed constants).
+
+    Returns:
+        (view (1, *size) in [0, 1] before scaling, lungs (*size) bool); :func:`scale_lungs_only`
+        gives the model input.
+    """
+    m = np.asarray(mask, bool)
+    if np.shape(image) != m.shape:
+        raise ValueError(f"image {np.shape(image)} and lung mask {m.shape} differ in size")
+    lungs = resize_nearest(m, tuple(size))
+    view = np.clip(resize_aa(np.where(m, np.asarray(image, np.float32), 0.0), tuple(size)), 0, 1) * lungs
+    return view[None].astype(np.float32), lungs
+
+
+def scale_lungs_only(view):
+    """:data:`LUNGS_ONLY` scaling of a lungs-only view (NumPy or torch; outside pixels are 0 before it)."""
+    return (view - LUNGS_ONLY_MEAN) / LUNGS_ONLY_STD
 
 
 def apply_view(image, lungs, mode: str):

@@ -106,3 +106,35 @@ def test_verdict_words():
     v = verdict({"inputs": rows, "source_probe": probe, "split": "test"})
     assert v[0].startswith("NOTE") and "cannot show" in v[0] and not any(s.startswith("PASS: the lungs") for s in v)
     assert "on its decision, 0.29" in v[1] and v[2].startswith("WARN")
+
+
+def test_archive_checks_flag_a_fact_that_reads_outside_the_lungs():
+    """A fact that still separates the classes with the lungs blacked out is named; chance-level ones are not."""
+    from covidcxr.data.labels import CLASSES
+    from covidcxr.engine.diagnosis.audit import archive_checks
+    from covidcxr.engine.diagnosis.report import archive_checks_verdict
+    from covidcxr.infer.findings import FACTS
+
+    rng = np.random.default_rng(0)
+    n = 200
+    samples = [{"dataset": "kermany-pediatric"}] * n
+    labels = np.array([CLASSES.index("Other pneumonia")] * (n // 2) + [CLASSES.index("No finding")] * (n // 2))
+    sick = (labels == CLASSES.index("Other pneumonia")).astype(float)
+    facts = rng.normal(size=(n, len(FACTS)))
+    facts[:, 0] += 3 * sick  # intact: the extent separates the classes
+    blacked = rng.normal(size=(n, len(FACTS)))
+    blacked[:, 1] += 3 * sick  # lungs blacked out: the opacity still does (a shortcut)
+    p_abn = 0.5 + 0.3 * sick
+    probs = np.stack([0 * p_abn, p_abn, 1 - p_abn], axis=1)
+    flat = np.full((n, 3), 1 / 3)
+    out = archive_checks(
+        samples,
+        labels,
+        {"intact": (facts, probs), "lungs blacked out": (blacked, flat), "all but the lungs blacked out": (facts, probs)},
+    )
+    assert list(out) == ["Kermany: pneumonia vs normal"]
+    modes = out["Kermany: pneumonia vs normal"]["modes"]
+    assert modes["intact"]["geographic_extent"]["value"] > 0.9 and modes["intact"]["P(abnormal)"]["value"] == 1.0
+    assert modes["lungs blacked out"]["opacity"]["value"] > 0.9
+    (line,) = archive_checks_verdict(out)
+    assert line.startswith("WARN") and "opacity" in line and "geographic_extent" not in line and "PASS: only the lungs" in line

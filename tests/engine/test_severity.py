@@ -196,14 +196,13 @@ def test_shipped_severity_weights_golden(fixtures):
         scorer.head_spec.sha256,
     ), "shipped weights changed: run tests/fixtures/make_golden.py"
     seg = LungSegmenter.from_spec()
-    assert scorer.lesion_spec.lung_weights == seg.spec.sha256
+    assert scorer.lesion_spec.training["lung_weights"] == seg.spec.sha256  # its training views were cut with these lungs
     for kind in ("lesions", "severity"):
         path = shipped_spec_path(kind)
         assert (path.parent / json.loads(path.read_text())["file"]).stat().st_size < 10e6
     for name, expected in golden["severity"].items():
         image = read_image(fixtures / name)
-        maps, x, encoder = seg.forward([image])
-        got = scorer.score(x, encoder, seg.masks(maps))[0]["severity"]
+        got = scorer.score([image], seg.segment([image]))[0]["severity"]
         assert (
             abs(got["geographic_extent"] - expected["geographic_extent"]) < 0.05
             and abs(got["opacity"] - expected["opacity"]) < 0.05
@@ -252,3 +251,23 @@ def test_train_and_evaluate_severity_cli(tmp_path):
     assert main(["evaluate", "severity", "--run", str(run), "--out", str(tmp_path / "eval")]) == 0
     again = json.loads((tmp_path / "eval" / "severity_eval.json").read_text())
     assert again["brixia"]["model"] == result["brixia"]["model"]  # the folds are reused: same numbers
+
+
+def test_no_pixel_outside_the_lungs_changes_a_finding(fixtures):
+    """Given the lung outline, every pixel outside it replaced by noise, then by white: identical lesions and scores."""
+    from covidcxr.infer import LungSegmenter, SeverityScorer
+    from covidcxr.io import read_image
+
+    scorer, seg = SeverityScorer.from_spec(), LungSegmenter.from_spec()
+    image = read_image(fixtures / "ieee8023_2cd63b76.jpg")
+    mask = seg.segment([image])[0]
+    assert 0.1 < mask.mean() < 0.6
+    intact = scorer.score([image], [mask])[0]
+    rng = np.random.default_rng(0)
+    for outside in (rng.random(image.shape, dtype=np.float32), np.ones_like(image)):
+        changed = np.where(mask, image, outside)
+        got = scorer.score([changed], [mask])[0]
+        assert got["severity"] == intact["severity"]
+        assert np.array_equal(got["lesions"], intact["lesions"]) and np.array_equal(got["zones"], intact["zones"])
+    inside = scorer.score([np.where(mask, 1.0 - image, image)], [mask])[0]  # the lungs do matter
+    assert inside["severity"] != intact["severity"]

@@ -138,3 +138,27 @@ def test_within_archive_heads_fold_into_the_shipped_model():
     keep = sources != "covid-chestxray"
     with pytest.raises(ValueError, match="no learned COVID-19 head"):
         build_model(WithinArchive().fit(facts[keep], labels[keep], sources[keep]), "findings", "imagenet-file:unused")
+
+
+def test_within_source_prior_folds_its_abnormal_head_and_computes_the_pattern_prior():
+    """The shipped design: P(abnormal) folded into one linear row, P(COVID-19 | abnormal) the unlearned pattern prior."""
+    from covidcxr.engine.diagnosis.heads import WithinSourcePrior, pattern_prior
+    from covidcxr.engine.diagnosis.train import build_model, heads_probabilities
+
+    rng = np.random.default_rng(2)
+    n = 400
+    facts = rng.uniform(0, 1, size=(n, len(FACTS)))
+    facts[: n // 4, FACTS.index("bilateral")] = 0  # no lesion in the other lung
+    facts[: n // 8, [FACTS.index("peripheral"), FACTS.index("lower_zone")]] = 0  # no lesion at all: prior 0
+    labels = rng.integers(0, 3, n)
+    facts[:, 0] += 2 * (labels != 2)
+    sources = np.array(["covid-chestxray", "kermany-pediatric", "nih-chestxray8", "hannover"])[rng.integers(0, 4, n)]
+    fitted = WithinSourcePrior().fit(facts, labels, sources)
+    model = build_model(fitted, "findings", "imagenet-file:unused")
+    assert model.head_kind == "factorised_prior" and model.linear.out_features == 1
+    got = heads_probabilities(model, {"names": np.arange(n), "findings": facts.astype(np.float32)})
+    np.testing.assert_allclose(got, fitted.predict_proba(facts), atol=1e-4)
+    covid_share = got[:, 0] / (got[:, 0] + got[:, 1])
+    np.testing.assert_allclose(covid_share, pattern_prior(facts), atol=1e-4)
+    with pytest.raises(ValueError, match="prior_columns"):
+        create_model("source_blind_mobilenet_v2", num_classes=3, n_facts=16, image=False, head="factorised_prior")

@@ -98,17 +98,18 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
     spec = export / f"{name}.json"
     if not spec.is_file():  # a trainer that exported nothing (a stand-in in tests)
         return 0
-    # The exported weights' test-split metrics go into the spec they travel with, --export or not
-    # (a run on a few images: a look at a few test images).
+    # The exported weights' validation metrics go into the spec they travel with, --export or not. The
+    # test split is read only on request, once a candidate is chosen:
+    # covidcxr evaluate segmentation --lung-weights SPEC --split test --update-spec
     from ..engine.lungs.evaluate import evaluate_segmentation
 
     summary = evaluate_segmentation(
         spec_path=spec,
         data_root=cfg.data_root,
-        split="test",
+        split="val",
         out_dir=run / "eval",
         update_spec=True,
-        limit=max(cfg.limit // 4, 2) if cfg.limit else 0,  # a run on a few images: a look at a few test images
+        limit=max(cfg.limit // 4, 2) if cfg.limit else 0,  # a run on a few images: a look at a few of them
         smoke=cfg.quick,
     )
     print_seg_summary(summary)

@@ -80,7 +80,7 @@ class LungSegmenter:
         return [keep_lungs(m) for m in masks] if postprocess else masks
 
     def probabilities(self, images: Sequence[np.ndarray], features: bool = False):
-        """Lung probability maps; with ``features`` also the deepest encoder map averaged over space (N, C)."""
+        """Lung probability maps; with ``features`` also the gate's pooled encoder features (:func:`pooled_features`)."""
         if not images:
             return ([], np.zeros((0, 0), np.float32)) if features else []
         maps, _, encoder = self.forward(images)
@@ -94,6 +94,16 @@ class LungSegmenter:
         return (masks, feats) if features else masks
 
 
+#: The gate's view of the encoder: the second-deepest map averaged over a LAYOUT x LAYOUT grid
+#: (where things are: a lateral view or a CT slice is laid out unlike a frontal chest), beside
+#: the deepest map averaged over the whole image (what is there).
+LAYOUT = 4
+
+
 def pooled_features(encoder: Sequence[np.ndarray]) -> np.ndarray:
-    """The encoder's deepest feature map averaged over space, (N, C) float32: the gate's input."""
-    return np.asarray(encoder[-1], np.float32).mean(axis=(2, 3))
+    """The gate's input, (N, C4 * LAYOUT**2 + C5) float32: see :data:`LAYOUT`."""
+    deep = np.asarray(encoder[-1], np.float32).mean(axis=(2, 3))
+    f4 = np.asarray(encoder[-2], np.float32)
+    n, c, h, w = f4.shape
+    grid = f4.reshape(n, c, LAYOUT, h // LAYOUT, LAYOUT, w // LAYOUT).mean(axis=(3, 5)).reshape(n, -1)
+    return np.concatenate([grid, deep], axis=1)

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from ..io import ImageReadError, image_from
-from ..specs import source_sha256
 from ..views import lesion_evidence, lung_share
 from .diagnosis import Diagnoser
 from .findings import finding_facts, findings_summary
@@ -76,11 +75,6 @@ class Predictor:
             raise ValueError(
                 f"diagnosis model {diagnoser.spec.name} reads the lesion and severity findings; "
                 "load a severity scorer with it"
-            )
-        if severity is not None and severity.lesion_spec.lung_weights != source_sha256(segmenter.spec):
-            raise ValueError(
-                f"the lesion weights read the encoder of lung model {severity.lesion_spec.lung_weights[:12]}…, "
-                f"not of {segmenter.spec.sha256[:12]}… (--lung-weights); pass matching --lesion-weights or --no-severity"
             )
         self.segmenter, self.diagnoser, self.gate, self.severity = segmenter, diagnoser, gate, severity
         self.use_gate, self.saliency, self.show_severity = use_gate, saliency, show_severity
@@ -209,18 +203,18 @@ class Predictor:
             rows.append(j)
         if rows:
             read = [results[todo[j]] for j in rows]
-            facts = self._severity(read, lungs.x[rows], [f[rows] for f in lungs.encoder])
+            facts = self._severity(read, [images[todo[j]] for j in rows])
             self._diagnose(read, [images[todo[j]] for j in rows], facts)
         for res in results:
             if not res.ok:
                 res.lung_mask = None
         return results
 
-    def _severity(self, read: list[Result], x: np.ndarray, encoder: list[np.ndarray]) -> list[np.ndarray] | None:
+    def _severity(self, read: list[Result], images: list[np.ndarray]) -> list[np.ndarray] | None:
         """Lesions, zones and scores into each result; the finding facts stage 2 reads (None without a scorer)."""
         if self.severity is None:
             return None
-        scores = self.severity.score(x, encoder, [r.lung_mask for r in read])
+        scores = self.severity.score(images, [r.lung_mask for r in read])
         for res, s in zip(read, scores, strict=True):
             res.severity, res.lesions, res.zones = s["severity"], s["lesions"], s["zones"]
         return [finding_facts(s["severity"], s["lesions"], s["zones"]) for s in scores]

@@ -5,7 +5,8 @@ The PyTorch runner (:class:`covidcxr.infer.runners.TorchRunner`) calls these mod
 
 - lungs: ``x`` (N, 1, S, S) -> ``logits`` (N, 1, S, S) and the encoder's feature maps
   ``f1``-``f5`` (the gate and the lesion decoder read them);
-- lesions: ``x``, ``f1``-``f5`` -> ``logits`` (N, 2, S, S);
+- lesions: ``x`` (N, 1, S, S), the lungs-only view -> ``logits`` (N, 2, S, S) and its own
+  encoder's ``f1``-``f5`` (the severity head pools ``f4``, ``f5``);
 - diagnosis (a timm classifier): ``x`` -> ``logits`` and ``cam`` (N, K, h, w), Grad-CAM of every
   class at the last feature map in closed form (:func:`covidcxr.models.cam.grad_cam`);
 - diagnosis of the source-blind design: ``x``, lung ``weights`` (N, 1, h, w), ``facts`` (N, F)
@@ -36,8 +37,8 @@ class Graph:
     outputs: tuple[str, ...]
 
 
-class LungsGraph(nn.Module):
-    """The U-Net at its fixed input size, returning the encoder's features beside the logits."""
+class UnetGraph(nn.Module):
+    """A U-Net (lungs or lesions) at its fixed input size, returning the encoder's features beside the logits."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -47,17 +48,6 @@ class LungsGraph(nn.Module):
         feats = self.net.encoder(x)
         logits = self.net.segmentation_head(self.net.decoder(feats))
         return (logits, *feats[1:])
-
-
-class LesionsGraph(nn.Module):
-    """The lesion decoder over the lung encoder's feature list, taken as separate inputs."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x, f1, f2, f3, f4, f5):
-        return self.model([x, f1, f2, f3, f4, f5])  # the decoder reads only the input's size
 
 
 class DiagnosisGraph(nn.Module):
@@ -82,9 +72,9 @@ def graph(model: nn.Module, spec: WeightSpec) -> Graph:
     """The inference graph of a model loaded from ``spec`` (see the module docstring)."""
     task = spec.task
     if task == "lung-segmentation":
-        return Graph(LungsGraph(model), ("x",), ("logits", *FEATURES))
+        return Graph(UnetGraph(model), ("x",), ("logits", *FEATURES))
     if task == "lesions":
-        return Graph(LesionsGraph(model), ("x", *FEATURES), ("logits",))
+        return Graph(UnetGraph(model), ("x",), ("logits", *FEATURES))
     if task == "diagnosis" and spec.architecture == "source_blind_mobilenet_v2":
         return Graph(model, ("x", "weights", "facts"), ("logits", "cam"))  # its forward is the graph
     if task == "diagnosis":
@@ -100,10 +90,8 @@ def example_inputs(model: nn.Module, spec: WeightSpec) -> tuple[torch.Tensor, ..
     """One example input per graph input (batch 1), for tracing the export."""
     s = int(spec.input_size[0])
     task = spec.task
-    if task == "lung-segmentation":
+    if task in ("lung-segmentation", "lesions"):
         return (torch.randn(1, 1, s, s),)
-    if task == "lesions":
-        raise ValueError("the lesion graph's inputs are the lung encoder's features: trace it with those")
     if task == "diagnosis" and spec.architecture == "source_blind_mobilenet_v2":
         facts = int(spec.model_kwargs.get("n_facts", 0))
         return torch.randn(1, 1, s, s), torch.rand(1, 1, s // 32, s // 32), torch.rand(1, facts)

@@ -1,10 +1,9 @@
-"""Severity models: a lesion decoder on the stage-1 encoder, and linear severity heads.
+"""The severity head: linear maps from lung-only features to the severity scales.
 
-The lesion decoder is a U-Net decoder (segmentation-models-pytorch) that reads the feature
-maps of the shipped lung model's MobileNetV2 encoder: the encoder runs once per image for
-both the lungs and the lesions, and the lesion weight file holds only the decoder. The
-severity head is ridge regression (fitted with scikit-learn) stored as linear layers with
-the feature standardisation built in, so it ships and loads like every other weight file.
+The lesion model beside it is a plain ``unet_mobilenetv2`` with two output channels that reads
+the lungs-only view (see :mod:`covidcxr.engine.severity.lesions`). The severity head is ridge
+regression (fitted with scikit-learn) stored as linear layers with the feature standardisation
+built in, so it ships and loads like every other weight file.
 """
 
 from __future__ import annotations
@@ -14,38 +13,6 @@ from torch import nn
 
 from ..data.severity import RANGES
 from .registry import register_model
-
-
-@register_model(name="lesion_decoder", task="lesions")
-class LesionDecoder(nn.Module):
-    """U-Net decoder + 1x1 head over the feature list of an smp MobileNetV2 encoder.
-
-    Shape:
-        features: the encoder's list for an (N, 1, H, W) input (H, W multiples of 32)
-        -> logits (N, num_classes, H, W), one channel per lesion class.
-    """
-
-    def __init__(
-        self,
-        in_chans: int = 1,
-        num_classes: int = 2,
-        pretrained: str | None = None,
-        decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16),
-    ) -> None:
-        super().__init__()
-        import segmentation_models_pytorch as smp
-
-        unet = smp.Unet(
-            encoder_name="mobilenet_v2",
-            encoder_weights=None,
-            in_channels=in_chans,
-            classes=num_classes,
-            decoder_channels=tuple(decoder_channels),
-        )
-        self.decoder, self.head = unet.decoder, unet.segmentation_head
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.head(self.decoder(features))
 
 
 @register_model(name="severity_linear", task="severity")

@@ -9,7 +9,10 @@ layers with the standardisation and the Platt scaling folded in.
 
 ``factorised`` heads give P(abnormal) and P(COVID-19 | abnormal); the logits returned are
 the log-probabilities of (COVID-19, Other pneumonia, No finding), so a softmax gives them
-back. ``multinomial`` is one linear layer to the three logits.
+back. ``factorised_prior`` learns P(abnormal) alone and takes P(COVID-19 | abnormal) from the
+radiological pattern of the finding facts, not learned: q = (peripheral + lower zone +
+min(1, 10 x bilateral)) / 3 (``prior_columns`` name the three facts). ``multinomial`` is one
+linear layer to the three logits.
 
 The class-activation map is exact for this model: a position's share of the pooled feature
 is its lung weight over the total, so each class logit is the sum over positions of
@@ -26,7 +29,7 @@ from torch import nn
 from .registry import register_model
 
 IMAGE_DIM = 1280
-HEADS = ("factorised", "multinomial")
+HEADS = ("factorised", "factorised_prior", "multinomial")
 
 
 @register_model(name="source_blind_mobilenet_v2", task="diagnosis_heads")
@@ -38,7 +41,9 @@ class SourceBlindDiagnoser(nn.Module):
         num_classes: 3 (COVID-19, Other pneumonia, No finding).
         n_facts: length of the finding-facts vector (0: none).
         image: read the lung view through the backbone (False: facts only).
-        head: ``factorised`` or ``multinomial``.
+        head: ``factorised``, ``factorised_prior`` or ``multinomial``.
+        prior_columns: with ``factorised_prior``, the indices of the peripheral, lower-zone and
+            bilateral facts in ``facts``.
 
     Shape:
         x: (N, 1, S, S) normalised masked lung view; weights: (N, 1, h, w) lung weights on the
@@ -53,13 +58,16 @@ class SourceBlindDiagnoser(nn.Module):
         n_facts: int = 16,
         image: bool = True,
         head: str = "factorised",
+        prior_columns: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if num_classes != 3:
             raise ValueError(f"the source-blind heads give the three classes; got num_classes={num_classes}")
-        self.head_kind, self.n_facts = head, n_facts
+        if head == "factorised_prior" and len(prior_columns) != 3:
+            raise ValueError("factorised_prior needs prior_columns: the peripheral, lower-zone and bilateral facts")
+        self.head_kind, self.n_facts, self.prior_columns = head, n_facts, tuple(int(c) for c in prior_columns)
         self.backbone = None  # findings only: no image model, and no timm import (a faster start)
         if image:
             import timm
@@ -68,7 +76,7 @@ class SourceBlindDiagnoser(nn.Module):
                 "mobilenetv2_100", pretrained=pretrained == "imagenet", in_chans=in_chans, num_classes=0
             )
         dim = (IMAGE_DIM if image else 0) + n_facts
-        self.linear = nn.Linear(dim, 2 if head == "factorised" else 3)
+        self.linear = nn.Linear(dim, {"factorised": 2, "factorised_prior": 1, "multinomial": 3}[head])
 
     @property
     def image_dim(self) -> int:
@@ -88,27 +96,36 @@ class SourceBlindDiagnoser(nn.Module):
         )
         return (fmap * share).sum(dim=(2, 3)), fmap * share
 
-    def _logits(self, z: torch.Tensor) -> torch.Tensor:
+    def _pattern_logit(self, facts: torch.Tensor) -> torch.Tensor:
+        """logit of the pattern prior q (clipped to [1e-6, 1 - 1e-6]: no lesion gives P(COVID-19) ~ 0)."""
+        f = facts.float()
+        peripheral, lower, bilateral = (f[:, c] for c in self.prior_columns)
+        q = ((peripheral + lower + torch.clamp(10 * bilateral, max=1.0)) / 3).clamp(1e-6, 1 - 1e-6)
+        return torch.log(q) - torch.log1p(-q)
+
+    def _logits(self, z: torch.Tensor, facts: torch.Tensor) -> torch.Tensor:
         if self.head_kind == "multinomial":
             return z
-        abnormal, covid = z[:, 0], z[:, 1]
+        abnormal = z[:, 0]
+        covid = self._pattern_logit(facts) if self.head_kind == "factorised_prior" else z[:, 1]
         log_abn, log_normal = F.logsigmoid(abnormal), F.logsigmoid(-abnormal)
         return torch.stack([log_abn + F.logsigmoid(covid), log_abn + F.logsigmoid(-covid), log_normal], dim=1)
 
     def from_features(self, pooled: torch.Tensor, facts: torch.Tensor) -> torch.Tensor:
         """Logits (N, 3) from lung-pooled features and facts already computed (audits, checks)."""
-        return self._logits(self.linear(torch.cat([pooled.float()[:, : self.image_dim], facts.float()], dim=1)))
+        return self._logits(self.linear(torch.cat([pooled.float()[:, : self.image_dim], facts.float()], dim=1)), facts)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, facts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.backbone is None:  # facts only; shapes from tensors, so an ONNX graph keeps a dynamic batch
-            logits = self._logits(self.linear(facts.float()))
+            logits = self._logits(self.linear(facts.float()), facts)
             return logits, torch.zeros_like(x[:, :1, :1, :1]).repeat(1, 3, 1, 1)
         pooled, shared = self.pooled(x, weights)
-        logits = self._logits(self.linear(torch.cat([pooled, facts.float()], dim=1)))
-        w_img = self.linear.weight[:, : self.image_dim]  # (2 or 3, 1280)
+        logits = self._logits(self.linear(torch.cat([pooled, facts.float()], dim=1)), facts)
+        w_img = self.linear.weight[:, : self.image_dim]  # (1, 2 or 3, 1280)
         per_pos = torch.einsum("kc,nchw->nkhw", w_img, shared)  # each head's image evidence per position
-        if self.head_kind == "factorised":
-            a, c = per_pos[:, 0], per_pos[:, 1]
+        if self.head_kind != "multinomial":
+            a = per_pos[:, 0]
+            c = per_pos[:, 1] if self.head_kind == "factorised" else torch.zeros_like(a)  # the prior reads no pixel
             per_pos = torch.stack([a + c, a - c, -a], dim=1)
         return logits, torch.relu(per_pos)
 

@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from ...data.labels import CLASSES
+from ...infer.findings import FACTS
+from ...metrics import stratified_bootstrap_ci
 from ...models import load_weights
 from ...models.weights import shipped_spec_path
 from . import loso
-from .metrics import ALL_SOURCES, by_source, covid_vs_other, source_probe
-from .report import audit_markdown, plot_audit, verdict
+from .metrics import ALL_SOURCES, _auroc, by_source, covid_vs_other, source_probe
+from .report import archive_checks_verdict, archive_markdown, audit_markdown, plot_audit, verdict
 from .train import heads_probabilities
 
 
@@ -36,6 +38,38 @@ def _row(samples: list[dict], labels: np.ndarray, probs: np.ndarray, mode: str) 
         "covid_vs_other_in_covid_chestxray": covid_vs_other(labels[ieee], probs[ieee]),
         "per_source_macro_auroc": {s: r["macro_auroc"] for s, r in per_source.items() if s != ALL_SOURCES},
     }
+
+
+#: Archives that hold both classes of one question: (name, sources, positive label, negative label).
+ARCHIVES = (
+    ("NIH: pneumonia vs no finding", ("nih-chestxray8", "nih-chestxray14"), "Other pneumonia", "No finding"),
+    ("Kermany: pneumonia vs normal", ("kermany-pediatric",), "Other pneumonia", "No finding"),
+    ("covid-chestxray: COVID-19 vs other pneumonia", ("covid-chestxray",), "COVID-19", "Other pneumonia"),
+)
+
+
+def archive_checks(samples: list[dict], labels: np.ndarray, modes: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    """AUROC of every finding fact and of P(abnormal) inside each archive of :data:`ARCHIVES`, per input mode.
+
+    ``modes``: name -> (finding facts (N, len(FACTS)), class probabilities (N, 3)) of the same images.
+    A fact or P(abnormal) that still separates the classes with the lungs blacked out reads
+    something outside the lungs. Returns archive -> mode -> {score name: AUROC with CI}.
+    """
+    sources = np.array([s["dataset"] for s in samples])
+    out = {}
+    for name, members, pos, neg in ARCHIVES:
+        keep = np.isin(sources, members) & np.isin(labels, [CLASSES.index(pos), CLASSES.index(neg)])
+        y = labels[keep] == CLASSES.index(pos)
+        if y.all() or not y.any():
+            continue
+        out[name] = {"n": int(keep.sum()), "n_positive": int(y.sum()), "modes": {}}
+        for mode, (facts, probs) in modes.items():
+            scores = {"P(abnormal)": 1 - probs[keep, CLASSES.index("No finding")]}
+            scores |= {f: np.asarray(facts, float)[keep, k] for k, f in enumerate(FACTS)}
+            out[name]["modes"][mode] = {
+                k: stratified_bootstrap_ci(y, v, _auroc, n_resamples=500) for k, v in scores.items()
+            }
+    return out
 
 
 def _probes(
@@ -70,8 +104,14 @@ def audit_heads(
     out.mkdir(parents=True, exist_ok=True)
     model, spec = load_weights(spec_path, kind="diagnosis")
     init = spec.training.get("config", {}).get("init")
+    feature_set = spec.training.get("config", {}).get("features", "imagenet+findings")
     samples, features, (blacked, outside) = loso.stage2_inputs(
-        data_root, init, blackout_split=split, outside_too=True, limit=limit
+        data_root,
+        init,
+        blackout_split=split,
+        outside_too=True,
+        limit=limit,
+        imagenet_features="imagenet" in loso.FEATURE_SETS[feature_set],
     )
     rows_all = loso.sample_rows(features, samples)
     labels_all = np.array([s["label"] for s in rows_all])
@@ -90,11 +130,15 @@ def audit_heads(
             test_samples, labels, heads_probabilities(model, outside), "outside_blacked_out (pixels)"
         ),
     }
-    feature_set = spec.training.get("config", {}).get("features", "imagenet+findings")
     reps = {
         f"model inputs ({feature_set})": loso.feature_matrix(features, feature_set),
         "finding facts": np.asarray(features["findings"], np.float64),
         "decision (class log-probabilities)": np.log(np.clip(probs_all, 1e-9, 1)),
+    }
+    modes = {
+        "intact": (np.asarray(features["findings"])[test_idx], probs_all[test_idx]),
+        "lungs blacked out": (np.asarray(blacked["findings"]), heads_probabilities(model, blacked)),
+        "all but the lungs blacked out": (np.asarray(outside["findings"]), heads_probabilities(model, outside)),
     }
     summary = {
         "weights": str(spec_path or shipped_spec_path("diagnosis")),
@@ -103,6 +147,7 @@ def audit_heads(
         "split": split,
         "n": len(labels),
         "inputs": inputs,
+        "archives": archive_checks(test_samples, labels, modes),
         "source_probe": {"all classes": None, **_probes(reps, labels_all, sources, splits, split)},
     }
     summary["source_probe"]["all classes"] = summary["source_probe"][f"model inputs ({feature_set}), all classes"]
@@ -110,10 +155,11 @@ def audit_heads(
         design = spec.training.get("config", {}).get("design", "within_source")
         summary["loso"] = loso.run_loso(features, samples, {f"{design} / {feature_set}": (design, feature_set)})
         loso.write(summary["loso"], out / "loso")
-    summary["verdict"] = verdict(summary)
+    summary["verdict"] = verdict(summary) + archive_checks_verdict(summary["archives"])
     (out / "audit.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     (out / "audit.md").write_text(
         audit_markdown(summary)
+        + archive_markdown(summary["archives"])
         + ("\n## Leave-one-source-out\n\n" + loso.markdown(summary["loso"]) if with_loso else "")
     )
     plot_audit(summary, out / "audit.png")

@@ -110,7 +110,7 @@ def compute_features(
         if blackout:
             images = [im * (1 - m) if blackout is True else im * m for im, m in zip(images, masks)]
             _, x, encoder = segmenter.forward(images)
-        sev = scorer.score(x, encoder, masks)
+        sev = scorer.score(images, masks)
         cols["findings"].extend(finding_facts(r["severity"], r["lesions"], r["zones"]) for r in sev)
         cols["lungenc"].append(lung_pooled(encoder[-1], masks))
         if backbone is not None:  # None: no ImageNet block (a smoke run of a findings-only design)

@@ -219,6 +219,55 @@ def audit_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The lungs-blacked-out band: a finding or P(abnormal) inside it tells the classes apart no better than chance.
+BLACKOUT_BAND = (0.40, 0.60)
+#: All but the lungs blacked out: P(abnormal)'s AUROC stays within this of intact.
+OUTSIDE_TOLERANCE = 0.03
+
+
+def archive_checks_verdict(archives: dict) -> list[str]:
+    """One sentence per archive: which scores leave the blackout band, and P(abnormal) with only the lungs shown."""
+    out = []
+    lo, hi = BLACKOUT_BAND
+    for name, a in archives.items():
+        modes = a["modes"]
+        outside = {k: r["value"] for k, r in modes["lungs blacked out"].items() if not lo <= r["value"] <= hi}
+        intact, lungs = (modes[m]["P(abnormal)"]["value"] for m in ("intact", "all but the lungs blacked out"))
+        drift = abs(lungs - intact)
+        out.append(
+            f"{'PASS' if not outside else 'WARN'}: {name}, lungs blacked out: "
+            + (
+                f"every fact and P(abnormal) at AUROC {lo:.2f}-{hi:.2f}"
+                if not outside
+                else "outside " + f"{lo:.2f}-{hi:.2f}: " + ", ".join(f"{k} {v:.2f}" for k, v in outside.items())
+            )
+            + f"; {'PASS' if drift <= OUTSIDE_TOLERANCE else 'WARN'}: only the lungs shown, P(abnormal) {lungs:.3f} vs {intact:.3f} intact."
+        )
+    return out
+
+
+def archive_markdown(archives: dict) -> str:
+    """Per archive: AUROC of each fact and P(abnormal) intact, lungs blacked out, all but the lungs blacked out."""
+    lines = []
+    for name, a in archives.items():
+        modes = list(a["modes"])
+        lines += [
+            "",
+            f"### {name} (n = {a['n']}, {a['n_positive']} positive)",
+            "",
+            "| score | " + " | ".join(modes) + " |",
+            "|---|" + "---|" * len(modes),
+        ]
+        for key in a["modes"][modes[0]]:
+            lines.append(f"| {key} | " + " | ".join(ci_cell(a["modes"][m][key]) for m in modes) + " |")
+    lines += ["", *(f"- {v}" for v in archive_checks_verdict(archives))] if archives else []
+    return (
+        ("\n## Blackouts per archive: every finding fact and P(abnormal)\n" + "\n".join(lines) + "\n")
+        if archives
+        else ""
+    )
+
+
 def plot_audit(summary: dict, path: Path) -> None:
     """COVID-19 AUROC with CIs for each input, beside chance."""
     plt = pyplot()

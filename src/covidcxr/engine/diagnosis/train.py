@@ -29,12 +29,12 @@ from ...models.pretrained import IMAGENET_MOBILENET_V2_SHA256, load_imagenet, pa
 from ...models.source_blind import fold_head
 from . import loso
 from .features import MARGIN, VIEW_SIZE
-from .heads import Pooled, WithinSource, make_design
+from .heads import Pooled, WithinSource, WithinSourcePrior, make_design
 
 log = logging.getLogger(__name__)
 
 #: Designs whose heads fold into the shipped :class:`~covidcxr.models.source_blind.SourceBlindDiagnoser`.
-SHIPPABLE = ("pooled", "within_source", "within_archive")
+SHIPPABLE = ("pooled", "within_source", "within_archive", "within_source_prior")
 
 
 @dataclass
@@ -68,22 +68,28 @@ def build_model(fitted, feature_set: str, init: str) -> torch.nn.Module:
     if set(loso.FEATURE_SETS[feature_set]) - {"imagenet", "findings"}:
         raise ValueError(f"feature set {feature_set!r}: the shipped model reads imagenet and/or findings features")
     factorised = isinstance(fitted, WithinSource)  # within_archive too
+    prior = isinstance(fitted, WithinSourcePrior)
     if factorised and fitted.covid is None:
         raise ValueError("within_archive without covid-chestxray in training has no learned COVID-19 head to fold")
-    head = "factorised" if factorised else "multinomial"
+    head = "factorised" if factorised else "factorised_prior" if prior else "multinomial"
     model = create_model(
-        "source_blind_mobilenet_v2", in_chans=1, num_classes=len(CLASSES), n_facts=n_facts, image=image, head=head
+        "source_blind_mobilenet_v2",
+        in_chans=1,
+        num_classes=len(CLASSES),
+        n_facts=n_facts,
+        image=image,
+        head=head,
+        prior_columns=tuple(FACTS.index(f) for f in ("peripheral", "lower_zone", "bilateral")) if prior else (),
     )
     if image:
         load_imagenet(model.backbone, *parse_init(init))
     with torch.no_grad():
-        if factorised:
+        if factorised or prior:
             mean, scale = (
                 torch.from_numpy(np.asarray(a, np.float64)) for a in (fitted.scaler.mean_, fitted.scaler.scale_)
             )
-            rows = [
-                fold_head(torch.from_numpy(h.coef_), mean, scale, h.a_, h.b_) for h in (fitted.abnormal, fitted.covid)
-            ]
+            heads = (fitted.abnormal,) if prior else (fitted.abnormal, fitted.covid)
+            rows = [fold_head(torch.from_numpy(h.coef_), mean, scale, h.a_, h.b_) for h in heads]
         elif type(fitted) is Pooled:
             mean, scale = (
                 torch.from_numpy(np.asarray(a, np.float64)) for a in (fitted.scaler.mean_, fitted.scaler.scale_)
@@ -94,7 +100,7 @@ def build_model(fitted, feature_set: str, init: str) -> torch.nn.Module:
             ]
         else:
             raise ValueError(
-                f"{type(fitted).__name__}: only within_archive, within_source and pooled heads fold into the shipped model"
+                f"{type(fitted).__name__}: only within_archive, within_source(_prior) and pooled heads fold into the shipped model"
             )
         model.linear.weight.copy_(torch.stack([w for w, _ in rows]).float())
         model.linear.bias.copy_(torch.stack([b for _, b in rows]).float())
@@ -122,8 +128,8 @@ def train_heads(cfg: HeadsConfig, export_dir: str | Path | None = None, command:
         blackout_split="test",
         limit=cfg.limit,
         limit_keys=("dataset", "split", "label"),
-        # a smoke run of a design without image features computes none (the full run shares the full cache)
-        imagenet_features=not cfg.quick or "imagenet" in loso.FEATURE_SETS[cfg.features],
+        # a design without image features computes none (the audit of its weights reads the same cache)
+        imagenet_features="imagenet" in loso.FEATURE_SETS[cfg.features],
     )
     rows = loso.sample_rows(features, samples)
     labels, sources, splits = (np.array([s[k] for s in rows]) for k in ("label", "dataset", "split"))
@@ -189,7 +195,12 @@ def _spec(
         normalization=NORMALIZATION,
         file=f"{name}.pt",
         in_chans=1,
-        model_kwargs={"n_facts": model.n_facts, "image": model.backbone is not None, "head": model.head_kind},
+        model_kwargs={
+            "n_facts": model.n_facts,
+            "image": model.backbone is not None,
+            "head": model.head_kind,
+            **({"prior_columns": list(model.prior_columns)} if model.prior_columns else {}),
+        },
         resize="lung-box",
         dtype="float16",
         lung_input="masked",

@@ -15,9 +15,9 @@ from ...data import load_records
 from ...data.classification import classification_samples
 from ...data.severity import LESIONS, brixia_scores, expert_scores, lesion_samples, read_lesions
 from ...data.splits import fold_of
-from ...data.transforms import resize_image, resize_mask
-from ...io import normalize, read_image
-from ...io.enhance import enhance
+from ...data.transforms import resize_mask
+from ...io import read_image
+from ...views import lungs_only, scale_lungs_only
 
 
 @dataclass
@@ -26,18 +26,19 @@ class SeverityConfig:
 
     data_root: str | None = None
     out_dir: str = "runs/severity"
-    lung_weights: str | None = None  # lung model spec (default: shipped); its encoder is shared
+    lung_weights: str | None = None  # lung model spec (default: shipped): the lesion model reads the lungs it outlines
+    init: str | None = None  # "imagenet-file:PATH[@SHA256]": the lesion model's encoder starts from ImageNet
     folds: int = 4  # lesion decoder folds (out-of-fold lesion maps for evaluation)
     epochs: int = 40
     batch_size: int = 8
     lr: float = 3e-3
     weight_decay: float = 1e-4
     negatives: int = 40  # lesion-free "No finding" training images added to each fold
-    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)  # lesion decoder widths, coarse to fine
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)  # lesion U-Net decoder widths, coarse to fine
     threshold: float = 0.5
-    image_groups: tuple[str, ...] = ("lesions", "geometry", "intensity", "deep")
+    image_groups: tuple[str, ...] = ("lesions", "intensity", "deep")
     image_brixia: bool = False  # extent/opacity also read the predicted Brixia global score (SeverityHead)
-    zone_groups: tuple[str, ...] = ("lesions", "geometry", "intensity", "zone", "deep")
+    zone_groups: tuple[str, ...] = ("lesions", "intensity", "zone", "deep")
     repeats: int = 50  # random patient-grouped 50/50 splits
     seed: int = 0
     amp: str = "bf16"
@@ -60,35 +61,37 @@ class SeverityConfig:
         "negatives": 2,
         "repeats": 3,
         "decoder_channels": "[16,16,8,8,8]",
+        "init": "",
     }
 
 
 class LesionDataset(Dataset):
-    """Images and lesion masks at the lung model's input size, in memory; paired augmentation.
+    """Lungs-only views and lesion masks at the lung model's input size, in memory; paired augmentation.
 
-    Items: ``image`` (1, S, S) normalised, ``target`` (len(LESIONS), S, S) float 0/1.
+    Each image's lungs come from ``segmenter`` (the masks inference uses); the view is the image
+    with everything outside them black (:func:`covidcxr.views.lungs_only`). After augmentation
+    the moved lung mask blacks out the outside again, so brightness jitter cannot light it up.
+
+    Items: ``image`` (1, S, S) scaled by :data:`covidcxr.views.LUNGS_ONLY`, ``target``
+    (len(LESIONS), S, S) float 0/1.
     """
 
-    def __init__(
-        self,
-        samples: list[dict],
-        size: tuple[int, int],
-        transform=None,
-        progress: bool = True,
-        enhancement: str = "none",
-    ) -> None:
-        self.samples, self.size, self.transform = samples, tuple(size), transform
+    def __init__(self, samples: list[dict], segmenter, transform=None, progress: bool = True) -> None:
+        self.samples, self.size, self.transform = samples, tuple(segmenter.size), transform
         images, targets = [], []
-        for s in tqdm(samples, desc="loading lesion masks", disable=not progress, leave=False):
+        for s in tqdm(samples, desc="lungs and lesion masks", disable=not progress, leave=False):
             image = read_image(s["path"])
             lesions = (
                 read_lesions(s, image.shape) if "lesion_masks" in s else np.zeros((len(LESIONS), *image.shape), bool)
             )
-            # The decoder reads the lung model's encoder, which sees its own spec's enhancement.
-            images.append(resize_image(torch.from_numpy(enhance(image, enhancement)), self.size))
-            targets.append(torch.stack([resize_mask(torch.from_numpy(m.astype(np.uint8)), self.size) for m in lesions]))
+            view, lungs = lungs_only(image, segmenter.segment([image])[0], self.size)
+            images.append(torch.from_numpy(view))
+            masks = [resize_mask(torch.from_numpy(m.astype(np.uint8)), self.size) for m in lesions]
+            targets.append(torch.stack([*masks, torch.from_numpy(lungs.astype(np.uint8))]))
         self.images = torch.stack(images) if images else torch.empty(0, 1, *self.size)
-        self.targets = torch.stack(targets) if targets else torch.empty(0, len(LESIONS), *self.size, dtype=torch.uint8)
+        self.targets = (
+            torch.stack(targets) if targets else torch.empty(0, len(LESIONS) + 1, *self.size, dtype=torch.uint8)
+        )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -97,7 +100,9 @@ class LesionDataset(Dataset):
         image, target = tv_tensors.Image(self.images[i]), tv_tensors.Mask(self.targets[i])
         if self.transform is not None:
             image, target = self.transform(image, target)
-        return {"image": normalize(image.as_subclass(torch.Tensor)), "target": target.as_subclass(torch.Tensor).float()}
+        image, target = image.as_subclass(torch.Tensor), target.as_subclass(torch.Tensor).float()
+        lungs = target[-1:]
+        return {"image": scale_lungs_only(image.clamp(0, 1) * lungs), "target": target[:-1]}
 
 
 def severity_samples(cfg: SeverityConfig) -> dict[str, list[dict]]:

@@ -1,4 +1,10 @@
-"""The lesion decoder: its loss, training over the frozen stage-1 encoder, out-of-fold lesion maps and their scores."""
+"""The lesion model: its loss, training on lungs-only views, out-of-fold lesion maps and their scores.
+
+The lesion model is a U-Net with its own MobileNetV2 encoder (started from the ImageNet file
+when the config names one). It reads the image with everything outside the lung outline
+black (:func:`covidcxr.views.lungs_only`), so no pixel outside the lungs can change a lesion
+map or the encoder features the severity head pools.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +20,13 @@ from tqdm.auto import tqdm
 
 from ...data.severity import LESIONS, read_lesions
 from ...data.splits import fold_of
-from ...data.transforms import resize_mask, segmentation_augment, upsample_logits
+from ...data.transforms import segmentation_augment, upsample_logits
 from ...infer import LungSegmenter
 from ...infer.zones import severity_features
 from ...io import read_image
 from ...models import create_model, eval_mode
+from ...models.graphs import UnetGraph
+from ...views import lungs_only, scale_lungs_only
 from ..common.loop import Loop
 from ..common.runs import autocast, epoch_seed
 from ..common.runs import device as device_of
@@ -37,29 +45,28 @@ def lesion_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + (1 - dice).mean()
 
 
-def new_decoder(cfg: SeverityConfig) -> torch.nn.Module:
-    """An untrained lesion decoder of the configured widths."""
-    return create_model("lesion_decoder", num_classes=len(LESIONS), decoder_channels=tuple(cfg.decoder_channels))
+def new_lesion_model(cfg: SeverityConfig, init: bool = False) -> torch.nn.Module:
+    """A lesion U-Net of the configured decoder widths; with ``init`` and ``cfg.init``, its encoder from ImageNet."""
+    model = create_model("unet_mobilenetv2", num_classes=len(LESIONS), decoder_channels=tuple(cfg.decoder_channels))
+    if init and cfg.init:
+        from ...models.pretrained import load_imagenet, parse_init
+
+        parsed = parse_init(cfg.init)
+        if parsed is None:
+            raise ValueError(f"severity init must be 'imagenet-file:PATH[@SHA256]', got {cfg.init!r}")
+        load_imagenet(model, *parsed)
+    return model
 
 
-def train_lesion_decoder(
+def train_lesion_model(
     cfg: SeverityConfig, segmenter: LungSegmenter, samples: list[dict], run: Path, progress: bool = True
 ) -> torch.nn.Module:
-    """Train a lesion decoder on the frozen encoder of ``segmenter``; resumes from ``run/checkpoint.pt``."""
+    """Train a lesion U-Net on lungs-only views (lungs from ``segmenter``); resumes from ``run/checkpoint.pt``."""
     run.mkdir(parents=True, exist_ok=True)
     device = device_of(cfg.device)
-    encoder = segmenter.model.net.encoder.to(device).eval()
-    for p in encoder.parameters():
-        p.requires_grad_(False)
     torch.manual_seed(cfg.seed)
-    decoder = new_decoder(cfg).to(device, memory_format=torch.channels_last)
-    ds = LesionDataset(
-        samples,
-        segmenter.size,
-        transform=segmentation_augment(),
-        progress=progress,
-        enhancement=segmenter.spec.enhancement,
-    )
+    decoder = new_lesion_model(cfg, init=True).to(device, memory_format=torch.channels_last)
+    ds = LesionDataset(samples, segmenter, transform=segmentation_augment(), progress=progress)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * -(-len(ds) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
@@ -86,9 +93,7 @@ def train_lesion_decoder(
         ):
             x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
             with autocast(cfg.amp, device):
-                with torch.no_grad():
-                    feats = encoder(x)
-                logits = decoder(feats)
+                logits = decoder(x)
             loss = lesion_loss(logits, batch["target"].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -111,7 +116,7 @@ def lesion_outputs(
     threshold: float = 0.5,
     progress: bool = True,
 ) -> dict:
-    """Lung masks, lesion maps and severity features of ``samples``, each with its fold's decoder.
+    """Lung masks, lesion maps and severity features of ``samples``, each with its fold's lesion model.
 
     Returns:
         dict ``filename`` -> ``image_features`` (D,), ``zone_features`` (6, Dz),
@@ -120,13 +125,15 @@ def lesion_outputs(
     out = {}
     for s in tqdm(samples, desc="severity features", disable=not progress, leave=False):
         image = read_image(s["path"])
-        maps, x, encoder = segmenter.forward([image])
-        mask = segmenter.masks(maps)[0]
-        decoder = decoders[fold_of_sample(s)]
-        with eval_mode(decoder), torch.inference_mode():
-            p = torch.sigmoid(decoder([torch.from_numpy(f) for f in encoder]).float())
-        lungs = resize_mask(torch.from_numpy(mask.astype(np.uint8)), tuple(x.shape[-2:])).bool()[None]
-        image_f, zone_f = severity_features(x, encoder, lungs.numpy(), p.numpy(), threshold)
+        mask = segmenter.segment([image])[0]
+        view, lungs = lungs_only(image, mask, segmenter.size)
+        x = torch.from_numpy(scale_lungs_only(view))[None]
+        model = decoders[fold_of_sample(s)]
+        with eval_mode(model), torch.inference_mode():
+            logits, *feats = UnetGraph(model)(x)
+        p = torch.sigmoid(logits.float())
+        encoder = [x.numpy(), *(f.float().numpy() for f in feats)]
+        image_f, zone_f = severity_features(x.numpy(), encoder, lungs[None], p.numpy(), threshold)
         lesions = (upsample_logits(p, mask.shape)[0].numpy() > threshold) & mask
         out[s["filename"]] = {
             "image_features": image_f[0],
@@ -176,15 +183,15 @@ def fold_decoders(
     for k in range(cfg.folds):
         train = [s for s in sets["lesions"] if fold_of(s["patient_id"], cfg.folds) != k] + sets["negatives"]
         log.info("lesion fold %d/%d: %d training images", k + 1, cfg.folds, len(train))
-        decoders[k] = train_lesion_decoder(cfg, segmenter, train, run / f"fold{k}", progress)
+        decoders[k] = train_lesion_model(cfg, segmenter, train, run / f"fold{k}", progress)
     return decoders
 
 
 def final_or_fold(cfg: SeverityConfig, run: Path, decoders: dict) -> torch.nn.Module:
-    """The decoder trained on every annotated image when it exists, else fold 0's."""
+    """The lesion model trained on every annotated image when it exists, else fold 0's."""
     final = run / "final" / "checkpoint.pt"
     if final.is_file():
-        model = new_decoder(cfg)
+        model = new_lesion_model(cfg)
         model.load_state_dict(torch.load(final, map_location="cpu", weights_only=True)["model"])
         return model.eval()
     return decoders[0]

@@ -2,8 +2,9 @@
 
 The protocol (``covidcxr train severity``; ``covidcxr evaluate severity`` re-reads it):
 
-1. The lesion decoder is trained on the radiologists' ground-glass / consolidation masks
-   (plus lesion-free "No finding" training images) over the frozen stage-1 encoder, in K
+1. The lesion model (a U-Net with its own MobileNetV2 encoder reading the lungs-only view:
+   everything outside the stage-1 lung outline black) is trained on the radiologists'
+   ground-glass / consolidation masks (plus lesion-free "No finding" training images), in K
    patient folds. Each image gets lesion maps from the fold model that never saw its
    patient (out of fold), which gives the lesion Dice and feeds the severity features, so
    no severity number leans on a lesion model that saw the image's own lesion mask.
@@ -11,7 +12,7 @@ The protocol (``covidcxr train severity``; ``covidcxr evaluate severity`` re-rea
 3. The severity heads (ridge regression) are evaluated on repeated random patient-grouped
    50/50 splits, as Cohen et al. did, beside a predict-the-mean baseline; Brixia against the
    senior rater with the junior rater as the human reference.
-4. The shipped lesion decoder is trained on all annotated images; the shipped heads are fitted
+4. The shipped lesion model is trained on all annotated images; the shipped heads are fitted
    on all scored images' out-of-fold features.
 """
 
@@ -32,11 +33,12 @@ from ...data.severity import LESIONS, read_lesions
 from ...data.splits import SPLIT_VERSION, fold_of
 from ...infer import LungSegmenter
 from ...infer.zones import columns
-from ...io import NORMALIZATION, read_image
+from ...io import read_image
 from ...models import WeightSpec, save_weights
+from ...views import LUNGS_ONLY
 from ..common.runs import check_run_folder, export_name, provenance, weights_record
 from .data import SeverityConfig, severity_samples
-from .lesions import final_or_fold, fold_decoders, lesion_loss, lesion_metrics, lesion_outputs, train_lesion_decoder
+from .lesions import final_or_fold, fold_decoders, lesion_loss, lesion_metrics, lesion_outputs, train_lesion_model
 from .scores import (
     evaluate_brixia,
     evaluate_scores,
@@ -63,9 +65,9 @@ log = logging.getLogger(__name__)
 #: Feature groups of the ablation rows (extent and opacity without the Brixia score).
 ABLATION = (
     ("lesions",),
-    ("lesions", "geometry", "intensity"),
+    ("lesions", "intensity"),
     ("deep",),
-    ("lesions", "geometry", "intensity", "deep"),
+    ("lesions", "intensity", "deep"),
 )
 
 
@@ -255,7 +257,7 @@ def main(
     t0 = time.time()
     sets = severity_samples(cfg)
     segmenter = LungSegmenter.from_spec(cfg.lung_weights)
-    decoder = train_lesion_decoder(cfg, segmenter, sets["lesions"] + sets["negatives"], run / "final", progress)
+    decoder = train_lesion_model(cfg, segmenter, sets["lesions"] + sets["negatives"], run / "final", progress)
     result = evaluate_severity(cfg, run, run, progress)
     head = _shipped_head(cfg, run, sets)
     config = {
@@ -305,18 +307,18 @@ def _lesion_spec(cfg: SeverityConfig, segmenter: LungSegmenter, sets: dict, resu
     name = export_names(cfg)[0]
     lesion_spec = WeightSpec(
         name=name,
-        architecture="lesion_decoder",
+        architecture="unet_mobilenetv2",
         task="lesions",
         targets=list(LESIONS),
         input_size=size,
-        normalization=NORMALIZATION,
+        normalization=LUNGS_ONLY,
         file=f"{name}.pt",
-        resize="stage-1 encoder features",
+        resize="stretch, lungs only",
         threshold=cfg.threshold,
-        lung_weights=segmenter.spec.sha256,
         model_kwargs={"decoder_channels": list(cfg.decoder_channels)},
         training={
             **common,
+            "lung_weights": segmenter.spec.sha256,  # the lungs its training views were cut out with
             "data": {"annotated_images": len(sets["lesions"]), "lesion_free_images": len(sets["negatives"])},
         },
         metrics={
@@ -345,9 +347,9 @@ def _head_spec(
         task="severity",
         targets=["geographic_extent", "opacity", "brixia_zone"],
         input_size=size,
-        normalization=NORMALIZATION,
+        normalization=LUNGS_ONLY,
         file=f"{name}.pt",
-        resize="stage-1 encoder features",
+        resize="stretch, lungs only",
         dtype="float32",
         model_kwargs={
             "image_groups": list(cfg.image_groups),
@@ -356,9 +358,9 @@ def _head_spec(
             "zone_in": head.zone.in_features,
             "image_brixia": head.image_brixia,
         },
-        lung_weights=segmenter.spec.sha256,
         training={
             **common,
+            "lung_weights": segmenter.spec.sha256,
             "lesion_weights": WeightSpec.from_json(lesion_path).sha256,
             "data": {"expert_scored_images": len(ex), "brixia_scored_images": len(bx)},
             "fit": "sklearn StandardScaler + RidgeCV (leave-one-out alpha) on out-of-fold features of every scored image"
