@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -181,3 +182,71 @@ def loso_operating_points(
         }
         log.info("LOSO fold %s: threshold %.3f chosen on %d validation images", fold, t, int(val.sum()))
     return out
+
+
+def abnormal_calibration(labels: np.ndarray, probs: np.ndarray, sources: np.ndarray, n_bins: int = 10) -> dict:
+    """Reliability of P(abnormal) per source and pooled: how often films at each probability are pneumonia.
+
+    Returns:
+        source (and ``all sources``) -> ``{"n", "ece", "bins": [{"low", "high", "n", "mean_p", "observed"}]}``
+        over equal-width bins; a bin without films is left out.
+    """
+    p_abn = 1.0 - np.asarray(probs, np.float64)[:, NORMAL]
+    y = np.asarray(labels) != NORMAL
+    groups = {src: np.asarray(sources) == src for src in sorted(set(np.asarray(sources).tolist()))}
+    groups["all sources"] = np.ones(len(y), bool)
+    edges = np.linspace(0, 1, n_bins + 1)
+    out = {}
+    for name, rows in groups.items():
+        p, t = p_abn[rows], y[rows]
+        idx = np.clip(np.digitize(p, edges[1:-1]), 0, n_bins - 1)
+        bins, ece = [], 0.0
+        for b in range(n_bins):
+            here = idx == b
+            if here.any():
+                mean_p, observed = float(p[here].mean()), float(t[here].mean())
+                bins.append(
+                    {"low": float(edges[b]), "high": float(edges[b + 1]), "n": int(here.sum()),
+                     "mean_p": round(mean_p, 4), "observed": round(observed, 4)}
+                )  # fmt: skip
+                ece += here.sum() / len(p) * abs(mean_p - observed)
+        out[name] = {"n": int(rows.sum()), "ece": round(float(ece), 4), "bins": bins}
+    return out
+
+
+def calibration_markdown(cal: dict) -> str:
+    """One table per source: P(abnormal) bin, films, mean P(abnormal), share that is pneumonia."""
+    lines = ["# P(abnormal) reliability per source", ""]
+    for name, r in cal.items():
+        lines += [f"## {name} (n = {r['n']}, ECE {r['ece']:.3f})", "", "| P(abnormal) | n | mean P | pneumonia share |"]
+        lines.append("|---|---|---|---|")
+        lines += [
+            f"| {b['low']:.1f}-{b['high']:.1f} | {b['n']} | {b['mean_p']:.3f} | {b['observed']:.3f} |"
+            for b in r["bins"]
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_abnormal_calibration(cal: dict, path: str | Path, threshold: float | None = None) -> None:
+    """Reliability curves of P(abnormal), one line per source, the operating point as a vertical line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
+    ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=0.8, label="perfect calibration")
+    for name, r in cal.items():
+        bins = r["bins"]
+        style = {"color": "black", "lw": 2.2} if name == "all sources" else {"lw": 1.2}
+        ax.plot([b["mean_p"] for b in bins], [b["observed"] for b in bins], marker="o", ms=3,
+                label=f"{name} (ECE {r['ece']:.2f})", **style)  # fmt: skip
+    if threshold is not None:
+        ax.axvline(threshold, color="C3", ls=":", lw=1, label=f"operating point {threshold:.2f}")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean P(abnormal) in the bin", ylabel="share of films with pneumonia")
+    ax.set_title("Calibration of P(abnormal) per source")
+    ax.legend(fontsize=6.5, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
