@@ -95,7 +95,7 @@ def cmd_evaluate_severity(args: argparse.Namespace) -> int:
 def cmd_evaluate_uncertainty(args: argparse.Namespace) -> int:
     from ..engine.diagnosis.uncertainty import evaluate
 
-    report = evaluate(args.data_root, args.out, args.spec, loso=not args.no_loso)
+    report = evaluate(args.data_root, args.out, args.spec, loso=not args.no_loso, limit=args.limit)
     print(headline_summary(report))
     print(
         f"report: {Path(args.out) / 'headline.json'}"

@@ -154,4 +154,7 @@ def add_evaluate_uncertainty(ev) -> None:
         action="store_true",
         help="skip the leave-one-source-out estimate (it reads the cached stage-2 features of every split)",
     )
+    evu.add_argument(
+        "--limit", type=int, default=0, metavar="N", help="at most N validation images per source (a smoke run)"
+    )
     evu.set_defaults(func=cmd_evaluate_uncertainty)

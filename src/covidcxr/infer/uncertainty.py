@@ -29,8 +29,8 @@ REASONS = (
     "lung_outline",
     "gate_near_limit",
 )
-#: The shorter image side under which the input is low resolution: the lung model reads 256 px (not fitted).
-MIN_SIDE = 256
+#: The shorter image side under which the input is low resolution when a spec names none: the diagnosis input size.
+MIN_SIDE = 224
 #: Lesion share under which no lesion was outlined (as covidcxr.infer.categories.ANY_LESION).
 NO_LESION = 0.005
 

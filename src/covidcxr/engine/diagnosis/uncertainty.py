@@ -14,6 +14,7 @@ docs/experiments/uncertainty.md, section of 2026-12-06):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ...batch import read_batches
 from ...data import load_records
-from ...data.classification import classification_samples
+from ...data.classification import classification_samples, first_per_group
 from ...data.labels import CLASSES
 from ...infer import Predictor
 from ...infer.diagnosis import headline
@@ -101,18 +102,19 @@ def signals(readings: dict[str, np.ndarray], threshold: float) -> list[Signals]:
     ]
 
 
-def fit(readings: dict[str, np.ndarray], threshold: float) -> dict:
+def fit(readings: dict[str, np.ndarray], threshold: float, min_side: int = MIN_SIDE) -> dict:
     """The thresholds of every reason, by the rule of docs/experiments/uncertainty.md (2026-12-06).
 
     Args:
         readings: :func:`read_split`'s columns of the validation split.
         threshold: the operating point on P(abnormal) the headline uses.
+        min_side: low resolution below this shorter side (the diagnosis model's input size).
     """
     normal = readings["label"] == NORMAL
     fixed = {
         "no_finding_max_extent": round(float(np.quantile(readings["extent"][normal], 0.95)), 3),
         "pneumonia_min_extent": round(float(np.quantile(readings["extent"][~normal], 0.05)), 3),
-        "min_side": MIN_SIDE,
+        "min_side": int(min_side),
         "min_gate_probability": round(float(np.quantile(readings["gate"], TAIL)), 4),
         **{f"min_lung_{k}": round(float(np.quantile(readings[k], TAIL)), 4) for k in OUTLINE},
     }
@@ -169,22 +171,33 @@ def uncertain_share(readings: dict[str, np.ndarray], fitted: dict, threshold: fl
     }
 
 
-def evaluate(data_root: str | None, out: str | Path, spec_path: str | Path | None = None, loso: bool = True) -> dict:
+def evaluate(
+    data_root: str | None,
+    out: str | Path,
+    spec_path: str | Path | None = None,
+    loso: bool = True,
+    limit: int = 0,
+) -> dict:
     """Fit the operating point and the uncertainty thresholds on validation; LOSO; write them out.
 
     Writes ``headline.json`` into ``out`` and, with ``spec_path``, the spec's ``operating_point`` and
-    ``uncertainty`` fields (nothing else of the spec changes).
+    ``uncertainty`` fields (nothing else of the spec changes). The validation readings are kept in
+    ``out`` under a name made of every model's sha256, so a second run on the same chain reads them back.
+
+    Args:
+        limit: at most this many validation images per source (a smoke run; 0: all).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     samples, _ = classification_samples(load_records(data_root), split="val")
+    samples = first_per_group(samples, limit, ("dataset",))
     predictor = Predictor.load(diagnosis=str(spec_path) if spec_path else None, use_gate=False, saliency=False)
     spec = predictor.diagnoser.spec
-    readings = read_split(predictor, samples)
+    readings = _cached_readings(predictor, samples, out)
     p_abn = 1.0 - readings["probs"][:, NORMAL]
     chosen = choose_threshold(p_abn, readings["label"], readings["dataset"])
     threshold = chosen["p_abnormal"]
-    fitted = fit(readings, threshold)
+    fitted = fit(readings, threshold, int(min(spec.input_size)))
     report = {
         "operating_point": operating_point_spec(chosen, f"validation split, {chosen['n']} readings"),
         "validation_per_source": chosen["per_source"],
@@ -199,6 +212,21 @@ def evaluate(data_root: str | None, out: str | Path, spec_path: str | Path | Non
         written.operating_point, written.uncertainty = report["operating_point"], fitted
         written.to_json(spec_path)
     return report
+
+
+def _cached_readings(predictor: Predictor, samples: list[dict], out: Path) -> dict[str, np.ndarray]:
+    """:func:`read_split`, kept in ``out`` as one ``.npz`` per chain of models and sample list."""
+    key = hashlib.sha256(
+        json.dumps([predictor.models, [s["path"] for s in samples]], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
+    path = out / f"validation_readings_{key}.npz"
+    if path.is_file():
+        log.info("validation readings read back from %s", path)
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    readings = read_split(predictor, samples)
+    np.savez(path, **readings)
+    return readings
 
 
 def _loso(data_root: str | None, spec: WeightSpec) -> dict:
