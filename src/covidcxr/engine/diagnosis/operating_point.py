@@ -250,3 +250,13 @@ def plot_abnormal_calibration(cal: dict, path: str | Path, threshold: float | No
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def write_abnormal_calibration(
+    labels: np.ndarray, probs: np.ndarray, sources: np.ndarray, out: Path, threshold: float | None = None
+) -> dict:
+    """``calibration_abnormal.md`` and ``calibration_abnormal.png`` in ``out``; returns n and ECE per source."""
+    cal = abnormal_calibration(labels, probs, sources)
+    (Path(out) / "calibration_abnormal.md").write_text(calibration_markdown(cal))
+    plot_abnormal_calibration(cal, Path(out) / "calibration_abnormal.png", threshold)
+    return {k: {"n": v["n"], "ece": v["ece"]} for k, v in cal.items()}
