@@ -99,7 +99,11 @@ def cmd_evaluate_uncertainty(args: argparse.Namespace) -> int:
     print(headline_summary(report))
     print(
         f"report: {Path(args.out) / 'headline.json'}"
-        + (f"; operating point and thresholds written into {args.spec}" if args.spec else "")
+        + (
+            f"; operating point and thresholds written into {args.spec} (and its ONNX export's spec)"
+            if args.spec
+            else ""
+        )
     )
     return 0
 

@@ -208,10 +208,25 @@ def evaluate(
         report["loso"] = _loso(data_root, spec)
     (out / "headline.json").write_text(json.dumps(report, indent=2) + "\n")
     if spec_path:
-        written = WeightSpec.from_json(spec_path)
-        written.operating_point, written.uncertainty = report["operating_point"], fitted
-        written.to_json(spec_path)
+        for path in _specs_of(spec_path):
+            written = WeightSpec.from_json(path)
+            written.operating_point, written.uncertainty = report["operating_point"], fitted
+            written.to_json(path)
+            log.info("operating point and uncertainty thresholds written into %s", path)
     return report
+
+
+def _specs_of(spec_path: str | Path) -> list[Path]:
+    """The spec, and the ONNX export's spec beside it (``onnx/<name>.json``) when it was exported from the same weights.
+
+    Both backends then read the same operating point and thresholds.
+    """
+    spec_path = Path(spec_path)
+    spec = WeightSpec.from_json(spec_path)
+    onnx = spec_path.parent / "onnx" / spec_path.name
+    if onnx.is_file() and WeightSpec.from_json(onnx).training.get("exported_from", {}).get("sha256") == spec.sha256:
+        return [spec_path, onnx]
+    return [spec_path]
 
 
 def _cached_readings(predictor: Predictor, samples: list[dict], out: Path) -> dict[str, np.ndarray]:
