@@ -8,6 +8,7 @@ from covidcxr.engine.diagnosis.operating_point import (
     abnormal_calibration,
     calibration_markdown,
     loso_operating_points,
+    loso_summary,
     plot_abnormal_calibration,
 )
 from covidcxr.infer.findings import FACTS
@@ -45,7 +46,8 @@ def _data(per_class: int = 40, seed: int = 0) -> tuple[dict, list[dict]]:
 
 def test_each_fold_chooses_on_the_other_sources_and_reports_the_sources_left_out():
     features, samples = _data()
-    out = loso_operating_points(features, samples, "within_archive", "findings")
+    res = loso_operating_points(features, samples, "within_archive", "findings")
+    out = res["folds"]
     assert set(out) >= {"hannover", "covid19-radiography", "NIH", "kermany-pediatric"}
     for fold in out.values():
         assert 0 < fold["threshold"] < 1 and fold["validation"]["sensitivity"] >= 0.85
@@ -55,6 +57,12 @@ def test_each_fold_chooses_on_the_other_sources_and_reports_the_sources_left_out
     assert {"covid_read_as_disease", "normal_read_as_no_finding"} <= set(c19)
     assert abs(sum(c19["categories"].values()) - 1) < 1e-3
     assert set(out["NIH"]["sources"]) == {"nih-chestxray8", "nih-chestxray14"}
+    summary = loso_summary(res)
+    assert summary["hannover"]["covid_read_as_disease"] == han["covid_read_as_disease"]
+    assert "covid19-radiography (covid19-radiography + NIH left out)" in summary
+    pooled = res["pooled"]  # every film once, in the fold that left its source out
+    assert pooled["n"] == len(samples) and pooled["n_covid"] == 3 * 40
+    assert sum(v["n"] for v in pooled["covid_share_by_category"].values()) == len(samples)
 
 
 def test_abnormal_calibration_bins_each_source_and_the_pool(tmp_path):

@@ -124,7 +124,8 @@ def headline_summary(report: dict) -> str:
         f"margin {u['operating_margin']} logit, goal {'reached' if u['goal_reached'] else 'NOT reached'}",
         "  by reason: " + ", ".join(f"{k} {n}" for k, n in v["by_reason"].items()),
     ]
-    for fold, r in report.get("loso", {}).items():
+    loso = report.get("loso", {"folds": {}})
+    for fold, r in loso["folds"].items():
         for src, s in r["sources"].items():
             rates = [
                 f"{label} {s[key]:.3f} (n={s[n]})"
@@ -138,6 +139,12 @@ def headline_summary(report: dict) -> str:
             ]
             cats = ", ".join(f"{c} {x:.0%}" for c, x in s.get("categories", {}).items())
             lines.append(f"LOSO [{fold}] {src} at {r['threshold']:.4f}: " + "; ".join(rates) + f"; categories {cats}")
+    if "pooled" in loso and "covid_share_by_category" in loso["pooled"]:
+        shares = loso["pooled"]["covid_share_by_category"]
+        lines.append(
+            "LOSO, every film once: COVID-19 share per category: "
+            + ", ".join(f"{c} {v['covid']:.0%} (n={v['n']})" for c, v in shares.items())
+        )
     return "\n".join(lines)
 
 

@@ -14,7 +14,6 @@ it is applied to every image of the sources left out.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -104,36 +103,41 @@ def operating_point_spec(chosen: dict, fitted_on: str) -> dict:
     }
 
 
-def source_report(probs: np.ndarray, labels: np.ndarray, facts: np.ndarray | None, t: float) -> dict:
-    """What the headline says of one source's films at threshold ``t``: rates, COVID-19 calls and categories.
+def source_report(probs: np.ndarray, labels: np.ndarray, facts: np.ndarray | None, t: float | np.ndarray) -> dict:
+    """What the headline says of a group of films at threshold ``t``: rates, COVID-19 calls and categories.
 
     Args:
         probs: (N, 3) probabilities over ``CLASSES``; labels: (N,) class indices.
         facts: (N, len(FACTS)) finding facts for the categories (None: no categories).
+        t: the operating point on P(abnormal), one for all or (N,) one per film (films of several folds).
     """
     p_abn = 1.0 - probs[:, NORMAL]
+    disease = p_abn >= t
     called = headline(probs, TARGETS, {"p_abnormal": t, "covid_given_abnormal": COVID_GIVEN_ABNORMAL})
     out: dict = {"n": int(len(labels))}
     for name, cls in (("covid", COVID), ("other", OTHER)):
         rows = labels == cls
         if rows.any():
-            out[f"{name}_read_as_disease"] = round(float((p_abn[rows] >= t).mean()), 4)
+            out[f"{name}_read_as_disease"] = round(float(disease[rows].mean()), 4)
             out[f"{name}_read_as_covid"] = round(float((called[rows] == COVID).mean()), 4)
             out[f"n_{name}"] = int(rows.sum())
     normal = labels == NORMAL
     if normal.any():
-        out["normal_read_as_no_finding"] = round(float((p_abn[normal] < t).mean()), 4)
+        out["normal_read_as_no_finding"] = round(float((~disease[normal]).mean()), 4)
         out["n_normal"] = int(normal.sum())
     if facts is not None:
-        cats = [rsna_category(f, bool(a >= t))["code"] for f, a in zip(facts, p_abn, strict=True)]
-        counts = Counter(cats)
-        out["categories"] = {c: round(counts[c] / len(cats), 4) for c in CATEGORIES}
+        cats = np.array([rsna_category(f, bool(d))["code"] for f, d in zip(facts, disease, strict=True)])
+        out["categories"] = {c: round(float((cats == c).mean()), 4) for c in CATEGORIES}
         out["covid_share_by_category"] = {
-            c: round(float(np.mean([lab == COVID for lab, k in zip(labels, cats, strict=True) if k == c])), 4)
+            c: {"covid": round(float((labels[cats == c] == COVID).mean()), 4), "n": int((cats == c).sum())}
             for c in CATEGORIES
-            if counts[c]
+            if (cats == c).any()
         }
     return out
+
+
+#: The folds that leave each source out once (the "covid19-radiography + NIH" fold repeats two of them).
+SINGLE_FOLDS = ("covid-chestxray", "covid19-radiography", "hannover", "kermany-pediatric", "NIH")
 
 
 def loso_operating_points(
@@ -142,7 +146,9 @@ def loso_operating_points(
     """Each LOSO fold's threshold (chosen on the other sources' validation images) and what it gives on the sources left out.
 
     Returns:
-        fold name -> ``{"threshold", "validation": choose_threshold's answer, "sources": {source: source_report}}``.
+        ``{"folds": {fold name: {"threshold", "validation", "sources": {source: source_report}}},
+        "pooled": source_report of every film once}``: each film scored in the fold that left its source
+        out (:data:`SINGLE_FOLDS`), at that fold's threshold.
     """
     rows = sample_rows(features, samples)
     labels = np.array([s["label"] for s in rows])
@@ -150,7 +156,7 @@ def loso_operating_points(
     splits = np.array([s["split"] for s in rows])
     x = feature_matrix(features, feature_set)
     facts = np.asarray(features["findings"], np.float64) if len(features["findings"]) == len(rows) else None
-    out = {}
+    out, pooled = {}, []
     for fold, left_out in FOLDS.items():
         held = np.isin(sources, left_out)
         model = make_design(design, has_facts(feature_set))
@@ -180,7 +186,21 @@ def loso_operating_points(
                 if (sources[held] == src).any()
             },
         }
+        if fold in SINGLE_FOLDS:
+            pooled.append((p_held, labels[held], None if facts is None else facts[held], np.full(int(held.sum()), t)))
         log.info("LOSO fold %s: threshold %.3f chosen on %d validation images", fold, t, int(val.sum()))
+    probs, labs, fs, ts = (None if parts[0] is None else np.concatenate(parts) for parts in zip(*pooled))
+    return {"folds": out, "pooled": source_report(probs, labs, fs, ts)}
+
+
+def loso_summary(loso: dict) -> dict:
+    """The rates of :func:`loso_operating_points` per source left out, for the spec (no categories)."""
+    keys = ("covid_read_as_disease", "other_read_as_disease", "normal_read_as_no_finding", "covid_read_as_covid")
+    out = {}
+    for fold, r in loso["folds"].items():
+        for src, rep in r["sources"].items():
+            name = src if fold in SINGLE_FOLDS else f"{src} ({fold} left out)"
+            out[name] = {"threshold": r["threshold"], **{k: rep[k] for k in keys if k in rep}}
     return out
 
 

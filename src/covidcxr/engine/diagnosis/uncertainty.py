@@ -30,7 +30,7 @@ from ...infer import Predictor
 from ...infer.diagnosis import headline
 from ...infer.uncertainty import MIN_SIDE, REASONS, Signals, outline_facts, uncertain_reasons
 from ...specs import WeightSpec
-from .operating_point import COVID_GIVEN_ABNORMAL, choose_threshold, operating_point_spec
+from .operating_point import COVID_GIVEN_ABNORMAL, choose_threshold, loso_summary, operating_point_spec
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,7 @@ def evaluate(
     }
     if loso:
         report["loso"] = _loso(data_root, spec)
+        report["operating_point"]["loso"] = loso_summary(report["loso"])
     (out / "headline.json").write_text(json.dumps(report, indent=2) + "\n")
     if spec_path:
         for path in _specs_of(spec_path):
