@@ -266,7 +266,7 @@ def plot_abnormal_calibration(cal: dict, path: str | Path, threshold: float | No
         ax.axvline(threshold, color="C3", ls=":", lw=1, label=f"operating point {threshold:.2f}")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean P(abnormal) in the bin", ylabel="share of films with pneumonia")
     ax.set_title("Calibration of P(abnormal) per source")
-    ax.legend(fontsize=6.5, loc="upper left")
+    ax.legend(fontsize=6.5, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -30,7 +30,13 @@ from ...infer import Predictor
 from ...infer.diagnosis import headline
 from ...infer.uncertainty import MIN_SIDE, REASONS, Signals, outline_facts, uncertain_reasons
 from ...specs import WeightSpec
-from .operating_point import COVID_GIVEN_ABNORMAL, choose_threshold, loso_summary, operating_point_spec
+from .operating_point import (
+    COVID_GIVEN_ABNORMAL,
+    choose_threshold,
+    loso_summary,
+    operating_point_spec,
+    write_abnormal_calibration,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +186,8 @@ def evaluate(
 ) -> dict:
     """Fit the operating point and the uncertainty thresholds on validation; LOSO; write them out.
 
-    Writes ``headline.json`` into ``out`` and, with ``spec_path``, the spec's ``operating_point`` and
+    Writes ``headline.json`` and the validation P(abnormal) reliability per source
+    (``calibration_abnormal.png``, ``.md``) into ``out`` and, with ``spec_path``, the spec's ``operating_point`` and
     ``uncertainty`` fields (nothing else of the spec changes). The validation readings are kept in
     ``out`` under a name made of every model's sha256, so a second run on the same chain reads them back.
 
@@ -204,6 +211,9 @@ def evaluate(
         "uncertainty": fitted,
         "validation": uncertain_share(readings, fitted, threshold),
     }
+    report["abnormal_calibration"] = write_abnormal_calibration(
+        readings["label"], readings["probs"], readings["dataset"], out, threshold
+    )
     if loso:
         report["loso"] = _loso(data_root, spec)
         report["operating_point"]["loso"] = loso_summary(report["loso"])
