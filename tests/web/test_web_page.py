@@ -234,7 +234,6 @@ def test_page_shows_a_refusal_as_a_message(page, tmp_path):
 def test_overlays_stack_on_the_xray_and_toggle(page):
     _read_sample(page)
     _loaded(page, "#layer-lesions")
-    xray = page.locator("#xray").bounding_box()
     # On by default: lungs and heat map; lesions and zones off until asked for.
     for layer, shown in (("lungs", True), ("heatmap", True), ("lesions", False), ("zones", False)):
         img, toggle = page.locator(f"#layer-{layer}"), page.locator(f"#show-{layer}")
@@ -249,6 +248,7 @@ def test_overlays_stack_on_the_xray_and_toggle(page):
         (expect(img).to_be_hidden if shown else expect(img).to_be_visible)()
         box = img.bounding_box()  # drawn over the X-ray, pixel for pixel
         if box is not None:
+            xray = page.locator("#xray").bounding_box()  # the click may have scrolled the page
             assert box == pytest.approx(xray, abs=1), (layer, box, xray)
         toggle.click()
         (expect(img).to_be_visible if shown else expect(img).to_be_hidden)()
