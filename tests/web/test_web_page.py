@@ -286,7 +286,7 @@ def test_uncertain_reading_gets_a_badge_with_its_reason(fake_page):
     badge = page.locator("#uncertain")
     expect(badge).to_be_visible()
     expect(badge.locator(".badge")).to_have_text("Uncertain")
-    expect(badge).to_contain_text("2 reasons")
+    expect(badge).to_contain_text("2 reasons, listed under the reading")
     reasons = page.locator("#uncertain-reasons li")
     expect(reasons).to_have_count(2)
     expect(reasons.nth(0)).to_have_text(UNSURE)

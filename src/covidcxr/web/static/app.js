@@ -79,7 +79,7 @@ function showUncertain(row) {
   const reasons = (row.uncertain_reasons || []).map((r) => r.text);
   if (row.uncertain === true && reasons.length === 0 && row.uncertain_reason) reasons.push(row.uncertain_reason);
   show("uncertain", row.uncertain === true);
-  $("uncertain-reason").textContent = row.uncertain ? `${reasons.length} reason${reasons.length === 1 ? "" : "s"}:` : "";
+  $("uncertain-reason").textContent = row.uncertain ? `${reasons.length} reason${reasons.length === 1 ? "" : "s"}, listed under the reading` : "";
   fillList("uncertain-reasons", row.uncertain ? reasons : []);
 }
 
