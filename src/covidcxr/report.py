@@ -109,16 +109,19 @@ def save_report(path, image: np.ndarray, result: Result) -> None:
         parse_math=False,
     )
     name = Path(result.path or "image").name
-    headline = f"{name}: {result.prediction} ({result.probabilities[result.prediction]:.0%})"
-    if result.uncertain:
-        headline += "  -  UNCERTAIN"
-    fig.suptitle(plain_text(headline), fontsize=11, parse_math=False, color="#b35900" if result.uncertain else "black")
+    first, second = headline_lines(result)
+    fig.suptitle(
+        plain_text(f"{name}: {first}") + "\n" + plain_text(second, 2 * TITLE_CHARS),
+        fontsize=10.5,
+        parse_math=False,
+        color="#b35900" if result.uncertain else "black",
+    )
     fig.savefig(path, format="png", dpi=REPORT_DPI, pil_kwargs={"compress_level": 1})  # fast PNG encoding
 
 
 def _grid(panels: int, notes: int, height: float) -> dict:
     bottom = (0.75 + NOTE_INCHES * notes) / height  # the lesion legend, then the notes
-    top = 1 - 1.0 / height  # the headline, then panel titles of up to three lines
+    top = 1 - 1.25 / height  # the two headline lines, then panel titles of up to three lines
     return {
         "width_ratios": [1] * (panels - 1) + [1.1],
         "left": 0.01,
@@ -129,11 +132,38 @@ def _grid(panels: int, notes: int, height: float) -> dict:
     }
 
 
+def headline_lines(result: Result) -> tuple[str, str]:
+    """The report's headline: what a radiologist would write first, then the probabilities behind the reading.
+
+    First line: the RSNA category and the opacity finding with its extent (without the findings, the
+    reading alone). Second line: the reading, P(disease) against its threshold, P(COVID-19 | disease),
+    which is near chance, and UNCERTAIN when the reading is.
+    """
+    p = result.probabilities
+    reading = f"{result.prediction} ({p[result.prediction]:.0%})"
+    if not result.findings:
+        return reading + ("  -  UNCERTAIN" if result.uncertain else ""), "probabilities: " + ", ".join(
+            f"{c} {v:.0%}" for c, v in p.items()
+        )
+    opacity = result.findings["airspace_opacity"]
+    extent = f"geographic extent {result.findings['geographic_extent']:.1f} of 8"
+    found = f"airspace opacity, {extent}" if opacity["present"] else f"no airspace opacity called ({extent})"
+    first = f"{result.category['label']}: {found}" if result.category else found
+    q = result.findings["covid_pattern"]["score"]
+    second = (
+        f"Reading: {result.prediction}; P(disease) {opacity['probability']:.0%} "
+        f"(called at {opacity.get('threshold', 0.5):.0%}); P(COVID-19 | disease) {q:.0%}, near chance"
+    )
+    return first, second + ("  -  UNCERTAIN" if result.uncertain else "")
+
+
 def report_notes(result: Result) -> list[str]:
-    """The lines under the panels: uncertainty, severity and findings in words, warnings, models, caveat."""
-    notes = []
-    if result.uncertain:
+    """The lines under the panels: uncertainty, category, severity and findings in words, warnings, models, caveat."""
+    notes = [f"Uncertain: {r['text']}." for r in result.uncertain_reasons]
+    if result.uncertain and not result.uncertain_reasons:
         notes.append(f"Uncertain: {result.uncertain_reason}.")
+    if result.category is not None:
+        notes.append(f"{result.category['label']} (RSNA category): {'; '.join(result.category['reasons'])}.")
     if result.severity is not None:
         b = result.severity["brixia"]
         notes.append(
@@ -145,6 +175,8 @@ def report_notes(result: Result) -> list[str]:
     notes += [f"Warning: {w}" for w in result.warnings][:3]
     models = ", ".join(f"{m['name']} ({m['sha256'][:8]})" for m in result.model.values())
     notes.append(f"Models: {models}; covidcxr {__version__}.")
+    if result.category is not None:
+        notes.append(f"Not measured: {result.category['cannot_see']}.")
     notes.append(f"{CAVEAT} {DISCLAIMER}")
     return notes
 

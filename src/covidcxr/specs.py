@@ -56,6 +56,8 @@ class WeightSpec:
         default_factory=dict
     )  # gate: mean, precision and limit of the intensity-facts distance (empty: off)
     uncertainty: dict = field(default_factory=dict)  # diagnosis: thresholds of the "uncertain" rule (empty: never)
+    # diagnosis: the headline's thresholds, p_abnormal and covid_given_abnormal (empty: the largest probability)
+    operating_point: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 

@@ -91,3 +91,13 @@ def test_summary_without_refusals_or_skips():
     counts = RunCounts(done=12, failed=3, refused={"lateral": 1, "ct": 1})
     summary = run_summary(counts, 0.0, Path("p"))  # nothing went through the models: no throughput
     assert summary.startswith("12 read, 2 refused (1 ct, 1 lateral), 1 failed; results") and "images/s" not in summary
+
+
+def test_result_line_names_the_category_and_every_reason():
+    row = {
+        **ROWS[0],
+        "category": {"code": "typical", "label": "Typical appearance", "reasons": [], "cannot_see": ""},
+        "uncertain": True,
+        "uncertain_reasons": [{"code": "low_resolution", "text": "low"}, {"code": "lung_outline", "text": "odd"}],
+    }
+    assert result_line(row).split("\t")[3:] == ["Typical appearance", "uncertain: low; odd"]

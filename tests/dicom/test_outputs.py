@@ -113,6 +113,10 @@ def test_a_reporting_category_in_the_row_is_a_coded_finding(source):
     result = fake_result((header.Rows, header.Columns))
     sr = dicom_results(header, result, result.to_dict() | {"category": "Typical appearance"}).sr
     assert _content(sr, "CODE")["CATEGORY"] == [("TYPICAL-APPEARAN", "Typical appearance")]
+    # The row's category object (covidcxr.infer.categories) is coded by its label.
+    category = {"code": "typical", "label": "Typical appearance", "reasons": [], "cannot_see": ""}
+    sr = dicom_results(header, result, result.to_dict() | {"category": category}).sr
+    assert _content(sr, "CODE")["CATEGORY"] == [("TYPICAL-APPEARAN", "Typical appearance")]
 
 
 def test_every_object_reads_back_with_pydicom_and_passes_dciodvfy(source, tmp_path):

@@ -35,6 +35,10 @@ def test_evaluate_quick(tmp_path):
     assert 0 <= sal["mean"] <= 1
     for name in ("roc.png", "calibration.png", "confusion.png", "diagnosis_eval.md", "predictions.jsonl"):
         assert (ev / name).stat().st_size > 0
+    # P(abnormal) reliability per source: a curve each and a table.
+    assert set(summary["abnormal_calibration"]) == {"all sources", *sources}
+    assert (ev / "calibration_abnormal.png").stat().st_size > 0
+    assert "## hannover" in (ev / "calibration_abnormal.md").read_text()
 
 
 @pytest.mark.slow

@@ -11,6 +11,8 @@ from PIL import Image
 from covidcxr.cli import SAMPLE, main
 from covidcxr.data.classification import CLASSES
 from covidcxr.infer import Predictor
+from covidcxr.infer.categories import CATEGORIES
+from covidcxr.infer.diagnosis import headline
 from covidcxr.io import read_image
 from covidcxr.models import load_weights
 from covidcxr.models.weights import sha256_file, shipped_spec_path
@@ -30,7 +32,11 @@ def test_predict_sample_writes_every_output(tmp_path):
     assert set(row) >= KEYS and "error" not in row
     assert set(row["probabilities"]) == set(CLASSES)
     assert abs(sum(row["probabilities"].values()) - 1) < 1e-5
-    assert row["prediction"] == max(row["probabilities"], key=row["probabilities"].get)
+    spec = load_weights(kind="diagnosis")[1]
+    probs = np.array([[row["probabilities"][c] for c in CLASSES]])
+    assert row["prediction"] == CLASSES[int(headline(probs, CLASSES, spec.operating_point)[0])]
+    assert row["category"]["code"] in CATEGORIES and isinstance(row["uncertain_reasons"], list)
+    assert row["uncertain"] == bool(row["uncertain_reasons"])
     size = Image.open(SAMPLE).size
     assert Image.open(row["lung_mask"]).size == size and Image.open(row["heatmap"]).size == size
     assert Image.open(row["report"]).size[0] > 400
@@ -121,3 +127,6 @@ def test_shipped_diagnosis_weights_golden(fixtures):
         assert res.findings["airspace_opacity"]["probability"] == pytest.approx(
             golden["findings"][name]["airspace_opacity"]["probability"], abs=2e-3
         )
+        # The headline at the spec's operating point, and the category it gives.
+        assert res.prediction == golden["prediction"][name]
+        assert res.category["code"] == golden["category"][name]

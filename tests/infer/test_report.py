@@ -51,3 +51,29 @@ def test_notes_spell_out_uncertainty_severity_models_and_the_caveat():
     assert CAVEAT in notes
     certain, _ = _result(uncertain=False)
     assert "Uncertain" not in "\n".join(report_notes(certain))
+
+
+def test_headline_leads_with_the_category_and_the_finding_then_the_probabilities():
+    from covidcxr.report import headline_lines
+
+    findings = {
+        "airspace_opacity": {"present": True, "probability": 0.75, "threshold": 0.62},
+        "geographic_extent": 4.25,
+        "opacity": 3.0,
+        "lesion_share": 0.3,
+        "covid_pattern": {"score": 0.64, "bilateral": 0.2, "peripheral": 0.7, "lower_zone": 0.5},
+    }
+    category = {"code": "typical", "label": "Typical appearance", "reasons": ["bilateral"], "cannot_see": "effusion"}
+    reasons = [{"code": "low_resolution", "text": "low resolution"}, {"code": "lung_outline", "text": "odd outline"}]
+    res, _ = _result(findings=findings, category=category, uncertain=True, uncertain_reasons=reasons)
+    first, second = headline_lines(res)
+    assert first == "Typical appearance: airspace opacity, geographic extent 4.2 of 8"
+    assert "P(disease) 75% (called at 62%)" in second and "P(COVID-19 | disease) 64%, near chance" in second
+    assert second.endswith("UNCERTAIN")
+    notes = report_notes(res)
+    assert notes[:2] == ["Uncertain: low resolution.", "Uncertain: odd outline."]  # every reason, in order
+    assert any(n.startswith("Typical appearance (RSNA category): bilateral") for n in notes)
+    assert any("Not measured: effusion" in n for n in notes)
+    normal = {**findings, "airspace_opacity": {"present": False, "probability": 0.2, "threshold": 0.62}}
+    res, _ = _result(findings=normal, category={**category, "label": "Negative for pneumonia"})
+    assert headline_lines(res)[0] == "Negative for pneumonia: no airspace opacity called (geographic extent 4.2 of 8)"

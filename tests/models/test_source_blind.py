@@ -115,9 +115,14 @@ def test_finding_facts_and_summary():
         {"COVID-19": 0.3, "Other pneumonia": 0.1, "No finding": 0.6}, np.array(list(facts.values()))
     )
     assert (
-        summary["airspace_opacity"] == {"present": False, "probability": 0.4}
+        summary["airspace_opacity"] == {"present": False, "probability": 0.4, "threshold": 0.5}
         and summary["covid_pattern"]["score"] == 0.75
     )
+    # The operating point moves the opacity decision with the headline's.
+    low = findings_summary(
+        {"COVID-19": 0.3, "Other pneumonia": 0.1, "No finding": 0.6}, np.array(list(facts.values())), 0.35
+    )
+    assert low["airspace_opacity"] == {"present": True, "probability": 0.4, "threshold": 0.35}
 
 
 def test_within_archive_heads_fold_into_the_shipped_model():

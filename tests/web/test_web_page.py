@@ -42,7 +42,21 @@ TIMEOUT_MS = 60_000
 pytestmark = pytest.mark.browser  # CI installs Chromium and runs these with -m browser
 
 
-UNSURE = "the top probability 41% is below 60%, under which validation readings were often wrong"
+UNSURE = "P(disease) 71% is close to the decision threshold 70%: a small change would flip disease / No finding"
+LOW_RES = "low resolution: the image's shorter side is 200 px, below what the models read"
+TYPICAL = {
+    "code": "typical",
+    "label": "Typical appearance",
+    "reasons": ["bilateral, peripheral and lower-zone predominant opacities"],
+    "cannot_see": "pleural effusion, pneumothorax and cavitation are not measured by these models",
+}
+FINDINGS = {
+    "airspace_opacity": {"present": True, "probability": 0.71, "threshold": 0.7},
+    "geographic_extent": 3.4,
+    "opacity": 2.0,
+    "lesion_share": 0.2,
+    "covid_pattern": {"score": 0.58, "bilateral": 0.1, "peripheral": 0.7, "lower_zone": 0.5},
+}
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
 
@@ -66,6 +80,14 @@ class FakePredictor:
                     prediction="COVID-19",
                     uncertain=self.uncertain,
                     uncertain_reason=UNSURE if self.uncertain else None,
+                    uncertain_reasons=[
+                        {"code": "near_operating_point", "text": UNSURE},
+                        {"code": "low_resolution", "text": LOW_RES},
+                    ]
+                    if self.uncertain
+                    else [],
+                    category=TYPICAL,
+                    findings=FINDINGS,
                     gate_probability=0.9,
                     saliency_method="lesion evidence" if self.empty_map else "Grad-CAM",
                     saliency_in_lungs=float("nan") if self.empty_map else 0.5,
@@ -212,7 +234,6 @@ def test_page_shows_a_refusal_as_a_message(page, tmp_path):
 def test_overlays_stack_on_the_xray_and_toggle(page):
     _read_sample(page)
     _loaded(page, "#layer-lesions")
-    xray = page.locator("#xray").bounding_box()
     # On by default: lungs and heat map; lesions and zones off until asked for.
     for layer, shown in (("lungs", True), ("heatmap", True), ("lesions", False), ("zones", False)):
         img, toggle = page.locator(f"#layer-{layer}"), page.locator(f"#show-{layer}")
@@ -227,6 +248,7 @@ def test_overlays_stack_on_the_xray_and_toggle(page):
         (expect(img).to_be_hidden if shown else expect(img).to_be_visible)()
         box = img.bounding_box()  # drawn over the X-ray, pixel for pixel
         if box is not None:
+            xray = page.locator("#xray").bounding_box()  # the click may have scrolled the page
             assert box == pytest.approx(xray, abs=1), (layer, box, xray)
         toggle.click()
         (expect(img).to_be_visible if shown else expect(img).to_be_hidden)()
@@ -264,7 +286,11 @@ def test_uncertain_reading_gets_a_badge_with_its_reason(fake_page):
     badge = page.locator("#uncertain")
     expect(badge).to_be_visible()
     expect(badge.locator(".badge")).to_have_text("Uncertain")
-    expect(badge).to_contain_text(UNSURE)
+    expect(badge).to_contain_text("2 reasons, listed under the reading")
+    reasons = page.locator("#uncertain-reasons li")
+    expect(reasons).to_have_count(2)
+    expect(reasons.nth(0)).to_have_text(UNSURE)
+    expect(reasons.nth(1)).to_have_text(LOW_RES)
     # Near the title, above the X-ray.
     title = page.locator("#title").bounding_box()
     assert title["y"] <= badge.bounding_box()["y"] < page.locator("#xray").bounding_box()["y"]
@@ -281,8 +307,9 @@ def test_a_certain_reading_has_no_badge(fake_page):
     page, predictor = fake_page
     predictor.uncertain = False
     _read_sample(page)
-    expect(page.locator("#title")).to_contain_text("COVID-19")
+    expect(page.locator("#title")).to_contain_text("Typical appearance")
     expect(page.locator("#uncertain")).to_be_hidden()
+    expect(page.locator("#uncertain-reasons")).to_be_hidden()
     expect(page.locator("#caveat")).to_have_text(CAVEAT)
 
 
@@ -369,3 +396,31 @@ def test_empty_heat_map_tile_says_no_lesion_evidence(fake_page):
     expect(empty).to_contain_text("No lesion evidence found")
     expect(page.locator("#heatmap")).to_be_hidden()  # no black square
     expect(page.locator("#heatmap-method")).to_contain_text("no lesion evidence found")
+
+
+def test_headline_leads_with_category_and_finding_then_probabilities_then_caveat(fake_page):
+    page, predictor = fake_page
+    predictor.uncertain = False
+    _read_sample(page)
+    expect(page.locator("#title")).to_have_text(re.compile(r"^Typical appearance: "))
+    expect(page.locator("#finding")).to_have_text("Airspace opacity, geographic extent 3.4 of 8.")
+    expect(page.locator("#category-reasons li")).to_have_text(TYPICAL["reasons"])
+    reading = page.locator("#reading")
+    expect(reading).to_contain_text("P(disease) 71.0%, called at 70.0%")
+    expect(reading).to_contain_text("near chance")
+    expect(page.locator("#cannot-see")).to_contain_text("pleural effusion")
+    ys = [page.locator(sel).bounding_box()["y"] for sel in ("#title", "#finding", "#reading", "#caveat", "#xray")]
+    assert ys == sorted(ys), ys
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+
+
+def test_printed_page_keeps_the_headline_and_drops_the_controls(fake_page):
+    page, predictor = fake_page
+    _read_sample(page)
+    page.emulate_media(media="print")
+    for shown in ("#title", "#finding", "#reading", "#uncertain-reasons", "#caveat", "#xray", "#probabilities"):
+        expect(page.locator(shown)).to_be_visible()
+    for hidden in ("#drop", ".toggles", "details", "footer"):
+        expect(page.locator(hidden).first).to_be_hidden()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    assert page.pdf(format="A4")[:4] == b"%PDF"  # headless Chromium prints it

@@ -95,21 +95,57 @@ def cmd_evaluate_severity(args: argparse.Namespace) -> int:
 def cmd_evaluate_uncertainty(args: argparse.Namespace) -> int:
     from ..engine.diagnosis.uncertainty import evaluate
 
-    report = evaluate(args.data_root, args.out, args.spec)
-    t, v = report["thresholds"], report["validation"]
+    report = evaluate(args.data_root, args.out, args.spec, loso=not args.no_loso, limit=args.limit)
+    print(headline_summary(report))
     print(
-        f"min top probability {t['min_top_probability']:.3f}; No finding with extent > {t['no_finding_max_extent']:.2f}; "
-        f"pneumonia with no lesion and extent < {t['pneumonia_min_extent']:.2f}"
-    )
-    print(
-        f"validation: {v['uncertain']} of {v['n']} readings uncertain {v['by_rule']}; "
-        f"accuracy certain {v['accuracy_certain']}, uncertain {v['accuracy_uncertain']}"
-    )
-    print(
-        f"report: {Path(args.out) / 'uncertainty.json'}"
-        + (f"; thresholds written into {args.spec}" if args.spec else "")
+        f"report: {Path(args.out) / 'headline.json'}"
+        + (
+            f"; operating point and thresholds written into {args.spec} (and its ONNX export's spec)"
+            if args.spec
+            else ""
+        )
     )
     return 0
+
+
+def headline_summary(report: dict) -> str:
+    """The numbers of ``covidcxr evaluate uncertainty`` in lines a person reads."""
+    op, u, v = report["operating_point"], report["uncertainty"], report["validation"]
+    per = report["validation_per_source"]
+    lines = [
+        f"operating point: disease when P(abnormal) >= {op['p_abnormal']:.4f}; "
+        f"COVID-19 when P(COVID-19 | abnormal) >= {op['covid_given_abnormal']} (near chance)",
+        f"validation: sensitivity {op['validation']['sensitivity']:.3f}, specificity "
+        f"{op['validation']['specificity']:.3f} (sources weighted equally)",
+        "  sensitivity per source: " + ", ".join(f"{k} {x:.3f}" for k, x in per["sensitivity"].items()),
+        "  specificity per source: " + ", ".join(f"{k} {x:.3f}" for k, x in per["specificity"].items()),
+        f"uncertain: {v['uncertain']} of {v['n']} ({1 - v['certain_share']:.1%}); readings left certain "
+        f"{v['certain_share']:.1%}, right {v['right_certain']}; all readings right {v['right_all']}; "
+        f"margin {u['operating_margin']} logit, goal {'reached' if u['goal_reached'] else 'NOT reached'}",
+        "  by reason: " + ", ".join(f"{k} {n}" for k, n in v["by_reason"].items()),
+    ]
+    loso = report.get("loso", {"folds": {}})
+    for fold, r in loso["folds"].items():
+        for src, s in r["sources"].items():
+            rates = [
+                f"{label} {s[key]:.3f} (n={s[n]})"
+                for key, n, label in (
+                    ("covid_read_as_disease", "n_covid", "COVID-19 read as disease"),
+                    ("other_read_as_disease", "n_other", "other pneumonia read as disease"),
+                    ("normal_read_as_no_finding", "n_normal", "normal read as No finding"),
+                    ("covid_read_as_covid", "n_covid", "COVID-19 read as COVID-19"),
+                )
+                if key in s
+            ]
+            cats = ", ".join(f"{c} {x:.0%}" for c, x in s.get("categories", {}).items())
+            lines.append(f"LOSO [{fold}] {src} at {r['threshold']:.4f}: " + "; ".join(rates) + f"; categories {cats}")
+    if "pooled" in loso and "covid_share_by_category" in loso["pooled"]:
+        shares = loso["pooled"]["covid_share_by_category"]
+        lines.append(
+            "LOSO, every film once: COVID-19 share per category: "
+            + ", ".join(f"{c} {v['covid']:.0%} (n={v['n']})" for c, v in shares.items())
+        )
+    return "\n".join(lines)
 
 
 def cmd_evaluate_gate(args: argparse.Namespace) -> int:

@@ -177,11 +177,15 @@ def ray_summary(read_rows) -> str:
 
 
 def result_line(row: dict) -> str:
-    """The stdout line of a reading: ``path<TAB>prediction<TAB>[probabilities]``, then ``<TAB>uncertain: why`` if unsure."""
+    """The stdout line of a reading: ``path<TAB>prediction<TAB>[probabilities]``, then its category and, if unsure,
+    ``<TAB>uncertain: why; why``."""
     probs = "  ".join(f"{c} {p:.1%}" for c, p in row["probabilities"].items())
     line = f"{row['path']}\t{row['prediction']}\t[{probs}]"
+    if row.get("category"):
+        line += f"\t{row['category']['label']}"
     if row.get("uncertain"):
-        line += f"\tuncertain: {row.get('uncertain_reason') or 'unspecified'}"
+        why = "; ".join(r["text"] for r in row.get("uncertain_reasons") or []) or row.get("uncertain_reason")
+        line += f"\tuncertain: {why or 'unspecified'}"
     return line
 
 

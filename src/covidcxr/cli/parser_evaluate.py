@@ -136,16 +136,25 @@ def add_evaluate_uncertainty(ev) -> None:
     evu = command(
         ev,
         "uncertainty",
-        "fit on the validation split when a reading says it is unsure (docs/experiments/uncertainty.md)",
+        "fit on the validation split the headline's operating point and when a reading says it is unsure "
+        "(docs/experiments/operating-point.md, docs/experiments/uncertainty.md); LOSO estimate per source",
         "covidcxr evaluate uncertainty --out eval/uncertainty",
-        "covidcxr evaluate uncertainty --spec runs/diagnosis/export/source_blind_diagnosis.json",
+        "covidcxr evaluate uncertainty --out runs/headline --spec src/covidcxr/weights/source_blind_diagnosis.json",
     )
     add_data_root(evu)
-    evu.add_argument("--out", default="eval/uncertainty", metavar="DIR", help="output folder (uncertainty.json)")
+    evu.add_argument("--out", default="eval/uncertainty", metavar="DIR", help="output folder (headline.json)")
     evu.add_argument(
         "--spec",
         metavar="SPEC",
-        help="diagnosis weights spec JSON to read and to write the thresholds into "
+        help="diagnosis weights spec JSON to read and to write the operating point and thresholds into "
         "(default: the shipped model, and nothing is written)",
+    )
+    evu.add_argument(
+        "--no-loso",
+        action="store_true",
+        help="skip the leave-one-source-out estimate (it reads the cached stage-2 features of every split)",
+    )
+    evu.add_argument(
+        "--limit", type=int, default=0, metavar="N", help="at most N validation images per source (a smoke run)"
     )
     evu.set_defaults(func=cmd_evaluate_uncertainty)

@@ -301,7 +301,7 @@ def _evaluations(row: dict) -> list[hd.sr.QualitativeEvaluation]:
         out.append(hd.sr.QualitativeEvaluation(AIRSPACE, _PRESENT if present else _ABSENT))
     category = row.get("category")
     if category:  # the reporting category, when the reading has one
-        label = str(category)
+        label = str(category["label"] if isinstance(category, dict) else category)
         out.append(hd.sr.QualitativeEvaluation(CATEGORY, _local(_code_value(label), label[:64])))
     return out
 

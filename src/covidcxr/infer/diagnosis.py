@@ -16,6 +16,29 @@ from .runners import Runner, load_runner
 SOURCE_BLIND = "source_blind_mobilenet_v2"
 
 
+def p_abnormal(probs: np.ndarray, targets: Sequence[str]) -> np.ndarray:
+    """P(airspace disease) = 1 - P(No finding) of probabilities (N, K) over ``targets``."""
+    return 1.0 - np.asarray(probs, np.float64)[:, list(targets).index("No finding")]
+
+
+def headline(probs: np.ndarray, targets: Sequence[str], operating_point: dict | None = None) -> np.ndarray:
+    """The class index each row's headline reads, (N,) int, from probabilities (N, K) over ``targets``.
+
+    With an operating point (the diagnosis spec's ``operating_point``, docs/experiments/operating-point.md)
+    the headline is two decisions: disease when P(abnormal) >= ``p_abnormal``, else No finding; then
+    COVID-19 when P(COVID-19 | abnormal) >= ``covid_given_abnormal``, else Other pneumonia. Without one
+    (an older spec, or a CNN over other targets) it is the class with the largest probability.
+    """
+    probs = np.asarray(probs, np.float64)
+    if not operating_point or "No finding" not in targets:
+        return probs.argmax(1)
+    t = list(targets)
+    covid, other, normal = t.index("COVID-19"), t.index("Other pneumonia"), t.index("No finding")
+    q = probs[:, covid] / np.maximum(probs[:, covid] + probs[:, other], 1e-12)
+    disease = np.where(q >= operating_point.get("covid_given_abnormal", 0.5), covid, other)
+    return np.where(p_abnormal(probs, t) >= operating_point["p_abnormal"], disease, normal)
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

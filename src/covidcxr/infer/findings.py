@@ -62,15 +62,16 @@ def finding_facts(severity: dict, lesions: np.ndarray, zones: np.ndarray) -> np.
     return np.array([*head, *shares, *_pattern(lesions, lungs, zones)], np.float32)
 
 
-#: Above this P(abnormal), airspace opacity is reported as present.
+#: At or above this P(abnormal), airspace opacity is reported as present (a spec without an operating point).
 OPACITY_PRESENT = 0.5
 
 
-def findings_summary(probabilities: dict[str, float], facts: np.ndarray) -> dict:
+def findings_summary(probabilities: dict[str, float], facts: np.ndarray, threshold: float = OPACITY_PRESENT) -> dict:
     """The ``findings`` object of a result: what the diagnosis rests on, in the model's own terms.
 
     ``airspace_opacity``: P(pneumonia of any kind) = 1 - P(No finding), and whether it passes
-    :data:`OPACITY_PRESENT`; ``covid_pattern``: P(COVID-19 | pneumonia) = P(COVID-19) /
+    ``threshold`` (the spec's operating point, else :data:`OPACITY_PRESENT`; the headline's
+    disease / No finding decision); ``covid_pattern``: P(COVID-19 | pneumonia) = P(COVID-19) /
     (P(COVID-19) + P(Other pneumonia)), with the distribution facts it reads (shares of the
     lesion pixels); ``geographic_extent`` (0-8) and ``opacity`` (0-6) from the severity scorer.
     """
@@ -78,7 +79,11 @@ def findings_summary(probabilities: dict[str, float], facts: np.ndarray) -> dict
     p_abn = 1.0 - probabilities["No finding"]
     covid, other = probabilities["COVID-19"], probabilities["Other pneumonia"]
     return {
-        "airspace_opacity": {"present": bool(p_abn >= OPACITY_PRESENT), "probability": round(p_abn, 4)},
+        "airspace_opacity": {
+            "present": bool(p_abn >= threshold),
+            "probability": round(p_abn, 4),
+            "threshold": round(threshold, 4),
+        },
         "geographic_extent": round(f["geographic_extent"], 2),
         "opacity": round(f["opacity"], 2),
         "lesion_share": round(f["lesion_share"], 4),

@@ -16,14 +16,15 @@ import numpy as np
 
 from ..io import ImageReadError, image_from
 from ..views import lesion_evidence, lung_share
-from .diagnosis import Diagnoser
-from .findings import finding_facts, findings_summary
+from .categories import rsna_category
+from .diagnosis import Diagnoser, headline
+from .findings import OPACITY_PRESENT, finding_facts, findings_summary
 from .gate import UNGATED, Gate, blank_refusal
 from .lungs import LungSegmenter
 from .result import Result
 from .runners import AUTO, resolve_backend
 from .severity import SeverityScorer
-from .uncertainty import uncertain_reason
+from .uncertainty import Signals, outline_facts, uncertain_reasons
 
 log = logging.getLogger(__name__)
 
@@ -225,20 +226,30 @@ class Predictor:
         views = [diagnoser.view(im, r.lung_mask) for im, r in zip(images, read, strict=True)]
         batch = diagnoser.inputs(views, facts=facts)
         probs = diagnoser.probabilities(batch)
-        maps = diagnoser.saliency(batch, probs.argmax(1).tolist()) if self.saliency else [None] * len(read)
-        for j, (res, p, view_map) in enumerate(zip(read, probs, maps, strict=True)):
+        op = diagnoser.spec.operating_point
+        threshold = op.get("p_abnormal", OPACITY_PRESENT)
+        called = headline(probs, diagnoser.targets, op)
+        maps = diagnoser.saliency(batch, called.tolist()) if self.saliency else [None] * len(read)
+        for j, (res, p, view_map, image, k) in enumerate(zip(read, probs, maps, images, called, strict=True)):
             res.probabilities = {c: float(v) for c, v in zip(diagnoser.targets, p, strict=True)}
-            res.prediction = diagnoser.targets[int(p.argmax())]
+            res.prediction = diagnoser.targets[int(k)]
             if facts is not None:
-                res.findings = findings_summary(res.probabilities, facts[j])
-                res.uncertain_reason = uncertain_reason(
-                    res.prediction,
-                    float(p.max()),
-                    res.findings["geographic_extent"],
-                    res.findings["lesion_share"],
-                    diagnoser.spec.uncertainty,
+                res.findings = findings_summary(res.probabilities, facts[j], threshold)
+                opacity = res.findings["airspace_opacity"]
+                res.category = rsna_category(facts[j], opacity["present"])
+                signals = Signals(
+                    p_abnormal=opacity["probability"],
+                    threshold=threshold,
+                    disease=res.prediction != "No finding",
+                    extent=res.findings["geographic_extent"],
+                    lesion_share=res.findings["lesion_share"],
+                    min_side=int(min(image.shape)),
+                    outline=outline_facts(res.lung_mask),
+                    gate_probability=res.gate_probability if self.gate is not None else None,
                 )
-            res.uncertain = res.uncertain_reason is not None
+                res.uncertain_reasons = uncertain_reasons(signals, diagnoser.spec.uncertainty)
+                res.uncertain_reason = res.uncertain_reasons[0]["text"] if res.uncertain_reasons else None
+            res.uncertain = bool(res.uncertain_reasons)
             if view_map is not None:
                 res.saliency_method, res.heatmap = (
                     diagnoser.saliency_method,

@@ -28,6 +28,10 @@ class Result:
     prediction: str | None = None
     uncertain: bool | None = None
     uncertain_reason: str | None = None
+    #: Every reason the reading is uncertain (``{"code", "text"}``, contradictions first); ``uncertain_reason`` is the first's text.
+    uncertain_reasons: list[dict] = field(default_factory=list)
+    #: The RSNA reporting category (:func:`covidcxr.infer.categories.rsna_category`); None without the findings.
+    category: dict | None = None
     findings: dict | None = None
     severity: dict | None = None
     warnings: list[str] = field(default_factory=list)
@@ -67,6 +71,7 @@ class Result:
         files = files or {}
         row = {"path": self.path, "probabilities": self.probabilities, "prediction": self.prediction}
         row |= {"uncertain": self.uncertain, "uncertain_reason": self.uncertain_reason}
+        row |= {"uncertain_reasons": self.uncertain_reasons, "category": self.category}
         row |= {key: files.get(key) for key in ("lung_mask", "heatmap", "report")}
         row["model"] = self.model
         if self.backend is not None:

@@ -58,8 +58,11 @@ class Severity(BaseModel):
 
 
 class AirspaceOpacity(BaseModel):
-    present: bool = Field(description="probability at or above 0.5")
+    present: bool = Field(description="probability at or above threshold: the headline's disease / No finding decision")
     probability: float = Field(description="P(pneumonia of any kind) = 1 - P(No finding).")
+    threshold: float = Field(
+        default=0.5, description="The operating point on P(abnormal) (docs/experiments/operating-point.md)."
+    )
 
 
 class CovidPattern(BaseModel):
@@ -75,6 +78,18 @@ class Findings(BaseModel):
     opacity: float = Field(description="0-6, from the severity scorer.")
     lesion_share: float = Field(description="Share of the lungs with any lesion.")
     covid_pattern: CovidPattern
+
+
+class Category(BaseModel):
+    code: Literal["negative", "typical", "indeterminate", "atypical"]
+    label: str = Field(description="The RSNA reporting category in words (docs/categories.md).")
+    reasons: list[str] = Field(description="The measurements that decided it, in words.")
+    cannot_see: str = Field(description="What the RSNA definitions name and these models do not measure.")
+
+
+class UncertainReason(BaseModel):
+    code: str = Field(description="One of covidcxr.infer.uncertainty.REASONS.")
+    text: str = Field(description="The reason in words.")
 
 
 class Overlays(BaseModel):
@@ -110,7 +125,15 @@ class Prediction(BaseModel):
         default=None,
         description="True when the reading is unsure by the rule of docs/experiments/uncertainty.md; null when the model has no such rule.",
     )
-    uncertain_reason: str | None = Field(default=None, description="Why the reading is uncertain, in words; else null.")
+    uncertain_reason: str | None = Field(
+        default=None, description="The first of uncertain_reasons, in words; else null (kept for older clients)."
+    )
+    uncertain_reasons: list[UncertainReason] = Field(
+        default_factory=list, description="Every reason the reading is uncertain, contradictions first; empty if none."
+    )
+    category: Category | None = Field(
+        default=None, description="The RSNA reporting category from the findings (source-blind diagnosis models only)."
+    )
     lung_mask: PNG = Field(description="0/255 lung mask at the input's pixel size.")
     heatmap: PNG | None = Field(
         description="Grad-CAM of the predicted class; null when the server runs with --no-saliency."

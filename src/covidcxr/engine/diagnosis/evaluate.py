@@ -40,6 +40,7 @@ from .metrics import (
     source_probe,
     summarize,
 )
+from .operating_point import write_abnormal_calibration
 from .report import (
     audit_markdown,
     markdown_table,
@@ -272,6 +273,10 @@ def evaluate_diagnosis(
     (out / "diagnosis_eval.md").write_text(markdown_table(summary))
     plot_roc(views, res["probs"], out / "roc.png", title=f"Diagnosis, {split} split")
     plot_calibration(summary["per_source"], out / "calibration.png")
+    sources = np.array([s["dataset"] for s in views["samples"]])
+    threshold = diagnoser.spec.operating_point.get("p_abnormal")
+    summary["abnormal_calibration"] = write_abnormal_calibration(views["labels"], res["probs"], sources, out, threshold)
+    (out / "diagnosis_eval.json").write_text(json.dumps(summary, indent=2, default=float))
     plot_confusion(summary["per_source"], out / "confusion.png")
     if update_spec:
         path = Path(spec_path) if spec_path else shipped_spec_path("diagnosis")

@@ -64,9 +64,48 @@ function showOverlays(row) {
   $("heatmap-caption").textContent = `Heat map (${method}): bright where the reading looked`;
 }
 
+function fillList(id, items) {
+  const list = $(id);
+  list.replaceChildren();
+  for (const text of items) {
+    const li = document.createElement("li");
+    li.textContent = text;
+    list.appendChild(li);
+  }
+  show(id, items.length > 0);
+}
+
 function showUncertain(row) {
+  const reasons = (row.uncertain_reasons || []).map((r) => r.text);
+  if (row.uncertain === true && reasons.length === 0 && row.uncertain_reason) reasons.push(row.uncertain_reason);
   show("uncertain", row.uncertain === true);
-  $("uncertain-reason").textContent = row.uncertain ? row.uncertain_reason || "" : "";
+  $("uncertain-reason").textContent = row.uncertain ? `${reasons.length} reason${reasons.length === 1 ? "" : "s"}, listed under the reading` : "";
+  fillList("uncertain-reasons", row.uncertain ? reasons : []);
+}
+
+// The headline: the RSNA category and the opacity finding with its extent, then the reading and its probabilities.
+function showHeadline(row) {
+  const top = row.probabilities[row.prediction];
+  const category = row.category;
+  const findings = row.findings;
+  $("title").textContent = category ? `${category.label}: ${row.path}` : `${row.path}: ${row.prediction} (${percent(top)})`;
+  let finding = "";
+  let reading = `Reading: ${row.prediction} (${percent(top)}).`;
+  if (findings) {
+    const opacity = findings.airspace_opacity;
+    const extent = `geographic extent ${findings.geographic_extent.toFixed(1)} of 8`;
+    finding = opacity.present ? `Airspace opacity, ${extent}.` : `No airspace opacity called (${extent}).`;
+    const threshold = typeof opacity.threshold === "number" ? opacity.threshold : 0.5;
+    reading =
+      `Reading: ${row.prediction}. P(disease) ${percent(opacity.probability)}, called at ${percent(threshold)}; ` +
+      `P(COVID-19 | disease) ${percent(findings.covid_pattern.score)}, near chance.`;
+  }
+  $("finding").textContent = finding;
+  show("finding", Boolean(finding));
+  fillList("category-reasons", category ? category.reasons : []);
+  $("reading").textContent = reading;
+  $("cannot-see").textContent = category ? `Not measured: ${category.cannot_see}.` : "";
+  show("cannot-see", Boolean(category));
 }
 
 function cell(row, text, className) {
@@ -126,8 +165,7 @@ function showFindings(findings) {
 }
 
 function showResult(row) {
-  const top = row.probabilities[row.prediction];
-  $("title").textContent = `${row.path}: ${row.prediction} (${percent(top)})`;
+  showHeadline(row);
   const warnings = $("warnings");
   warnings.replaceChildren();
   for (const warning of row.warnings) {
