@@ -130,11 +130,20 @@ def test_archive_checks_flag_a_fact_that_reads_outside_the_lungs():
     out = archive_checks(
         samples,
         labels,
-        {"intact": (facts, probs), "lungs blacked out": (blacked, flat), "all but the lungs blacked out": (facts, probs)},
+        {
+            "intact": (facts, probs),
+            "lungs blacked out": (blacked, flat),
+            "all but the lungs blacked out": (facts, probs),
+        },
     )
     assert list(out) == ["Kermany: pneumonia vs normal"]
     modes = out["Kermany: pneumonia vs normal"]["modes"]
     assert modes["intact"]["geographic_extent"]["value"] > 0.9 and modes["intact"]["P(abnormal)"]["value"] == 1.0
     assert modes["lungs blacked out"]["opacity"]["value"] > 0.9
     (line,) = archive_checks_verdict(out)
-    assert line.startswith("WARN") and "opacity" in line and "geographic_extent" not in line and "PASS: only the lungs" in line
+    assert (
+        line.startswith("WARN")
+        and "opacity" in line
+        and "geographic_extent" not in line
+        and "PASS: only the lungs" in line
+    )

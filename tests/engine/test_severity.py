@@ -196,7 +196,9 @@ def test_shipped_severity_weights_golden(fixtures):
         scorer.head_spec.sha256,
     ), "shipped weights changed: run tests/fixtures/make_golden.py"
     seg = LungSegmenter.from_spec()
-    assert scorer.lesion_spec.training["lung_weights"] == seg.spec.sha256  # its training views were cut with these lungs
+    assert (
+        scorer.lesion_spec.training["lung_weights"] == seg.spec.sha256
+    )  # its training views were cut with these lungs
     for kind in ("lesions", "severity"):
         path = shipped_spec_path(kind)
         assert (path.parent / json.loads(path.read_text())["file"]).stat().st_size < 10e6

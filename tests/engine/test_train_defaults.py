@@ -17,7 +17,7 @@ from covidcxr.engine.diagnosis.train import HeadsConfig
 from covidcxr.engine.lungs.train import SegTrainConfig
 from covidcxr.engine.severity.train import SeverityConfig, export_names
 from covidcxr.research.cnn_model import DiagTrainConfig, fit_temperature, temperature_at_bound
-from covidcxr.specs import SHIPPED, WEIGHTS_DIR
+from covidcxr.specs import SHIPPED, WEIGHTS_DIR, shipped_spec_path
 
 REPO_CONFIGS = CONFIGS_DIR  # the one configs folder: the package's
 CLASSES = {"segmentation": SegTrainConfig, "diagnosis": HeadsConfig, "severity": SeverityConfig}
@@ -61,7 +61,9 @@ def test_the_default_diagnosis_recipe_is_the_source_blind_heads(tmp_path):
         **load_config(HeadsConfig, REPO_CONFIGS / "diagnosis.yaml").__dict__,
         "out_dir": str(tmp_path),
     }
-    assert cfg.design == "within_archive" and cfg.features == "findings" and cfg.export_name == "source_blind_diagnosis"
+    assert cfg.design == "within_source" and cfg.features == "findings" and cfg.export_name == "source_blind_diagnosis"
+    shipped = json.loads(shipped_spec_path("diagnosis").read_text())["training"]["config"]
+    assert (shipped["design"], shipped["features"]) == (cfg.design, cfg.features)  # the recipe made the shipped model
 
 
 def test_a_resumed_run_reads_its_own_config(tmp_path):
@@ -76,7 +78,7 @@ def test_quick_overrides_come_after_the_config_and_before_set(tmp_path):
     assert cfg.quick and cfg.limit == 24 and cfg.input_size == 64 and cfg.epochs == 2
     assert cfg.out_dir == "runs/segmentation-quick"
     heads = train_config(_args("diagnosis", "--quick", "--out", str(tmp_path)), HeadsConfig)
-    assert heads.quick and heads.limit == 2 and heads.design == "within_archive"
+    assert heads.quick and heads.limit == 2 and heads.design == "within_source"
     cnn = train_config(
         _args("diagnosis", "--quick", "--config", str(REPO_CONFIGS / "diagnosis_cnn.yaml")), DiagTrainConfig
     )
@@ -159,7 +161,7 @@ def test_a_temperature_at_its_bound_is_flagged(caplog):
     assert temperature_at_bound(20.0) and temperature_at_bound(0.0504) and not temperature_at_bound(0.06)
 
 
-@pytest.mark.parametrize("design", ["source_erased", "within_source_prior"])
+@pytest.mark.parametrize("design", ["source_erased"])
 def test_a_loso_only_design_is_refused_before_any_feature_is_computed(design, tmp_path):
     from covidcxr.engine.diagnosis.train import HeadsConfig, train_heads
 

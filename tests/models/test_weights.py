@@ -13,7 +13,6 @@ from PIL import Image
 from covidcxr.infer import LungSegmenter
 from covidcxr.io import read_image
 from covidcxr.metrics import dice
-from covidcxr.models import shipped_spec_path
 from covidcxr.models import create_model, load_weights, save_weights, shipped_spec_path
 from covidcxr.models.weights import WeightSpec, sha256_file
 
@@ -89,4 +88,3 @@ def test_the_default_lung_model_is_the_imagenet_start_trained_through_painted_op
     config = spec["training"]["config"]
     assert config["init"].startswith("imagenet-file:") and config["opacity"] == 0.5
     assert spec["metrics"]["split"] == "test" and spec["metrics"]["dice"]["all_manual"]["value"] >= 0.960
-

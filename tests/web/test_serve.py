@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +20,10 @@ from schemathesis import GenerationMode
 from covidcxr.cli import SAMPLE, build_parser, main
 from covidcxr.data.classification import CLASSES
 from covidcxr.infer import Predictor, Result
+from covidcxr.infer.diagnosis import headline
 from covidcxr.infer.uncertainty import CAVEAT
 from covidcxr.predict import CLI_OVERRIDE
+from covidcxr.specs import shipped_spec_path
 from covidcxr.web import create_app
 from covidcxr.web.app import DISPLAY_SIDE, Prediction
 
@@ -95,7 +98,9 @@ def test_predict_sample_is_a_predictions_row_with_inline_pngs(client):
     assert row["path"] == "sample_cxr.jpg"
     assert set(row["probabilities"]) == set(CLASSES)
     assert abs(sum(row["probabilities"].values()) - 1) < 1e-5
-    assert row["prediction"] == max(row["probabilities"], key=row["probabilities"].get)
+    op = json.loads(shipped_spec_path("diagnosis").read_text()).get("operating_point")  # the headline's rule
+    probs = np.array([[row["probabilities"][c] for c in CLASSES]])
+    assert row["prediction"] == CLASSES[int(headline(probs, list(CLASSES), op)[0])]
     size = Image.open(SAMPLE).size
     assert _decode(row["lung_mask"]).size == size and _decode(row["heatmap"]).size == size
     assert _decode(row["report"]).size[0] > 400

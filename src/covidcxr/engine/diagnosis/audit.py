@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from ...data.labels import CLASSES
 from ...infer.findings import FACTS
@@ -22,7 +23,7 @@ from ...metrics import stratified_bootstrap_ci
 from ...models import load_weights
 from ...models.weights import shipped_spec_path
 from . import loso
-from .metrics import ALL_SOURCES, _auroc, by_source, covid_vs_other, source_probe
+from .metrics import ALL_SOURCES, by_source, covid_vs_other, source_probe
 from .report import archive_checks_verdict, archive_markdown, audit_markdown, plot_audit, verdict
 from .train import heads_probabilities
 
@@ -67,7 +68,7 @@ def archive_checks(samples: list[dict], labels: np.ndarray, modes: dict[str, tup
             scores = {"P(abnormal)": 1 - probs[keep, CLASSES.index("No finding")]}
             scores |= {f: np.asarray(facts, float)[keep, k] for k, f in enumerate(FACTS)}
             out[name]["modes"][mode] = {
-                k: stratified_bootstrap_ci(y, v, _auroc, n_resamples=500) for k, v in scores.items()
+                k: stratified_bootstrap_ci(y, v, roc_auc_score, n_resamples=500) for k, v in scores.items()
             }
     return out
 
