@@ -248,7 +248,8 @@ def test_train_and_evaluate_severity_cli(tmp_path):
         spec.model_kwargs["image_brixia"] and head.image.in_features == 2 + 1
     )  # geometry + the predicted Brixia global score
     assert (
-        lesion_spec.model_kwargs == {"decoder_channels": [32, 16, 16, 8, 8]} and decoder.head[0].in_channels == 8
+        lesion_spec.model_kwargs == {"decoder_channels": [32, 16, 16, 8, 8]}
+        and decoder.net.segmentation_head[0].in_channels == 8
     )  # the configured widths travel in the spec
     assert main(["evaluate", "severity", "--run", str(run), "--out", str(tmp_path / "eval")]) == 0
     again = json.loads((tmp_path / "eval" / "severity_eval.json").read_text())

@@ -67,7 +67,7 @@ def test_train_diagnosis_quick(tmp_path, cold_cache, capsys):
         else:
             assert path.is_dir() or path.suffix == ".pt", path
     spec = _spec(run / "export" / "source_blind_diagnosis-quick.json", "diagnosis")
-    assert spec.training["config"]["design"] == "within_archive" and spec.training["config"]["quick"] is True
+    assert spec.training["config"]["design"] == "within_source" and spec.training["config"]["quick"] is True
     assert spec.training["data"]["train_samples"] < 40
     summary = json.loads((run / "summary.json").read_text())
     assert summary["smoke"] is True and (run / "loso" / "loso.md").is_file()
