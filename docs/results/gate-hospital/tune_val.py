@@ -1,18 +1,27 @@
 """Validation-only tuning of the gate (docs/experiments/gate-hospital-sources.md); never loads the test cache.
 
-Run after the feature caches exist (covidcxr train gate --out runs/gate builds them):
+Run after the feature caches exist (covidcxr train gate --out RUN builds them):
     python docs/results/gate-hospital/tune_val.py
+    python docs/results/gate-hospital/tune_val.py --run runs/gate-D2 --C 0.05,0.01,0.2,1.0 --augmented-only
+        (the refit on lung model D, 2026-12-06: docs/results/gate-lungs-D/; the shipped gate is
+        not scored there, it reads another lung model's features)
 """
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 from covidcxr.engine.gate import train as G
 from covidcxr.models import load_weights
 
-out = Path("runs/gate")
+ap = argparse.ArgumentParser()
+ap.add_argument("--run", type=Path, default=Path("runs/gate"), help="the gate run folder with the feature caches")
+ap.add_argument("--C", default="0.05,0.01,0.2", help="regularisation strengths tried, comma-separated")
+ap.add_argument("--augmented-only", action="store_true", help="fit with the augmented copies only")
+ap.add_argument("--quick", action="store_true")
+args = ap.parse_args()
+out = args.run
 
 
 def load(name):
@@ -40,11 +49,12 @@ def summary(gate, spec, label):
     return worst, r, a, wrong
 
 
-shipped, sspec = load_weights(None, kind="gate")
-summary(shipped, sspec, "shipped")
+if not args.augmented_only:  # the shipped gate reads the features of the run it was fitted beside
+    shipped, sspec = load_weights(None, kind="gate")
+    summary(shipped, sspec, "shipped")
 rows = []
-for aug in (True, False):
-    for C in (0.05, 0.01, 0.2):
+for aug in (True,) if args.augmented_only else (True, False):
+    for C in (float(c) for c in args.C.split(",")):
         t = time.time()
         gate, thr, check0 = G.fit_all(data, C=C, augmented=aug, percentile=99.8)
         print(f"fit C={C} aug={aug} {time.time() - t:.0f}s", flush=True)
@@ -71,8 +81,8 @@ for aug in (True, False):
                     "augmented_refused": a["false_refusal_frontal"],
                 }
             )
-        if "--quick" in sys.argv:
+        if args.quick:
             break
-    if "--quick" in sys.argv:
+    if args.quick:
         break
-Path("runs/gate/tuning_val.json").write_text(json.dumps(rows, indent=2))
+(out / "tuning_val.json").write_text(json.dumps(rows, indent=2))
