@@ -94,6 +94,19 @@ def test_train_diagnosis_command_smoke(tmp_path):
     assert spec.input_size == (96, 96) and spec.training["data"]["train_samples"] == 48 and spec.temperature > 0
     assert research_main(args + ["--resume"]) == 0
 
+    # The trained CNN through the product's evaluation (end to end, as a user runs it) and the research audit.
+    cnn = str(run / "export" / "mobilenet_v2_diagnosis.json")
+    ev = tmp_path / "eval"
+    assert main(["evaluate", "diagnosis", "--diagnosis-weights", cnn, "--limit", "2", "--out", str(ev)]) == 0
+    summary = json.loads((ev / "diagnosis_eval.json").read_text())
+    assert summary["evaluated_weights"]["sha256"] == spec.sha256 and summary["per_source"]["all sources"]["n"] == 12
+    assert main(["audit", "--diagnosis-weights", cnn, "--out", str(tmp_path / "wrong")]) == 2  # says where it lives
+    au = tmp_path / "audit-cnn"
+    assert research_main(["audit-cnn", "--weights", cnn, "--limit", "3", "--out", str(au)]) == 0
+    audit = json.loads((au / "audit.json").read_text())
+    assert set(audit["inputs"]) == {"intact", "lungs blacked out", "all but the lungs blacked out"}
+    assert audit["verdict"] and (au / "audit.png").is_file()
+
 
 @pytest.mark.integration
 def test_cnn_loso_smoke_from_the_command_line(tmp_path, capsys):

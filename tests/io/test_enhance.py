@@ -190,13 +190,13 @@ def test_old_spec_without_the_field_loads_as_none(tmp_path):
 
 @pytest.mark.parametrize("method", ENHANCEMENTS)
 def test_the_diagnoser_returns_the_view_enhanced_as_the_spec_says(method):
-    from covidcxr.infer import Diagnoser
+    from covidcxr.infer import CnnDiagnoser
 
     image, mask = _image_and_mask()
     spec = _spec("diagnosis", method, lung_input="masked", margin=0.1)
     plain, lungs = lung_view(image, mask, 64, margin=0.1)
     expected = enhance(plain[0], method)
-    view, view_lungs = Diagnoser(SimpleNamespace(spec=spec)).view(image, mask)  # the same on either runner
+    view, view_lungs = CnnDiagnoser(SimpleNamespace(spec=spec)).view(image, mask)  # the same on either runner
     assert view.shape == (1, 64, 64)
     np.testing.assert_array_equal(view[0], expected)
     np.testing.assert_array_equal(view_lungs, lungs)
@@ -217,10 +217,10 @@ def test_the_segmenter_enhances_the_full_image_before_resizing(method):
 
 
 def test_a_spec_with_an_unknown_enhancement_is_refused():
-    from covidcxr.infer import Diagnoser, LungSegmenter
+    from covidcxr.infer import CnnDiagnoser, LungSegmenter
 
     with pytest.raises(ValueError, match="unknown X-ray enhancement 'sharpen'"):
-        Diagnoser(SimpleNamespace(spec=_spec("diagnosis", "sharpen", lung_input="crop")))
+        CnnDiagnoser(SimpleNamespace(spec=_spec("diagnosis", "sharpen", lung_input="crop")))
     with pytest.raises(ValueError, match="unknown X-ray enhancement 'sharpen'"):
         LungSegmenter(SimpleNamespace(spec=_spec("lung-segmentation", "sharpen")))
 

@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from covidcxr.infer import Diagnoser, Gate, LungSegmenter, OrtRunner, Predictor, SeverityScorer, TorchRunner
+from covidcxr.infer import Gate, LungSegmenter, OrtRunner, Predictor, SeverityScorer, TorchRunner, diagnoser_for
 from covidcxr.io import read_image
 from covidcxr.specs import SHIPPED, SHIPPED_ONNX_DIR, WEIGHTS_DIR, WeightSpec, sha256_file
 
@@ -42,7 +42,7 @@ def recorded(request):
     rec = {kind: Recorder(TorchRunner.load(None, kind)) for kind in SHIPPED}
     predictor = Predictor(
         LungSegmenter(rec["lungs"]),
-        Diagnoser(rec["diagnosis"]),
+        diagnoser_for(rec["diagnosis"]),
         Gate(rec["gate"]),
         use_gate=False,
         severity=SeverityScorer(rec["lesions"], rec["severity"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,6 @@ from ..io.enhance import enhance
 from ..views import LUNG_INPUTS, apply_view, cam_maps, heads_inputs, lung_view, to_image
 from .lungs import check_normalization
 from .runners import Runner, load_runner
-
-SOURCE_BLIND = "source_blind_mobilenet_v2"
 
 
 def p_abnormal(probs: np.ndarray, targets: Sequence[str]) -> np.ndarray:
@@ -44,14 +43,27 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-class Diagnoser:
-    """Calibrated probabilities over ``spec.targets`` from images and their lung masks.
+@dataclass
+class Reading:
+    """What stage 2 answers for a batch: probabilities, the class each headline reads, and its heat map."""
 
-    Two kinds of weights: a CNN on the lung view (graph input ``x``), and the source-blind
-    design (:class:`covidcxr.models.source_blind.SourceBlindDiagnoser`), which also reads the
-    lung mask on its backbone's grid and the image's finding facts (``reads_facts``). Both
-    graphs return their class-activation maps beside the logits, so saliency costs no second pass.
+    probabilities: np.ndarray  # (N, K) calibrated, over the spec's targets
+    called: np.ndarray  # (N,) int: the class index the headline reads (see :func:`headline`)
+    heatmaps: list[np.ndarray | None]  # (H, W) in [0, 1] per image: evidence for the called class; None without
+
+
+class Diagnoser:
+    """Stage 2: calibrated probabilities over ``spec.targets`` from images and their lung masks.
+
+    Two kinds, each a subclass: :class:`CnnDiagnoser` (a classifier on the lung view, Grad-CAM)
+    and :class:`FindingsDiagnoser` (the source-blind design, which also reads the lung mask on its
+    backbone's grid and the image's finding facts). :meth:`from_spec` and :func:`diagnoser_for`
+    pick the kind from the graph's inputs. Both graphs return their class-activation maps beside
+    the logits, so the heat map costs no second pass.
     """
+
+    reads_facts = False  # the severity scorer's finding facts are an input
+    saliency_method = "heat map"
 
     def __init__(self, runner: Runner) -> None:
         spec = runner.spec
@@ -63,16 +75,14 @@ class Diagnoser:
         self.runner, self.spec = runner, spec
         self.size = int(spec.input_size[0])
         self.targets = list(spec.targets)
-        self.reads_facts = spec.architecture == SOURCE_BLIND
         self.whole = spec.lung_input == "whole"
-        self._last: tuple[dict, np.ndarray] | None = None
 
     @classmethod
     def from_spec(
         cls, spec_path: str | Path | None = None, backend: str = "auto", onnx_dir: str | Path | None = None
     ) -> Diagnoser:
-        """Load a weights spec (default: the shipped diagnosis model)."""
-        return cls(load_runner("diagnosis", spec_path, backend, onnx_dir))
+        """Load a weights spec (default: the shipped diagnosis model) as the diagnoser of its kind."""
+        return diagnoser_for(load_runner("diagnosis", spec_path, backend, onnx_dir))
 
     @property
     def model(self):
@@ -80,51 +90,88 @@ class Diagnoser:
         return self.runner.model
 
     @property
-    def saliency_method(self) -> str:
-        return "class activation" if self.reads_facts else "Grad-CAM"
+    def threshold(self) -> float | None:
+        """P(abnormal) at and above which the headline reads disease (None: the spec has no operating point)."""
+        return self.spec.operating_point.get("p_abnormal")
 
     @property
     def has_image_map(self) -> bool:
-        """False for a findings-only model: it has no map over the view (its evidence is the lesions)."""
-        return not self.reads_facts or bool(self.spec.model_kwargs.get("image", True))
+        return True
 
     def view(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The lung view of one image and its mask, (1, S, S) each, enhanced as the spec says (after the resize)."""
         view, lungs = lung_view(image, mask, self.size, whole=self.whole, margin=self.spec.margin)
         return enhance(view[0], self.spec.enhancement)[None], lungs
 
-    def inputs(self, views: Sequence[tuple[np.ndarray, np.ndarray]], mode: str | None = None, facts=None) -> dict:
-        """The graph's inputs: ``x`` (N, 1, S, S); the source-blind design also ``weights`` and ``facts``."""
-        mode = mode or self.spec.lung_input
-        if not self.reads_facts:
-            return {"x": normalize(np.stack([apply_view(v, lungs, mode) for v, lungs in views]))}
-        return heads_inputs(views, mode, self.size // 32, facts, int(self.spec.model_kwargs.get("n_facts", 0)))
+    def inputs(self, views: Sequence[tuple[np.ndarray, np.ndarray]], facts=None) -> dict:
+        """The graph's named inputs for lung views (and finding facts)."""
+        raise NotImplementedError
 
-    def probabilities(self, batch) -> np.ndarray:
-        """Calibrated probabilities (N, K): softmax of the logits over the spec's temperature.
+    def read(
+        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], facts=None, saliency: bool = True
+    ) -> Reading:
+        """Stage 2 on images (H, W) in [0, 1] with their lung masks (and finding facts (N, F)).
 
-        ``batch``: :meth:`inputs`' dict, or the ``x`` array alone for a CNN.
+        The heat map of each image is the called class's map placed into the image (None each
+        without ``saliency``, or for a model without an image map).
         """
-        batch = batch if isinstance(batch, dict) else {"x": np.asarray(batch, np.float32)}
-        logits, cam = self.runner.run(**batch)
-        self._last = (batch, cam)  # saliency of the same batch reuses this pass
-        return softmax(logits / self.spec.temperature)
-
-    def saliency(self, batch, targets: list[int]) -> np.ndarray | list[None]:
-        """Maps (N, S, S) in [0, 1] over the view of each row's target class (None each without an image map)."""
-        if not self.has_image_map:
-            return [None] * len(targets)
-        if self._last is None or self._last[0] is not batch:
-            self.probabilities(batch)
-        return cam_maps(self._last[1], targets, self.size)
-
-    def to_image(self, view_map: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """A map over the view placed into the full image (zeros outside the lung box)."""
-        return to_image(view_map, mask, self.spec.margin, whole=self.whole)
+        if not len(images):
+            return Reading(np.zeros((0, len(self.targets)), np.float32), np.zeros(0, int), [])
+        views = [self.view(im, m) for im, m in zip(images, masks, strict=True)]
+        logits, cam = self.runner.run(**self.inputs(views, facts))
+        probs = softmax(logits / self.spec.temperature)
+        called = headline(probs, self.targets, self.spec.operating_point)
+        heatmaps: list[np.ndarray | None] = [None] * len(images)
+        if saliency and self.has_image_map:
+            maps = cam_maps(cam, called.tolist(), self.size)
+            heatmaps = [
+                to_image(m, mask, self.spec.margin, whole=self.whole) for m, mask in zip(maps, masks, strict=True)
+            ]
+        return Reading(probs, called, heatmaps)
 
     def predict(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], facts=None) -> np.ndarray:
         """Calibrated probabilities (N, K) of images (H, W) in [0, 1] with their lung masks (and facts)."""
-        if not images:
-            return np.zeros((0, len(self.targets)), np.float32)
-        views = [self.view(im, m) for im, m in zip(images, masks, strict=True)]
-        return self.probabilities(self.inputs(views, facts=facts))
+        return self.read(images, masks, facts, saliency=False).probabilities
+
+
+class CnnDiagnoser(Diagnoser):
+    """A transfer-learned classifier (timm) on the lung view: graph ``x`` -> logits and Grad-CAM of every class."""
+
+    saliency_method = "Grad-CAM"
+
+    def inputs(self, views, facts=None) -> dict:
+        return {"x": self.normalized(views)}
+
+    def normalized(self, views, mode: str | None = None) -> np.ndarray:
+        """The classifier's input (N, 1, S, S) of lung views shown as ``mode`` (default: the spec's lung input)."""
+        return normalize(np.stack([apply_view(v, lungs, mode or self.spec.lung_input) for v, lungs in views]))
+
+    def probabilities(self, x) -> np.ndarray:
+        """Calibrated probabilities (N, K) of normalized views (N, 1, S, S) (evaluations over stored views)."""
+        logits, _ = self.runner.run(x=np.asarray(x, np.float32))
+        return softmax(logits / self.spec.temperature)
+
+
+class FindingsDiagnoser(Diagnoser):
+    """The source-blind design (:class:`covidcxr.models.source_blind.SourceBlindDiagnoser`).
+
+    Linear heads on the finding facts and, unless it is facts only, frozen ImageNet features
+    pooled inside the lungs; its class-activation map is exact (see the model's docstring).
+    """
+
+    reads_facts = True
+    saliency_method = "class activation"
+
+    @property
+    def has_image_map(self) -> bool:
+        """False for a findings-only model: it has no map over the view (its evidence is the lesions)."""
+        return bool(self.spec.model_kwargs.get("image", True))
+
+    def inputs(self, views, facts=None) -> dict:
+        n_facts = int(self.spec.model_kwargs.get("n_facts", 0))
+        return heads_inputs(views, self.spec.lung_input, self.size // 32, facts, n_facts)
+
+
+def diagnoser_for(runner: Runner) -> Diagnoser:
+    """The diagnoser of a loaded model's kind: a graph that reads more than ``x`` is the source-blind design."""
+    return FindingsDiagnoser(runner) if set(runner.inputs) - {"x"} else CnnDiagnoser(runner)

@@ -17,7 +17,7 @@ import numpy as np
 from ..io import ImageReadError, image_from
 from ..views import lesion_evidence, lung_share
 from .categories import rsna_category
-from .diagnosis import Diagnoser, headline
+from .diagnosis import Diagnoser
 from .findings import OPACITY_PRESENT, finding_facts, findings_summary
 from .gate import UNGATED, Gate, blank_refusal
 from .lungs import LungSegmenter
@@ -223,14 +223,11 @@ class Predictor:
     def _diagnose(self, read: list[Result], images: list[np.ndarray], facts: list[np.ndarray] | None) -> None:
         """Probabilities, findings and the heat map (image space) into each result."""
         diagnoser = self.diagnoser
-        views = [diagnoser.view(im, r.lung_mask) for im, r in zip(images, read, strict=True)]
-        batch = diagnoser.inputs(views, facts=facts)
-        probs = diagnoser.probabilities(batch)
-        op = diagnoser.spec.operating_point
-        threshold = op.get("p_abnormal", OPACITY_PRESENT)
-        called = headline(probs, diagnoser.targets, op)
-        maps = diagnoser.saliency(batch, called.tolist()) if self.saliency else [None] * len(read)
-        for j, (res, p, view_map, image, k) in enumerate(zip(read, probs, maps, images, called, strict=True)):
+        reading = diagnoser.read(images, [r.lung_mask for r in read], facts, saliency=self.saliency)
+        threshold = diagnoser.threshold if diagnoser.threshold is not None else OPACITY_PRESENT
+        for j, (res, p, heatmap, image, k) in enumerate(
+            zip(read, reading.probabilities, reading.heatmaps, images, reading.called, strict=True)
+        ):
             res.probabilities = {c: float(v) for c, v in zip(diagnoser.targets, p, strict=True)}
             res.prediction = diagnoser.targets[int(k)]
             if facts is not None:
@@ -250,11 +247,8 @@ class Predictor:
                 res.uncertain_reasons = uncertain_reasons(signals, diagnoser.spec.uncertainty)
                 res.uncertain_reason = res.uncertain_reasons[0]["text"] if res.uncertain_reasons else None
             res.uncertain = bool(res.uncertain_reasons)
-            if view_map is not None:
-                res.saliency_method, res.heatmap = (
-                    diagnoser.saliency_method,
-                    diagnoser.to_image(view_map, res.lung_mask),
-                )
+            if heatmap is not None:
+                res.saliency_method, res.heatmap = diagnoser.saliency_method, heatmap
             elif self.saliency and res.lesions is not None:  # findings only: the evidence is the lesions it measured
                 res.saliency_method, res.heatmap = "lesion evidence", lesion_evidence(res.lesions, res.lung_mask)
             if res.heatmap is not None:

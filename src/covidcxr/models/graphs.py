@@ -26,6 +26,7 @@ from ..specs import ENCODER_FEATURES as FEATURES
 from ..specs import WeightSpec
 from .cam import grad_cam
 from .classifier import CAM_LAYERS
+from .source_blind import SourceBlindDiagnoser
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def graph(model: nn.Module, spec: WeightSpec) -> Graph:
         return Graph(UnetGraph(model), ("x",), ("logits", *FEATURES))
     if task == "lesions":
         return Graph(UnetGraph(model), ("x",), ("logits", *FEATURES))
-    if task == "diagnosis" and spec.architecture == "source_blind_mobilenet_v2":
+    if isinstance(model, SourceBlindDiagnoser):
         return Graph(model, ("x", "weights", "facts"), ("logits", "cam"))  # its forward is the graph
     if task == "diagnosis":
         return Graph(DiagnosisGraph(model, spec.architecture), ("x",), ("logits", "cam"))
@@ -92,7 +93,7 @@ def example_inputs(model: nn.Module, spec: WeightSpec) -> tuple[torch.Tensor, ..
     task = spec.task
     if task in ("lung-segmentation", "lesions"):
         return (torch.randn(1, 1, s, s),)
-    if task == "diagnosis" and spec.architecture == "source_blind_mobilenet_v2":
+    if isinstance(model, SourceBlindDiagnoser):
         facts = int(spec.model_kwargs.get("n_facts", 0))
         return torch.randn(1, 1, s, s), torch.rand(1, 1, s // 32, s // 32), torch.rand(1, facts)
     if task == "diagnosis":

@@ -37,6 +37,17 @@ def _loso_cnn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_cnn(args: argparse.Namespace) -> int:
+    from .cnn_audit import audit_cnn
+
+    if not args.weights:
+        raise UserError("audit-cnn needs the CNN's weights spec: --weights SPEC.json")
+    out = args.out or "runs/audit-cnn"
+    audit_cnn(args.weights, data_root=args.data_root, out_dir=out, split=args.split, limit=args.limit)
+    print((Path(out) / "audit.md").read_text())
+    return 0
+
+
 def _study(args: argparse.Namespace) -> int:
     from .study import QUICK, StudyConfig, run_study
 
@@ -65,6 +76,7 @@ def _adversarial(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train-cnn": (_train_cnn, "train the CNN diagnosis on lung views (configs/diagnosis_cnn.yaml; --set folds=K)"),
     "loso-cnn": (_loso_cnn, "the within-source CNN under leave-one-source-out (--limit N: a smoke run)"),
+    "audit-cnn": (_audit_cnn, "shortcut audit of a CNN diagnosis over stored lung views (--weights SPEC)"),
     "study": (_study, "backbone x input x enhancement comparison with patient-level CV (configs/study.yaml)"),
     "adversarial": (_adversarial, "the lung U-Net with a PatchGAN judging (image, mask) pairs"),
 }
@@ -84,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quick", action="store_true", help="smoke run: a few images, tiny inputs")
         p.add_argument("--export", metavar="DIR", help="weights folder (default RUN/export)")
         p.add_argument("--force", action="store_true", help="allow --export over shipped weights")
-        p.add_argument("--limit", type=int, default=0, help="loso-cnn: images per source, split and class (0: all)")
+        p.add_argument("--limit", type=int, default=0, help="loso-cnn, audit-cnn: images per source (0: all)")
+        p.add_argument("--weights", metavar="SPEC", help="audit-cnn: the CNN diagnosis's weights spec (JSON)")
+        p.add_argument("--split", default="test", help="audit-cnn: the split audited (default: test)")
         add_data_root(p)
         p.set_defaults(func=func)
     return parser

@@ -1,8 +1,7 @@
-"""Shortcut audit of the source-blind stage 2 (``covidcxr audit`` on a ``source_blind_mobilenet_v2`` spec).
+"""Shortcut audit of stage 2 (``covidcxr audit``): does the decision read the lungs, or the source?
 
-The same checks as :func:`covidcxr.engine.diagnosis.evaluate.audit`, on the cached stage-2
-inputs (:mod:`covidcxr.engine.diagnosis.features`) of the split: intact, lungs blacked out, all
-but the lungs blacked out (both recomputed from the pixels: stage 1, lesions, findings and the
+On the cached stage-2 inputs (:mod:`covidcxr.engine.diagnosis.features`) of the split: intact,
+lungs blacked out, all but the lungs blacked out (both recomputed from the pixels: stage 1, lesions, findings and the
 ImageNet features all see the blacked-out image; the lung masks are the intact image's);
 per-source results; linear source probes over all six sources on what the model reads (the
 pooled image features and the finding facts) and on its decision (the class log-probabilities),
@@ -49,12 +48,18 @@ ARCHIVES = (
 )
 
 
-def archive_checks(samples: list[dict], labels: np.ndarray, modes: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+def archive_checks(
+    samples: list[dict],
+    labels: np.ndarray,
+    modes: dict[str, tuple[np.ndarray, np.ndarray]],
+    n_resamples: int = 500,
+) -> dict:
     """AUROC of every finding fact and of P(abnormal) inside each archive of :data:`ARCHIVES`, per input mode.
 
     ``modes``: name -> (finding facts (N, len(FACTS)), class probabilities (N, 3)) of the same images.
     A fact or P(abnormal) that still separates the classes with the lungs blacked out reads
-    something outside the lungs. Returns archive -> mode -> {score name: AUROC with CI}.
+    something outside the lungs. Returns archive -> mode -> {score name: AUROC with a bootstrap CI
+    of ``n_resamples``}.
     """
     sources = np.array([s["dataset"] for s in samples])
     out = {}
@@ -68,7 +73,7 @@ def archive_checks(samples: list[dict], labels: np.ndarray, modes: dict[str, tup
             scores = {"P(abnormal)": 1 - probs[keep, CLASSES.index("No finding")]}
             scores |= {f: np.asarray(facts, float)[keep, k] for k, f in enumerate(FACTS)}
             out[name]["modes"][mode] = {
-                k: stratified_bootstrap_ci(y, v, roc_auc_score, n_resamples=500) for k, v in scores.items()
+                k: stratified_bootstrap_ci(y, v, roc_auc_score, n_resamples=n_resamples) for k, v in scores.items()
             }
     return out
 
@@ -88,7 +93,7 @@ def _probes(
     return out
 
 
-def audit_heads(
+def audit(
     spec_path: str | Path | None = None,
     data_root: str | None = None,
     out_dir: str | Path = "eval/audit",
