@@ -47,7 +47,10 @@ def _lung_frames(lung: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, t
     """Per lung (image left, image right): its pixels and two coordinates inside it.
 
     The lungs are split at the column with the fewest lung pixels in the middle half of the
-    lungs' width. ``v`` runs from 0 at a lung's apex to 1 at its base; ``u`` from 0 at its
+    lungs' width, every lung pixel going to one side. This is not
+    :func:`covidcxr.infer.zones.split_lungs` (which keeps the two largest regions and drops small
+    fragments, for Brixia zones) on purpose: the painting must reach every pixel of the manual
+    mask, and the shipped lung model's recipe and its stress-test numbers were made with this rule. ``v`` runs from 0 at a lung's apex to 1 at its base; ``u`` from 0 at its
     medial edge to 1 at the chest wall, both measured per lung over its own extent.
 
     Returns:
