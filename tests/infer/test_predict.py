@@ -114,7 +114,7 @@ def test_shipped_diagnosis_weights_golden(fixtures):
     assert spec.sha256 == sha256_file(spec_path.parent / spec.file)
     assert (spec_path.parent / spec.file).stat().st_size < 10e6
     assert spec.targets == list(CLASSES) and spec.lung_input == "masked" and spec.temperature > 0
-    assert spec.architecture == "source_blind_mobilenet_v2" and "research use" in spec.training["research_use"]
+    assert spec.architecture == "source_blind_heads" and "research use" in spec.training["research_use"]
     golden = json.loads((fixtures / GOLDEN).read_text())
     assert golden["sha256"] == spec.sha256, (
         "shipped weights changed: regenerate tests/fixtures/golden/diagnosis.json (see SOURCES.md)"

@@ -55,15 +55,11 @@ def test_notes_spell_out_uncertainty_severity_models_and_the_caveat():
 
 def test_headline_leads_with_the_category_and_the_finding_then_the_probabilities():
     from covidcxr.report import headline_lines
+    from readings import TYPICAL
+    from readings import findings as typical_findings
 
-    findings = {
-        "airspace_opacity": {"present": True, "probability": 0.75, "threshold": 0.62},
-        "geographic_extent": 4.25,
-        "opacity": 3.0,
-        "lesion_share": 0.3,
-        "covid_pattern": {"score": 0.64, "bilateral": 0.2, "peripheral": 0.7, "lower_zone": 0.5},
-    }
-    category = {"code": "typical", "label": "Typical appearance", "reasons": ["bilateral"], "cannot_see": "effusion"}
+    findings = typical_findings(probability=0.75, threshold=0.62, extent=4.25, score=0.64)
+    category = {**TYPICAL, "reasons": ["bilateral"], "cannot_see": "effusion"}
     reasons = [{"code": "low_resolution", "text": "low resolution"}, {"code": "lung_outline", "text": "odd outline"}]
     res, _ = _result(findings=findings, category=category, uncertain=True, uncertain_reasons=reasons)
     first, second = headline_lines(res)

@@ -10,7 +10,7 @@ from covidcxr.research import discriminator  # noqa: F401  (registers patchgan: 
 
 ALL = list_models()
 #: Arguments an architecture needs besides the defaults.
-KWARGS = {"source_blind_mobilenet_v2": {"num_classes": 3}}
+KWARGS = {"source_blind_heads": {"num_classes": 3}}
 
 
 def _example(name: str, model: torch.nn.Module, shape: tuple[int, ...] = (2, 1, 64, 64)) -> tuple:
@@ -75,7 +75,7 @@ def test_save_load_round_trip(name, tmp_path):
 def test_the_registry_holds_every_architecture_the_project_names():
     assert {
         "resnet18", "resnet50", "densenet121", "efficientnet_b0", "mobilenet_v2", "unet_mobilenetv2",
-        "severity_linear", "frontal_gate", "source_blind_mobilenet_v2", "patchgan",
+        "severity_linear", "frontal_gate", "source_blind_heads", "patchgan",
     } <= set(ALL)  # fmt: skip
 
 

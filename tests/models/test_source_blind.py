@@ -16,7 +16,7 @@ from covidcxr.views import cam_maps, heads_inputs
 
 def _model(**kw):
     torch.manual_seed(0)
-    return create_model("source_blind_mobilenet_v2", in_chans=1, num_classes=3, **kw).eval()
+    return create_model("source_blind_heads", in_chans=1, num_classes=3, **kw).eval()
 
 
 def _views(n=3, size=64, seed=0):
@@ -166,4 +166,21 @@ def test_within_source_prior_folds_its_abnormal_head_and_computes_the_pattern_pr
     covid_share = got[:, 0] / (got[:, 0] + got[:, 1])
     np.testing.assert_allclose(covid_share, pattern_prior(facts), atol=1e-4)
     with pytest.raises(ValueError, match="prior_columns"):
-        create_model("source_blind_mobilenet_v2", num_classes=3, n_facts=16, image=False, head="factorised_prior")
+        create_model("source_blind_heads", num_classes=3, n_facts=16, image=False, head="factorised_prior")
+
+
+def test_a_spec_written_under_the_former_name_still_loads(tmp_path):
+    """Specs exported before the rename carry ``source_blind_mobilenet_v2``: they load as the same heads."""
+    import json
+
+    from covidcxr.models import list_models, load_weights
+    from covidcxr.models.source_blind import SourceBlindHeads
+    from covidcxr.models.weights import shipped_spec_path
+
+    shipped = shipped_spec_path("diagnosis")
+    spec = json.loads(shipped.read_text())
+    spec["architecture"] = "source_blind_mobilenet_v2"
+    (tmp_path / spec["file"]).write_bytes((shipped.parent / spec["file"]).read_bytes())
+    (tmp_path / "old.json").write_text(json.dumps(spec))
+    model, _ = load_weights(tmp_path / "old.json", kind="diagnosis")
+    assert isinstance(model, SourceBlindHeads) and "source_blind_mobilenet_v2" not in list_models()

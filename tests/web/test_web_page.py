@@ -24,6 +24,7 @@ from covidcxr.data.classification import CLASSES
 from covidcxr.infer import Result
 from covidcxr.infer.uncertainty import CAVEAT
 from covidcxr.web import create_app
+from readings import TYPICAL, findings
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -44,19 +45,7 @@ pytestmark = pytest.mark.browser  # CI installs Chromium and runs these with -m 
 
 UNSURE = "P(disease) 71% is close to the decision threshold 70%: a small change would flip disease / No finding"
 LOW_RES = "low resolution: the image's shorter side is 200 px, below what the models read"
-TYPICAL = {
-    "code": "typical",
-    "label": "Typical appearance",
-    "reasons": ["bilateral, peripheral and lower-zone predominant opacities"],
-    "cannot_see": "pleural effusion, pneumothorax and cavitation are not measured by these models",
-}
-FINDINGS = {
-    "airspace_opacity": {"present": True, "probability": 0.71, "threshold": 0.7},
-    "geographic_extent": 3.4,
-    "opacity": 2.0,
-    "lesion_share": 0.2,
-    "covid_pattern": {"score": 0.58, "bilateral": 0.1, "peripheral": 0.7, "lower_zone": 0.5},
-}
+FINDINGS = findings()
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
 

@@ -153,7 +153,7 @@ class CnnDiagnoser(Diagnoser):
 
 
 class FindingsDiagnoser(Diagnoser):
-    """The source-blind design (:class:`covidcxr.models.source_blind.SourceBlindDiagnoser`).
+    """The source-blind design (:class:`covidcxr.models.source_blind.SourceBlindHeads`).
 
     Linear heads on the finding facts and, unless it is facts only, frozen ImageNet features
     pooled inside the lungs; its class-activation map is exact (see the model's docstring).

@@ -26,7 +26,7 @@ from ..specs import ENCODER_FEATURES as FEATURES
 from ..specs import WeightSpec
 from .cam import grad_cam
 from .classifier import CAM_LAYERS
-from .source_blind import SourceBlindDiagnoser
+from .source_blind import SourceBlindHeads
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def graph(model: nn.Module, spec: WeightSpec) -> Graph:
         return Graph(UnetGraph(model), ("x",), ("logits", *FEATURES))
     if task == "lesions":
         return Graph(UnetGraph(model), ("x",), ("logits", *FEATURES))
-    if isinstance(model, SourceBlindDiagnoser):
+    if isinstance(model, SourceBlindHeads):
         return Graph(model, ("x", "weights", "facts"), ("logits", "cam"))  # its forward is the graph
     if task == "diagnosis":
         return Graph(DiagnosisGraph(model, spec.architecture), ("x",), ("logits", "cam"))
@@ -93,7 +93,7 @@ def example_inputs(model: nn.Module, spec: WeightSpec) -> tuple[torch.Tensor, ..
     task = spec.task
     if task in ("lung-segmentation", "lesions"):
         return (torch.randn(1, 1, s, s),)
-    if isinstance(model, SourceBlindDiagnoser):
+    if isinstance(model, SourceBlindHeads):
         facts = int(spec.model_kwargs.get("n_facts", 0))
         return torch.randn(1, 1, s, s), torch.rand(1, 1, s // 32, s // 32), torch.rand(1, facts)
     if task == "diagnosis":

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+#: Names that specs written by earlier versions carry, and the architecture each now goes by.
+FORMER_NAMES = {"source_blind_mobilenet_v2": "source_blind_heads"}
 
 
 def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None, task: str = "segmentation"):
@@ -27,6 +29,7 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
 
 
 def _lookup(name: str) -> Callable[..., nn.Module]:
+    name = FORMER_NAMES.get(name, name)
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     return _MODELS[name]

@@ -32,8 +32,8 @@ IMAGE_DIM = 1280
 HEADS = ("factorised", "factorised_prior", "multinomial")
 
 
-@register_model(name="source_blind_mobilenet_v2", task="diagnosis_heads")
-class SourceBlindDiagnoser(nn.Module):
+@register_model(name="source_blind_heads", task="diagnosis_heads")
+class SourceBlindHeads(nn.Module):
     """Frozen MobileNetV2 features pooled inside the lungs + finding facts -> three class logits.
 
     Args:

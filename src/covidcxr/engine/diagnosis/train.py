@@ -3,7 +3,7 @@
 Path of the data: every labelled frontal image of the six sources -> stage 1, severity and
 finding facts, the frozen ImageNet MobileNetV2 on the masked lung view
 (:mod:`covidcxr.engine.diagnosis.features`, cached) -> the design's heads fitted on the train
-split (:mod:`covidcxr.engine.diagnosis.heads`) -> one :class:`covidcxr.models.source_blind.SourceBlindDiagnoser`
+split (:mod:`covidcxr.engine.diagnosis.heads`) -> one :class:`covidcxr.models.source_blind.SourceBlindHeads`
 with the heads folded into its linear layer -> checked against the heads on training
 images -> leave-one-source-out table, internal test split, shortcut audit -> weights + spec.
 """
@@ -33,7 +33,7 @@ from .heads import Pooled, WithinSource, WithinSourcePrior, make_design
 
 log = logging.getLogger(__name__)
 
-#: Designs whose heads fold into the shipped :class:`~covidcxr.models.source_blind.SourceBlindDiagnoser`.
+#: Designs whose heads fold into the shipped :class:`~covidcxr.models.source_blind.SourceBlindHeads`.
 SHIPPABLE = ("pooled", "within_source", "within_archive", "within_source_prior")
 
 
@@ -48,7 +48,7 @@ class HeadsConfig:
     init: str | None = None  # imagenet-file:PATH[@SHA256]; None: ../shared/pretrained beside the data
     seed: int = 0
     loso: bool = True  # also write the leave-one-source-out table of this design
-    export_name: str = ""  # "": source_blind_mobilenet_v2-<run folder name> (configs/diagnosis.yaml: the shipped name)
+    export_name: str = ""  # "": source_blind_heads-<run folder name> (configs/diagnosis.yaml: the shipped name)
     limit: int = 0  # >0: at most this many images per source, split and class (smoke runs); features of those only
     n_resamples: int = 1000  # bootstrap resamples of every CI (internal test, LOSO)
     quick: bool = False  # a smoke run (--quick): every file it writes says so; the exported name ends in -quick
@@ -58,11 +58,11 @@ class HeadsConfig:
 
 
 #: The exported model's architecture (the prefix of its default name).
-MODEL = "source_blind_mobilenet_v2"
+MODEL = "source_blind_heads"
 
 
 def build_model(fitted, feature_set: str, init: str) -> torch.nn.Module:
-    """A :class:`SourceBlindDiagnoser` carrying ``fitted`` heads and the ImageNet backbone of ``init``."""
+    """A :class:`SourceBlindHeads` carrying ``fitted`` heads and the ImageNet backbone of ``init``."""
     image = "imagenet" in loso.FEATURE_SETS[feature_set]
     n_facts = len(FACTS) if loso.has_facts(feature_set) else 0
     if set(loso.FEATURE_SETS[feature_set]) - {"imagenet", "findings"}:
@@ -73,7 +73,7 @@ def build_model(fitted, feature_set: str, init: str) -> torch.nn.Module:
         raise ValueError("within_archive without covid-chestxray in training has no learned COVID-19 head to fold")
     head = "factorised" if factorised else "factorised_prior" if prior else "multinomial"
     model = create_model(
-        "source_blind_mobilenet_v2",
+        "source_blind_heads",
         in_chans=1,
         num_classes=len(CLASSES),
         n_facts=n_facts,
@@ -245,7 +245,7 @@ def _spec(
 
 
 def heads_probabilities(model: torch.nn.Module, features: dict, rows: np.ndarray | None = None) -> np.ndarray:
-    """The exported model's probabilities (N, 3) from cached features (:meth:`SourceBlindDiagnoser.from_features`)."""
+    """The exported model's probabilities (N, 3) from cached features (:meth:`SourceBlindHeads.from_features`)."""
     idx = np.arange(len(features["names"])) if rows is None else rows
     pooled = (
         torch.from_numpy(np.asarray(features["imagenet"][idx], np.float32))
