@@ -217,7 +217,7 @@ def stage2_latency(
     model: torch.nn.Module, dcfg: DiagTrainConfig, enhancement: str, image: np.ndarray, mask: np.ndarray, repeats: int
 ) -> np.ndarray:
     """Seconds per image of stage 2 as ``predict`` runs it (lung view, enhancement, classifier), ``repeats`` times."""
-    from ..infer import Diagnoser, TorchRunner
+    from ..infer import TorchRunner, diagnoser_for
 
     spec = WeightSpec(
         name="study",
@@ -232,7 +232,7 @@ def stage2_latency(
         margin=dcfg.margin,
         enhancement=enhancement,
     )
-    diagnoser = Diagnoser(TorchRunner(model, spec))
+    diagnoser = diagnoser_for(TorchRunner(model, spec))
     times = []
     with eval_mode(model):
         for i in range(repeats + 2):
