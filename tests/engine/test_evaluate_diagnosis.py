@@ -147,3 +147,16 @@ def test_archive_checks_flag_a_fact_that_reads_outside_the_lungs():
         and "geographic_extent" not in line
         and "PASS: only the lungs" in line
     )
+
+
+def test_saliency_summary_leaves_out_images_without_a_map_and_writes_no_nan():
+    import json
+
+    from covidcxr.engine.diagnosis.evaluate import saliency_summary
+
+    shares = np.array([[0.9, 0.5, 0.4], [np.nan, np.nan, np.nan], [0.3, 0.1, 0.2]])
+    s = saliency_summary(shares)
+    assert s["n"] == 2 and s["mean"] == pytest.approx(0.6) and s["share_below_0.5"] == 0.5
+    empty = saliency_summary(np.full((3, 3), np.nan))
+    assert empty["n"] == 0 and empty["mean"] is None
+    json.loads(json.dumps(empty), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))

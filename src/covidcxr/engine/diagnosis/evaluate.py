@@ -127,22 +127,14 @@ def evaluate_diagnosis(
         "covid_vs_each_finding_in_covid_chestxray": covid_vs_each_finding(*within, _covid_chestxray_findings(views)),
     }
     if saliency:
-        shares, right, left = res["lung_share"].T
-        summary["saliency_in_lungs"] = {
-            "mean": float(np.nanmean(shares)),
-            "median": float(np.nanmedian(shares)),
-            "share_below_0.5": float(np.nanmean(shares < 0.5)),
-            "n": int(np.isfinite(shares).sum()),
-            "right_lung_mean": float(np.nanmean(right)),
-            "left_lung_mean": float(np.nanmean(left)),
-        }
+        summary["saliency_in_lungs"] = saliency_summary(res["lung_share"])
     rows = [
         {
             "dataset": s["dataset"],
             "filename": s["filename"],
             "label": CLASSES[int(y)],
             **{c: round(float(p), 5) for c, p in zip(CLASSES, pr)},
-            **({"saliency_in_lungs": round(float(res["lung_share"][i, 0]), 4)} if saliency else {}),
+            **({"saliency_in_lungs": _finite(res["lung_share"][i, 0])} if saliency else {}),
         }
         for i, (s, y, pr) in enumerate(zip(views["samples"], views["labels"], res["probs"]))
     ]
@@ -170,6 +162,30 @@ def evaluate_diagnosis(
         }
         spec.to_json(path)
     return summary
+
+
+def saliency_summary(lung_share: np.ndarray) -> dict:
+    """Mean, median and share below one half of the heat map inside the lungs, over the images that have a map.
+
+    ``lung_share``: (N, 3) from :func:`lung_shares`; an image whose map is empty (NaN) is left out,
+    and with none left every value is None (valid JSON, where NaN is not).
+    """
+    shares, right, left = np.asarray(lung_share, float).reshape(-1, 3)[np.isfinite(lung_share[:, 0])].T
+    if not len(shares):
+        keys = ("mean", "median", "share_below_0.5", "right_lung_mean", "left_lung_mean")
+        return {**dict.fromkeys(keys), "n": 0}
+    return {
+        "mean": float(shares.mean()),
+        "median": float(np.median(shares)),
+        "share_below_0.5": float((shares < 0.5).mean()),
+        "n": len(shares),
+        "right_lung_mean": float(np.nanmean(right)),
+        "left_lung_mean": float(np.nanmean(left)),
+    }
+
+
+def _finite(x: float) -> float | None:
+    return round(float(x), 4) if np.isfinite(x) else None
 
 
 def covid_chestxray_only(views: dict, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
