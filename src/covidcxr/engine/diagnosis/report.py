@@ -62,10 +62,12 @@ def markdown_table(summary: dict) -> str:
         for name, r in summary["covid_vs_each_finding_in_covid_chestxray"].items():
             lines.append(f"| {name} | {r['n']} | {r['auroc']:.3f} | {r['median_covid_odds']:.3f} |")
         lines.append("")
-    if "saliency_in_lungs" in summary:
+    if "saliency_in_lungs" in summary and not summary["saliency_in_lungs"]["n"]:
+        lines.append("Heat map inside the lungs: no image had a heat map (an all-zero map has no share).")
+    elif "saliency_in_lungs" in summary:
         s = summary["saliency_in_lungs"]
         lines.append(
-            f"Grad-CAM saliency inside the lungs: mean {s['mean']:.1%}, median {s['median']:.1%} (n = {s['n']}); images with less than half inside: {s['share_below_0.5']:.1%}."
+            f"Heat map inside the lungs: mean {s['mean']:.1%}, median {s['median']:.1%} (n = {s['n']}); images with less than half inside: {s['share_below_0.5']:.1%}."
             + (
                 f" Mean share in the patient's right lung {s['right_lung_mean']:.1%}, left lung {s['left_lung_mean']:.1%}."
                 if "left_lung_mean" in s
