@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ class Reading:
     heatmaps: list[np.ndarray | None]  # (H, W) in [0, 1] per image: evidence for the called class; None without
 
 
-class Diagnoser:
+class Diagnoser(ABC):
     """Stage 2: calibrated probabilities over ``spec.targets`` from images and their lung masks.
 
     Two kinds, each a subclass: :class:`CnnDiagnoser` (a classifier on the lung view, Grad-CAM)
@@ -103,9 +104,9 @@ class Diagnoser:
         view, lungs = lung_view(image, mask, self.size, whole=self.whole, margin=self.spec.margin)
         return enhance(view[0], self.spec.enhancement)[None], lungs
 
+    @abstractmethod
     def inputs(self, views: Sequence[tuple[np.ndarray, np.ndarray]], facts=None) -> dict:
         """The graph's named inputs for lung views (and finding facts)."""
-        raise NotImplementedError
 
     def read(
         self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], facts=None, saliency: bool = True
@@ -140,11 +141,7 @@ class CnnDiagnoser(Diagnoser):
     saliency_method = "Grad-CAM"
 
     def inputs(self, views, facts=None) -> dict:
-        return {"x": self.normalized(views)}
-
-    def normalized(self, views, mode: str | None = None) -> np.ndarray:
-        """The classifier's input (N, 1, S, S) of lung views shown as ``mode`` (default: the spec's lung input)."""
-        return normalize(np.stack([apply_view(v, lungs, mode or self.spec.lung_input) for v, lungs in views]))
+        return {"x": normalize(np.stack([apply_view(v, lungs, self.spec.lung_input) for v, lungs in views]))}
 
     def probabilities(self, x) -> np.ndarray:
         """Calibrated probabilities (N, K) of normalized views (N, 1, S, S) (evaluations over stored views)."""
