@@ -52,6 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/results/audit-resegmented")
     ap.add_argument("--limit", type=int, default=0, help="at most this many films per archive (0: all)")
+    ap.add_argument("--n-resamples", type=int, default=500, help="bootstrap resamples of each AUROC's CI")
     args = ap.parse_args()
     members = {d for _, datasets, _, _ in ARCHIVES for d in datasets}
     samples = [s for s in classification_samples(load_records(), "test")[0] if s["dataset"] in members]
@@ -80,7 +81,8 @@ def main() -> None:
             }
         )
     labels = np.array([s["label"] for s in kept])
-    checks = archive_checks(kept, labels, {m: (np.array(facts[m]), np.array(probs[m])) for m in MODES})
+    modes = {m: (np.array(facts[m]), np.array(probs[m])) for m in MODES}
+    checks = archive_checks(kept, labels, modes, n_resamples=args.n_resamples)
     summary = {}
     for name, datasets, _, _ in ARCHIVES:
         r = [row for row in rows if row["dataset"] in datasets]
