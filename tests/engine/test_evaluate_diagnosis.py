@@ -134,7 +134,7 @@ def test_archive_checks_flag_a_fact_that_reads_outside_the_lungs():
             "lungs blacked out": (blacked, flat),
             "all but the lungs blacked out": (facts, probs),
         },
-        n_resamples=40,
+        n_resamples=20,
     )
     assert list(out) == ["Kermany: pneumonia vs normal"]
     modes = out["Kermany: pneumonia vs normal"]["modes"]

@@ -274,7 +274,7 @@ def test_output_lock_is_exclusive_and_names_the_holder(tmp_path):
 def test_two_concurrent_writers_lose_and_duplicate_no_row(tmp_path):
     inp = tmp_path / "in"
     inp.mkdir()
-    n = 40
+    n = 20
     for i in range(n):
         (inp / f"x{i:02d}.png").write_bytes(XRAY)
     (inp / "broken.png").write_bytes(b"not an image")  # an error row, for --retry-errors
