@@ -18,6 +18,9 @@ Every design maps features (N, D) of training images with labels (indices into
 - ``within_archive``: ``within_source`` with pairs drawn only where one archive holds both
   classes (:data:`ABNORMAL_SOURCES`, :data:`COVID_SOURCES`); a source whose classes come from
   different hospitals (covid19-radiography) teaches neither head.
+- ``within_source_monotone``: ``within_source`` whose P(abnormal) weights are all ≥ 0: every
+  finding fact is opacity or the lesions' distribution, and none may lower P(abnormal)
+  (docs/experiments/stage2-source-blind.md, amendment 6).
 
 All are scikit-learn estimators on standardised features (the scaler is part of the model).
 """
@@ -25,6 +28,7 @@ All are scikit-learn estimators on standardised features (the scaler is part of 
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -32,7 +36,14 @@ from ...data.labels import CLASSES
 from ...infer.findings import FACTS
 
 COVID, OTHER, NORMAL = (CLASSES.index(c) for c in ("COVID-19", "Other pneumonia", "No finding"))
-DESIGNS = ("pooled", "within_source", "source_erased", "within_source_prior", "within_archive")
+DESIGNS = (
+    "pooled",
+    "within_source",
+    "source_erased",
+    "within_source_prior",
+    "within_archive",
+    "within_source_monotone",
+)
 #: Archives that hold pneumonia and "No finding" from one hospital system: where P(abnormal) may be learned.
 ABNORMAL_SOURCES = ("kermany-pediatric", "nih-chestxray8", "nih-chestxray14")
 #: Archives that hold COVID-19 and other pneumonia: where P(COVID-19 | abnormal) may be learned.
@@ -73,12 +84,37 @@ def within_source_pairs(
     return np.concatenate(out_i), np.concatenate(out_j)
 
 
+def nonnegative_logistic(d: np.ndarray, w: np.ndarray, c: float = C) -> np.ndarray:
+    """Weights ≥ 0 minimising ½‖β‖² + c Σ wᵢ log(1 + exp(−β·dᵢ)): the pairs' logistic loss without intercept.
+
+    The objective scikit-learn's ``LogisticRegression(C=c, fit_intercept=False)`` minimises on
+    ``[d, −d]`` with labels ``[1, 0]`` and weights ``[w, w]`` (both halves give the same loss), with
+    every weight bounded below by 0 (L-BFGS-B).
+    """
+
+    def loss(beta: np.ndarray) -> tuple[float, np.ndarray]:
+        m = d @ beta
+        value = 0.5 * beta @ beta + 2 * c * float(w @ np.logaddexp(0.0, -m))
+        grad = beta - 2 * c * d.T @ (w / (1.0 + np.exp(m)))
+        return value, grad
+
+    res = minimize(loss, np.zeros(d.shape[1]), jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * d.shape[1])
+    if not res.success:
+        raise RuntimeError(f"non-negative ranking head did not converge: {res.message}")
+    return res.x
+
+
 class RankingHead:
     """A linear score learned from within-source pairs, then Platt-scaled.
+
+    ``nonnegative``: every weight ≥ 0 (:func:`nonnegative_logistic`).
 
     Attributes:
         coef_: (D,) weights on standardised features; ``a_, b_``: the Platt scaling.
     """
+
+    def __init__(self, nonnegative: bool = False) -> None:
+        self.nonnegative = nonnegative
 
     def fit(self, x: np.ndarray, pos: np.ndarray, neg: np.ndarray, sources: np.ndarray, seed: int = 0) -> RankingHead:
         i, j = within_source_pairs(pos, neg, sources, np.random.default_rng(seed))
@@ -90,13 +126,16 @@ class RankingHead:
         src = sources[i]
         _, inv, counts = np.unique(src, return_inverse=True, return_counts=True)
         w = 1.0 / counts[inv]  # every source's pairs weigh the same
-        lr = LogisticRegression(C=C, fit_intercept=False, max_iter=2000)
-        lr.fit(
-            np.concatenate([d, -d]),
-            np.r_[np.ones(len(d)), np.zeros(len(d))],
-            sample_weight=np.r_[w, w] * len(w) / w.sum(),
-        )
-        self.coef_ = lr.coef_[0]
+        if self.nonnegative:
+            self.coef_ = nonnegative_logistic(d, w * len(w) / w.sum())
+        else:
+            lr = LogisticRegression(C=C, fit_intercept=False, max_iter=2000)
+            lr.fit(
+                np.concatenate([d, -d]),
+                np.r_[np.ones(len(d)), np.zeros(len(d))],
+                sample_weight=np.r_[w, w] * len(w) / w.sum(),
+            )
+            self.coef_ = lr.coef_[0]
         keep = pos | neg
         s = x[keep] @ self.coef_
         platt = LogisticRegression(C=1e4, max_iter=2000)
@@ -126,11 +165,14 @@ class WithinSource:
     contrasts it with its normals instead, so that the head can be fitted on every fold.
     """
 
+    #: P(abnormal)'s weights all ≥ 0 (:class:`WithinSourceMonotone`).
+    monotone = False
+
     def fit(self, x: np.ndarray, labels: np.ndarray, sources: np.ndarray, seed: int = 0) -> WithinSource:
         self.scaler = StandardScaler().fit(x)
         z = self.scaler.transform(x)
         (abn_pos, abn_neg), (cov_pos, cov_neg) = self._pairs(labels, sources)
-        self.abnormal = RankingHead().fit(z, abn_pos, abn_neg, sources, seed)
+        self.abnormal = RankingHead(self.monotone).fit(z, abn_pos, abn_neg, sources, seed)
         self.covid = self._fit_covid(z, cov_pos, cov_neg, sources, seed)
         return self
 
@@ -149,6 +191,18 @@ class WithinSource:
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         z = self.scaler.transform(x)
         return factorised(self.abnormal.proba(z), self._covid_given_abnormal(x, z))
+
+
+class WithinSourceMonotone(WithinSource):
+    """:class:`WithinSource` whose P(abnormal) cannot fall as any finding fact rises (weights ≥ 0).
+
+    Every finding fact is opacity (extent, opacity, zones, lesion shares, bilateral) or where the
+    lesions lie (peripheral, lower zone; 0 when none is found): none is evidence against airspace
+    disease, so a negative weight can only come from collinearity or a source's label noise.
+    The standardisation keeps each column's sign, so the constraint holds on the raw facts too.
+    """
+
+    monotone = True
 
 
 class Pooled:
@@ -259,6 +313,7 @@ def make_design(name: str, has_facts: bool = True):
         "source_erased": SourceErased,
         "within_source_prior": WithinSourcePrior,
         "within_archive": WithinArchive,
+        "within_source_monotone": WithinSourceMonotone,
     }
     if name not in designs:
         raise ValueError(f"unknown stage-2 design {name!r}; known: {', '.join(DESIGNS)}")
