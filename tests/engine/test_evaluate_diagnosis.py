@@ -111,7 +111,7 @@ def test_archive_checks_flag_a_fact_that_reads_outside_the_lungs():
     """A fact that still separates the classes with the lungs blacked out is named; chance-level ones are not."""
     from covidcxr.data.labels import CLASSES
     from covidcxr.engine.diagnosis.audit import archive_checks
-    from covidcxr.engine.diagnosis.report import archive_checks_verdict
+    from covidcxr.engine.diagnosis.report import archive_checks_verdict, archive_markdown
     from covidcxr.infer.findings import FACTS
 
     rng = np.random.default_rng(0)
@@ -147,6 +147,8 @@ def test_archive_checks_flag_a_fact_that_reads_outside_the_lungs():
         and "geographic_extent" not in line
         and "PASS: only the lungs" in line
     )
+    tables = archive_markdown(out)  # the tables; the verdict is said once, in the audit's verdict list
+    assert "| opacity |" in tables and line not in tables
 
 
 def test_saliency_summary_leaves_out_images_without_a_map_and_writes_no_nan():

@@ -249,7 +249,10 @@ def archive_checks_verdict(archives: dict) -> list[str]:
 
 
 def archive_markdown(archives: dict) -> str:
-    """Per archive: AUROC of each fact and P(abnormal) intact, lungs blacked out, all but the lungs blacked out."""
+    """Per archive: AUROC of each fact and P(abnormal) intact, lungs blacked out, all but the lungs blacked out.
+
+    The tables only: their verdicts (:func:`archive_checks_verdict`) are in the audit's one verdict list.
+    """
     lines = []
     for name, a in archives.items():
         modes = list(a["modes"])
@@ -262,7 +265,6 @@ def archive_markdown(archives: dict) -> str:
         ]
         for key in a["modes"][modes[0]]:
             lines.append(f"| {key} | " + " | ".join(ci_cell(a["modes"][m][key]) for m in modes) + " |")
-    lines += ["", *(f"- {v}" for v in archive_checks_verdict(archives))] if archives else []
     return (
         ("\n## Blackouts per archive: every finding fact and P(abnormal)\n" + "\n".join(lines) + "\n")
         if archives
