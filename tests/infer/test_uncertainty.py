@@ -104,6 +104,8 @@ def test_fit_finds_the_smallest_margin_that_leaves_certain_readings_right_often_
     # and the margin stops where 40% of the readings are still certain.
     assert not fitted["goal_reached"] and share["certain_share"] >= 0.4
     assert share["by_reason"]["near_operating_point"] > 0
+    # The first decision alone is informative here: far from the operating point it is right more often.
+    assert share["right_certain_disease_call"] > share["right_uncertain_disease_call"] > share["right_uncertain"]
     wider = uncertain_share(r, {**fitted, "operating_margin": fitted["operating_margin"] + 0.05}, 0.5)
     assert wider["certain_share"] < 0.4
     # With the second decision always right, the goal is reached at a smaller margin.

@@ -123,6 +123,8 @@ def headline_summary(report: dict) -> str:
         f"{v['certain_share']:.1%}, right {v['right_certain']}; all readings right {v['right_all']}; "
         f"margin {u['operating_margin']} logit, goal {'reached' if u['goal_reached'] else 'NOT reached'}",
         "  by reason: " + ", ".join(f"{k} {n}" for k, n in v["by_reason"].items()),
+        f"  the disease / No finding call alone (reported, not fitted): right {v['right_certain_disease_call']} "
+        f"of the certain readings, {v['right_uncertain_disease_call']} of the uncertain",
     ]
     loso = report.get("loso", {"folds": {}})
     for fold, r in loso["folds"].items():

@@ -153,25 +153,39 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def uncertain_share(readings: dict[str, np.ndarray], fitted: dict, threshold: float) -> dict:
-    """How many readings each reason marks, and how often the readings left certain are right."""
+    """How many readings each reason marks, and how often the readings left certain are right.
+
+    "Right" (the rule's measure) is the whole headline: the disease / No finding call and, for a disease
+    reading, the class. Beside it, reported and never fitted: ``*_disease_call``, how often the first
+    decision alone (disease or No finding) is right, since the second one is near chance.
+    """
     reasons = [[r["code"] for r in uncertain_reasons(s, fitted)] for s in signals(readings, threshold)]
     flagged = np.array([bool(r) for r in reasons])
-    right = called(readings, threshold) == readings["label"]
+    call = called(readings, threshold)
+    right = call == readings["label"]
+    right_call = (call != NORMAL) == (readings["label"] != NORMAL)
+
+    def share(hit: np.ndarray, rows: np.ndarray) -> float | None:
+        return round(float(hit[rows].mean()), 4) if rows.any() else None
+
     per_source = {}
     for src in sorted(set(readings["dataset"].tolist())):
         here = readings["dataset"] == src
         per_source[src] = {
             "n": int(here.sum()),
             "uncertain": round(float(flagged[here].mean()), 4),
-            "right_certain": round(float(right[here & ~flagged].mean()), 4) if (here & ~flagged).any() else None,
+            "right_certain": share(right, here & ~flagged),
+            "right_certain_disease_call": share(right_call, here & ~flagged),
         }
     return {
         "n": int(len(reasons)),
         "right_all": round(float(right.mean()), 4),
         "uncertain": int(flagged.sum()),
         "certain_share": round(float((~flagged).mean()), 4),
-        "right_certain": round(float(right[~flagged].mean()), 4) if (~flagged).any() else None,
-        "right_uncertain": round(float(right[flagged].mean()), 4) if flagged.any() else None,
+        "right_certain": share(right, ~flagged),
+        "right_uncertain": share(right, flagged),
+        "right_certain_disease_call": share(right_call, ~flagged),
+        "right_uncertain_disease_call": share(right_call, flagged),
         "by_reason": {code: int(sum(code in r for r in reasons)) for code in REASONS},
         "per_source": per_source,
     }
