@@ -97,7 +97,7 @@ def save_report(path, image: np.ndarray, result: Result) -> None:
     _lung_panel(axes[0], small, lungs, result)
     if heat is not None:
         _heat_panel(fig, axes[1], small, heat, result)
-    _probability_panel(axes[-1], result.probabilities)
+    _probability_panel(axes[-1], result.probabilities, result.findings)
     # File names reach the title (and may reach the notes): plain text, never math text ("a$x^{$.png").
     fig.text(
         0.01,
@@ -220,7 +220,8 @@ def _heat_panel(fig, ax, small: np.ndarray, heat: np.ndarray, result: Result) ->
     bar.set_label("share of the evidence (below 15% not drawn)", fontsize=7)
 
 
-def _probability_panel(ax, probabilities: dict[str, float]) -> None:
+def _probability_panel(ax, probabilities: dict[str, float], findings: dict | None = None) -> None:
+    """The class probabilities; with findings, a line under them saying the reading follows P(disease), not the longest bar."""
     names = list(CLASSES)
     vals = [probabilities[c] for c in names]
     rows = range(len(names))[::-1]
@@ -233,6 +234,13 @@ def _probability_panel(ax, probabilities: dict[str, float]) -> None:
     ax.set_xticks([0, 0.5, 1], ["0%", "50%", "100%"], fontsize=8)
     ax.set_title("Diagnosis probabilities", fontsize=9)
     ax.spines[["top", "right", "left"]].set_visible(False)
+    opacity = (findings or {}).get("airspace_opacity")
+    if opacity and "threshold" in opacity:
+        ax.set_xlabel(
+            f"The reading is disease when P(disease) = 1 - P(No finding) is at least {opacity['threshold']:.0%}"
+            f"\n(here {opacity['probability']:.0%}), not the longest bar",
+            fontsize=8,
+        )
 
 
 def findings_line(findings: dict) -> str:

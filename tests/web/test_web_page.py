@@ -397,6 +397,7 @@ def test_headline_leads_with_category_and_finding_then_probabilities_then_caveat
     reading = page.locator("#reading")
     expect(reading).to_contain_text("P(disease) 71.0%, called at 70.0%")
     expect(reading).to_contain_text("near chance")
+    expect(page.locator("#prob-rule")).to_contain_text("at least 70.0% (here 71.0%), not the largest probability")
     expect(page.locator("#cannot-see")).to_contain_text("pleural effusion")
     ys = [page.locator(sel).bounding_box()["y"] for sel in ("#title", "#finding", "#reading", "#caveat", "#xray")]
     assert ys == sorted(ys), ys

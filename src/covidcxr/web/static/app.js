@@ -115,6 +115,17 @@ function cell(row, text, className) {
   return td;
 }
 
+// With findings, the reading follows P(disease) against its threshold, not the largest probability: say so.
+function showProbabilityRule(findings) {
+  const opacity = findings ? findings.airspace_opacity : null;
+  const known = Boolean(opacity) && typeof opacity.threshold === "number";
+  $("prob-rule").textContent = known
+    ? `The reading is disease when P(disease) = 1 − P(No finding) is at least ${percent(opacity.threshold)} ` +
+      `(here ${percent(opacity.probability)}), not the largest probability.`
+    : "";
+  show("prob-rule", known);
+}
+
 function showProbabilities(probabilities, prediction) {
   const body = $("probabilities").tBodies[0];
   body.replaceChildren();
@@ -176,6 +187,7 @@ function showResult(row) {
   showUncertain(row);
   showOverlays(row);
   showProbabilities(row.probabilities, row.prediction);
+  showProbabilityRule(row.findings);
   showSeverity(row.severity);
   showFindings(row.findings);
   setImage("report", row.report);
