@@ -166,3 +166,37 @@ def test_within_archive_without_covid_chestxray_falls_back_to_the_pattern_prior(
     covid, other = (y == COVID) & (src == "covid-chestxray"), (y == OTHER) & (src == "covid-chestxray")
     odds = full[:, COVID] / (1 - full[:, NORMAL])
     assert roc_auc_score(np.r_[np.ones(covid.sum()), np.zeros(other.sum())], np.r_[odds[covid], odds[other]]) > 0.75
+
+
+def test_nonnegative_logistic_matches_the_unbounded_fit_when_it_can_and_clips_otherwise():
+    from sklearn.linear_model import LogisticRegression
+
+    from covidcxr.engine.diagnosis.heads import C, nonnegative_logistic
+
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(2000, 4)) + np.array([0.6, 0.3, 0.2, -0.4])  # the last fact ranks against the label
+    w = rng.uniform(0.5, 1.5, len(d))
+    free = LogisticRegression(C=C, fit_intercept=False, max_iter=2000).fit(
+        np.concatenate([d, -d]), np.r_[np.ones(len(d)), np.zeros(len(d))], sample_weight=np.r_[w, w]
+    )
+    bounded = nonnegative_logistic(d, w)
+    assert free.coef_[0, 3] < -0.1 and bounded[3] == 0.0 and (bounded >= 0).all()
+    both = nonnegative_logistic(d[:, :3], w)  # every unbounded weight already positive: the same fit
+    ref = LogisticRegression(C=C, fit_intercept=False, max_iter=2000).fit(
+        np.concatenate([d[:, :3], -d[:, :3]]), np.r_[np.ones(len(d)), np.zeros(len(d))], sample_weight=np.r_[w, w]
+    )
+    assert np.allclose(both, ref.coef_[0], atol=1e-3)
+
+
+def test_monotone_design_never_lowers_p_abnormal_as_a_fact_rises():
+    x, y, src, _ = _shortcut_data()
+    x[:, 3] -= 1.0 * (y != NORMAL)  # a style column that, inside every source, falls with disease
+    model = make_design("within_source_monotone").fit(x, y, src)
+    assert (model.abnormal.coef_ >= 0).all() and model.abnormal.coef_[3] == 0.0
+    assert (make_design("within_source").fit(x, y, src).abnormal.coef_[3]) < 0
+    base = np.zeros((1, x.shape[1]))
+    for k in range(x.shape[1]):
+        up = base.copy()
+        up[0, k] += 2.0
+        p0, p1 = (1 - model.predict_proba(v)[0, NORMAL] for v in (base, up))
+        assert p1 >= p0 - 1e-12
