@@ -28,10 +28,11 @@ from tqdm.auto import tqdm
 
 from covidcxr import Predictor, read_image
 from covidcxr.data import load_records
-from covidcxr.data.classification import CLASSES, classification_samples
+from covidcxr.data.classification import CLASSES, classification_samples, first_per_group
 from covidcxr.engine.diagnosis.audit import ARCHIVES, archive_checks
 from covidcxr.engine.diagnosis.report import ci_cell
 from covidcxr.infer.findings import finding_facts
+from covidcxr.metrics import dice
 
 MODES = ("intact", "all but the lungs blacked out, lungs segmented again")
 
@@ -44,10 +45,6 @@ def reading(pipe: Predictor, image: np.ndarray):
     return res, facts, np.array([res.probabilities[c] for c in CLASSES])
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/results/audit-resegmented")
@@ -56,8 +53,7 @@ def main() -> None:
     args = ap.parse_args()
     members = {d for _, datasets, _, _ in ARCHIVES for d in datasets}
     samples = [s for s in classification_samples(load_records(), "test")[0] if s["dataset"] in members]
-    if args.limit:
-        samples = [s for d in sorted(members) for s in [t for t in samples if t["dataset"] == d][: args.limit]]
+    samples = first_per_group(samples, args.limit)
     pipe = Predictor.load(use_gate=False, saliency=False)
     kept, facts, probs, rows = [], {m: [] for m in MODES}, {m: [] for m in MODES}, []
     for s in tqdm(samples, desc="films", unit="film"):

@@ -2,7 +2,7 @@
 
 covid19-radiography holds its films at 224 px only; its LOSO sensitivity at the operating point
 (0.423) may then understate what the model does on full-size films. This reads the same films twice
-with the shipped chain (gate off, no heat map): as stored (about 512 px) and shrunk so that the
+with the shipped chain (gate off, no heat map): as stored and shrunk so that the
 shorter side is 224 px (area resampling), and reports P(abnormal) and the share read as disease at
 the shipped operating point. Hannover COVID-19 films (all 161) and NIH-14 "No Finding" films (the
 first 160 by file name) stand for the two classes. No model, threshold or rule is changed by it.
@@ -14,7 +14,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -23,8 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from covidcxr import Predictor, read_image
-
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
+from covidcxr.data import load_records
 
 
 def shrink(image: np.ndarray, side: int = 224) -> np.ndarray:
@@ -39,12 +37,11 @@ def main() -> None:
     ap.add_argument("--out", default="docs/results/resolution")
     ap.add_argument("--n-normal", type=int, default=160)
     args = ap.parse_args()
+    records = sorted(load_records(), key=lambda r: r["filename"])  # the data root: --data-root's rules
     groups = {
-        "hannover COVID-19": [DATA / "hannover" / "images" / r["filename"] for r in _rows("hannover")],
+        "hannover COVID-19": [r["path"] for r in records if r["dataset"] == "hannover"],
         "nih-chestxray14 No Finding": [
-            DATA / "nih-chestxray14" / "images" / r["filename"]
-            for r in _rows("nih-chestxray14")
-            if r["finding"] == "No Finding"
+            r["path"] for r in records if r["dataset"] == "nih-chestxray14" and r["finding"] == "No Finding"
         ][: args.n_normal],
     }
     pipe = Predictor.load(use_gate=False, saliency=False)
@@ -68,11 +65,6 @@ def main() -> None:
         print(name, json.dumps(row))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "resolution.json").write_text(json.dumps(out, indent=2) + "\n")
-
-
-def _rows(dataset: str) -> list[dict]:
-    with open(DATA / dataset / "labels.csv", newline="") as f:
-        return sorted(csv.DictReader(f), key=lambda r: r["filename"])
 
 
 if __name__ == "__main__":

@@ -173,13 +173,7 @@ def cmd_evaluate_gate(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from ..engine.diagnosis.audit import audit
-    from ..infer import Diagnoser
 
-    if not Diagnoser.from_spec(args.diagnosis_weights).reads_facts:
-        raise UserError(
-            "a CNN diagnosis is audited over stored lung views by the research command line: "
-            f"python -m covidcxr.research audit-cnn --weights {args.diagnosis_weights} --out DIR"
-        )
     summary = audit(
         spec_path=args.diagnosis_weights, data_root=args.data_root, out_dir=args.out, split=args.split, limit=args.limit
     )

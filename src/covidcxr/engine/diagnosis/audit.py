@@ -20,6 +20,7 @@ from ...data.labels import CLASSES
 from ...infer.findings import FACTS
 from ...metrics import stratified_bootstrap_ci
 from ...models import load_weights
+from ...models.source_blind import SourceBlindHeads
 from ...models.weights import shipped_spec_path
 from . import loso
 from .metrics import ALL_SOURCES, by_source, covid_vs_other, source_probe
@@ -105,10 +106,15 @@ def audit(
     ``limit`` (quick checks) keeps at most that many images per source and split, and skips the
     leave-one-source-out table.
     """
+    model, spec = load_weights(spec_path, kind="diagnosis")
+    if not isinstance(model, SourceBlindHeads):
+        raise ValueError(
+            "a CNN diagnosis is audited over stored lung views by the research command line: "
+            f"python -m covidcxr.research audit-cnn --weights {spec_path} --out DIR"
+        )
     with_loso = not limit
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, spec = load_weights(spec_path, kind="diagnosis")
     init = spec.training.get("config", {}).get("init")
     feature_set = spec.training.get("config", {}).get("features", "imagenet+findings")
     samples, features, (blacked, outside) = loso.stage2_inputs(
