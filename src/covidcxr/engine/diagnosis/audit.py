@@ -94,6 +94,17 @@ def _probes(
     return out
 
 
+def _source_blind_weights(spec_path: str | Path | None):
+    """(model, spec) of a source-blind diagnosis; a CNN spec is refused with the command that audits it."""
+    model, spec = load_weights(spec_path, kind="diagnosis")
+    if not isinstance(model, SourceBlindHeads):
+        raise ValueError(
+            "a CNN diagnosis is audited over stored lung views by the research command line: "
+            f"python -m covidcxr.research audit-cnn --weights {spec_path} --out DIR"
+        )
+    return model, spec
+
+
 def audit(
     spec_path: str | Path | None = None,
     data_root: str | None = None,
@@ -106,12 +117,7 @@ def audit(
     ``limit`` (quick checks) keeps at most that many images per source and split, and skips the
     leave-one-source-out table.
     """
-    model, spec = load_weights(spec_path, kind="diagnosis")
-    if not isinstance(model, SourceBlindHeads):
-        raise ValueError(
-            "a CNN diagnosis is audited over stored lung views by the research command line: "
-            f"python -m covidcxr.research audit-cnn --weights {spec_path} --out DIR"
-        )
+    model, spec = _source_blind_weights(spec_path)
     with_loso = not limit
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
